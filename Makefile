@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+TORCH     ?= 2.13.0
+STAMP     := $(VENV)/.ntkal-installed
+DEMO_OUT  ?= runs/digits
+
+.PHONY: install datasets demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "==> installing torch==$(TORCH) (CPU) first, then ntkal"
+	$(PY) -m pip install -q --disable-pip-version-check torch==$(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+datasets:
+	@bash scripts/install_datasets.sh
+
+demo: install datasets
+	$(VENV)/bin/ntkal run configs/digits.yml --out $(DEMO_OUT)
+
+test: install datasets
+	$(PY) -m pytest -q
+
+test-all: install datasets
+	$(PY) -m pytest -q -m ""
+
+bench: install datasets
+	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/fidelity.py
+	$(PY) benchmarks/lookahead_speed.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
