@@ -1,0 +1,22 @@
+"""Datasets, their loaders and the labelled/unlabelled pool.
+
+:func:`load_dataset` returns a :class:`Dataset` of normalised float32 tensors; :class:`Pool` tracks
+which training points an active learner has labelled, and in which order.
+"""
+from __future__ import annotations
+
+from ntkal.data.dataset import Dataset
+from ntkal.data.idx import IDXFormatError, read_idx, write_idx
+from ntkal.data.loaders import DatasetNotFoundError, available_datasets, load_dataset
+from ntkal.data.pool import Pool
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "available_datasets",
+    "Pool",
+    "DatasetNotFoundError",
+    "IDXFormatError",
+    "read_idx",
+    "write_idx",
+]

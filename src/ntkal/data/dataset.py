@@ -1,0 +1,130 @@
+"""The :class:`Dataset` container every other part of ntkal consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ntkal.data.sampling import subset_positions
+
+__all__ = ["Dataset"]
+
+
+def _as_inputs(name: str, x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must hold normalised floating-point inputs, got dtype {x.dtype}; "
+            "scale raw pixels before building a Dataset"
+        )
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {tuple(x.shape)}")
+    x = x.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _as_labels(name: str, y, num_classes: int) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(y.shape)}")
+    y = y.to(torch.int64)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{name} has labels in [{int(y.min())}, {int(y.max())}] but there are "
+            f"{num_classes} classes (valid labels are 0..{num_classes - 1})"
+        )
+    return y
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """A labelled train/test split, ready for training.
+
+    Inputs are ``float32`` tensors (images as ``N x C x H x W``), already normalised with fixed
+    per-dataset constants so that results never depend on which subset was loaded; labels are
+    ``int64`` class indices. Arrays passed in are converted and validated on construction, so a
+    malformed dataset fails here rather than deep inside training.
+
+    Attributes
+    ----------
+    name : str
+    x_train, y_train : Tensor
+        Training inputs ``(N, *in_shape)`` and labels ``(N,)``.
+    x_test, y_test : Tensor
+        Test inputs ``(M, *in_shape)`` and labels ``(M,)``.
+    classes : tuple of str
+        Class names; label ``i`` means ``classes[i]``.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        classes = tuple(str(c) for c in self.classes)
+        if not classes:
+            raise ValueError("a Dataset needs at least one class")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"class names must be distinct, got {classes}")
+        k = len(classes)
+        x_train = _as_inputs("x_train", self.x_train)
+        x_test = _as_inputs("x_test", self.x_test)
+        y_train = _as_labels("y_train", self.y_train, k)
+        y_test = _as_labels("y_test", self.y_test, k)
+        if x_train.shape[0] != y_train.shape[0]:
+            raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
+        if x_test.shape[0] != y_test.shape[0]:
+            raise ValueError(f"x_test has {x_test.shape[0]} rows but y_test has {y_test.shape[0]}")
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise ValueError(
+                f"train inputs have shape {tuple(x_train.shape[1:])} but test inputs "
+                f"{tuple(x_test.shape[1:])}"
+            )
+        for field, value in (("classes", classes), ("x_train", x_train), ("y_train", y_train),
+                             ("x_test", x_test), ("y_test", y_test)):
+            object.__setattr__(self, field, value)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, ``len(classes)``."""
+        return len(self.classes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. ``(1, 28, 28)``; what ``build_model`` needs."""
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    def subset(self, train_size: Optional[int] = None, test_size: Optional[int] = None, *,
+               seed: int = 0) -> "Dataset":
+        """A seeded, stratified subset of the train and/or test split (``None`` keeps a split whole).
+
+        The train and test choices use independent streams of ``seed``, so changing ``test_size``
+        does not change which training points are kept.
+        """
+        train_idx = subset_positions(self.y_train.numpy(), train_size, seed, 0, "train_size")
+        test_idx = subset_positions(self.y_test.numpy(), test_size, seed, 1, "test_size")
+        pick = (lambda t, i: t if i is None else t[torch.from_numpy(i)])
+        return Dataset(self.name, pick(self.x_train, train_idx), pick(self.y_train, train_idx),
+                       pick(self.x_test, test_idx), pick(self.y_test, test_idx), self.classes)
+
+    def __repr__(self) -> str:
+        return (f"Dataset(name={self.name!r}, train={self.num_train}, test={self.num_test}, "
+                f"in_shape={self.in_shape}, num_classes={self.num_classes})")
+

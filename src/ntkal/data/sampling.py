@@ -1,0 +1,82 @@
+"""Seeded stratified sampling, shared by dataset subsets and initial labelled pools."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["stratified_indices", "subset_positions"]
+
+
+def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Choose ``n`` distinct positions of ``y`` with class proportions kept as close as possible.
+
+    Every class present gets at least one position when ``n`` is at least the number of classes
+    (a class missing from an initial set or a small test subset would make accuracy and training
+    degenerate); the rest is allocated proportionally to class sizes by largest remainder. With
+    fewer positions than classes, ``n`` classes are picked at random, one position each.
+
+    Parameters
+    ----------
+    y : array of int
+        Labels, one per position.
+    n : int
+        How many positions to choose, ``0 <= n <= len(y)``.
+    rng : numpy.random.Generator
+        Source of all randomness, so that the choice is reproducible.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted ``int64`` positions.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+    n = int(n)
+    if not 0 <= n <= y.shape[0]:
+        raise ValueError(f"cannot choose {n} of {y.shape[0]} items")
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    k = classes.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n < k:
+        take = np.zeros(k, dtype=np.int64)
+        take[rng.choice(k, size=n, replace=False)] = 1
+    else:
+        spare = counts - 1
+        rest = n - k
+        total_spare = int(spare.sum())
+        quota = rest * spare / total_spare if total_spare else np.zeros(k)
+        extra = np.floor(quota).astype(np.int64)
+        leftover = rest - int(extra.sum())
+        if leftover:
+            frac = quota - extra
+            # Largest fractional part first; ties broken at random, never by class order.
+            order = np.lexsort((rng.random(k), -frac))
+            extra[order[:leftover]] += 1
+        take = 1 + extra
+    members = np.argsort(inverse, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    chosen = [
+        rng.choice(members[s:s + c], size=t, replace=False)
+        for s, c, t in zip(starts, counts, take) if t
+    ]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def subset_positions(y: np.ndarray, size: Optional[int], seed: int, stream: int,
+                     what: str) -> Optional[np.ndarray]:
+    """Positions of a stratified subset of ``size`` items of ``y``, or ``None`` for "keep all".
+
+    ``stream`` separates independent choices made from one ``seed`` (0: train, 1: test), and
+    ``what`` names the argument in error messages.
+    """
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer or None, got {type(size).__name__}")
+    if not 1 <= size <= len(y):
+        raise ValueError(f"{what} must be between 1 and {len(y)} (the full split), got {size}")
+    rng = np.random.default_rng([int(seed), stream])
+    return stratified_indices(y, int(size), rng)
