@@ -1,0 +1,290 @@
+"""Learning loss for active learning (LL4AL): query the points whose loss a side module predicts highest."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntkal.strategies.base import QueryContext, QueryResult, Strategy, check_budget, top_k
+from ntkal.strategies.forward_passes import evaluating
+from ntkal.strategies.registry import register_strategy
+
+__all__ = ["LearningLoss", "LossPredictionModule", "LossModuleTrainResult", "margin_ranking_loss"]
+
+
+class LossPredictionModule(nn.Module):
+    """Yoo & Kweon (2019, Fig. 2): per feature map, global average pooling -> linear -> ReLU;
+    the concatenation -> linear -> one predicted loss per input.
+
+    Parameters
+    ----------
+    in_dims : sequence of int
+        Channel (or feature) count of each captured feature map.
+    hidden : int
+        Width of each per-feature branch (128 in the paper).
+    """
+
+    def __init__(self, in_dims: Sequence[int], hidden: int = 128) -> None:
+        super().__init__()
+        self.in_dims = tuple(int(d) for d in in_dims)
+        self.branches = nn.ModuleList(nn.Linear(d, hidden) for d in self.in_dims)
+        self.head = nn.Linear(hidden * len(self.in_dims), 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Predicted loss ``(n,)`` from the captured ``features``."""
+        parts = [F.relu(branch(_pool(f))) for branch, f in zip(self.branches, features)]
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+
+def _pool(f: torch.Tensor) -> torch.Tensor:
+    # (n, C, ...) -> (n, C) by global average pooling; (n, d) is kept as is.
+    return f.flatten(2).mean(dim=2) if f.dim() > 2 else f.reshape(f.shape[0], -1)
+
+
+def margin_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Yoo & Kweon (2019, Eq. 2): split the batch into pairs and penalise a predicted loss order
+    that disagrees with the true one by less than ``margin``.
+
+    Ranking rather than regressing the loss is the paper's point: the loss scale shrinks as the
+    model trains, while the order is what the query needs.
+    """
+    n = pred.shape[0] // 2 * 2
+    if n < 2:
+        return pred.sum() * 0.0
+    pred, target = pred[:n], target[:n].detach()
+    p_i, p_j = pred[: n // 2], pred[n // 2:].flip(0)
+    t_i, t_j = target[: n // 2], target[n // 2:].flip(0)
+    sign = torch.sign(t_i - t_j)
+    return torch.clamp(margin - sign * (p_i - p_j), min=0.0).mean()
+
+
+@dataclass
+class LossModuleTrainResult:
+    """Per-epoch mean target loss and ranking loss of a joint LL4AL training run."""
+
+    losses: list[float] = field(default_factory=list)
+    ranking_losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+
+class _FeatureTap:
+    """Forward hooks capturing the classifier's input (the penultimate embedding) and the outputs
+    of the named submodules, in a fixed order."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        classifier = getattr(model, "classifier", None)
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(f"{type(model).__name__} has no `classifier` module; LL4AL reads the "
+                            "penultimate embedding at the classifier's input")
+        self.features: dict[str, torch.Tensor] = {}
+        self.order = list(layers) + ["__embedding__"]
+        self._handles = []
+        for name in layers:
+            module = model.get_submodule(name)
+            self._handles.append(module.register_forward_hook(self._out_hook(name)))
+        self._handles.append(classifier.register_forward_pre_hook(self._in_hook("__embedding__")))
+
+    def _out_hook(self, name: str):
+        def hook(module, inputs, output):
+            self.features[name] = output
+        return hook
+
+    def _in_hook(self, name: str):
+        def hook(module, inputs):
+            self.features[name] = inputs[0]
+        return hook
+
+    def collect(self) -> list[torch.Tensor]:
+        missing = [n for n in self.order if n not in self.features]
+        if missing:
+            raise RuntimeError(f"no features captured from {missing}; did the forward pass use them?")
+        out = [self.features[n] for n in self.order]
+        self.features.clear()
+        return out
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+@register_strategy
+class LearningLoss(Strategy):
+    """Top predicted loss from a loss-prediction module trained jointly with the model (Yoo & Kweon 2019).
+
+    The module sees the network's features and learns, via :func:`margin_ranking_loss`, to rank
+    points by the target loss; unlabelled points it ranks highest are the ones the model would get
+    most wrong. It is task-agnostic and needs one forward pass per candidate.
+
+    Parameters
+    ----------
+    feature_layers : sequence of str, optional
+        Names (``model.get_submodule``) of intermediate modules whose outputs also feed the loss
+        module, captured by forward hooks; 4-D maps are global-average pooled. Default: only the
+        penultimate embedding (the classifier's input), which works for every ntkal model — the
+        paper taps each ResNet stage, which ``feature_layers=("layer1", ..., "layer4")`` mirrors.
+    hidden : int
+        Width of each per-feature branch.
+    weight : float
+        ``λ`` of the ranking loss in the joint objective (1 in the paper).
+    margin : float
+        ``ξ`` of the ranking loss (1 in the paper).
+    detach_after : float
+        Fraction of the epochs after which the features entering the loss module are detached, so
+        it stops steering the model's representation (120 of 200 epochs in the paper).
+
+    Notes
+    -----
+    :meth:`train` replaces the default training; it mirrors ``ntkal.training``'s settings from the
+    ``TrainConfig`` fields (SGD with momentum and weight decay, ``onecycle``/``cosine``/``constant``
+    schedule, ``mse``/``ce`` loss, ``seed``, ``device``). The loss module is kept on the strategy
+    between active-learning cycles (rebuilt only if the feature sizes change). In training mode the
+    embedding is captured after dropout, if the model has any.
+    """
+
+    name = "ll4al"
+
+    def __init__(self, feature_layers: Optional[Sequence[str]] = None, hidden: int = 128,
+                 weight: float = 1.0, margin: float = 1.0, detach_after: float = 0.6) -> None:
+        if not 0.0 <= detach_after <= 1.0:
+            raise ValueError(f"detach_after must lie in [0, 1], got {detach_after}")
+        self.feature_layers = tuple(feature_layers or ())
+        self.hidden = int(hidden)
+        self.weight = float(weight)
+        self.margin = float(margin)
+        self.detach_after = float(detach_after)
+        self._loss_module: Optional[LossPredictionModule] = None
+
+    @property
+    def loss_module(self) -> Optional[LossPredictionModule]:
+        """The trained loss-prediction module (``None`` before the first :meth:`train`)."""
+        return self._loss_module
+
+    def _module_for(self, dims: Sequence[int], seed: int, device: torch.device) -> LossPredictionModule:
+        if self._loss_module is None or self._loss_module.in_dims != tuple(dims):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._loss_module = LossPredictionModule(dims, self.hidden)
+        return self._loss_module.to(device)
+
+    def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Any,
+              num_classes: int, *, progress: bool = False) -> LossModuleTrainResult:
+        """Train ``model`` (warm start, in place) and the loss module jointly on ``(x, y)``.
+
+        Objective per batch: ``mean target loss + λ · margin ranking loss`` (Yoo & Kweon 2019,
+        Eq. 3), with the features detached after ``detach_after · epochs`` epochs.
+        """
+        epochs = int(config.epochs)
+        batch_size = int(config.batch_size)
+        loss_kind = str(getattr(config, "loss", "ce")).lower()
+        if loss_kind not in ("ce", "mse"):
+            raise ValueError(f"unknown loss {loss_kind!r}; use 'mse' or 'ce'")
+        schedule = str(getattr(config, "schedule", "constant")).lower()
+        seed = int(getattr(config, "seed", 0))
+        device = torch.device(getattr(config, "device", None) or "cpu")
+        n = int(x.shape[0])
+        if n == 0:
+            raise ValueError("cannot train on an empty labelled set")
+        model.to(device)
+        modes = [(module, module.training) for module in model.modules()]
+        tap = _FeatureTap(model, self.feature_layers)
+        result = LossModuleTrainResult()
+        try:
+            with torch.no_grad(), evaluating(model, device):  # feature sizes from one example
+                model(x[:1].to(device))
+                dims = [_pool(f).shape[1] for f in tap.collect()]
+            loss_module = self._module_for(dims, seed, device)
+            params = list(model.parameters()) + list(loss_module.parameters())
+            optimiser = torch.optim.SGD(params, lr=float(config.lr),
+                                        momentum=float(getattr(config, "momentum", 0.0)),
+                                        weight_decay=float(getattr(config, "weight_decay", 0.0)))
+            steps_per_epoch = math.ceil(n / batch_size)
+            total = max(1, epochs * steps_per_epoch)
+            if schedule == "onecycle":
+                scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=float(config.lr),
+                                                                total_steps=total)
+            elif schedule == "cosine":
+                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total)
+            elif schedule == "constant":
+                scheduler = None
+            else:
+                raise ValueError(f"unknown schedule {schedule!r}; use 'onecycle', 'cosine' or 'constant'")
+            generator = torch.Generator().manual_seed(seed)
+            detach_epoch = int(round(self.detach_after * epochs))
+            model.train()
+            loss_module.train()
+            y = y.long()
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(seed)  # dropout masks
+                for epoch in range(epochs):
+                    order = torch.randperm(n, generator=generator)
+                    sum_loss = sum_rank = 0.0
+                    for start in range(0, n, batch_size):
+                        idx = order[start:start + batch_size]
+                        xb, yb = x[idx].to(device), y[idx].to(device)
+                        logits = model(xb)
+                        if loss_kind == "ce":
+                            per_sample = F.cross_entropy(logits, yb, reduction="none")
+                        else:
+                            onehot = F.one_hot(yb, num_classes).to(logits.dtype)
+                            per_sample = ((logits - onehot) ** 2).mean(dim=1)
+                        feats = tap.collect()
+                        if epoch >= detach_epoch:
+                            feats = [f.detach() for f in feats]
+                        rank = margin_ranking_loss(loss_module(feats), per_sample, self.margin)
+                        loss = per_sample.mean() + self.weight * rank
+                        optimiser.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimiser.step()
+                        if scheduler is not None:
+                            scheduler.step()
+                        sum_loss += float(per_sample.sum())
+                        sum_rank += float(rank) * idx.numel()
+                    result.losses.append(sum_loss / n)
+                    result.ranking_losses.append(sum_rank / n)
+        finally:
+            tap.remove()
+            for module, training in modes:
+                module.training = training
+        return result
+
+    @torch.no_grad()
+    def predicted_losses(self, model: nn.Module, x: torch.Tensor, *,
+                         device: torch.device | str = "cpu", batch_size: int = 512) -> np.ndarray:
+        """Loss-module predictions for ``x`` in eval mode, ``(n,)`` float64."""
+        if self._loss_module is None:
+            raise RuntimeError("the LL4AL loss module is untrained: train the model with "
+                               "LearningLoss.train (e.g. ActiveLearner(strategy='ll4al')) first")
+        device = torch.device(device)
+        module = self._loss_module
+        module_mode = module.training
+        module.to(device).eval()
+        tap = _FeatureTap(model, self.feature_layers)
+        out = []
+        try:
+            with evaluating(model, device):
+                for start in range(0, int(x.shape[0]), batch_size):
+                    model(x[start:start + batch_size].to(device))
+                    out.append(module(tap.collect()).to("cpu", torch.float64))
+        finally:
+            tap.remove()
+            module.train(module_mode)
+        return torch.cat(out).numpy()
+
+    def query(self, context: QueryContext, budget: int) -> QueryResult:
+        """Top-``budget`` candidates by predicted loss."""
+        budget = check_budget(budget, context.num_candidates)
+        scores = self.predicted_losses(context.model, context.x_candidates, device=context.device,
+                                       batch_size=context.batch_size)
+        indices = top_k(scores, budget, rng=np.random.default_rng(context.seed))
+        return QueryResult(indices=indices.astype(np.int64), scores=scores)
