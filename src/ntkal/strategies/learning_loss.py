@@ -248,8 +248,8 @@ class LearningLoss(Strategy):
                         optimiser.step()
                         if scheduler is not None:
                             scheduler.step()
-                        sum_loss += float(per_sample.sum())
-                        sum_rank += float(rank) * idx.numel()
+                        sum_loss += float(per_sample.detach().sum())
+                        sum_rank += float(rank.detach()) * idx.numel()
                     result.losses.append(sum_loss / n)
                     result.ranking_losses.append(sum_rank / n)
         finally:
