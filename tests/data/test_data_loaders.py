@@ -36,9 +36,10 @@ def test_digits_shapes_split_and_normalisation():
     assert d.x_train.max().item() == pytest.approx(hi, abs=1e-5)
     both = torch.cat([d.x_train, d.x_test])
     assert abs(both.mean().item()) < 1e-3 and both.std().item() == pytest.approx(1.0, abs=1e-3)
-    # Stratified split: every class has 1797 * 0.25 = ~45 test points.
-    counts = torch.bincount(d.y_test, minlength=10)
-    assert counts.min() >= 44 and counts.max() <= 46
+    # Stratified split: each class's test count is its share of 450, rounded.
+    full = torch.bincount(torch.cat([d.y_train, d.y_test]), minlength=10).double()
+    counts = torch.bincount(d.y_test, minlength=10).double()
+    assert counts.sum() == 450 and torch.all((counts - 450 * full / full.sum()).abs() < 1)
 
 
 def test_digits_split_is_fixed_and_independent_of_seed():

@@ -13,7 +13,7 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
 
     Every class present gets at least one position when ``n`` is at least the number of classes
     (a class missing from an initial set or a small test subset would make accuracy and training
-    degenerate); the rest is allocated proportionally to class sizes by largest remainder. With
+    degenerate); otherwise counts follow the class proportions, rounded by largest remainder. With
     fewer positions than classes, ``n`` classes are picked at random, one position each.
 
     Parameters
@@ -44,18 +44,16 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
         take = np.zeros(k, dtype=np.int64)
         take[rng.choice(k, size=n, replace=False)] = 1
     else:
-        spare = counts - 1
-        rest = n - k
-        total_spare = int(spare.sum())
-        quota = rest * spare / total_spare if total_spare else np.zeros(k)
-        extra = np.floor(quota).astype(np.int64)
-        leftover = rest - int(extra.sum())
-        if leftover:
-            frac = quota - extra
-            # Largest fractional part first; ties broken at random, never by class order.
-            order = np.lexsort((rng.random(k), -frac))
-            extra[order[:leftover]] += 1
-        take = 1 + extra
+        quota = n * counts / counts.sum()
+        take = np.clip(np.floor(quota), 1, counts).astype(np.int64)
+        tiebreak = rng.random(k)  # ties never favour a class because of its label
+        # At most k steps each way: flooring loses < 1 per class, the minimum of one adds <= 1.
+        while take.sum() < n:
+            deficit = np.where(take < counts, quota - take, -np.inf)
+            take[np.lexsort((tiebreak, -deficit))[0]] += 1
+        while take.sum() > n:
+            surplus = np.where(take > 1, take - quota, -np.inf)
+            take[np.lexsort((tiebreak, -surplus))[0]] -= 1
     members = np.argsort(inverse, kind="stable")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     chosen = [
