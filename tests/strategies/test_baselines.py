@@ -1,0 +1,250 @@
+"""Behaviour of the baseline strategies on hand-built cases whose right answer is known."""
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastConfidence,
+                              LearningLoss, Margin, QueryContext, RandomSampling, Strategy,
+                              get_strategy, register_strategy)
+from ntkal.strategies.forward_passes import mc_dropout_probabilities
+from ntkal.strategies.learning_loss import margin_ranking_loss
+
+
+class _FixedNet(nn.Module):
+    """embed = identity, optional dropout, fixed linear classifier: logits are ours to choose."""
+
+    def __init__(self, weight, bias=None, dropout=0.0):
+        super().__init__()
+        weight = torch.as_tensor(weight, dtype=torch.float32)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.classifier.weight.copy_(weight)
+            self.classifier.bias.copy_(torch.zeros(weight.shape[0]) if bias is None
+                                       else torch.as_tensor(bias, dtype=torch.float32))
+
+    def embed(self, x):
+        return x
+
+    def forward(self, x):
+        return self.classifier(self.dropout(self.embed(x)))
+
+
+def _ctx(model, x, seed=0, x_lab=None, k=None):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    k = k or model.classifier.out_features
+    x_lab = torch.zeros(0, x.shape[1]) if x_lab is None else torch.as_tensor(x_lab, dtype=torch.float32)
+    return QueryContext(model=model, x_candidates=x, x_labelled=x_lab,
+                        y_labelled=torch.zeros(x_lab.shape[0], dtype=torch.long), num_classes=k,
+                        seed=seed, batch_size=4)
+
+
+def _logit_ctx(probs, seed=0):
+    """Candidates whose softmax probabilities are exactly ``probs`` (logits = log p)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return _ctx(_FixedNet(torch.eye(probs.shape[1])), np.log(probs), seed=seed)
+
+
+# ----------------------------------------------------------------------------- uncertainty
+@pytest.mark.parametrize("cls", [Entropy, Margin, LeastConfidence])
+def test_uncertainty_ranks_uniform_first_and_confident_last(cls):
+    probs = [[0.7, 0.2, 0.1], [0.98, 0.01, 0.01], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.3, 0.2]]
+    result = cls().query(_logit_ctx(probs), 4)
+    assert result.indices.tolist() == [2, 3, 0, 1]
+
+
+def test_margin_uses_the_top_two_probabilities_not_the_first_two_classes():
+    # Row 0: top-2 gap 0.05 (classes 2 and 1, not in index order). Row 1: gap 0.1, higher entropy.
+    probs = [[0.05, 0.45, 0.5], [0.4, 0.3, 0.3]]
+    margin = Margin().query(_logit_ctx(probs), 1)
+    np.testing.assert_allclose(margin.scores, [-0.05, -0.1], atol=1e-6)
+    assert margin.indices.tolist() == [0]
+    assert Entropy().query(_logit_ctx(probs), 1).indices.tolist() == [1]
+    assert LeastConfidence().query(_logit_ctx(probs), 1).indices.tolist() == [1]
+
+
+# ----------------------------------------------------------------------------- coreset
+def test_coreset_picks_the_far_away_points():
+    g = torch.Generator().manual_seed(0)
+    near = 0.1 * torch.randn(20, 2, generator=g)
+    far = torch.tensor([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]])
+    x = torch.cat([near[:10], far, near[10:]])
+    model = _FixedNet(torch.eye(2))
+    labelled = 0.1 * torch.randn(5, 2, generator=g)
+    result = Coreset().query(_ctx(model, x, x_lab=labelled), 3)
+    assert set(result.indices.tolist()) == {10, 11, 12}
+    assert result.scores[10:13].min() > result.scores[np.r_[0:10, 13:23]].max()
+    # No labelled points: the first centre is random, the far points must still be covered.
+    for seed in range(3):
+        picked = Coreset().query(_ctx(model, x, seed=seed), 4)
+        assert {10, 11, 12} <= set(picked.indices.tolist())
+        assert picked.scores is None
+
+
+# ----------------------------------------------------------------------------- BADGE
+def test_badge_batch_is_diverse():
+    g = torch.Generator().manual_seed(1)
+    duplicates = torch.tensor([0.3, 0.2, 0.1]) + 1e-4 * torch.randn(10, 3, generator=g)
+    distinct = torch.tensor([[1.0, 0.8, 0.0], [0.0, 1.0, 0.8], [0.8, 0.0, 1.0],
+                             [-1.0, 0.5, 0.4], [0.2, -1.0, 0.5]])
+    x = torch.cat([duplicates, distinct])
+    model = _FixedNet(torch.eye(3))
+    for seed in range(5):
+        result = BADGE().query(_ctx(model, x, seed=seed), 5)
+        assert np.sum(result.indices < 10) <= 1, result.indices
+
+
+def test_badge_scores_are_gradient_embedding_norms():
+    x = torch.tensor([[0.3, -0.2, 1.0], [2.0, 0.0, -1.0]])
+    model = _FixedNet(torch.eye(3))
+    p = torch.softmax(x.double(), 1)
+    a = p - torch.nn.functional.one_hot(p.argmax(1), 3)
+    g = torch.einsum("nk,nd->nkd", a, torch.cat([x.double(), torch.ones(2, 1)], 1)).flatten(1)
+    np.testing.assert_allclose(BADGE().query(_ctx(model, x), 1).scores, g.norm(dim=1).numpy(),
+                               rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- BALD, BatchBALD
+def test_bald_prefers_disagreement_over_noise():
+    # Feature 0 passes dropout: "on" -> confident class 0, "off" -> 50/50. Point (0, 0) is 50/50
+    # under every mask (highest entropy, no disagreement); (10, 0) is where the samples disagree.
+    model = _FixedNet([[1.0, 0.0], [0.0, 0.0]], dropout=0.5)
+    x = [[0.0, 0.0], [10.0, 0.0], [0.3, 0.0]]
+    assert BALD(num_samples=64).query(_ctx(model, x), 1).indices.tolist() == [1]
+    assert Entropy().query(_ctx(model, x), 1).indices.tolist() == [0]
+
+
+def test_bald_without_dropout_tells_the_user_to_add_it():
+    with pytest.raises(ValueError, match="dropout > 0"):
+        BALD().query(_ctx(_FixedNet(torch.eye(2)), [[0.0, 1.0], [1.0, 0.0]]), 1)
+
+
+def _duplicate_case():
+    # Point a = 10 e0 flips between confident classes with its dropout unit (MI ~ log 2); three
+    # copies of it. Points b_j = 2.9 e_j depend on other, independent units (MI ~ 0.3 each).
+    model = _FixedNet([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], bias=[-5.0, 0.0], dropout=0.5)
+    a = [10.0, 0.0, 0.0, 0.0]
+    x = [a, a, a] + [[2.9 * (i == j) for i in range(4)] for j in (1, 2, 3)]
+    return model, x
+
+
+def test_batchbald_avoids_the_duplicates_bald_picks():
+    model, x = _duplicate_case()
+    bald = BALD(num_samples=100).query(_ctx(model, x), 3)
+    assert set(bald.indices.tolist()) == {0, 1, 2}
+    for strategy in (BatchBALD(num_samples=100),
+                     BatchBALD(num_samples=100, max_configurations=2, num_sampled_configurations=500)):
+        batch = strategy.query(_ctx(model, x), 3)
+        assert np.sum(batch.indices < 3) == 1, batch.indices
+        assert batch.info["batch_mutual_information"][0] == pytest.approx(bald.scores.max())
+
+
+def _brute_force_joint_mi(probs, subset):
+    t, _, k = probs.shape
+    joint = np.zeros(k ** len(subset))
+    for c, labels in enumerate(itertools.product(range(k), repeat=len(subset))):
+        joint[c] = np.mean(np.prod([probs[:, j, y] for j, y in zip(subset, labels)], axis=0))
+    h_joint = -np.sum(joint * np.log(joint))
+    h_cond = -np.sum(probs[:, subset] * np.log(probs[:, subset]), axis=2).mean(0).sum()
+    return h_joint - h_cond
+
+
+def test_batchbald_exact_joint_mutual_information_matches_brute_force():
+    torch.manual_seed(3)
+    model = _FixedNet(torch.randn(3, 5), dropout=0.4)
+    x = torch.randn(7, 5)
+    ctx = _ctx(model, x, seed=2)
+    result = BatchBALD(num_samples=8).query(ctx, 3)
+    probs = mc_dropout_probabilities(model, x, num_samples=8, seed=2)
+    chosen = result.indices.tolist()
+    for step in range(1, 4):
+        assert result.info["batch_mutual_information"][step - 1] == pytest.approx(
+            _brute_force_joint_mi(probs, chosen[:step]), rel=1e-8, abs=1e-10)
+
+
+# ----------------------------------------------------------------------------- LL4AL
+class _SmallMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.classifier = nn.Linear(16, 2)
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def _noisy_halves(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    y = (x[:, 0] + 0.5 * torch.randn(n, generator=g) > 0).long()  # noisier near the boundary
+    return x, y
+
+
+def test_ll4al_loss_module_learns_to_rank_losses():
+    torch.manual_seed(0)
+    model = _SmallMLP()
+    x, y = _noisy_halves(256, 0)
+    config = SimpleNamespace(epochs=30, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                             schedule="cosine", loss="ce", seed=0, device="cpu")
+    strategy = LearningLoss()
+    history = strategy.train(model, x, y, config, 2)
+    assert history.losses[-1] < history.losses[0]
+    module = strategy.loss_module
+
+    x_test, y_test = _noisy_halves(300, 1)
+    with torch.no_grad():
+        true_loss = torch.nn.functional.cross_entropy(model(x_test), y_test, reduction="none")
+    result = strategy.query(_ctx(model, x_test), 10)
+    rho = spearmanr(result.scores, true_loss.numpy()).statistic
+    assert rho > 0.2, rho
+
+    strategy.train(model, x, y, SimpleNamespace(**{**vars(config), "epochs": 1}), 2)
+    assert strategy.loss_module is module  # kept between active-learning cycles
+
+
+def test_ll4al_query_before_training_is_an_error():
+    with pytest.raises(RuntimeError, match="untrained"):
+        LearningLoss().query(_ctx(_SmallMLP(), torch.zeros(3, 2)), 1)
+
+
+def test_margin_ranking_loss_is_zero_for_a_well_separated_correct_order():
+    target = torch.tensor([3.0, 2.0, 0.0, 1.0])
+    assert float(margin_ranking_loss(2 * target, target)) == 0.0
+    assert float(margin_ranking_loss(-2 * target, target)) > 0.0
+
+
+# ----------------------------------------------------------------------------- random, registry
+def test_random_depends_only_on_the_seed():
+    ctx = lambda seed: _ctx(_FixedNet(torch.eye(2)), torch.randn(50, 2), seed=seed)  # noqa: E731
+    a, b = RandomSampling().query(ctx(1), 10), RandomSampling().query(ctx(1), 10)
+    assert a.indices.tolist() == b.indices.tolist()
+    assert a.indices.tolist() != RandomSampling().query(ctx(2), 10).indices.tolist()
+
+
+def test_registry_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="entropy"):
+        get_strategy("no_such_strategy")
+    with pytest.raises(TypeError, match="num_samples"):
+        get_strategy("bald", samples=3)
+    assert isinstance(get_strategy("batchbald", num_samples=3), BatchBALD)
+
+    class Impostor(Strategy):
+        name = "entropy"
+
+        def query(self, context, budget):  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="already taken"):
+        register_strategy(Impostor)
+    with pytest.raises(TypeError):
+        register_strategy(int)
