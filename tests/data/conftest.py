@@ -46,6 +46,18 @@ def write_svhn(folder: Path, n_train: int = 40, n_test: int = 20, seed: int = 0)
 
 
 @pytest.fixture
+def make_cifar():
+    """Factory writing a tiny ``cifar-10-batches-py`` folder (see :func:`write_cifar`)."""
+    return write_cifar
+
+
+@pytest.fixture
+def make_svhn():
+    """Factory writing tiny SVHN ``.mat`` files (see :func:`write_svhn`)."""
+    return write_svhn
+
+
+@pytest.fixture
 def cifar_dir(tmp_path) -> Path:
     return write_cifar(tmp_path / "cifar-10-batches-py")
 
@@ -53,10 +65,3 @@ def cifar_dir(tmp_path) -> Path:
 @pytest.fixture
 def svhn_dir(tmp_path) -> Path:
     return write_svhn(tmp_path / "svhn")
-
-
-@pytest.fixture
-def no_data_env(monkeypatch, tmp_path):
-    """Run from an empty directory with NTKAL_DATA unset, so only the explicit paths count."""
-    monkeypatch.delenv("NTKAL_DATA", raising=False)
-    return tmp_path

@@ -12,8 +12,6 @@ import torch
 from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset, write_idx
 from ntkal.data import loaders
 
-from conftest import CIFAR_NAMES, write_cifar, write_svhn
-
 
 def test_available_datasets():
     assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic"]
@@ -82,7 +80,7 @@ def test_synthetic_is_seeded():
 def test_cifar10_from_generated_files(cifar_dir):
     d = load_dataset("cifar10", root=cifar_dir)
     assert d.x_train.shape == (100, 3, 32, 32) and d.x_test.shape == (30, 3, 32, 32)
-    assert d.classes == CIFAR_NAMES
+    assert d.classes[0] == "airplane" and d.classes[9] == "truck" and d.num_classes == 10
     # Row layout: the first 1024 bytes are the red plane, row-major.
     with open(cifar_dir / "data_batch_1", "rb") as fh:
         raw = pickle.load(fh, encoding="bytes")[b"data"]
@@ -93,8 +91,8 @@ def test_cifar10_from_generated_files(cifar_dir):
     assert load_dataset("cifar10", root=cifar_dir.parent).num_train == 100
 
 
-def test_cifar10_pickle_refuses_code(tmp_path):
-    folder = write_cifar(tmp_path / "cifar-10-batches-py")
+def test_cifar10_pickle_refuses_code(tmp_path, make_cifar):
+    folder = make_cifar(tmp_path / "cifar-10-batches-py")
 
     class Evil:
         def __reduce__(self):
@@ -128,12 +126,12 @@ def _write_tiny_idx(folder: Path, value: int) -> Path:
     return folder
 
 
-def test_env_var_is_used_and_root_beats_it(tmp_path, monkeypatch):
+def test_env_var_is_used_and_root_beats_it(tmp_path, monkeypatch, make_cifar, make_svhn):
     env = tmp_path / "env"
     _write_tiny_idx(env / "fashion-mnist", 255)
     _write_tiny_idx(env / "mnist", 0)
-    write_cifar(env / "cifar-10-batches-py", per_batch=2, n_test=3)
-    write_svhn(env / "svhn", n_train=4, n_test=2)
+    make_cifar(env / "cifar-10-batches-py", per_batch=2, n_test=3)
+    make_svhn(env / "svhn", n_train=4, n_test=2)
     monkeypatch.setenv("NTKAL_DATA", str(env))
     fm = load_dataset("fashion_mnist")
     assert fm.num_train == 20 and fm.x_train[0, 0, 0, 0].item() == pytest.approx((1 - 0.2860) / 0.3530)
@@ -192,3 +190,13 @@ def test_real_fashion_mnist_subset_loads():
     d = load_dataset("fashion_mnist", train_size=500, test_size=100, seed=0)
     assert d.in_shape == (1, 28, 28) and d.classes[0] == "T-shirt/top" and d.classes[9] == "Ankle boot"
     assert torch.bincount(d.y_train).tolist() == [50] * 10
+
+
+def test_repo_default_found_from_any_working_directory(tmp_path, monkeypatch):
+    repo_mnist = Path(loaders.__file__).resolve().parents[3] / "data" / "mnist" / "package" / "data"
+    if not (repo_mnist / "train-images-idx3-ubyte").is_file():
+        pytest.skip("MNIST not installed in the repository (`make datasets`)")
+    monkeypatch.delenv("NTKAL_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    d = load_dataset("mnist", train_size=100, test_size=50)
+    assert d.in_shape == (1, 28, 28) and d.num_train == 100 and torch.bincount(d.y_train).min() >= 9

@@ -29,6 +29,16 @@ def test_basic_bookkeeping():
     assert pool.label([]).size == 0
 
 
+def test_accepts_numpy_and_torch_integers():
+    import torch
+
+    pool = Pool(5)
+    pool.label(torch.tensor([3, 1]))
+    pool.label(np.int32(4))
+    assert pool.labelled_indices.tolist() == [3, 1, 4]
+    assert pool.is_labelled(np.int64(1)) and pool.class_counts(torch.arange(5) % 2).tolist() == [1, 2]
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
