@@ -169,6 +169,21 @@ def test_batchbald_exact_joint_mutual_information_matches_brute_force():
             _brute_force_joint_mi(probs, chosen[:step]), rel=1e-8, abs=1e-10)
 
 
+def test_batchbald_sampled_joint_entropy_estimates_the_exact_one():
+    torch.manual_seed(4)
+    model = _FixedNet(torch.randn(3, 5), dropout=0.4)
+    x = torch.randn(7, 5)
+    probs = mc_dropout_probabilities(model, x, num_samples=8, seed=1)
+    # Beyond the first pick every step is sampled (3 configurations > max_configurations=2).
+    result = BatchBALD(num_samples=8, max_configurations=2,
+                       num_sampled_configurations=20000).query(_ctx(model, x, seed=1), 4)
+    assert not result.info["exact_joint_entropy"]
+    chosen = result.indices.tolist()
+    for step in range(2, 5):
+        assert result.info["batch_mutual_information"][step - 1] == pytest.approx(
+            _brute_force_joint_mi(probs, chosen[:step]), rel=0.05)
+
+
 # ----------------------------------------------------------------------------- LL4AL
 class _SmallMLP(nn.Module):
     def __init__(self):

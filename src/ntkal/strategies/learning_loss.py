@@ -147,7 +147,8 @@ class LearningLoss(Strategy):
     ``TrainConfig`` fields (SGD with momentum and weight decay, ``onecycle``/``cosine``/``constant``
     schedule, ``mse``/``ce`` loss, ``seed``, ``device``). The loss module is kept on the strategy
     between active-learning cycles (rebuilt only if the feature sizes change). In training mode the
-    embedding is captured after dropout, if the model has any.
+    embedding is captured after dropout, if the model has any. ``progress`` is accepted for the
+    :meth:`Strategy.train` signature; no progress bar is shown.
     """
 
     name = "ll4al"
@@ -189,7 +190,10 @@ class LearningLoss(Strategy):
             raise ValueError(f"unknown loss {loss_kind!r}; use 'mse' or 'ce'")
         schedule = str(getattr(config, "schedule", "constant")).lower()
         seed = int(getattr(config, "seed", 0))
-        device = torch.device(getattr(config, "device", None) or "cpu")
+        device = getattr(config, "device", None)
+        if device is None or device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
         n = int(x.shape[0])
         if n == 0:
             raise ValueError("cannot train on an empty labelled set")
