@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -263,3 +265,23 @@ def test_registry_errors_name_the_valid_choices():
         register_strategy(Impostor)
     with pytest.raises(TypeError):
         register_strategy(int)
+
+
+# ----------------------------------------------------------------------------- scores, modes
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.floats(-8, 8), min_size=4, max_size=4), min_size=2, max_size=6))
+def test_uncertainty_scores_match_their_definitions(logits):
+    probs = torch.softmax(torch.tensor(logits, dtype=torch.float64), 1).numpy()
+    ordered = np.sort(probs, axis=1)
+    np.testing.assert_allclose(Margin().score(probs), ordered[:, -2] - ordered[:, -1], atol=1e-12)
+    np.testing.assert_allclose(LeastConfidence().score(probs), 1 - ordered[:, -1], atol=1e-12)
+    np.testing.assert_allclose(Entropy().score(probs), -(probs * np.log(probs)).sum(1), atol=1e-9)
+
+
+def test_query_restores_mixed_module_modes():
+    model = _FixedNet([[1.0, 0.0], [0.0, 0.0]], dropout=0.5)
+    model.train()
+    model.classifier.eval()  # a caller's deliberate mix of modes survives a query
+    for strategy in (Entropy(), BALD(num_samples=2), BADGE(), Coreset()):
+        strategy.query(_ctx(model, [[0.0, 1.0], [1.0, 0.0]]), 1)
+        assert model.training and model.dropout.training and not model.classifier.training
