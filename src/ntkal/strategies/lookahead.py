@@ -36,6 +36,7 @@ from torch import nn
 from ntkal.lookahead import Lookahead
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget)
+from ntkal.strategies.forward_passes import evaluating
 
 __all__ = ["MLMOC", "SGDLookahead", "flip_fraction", "output_change", "rank_scores", "SCORES"]
 
@@ -156,11 +157,13 @@ class MLMOC(Strategy):
         return max(1, self.memory_budget // per)
 
     def lookahead(self, context: QueryContext) -> Lookahead:
-        """The linearised network of ``context.model`` on ``L ∪ S``."""
-        return Lookahead.fit(context.model, context.x_labelled, context.y_labelled,
-                             context.x_candidates, num_classes=context.num_classes,
-                             kernel=self.kernel, ridge=self.ridge, eps=self.eps,
-                             implementation=self.implementation, progress=context.progress)
+        """The linearised network of ``context.model`` on ``L ∪ S`` (the model's modes, device and
+        weights are left as they were)."""
+        with evaluating(context.model, context.device) as model:
+            return Lookahead.fit(model, context.x_labelled, context.y_labelled,
+                                 context.x_candidates, num_classes=context.num_classes,
+                                 kernel=self.kernel, ridge=self.ridge, eps=self.eps,
+                                 implementation=self.implementation, progress=context.progress)
 
     def _reference(self, la: Lookahead) -> torch.Tensor:
         return la.f0_candidates if self.reference == "f0" else la.base_predictions()
@@ -301,8 +304,14 @@ class SGDLookahead(Strategy):
                            x_eval: torch.Tensor, num_classes: int, batch_size: int) -> torch.Tensor:
         from ntkal.training import predict_logits, train
 
+        config = self._config()
         clone = copy.deepcopy(model)
-        train(clone, x, y, self._config(), num_classes=num_classes, progress=False)
+        # Same random stream for every fine-tune (dropout, shuffling): the added point is the only
+        # difference between runs; the caller's global RNG state is left untouched.
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(getattr(config, "seed", 0) or 0))
+            train(clone, x, y, config, num_classes=num_classes, progress=False)
         return predict_logits(clone, x_eval, batch_size=batch_size).detach().to(_F64).cpu()
 
     def sgd_predictions(self, context: QueryContext, position: int, label: int) -> torch.Tensor:
@@ -330,8 +339,9 @@ class SGDLookahead(Strategy):
         else:
             positions = np.arange(m)
         t0 = time.perf_counter()
-        f0 = predict_logits(context.model, context.x_candidates,
-                            batch_size=context.batch_size).detach().to(_F64).cpu()
+        with evaluating(context.model, context.device) as model:
+            f0 = predict_logits(model, context.x_candidates,
+                                batch_size=context.batch_size).detach().to(_F64).cpu()
         control = self.control_predictions(context)
         ref = f0 if self.reference == "f0" else control
         ref_cls = ref.argmax(dim=1)

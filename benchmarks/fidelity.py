@@ -1,0 +1,313 @@
+"""How faithful is the eNTK look-ahead to real SGD retraining?
+
+Mohamadi, Bae & Sutherland (NeurIPS 2022) replace "retrain the network with one more labelled
+point" by a closed-form update of the network linearised at its trained weights. This benchmark
+measures that approximation directly: for each of ``m`` candidates ``x_j`` it compares
+
+* the NTK-predicted change of the outputs on the candidate set ``S``, ``f^{(j,ŷ_j)}(S) − f̄(S)``
+  (``ntkal.lookahead.Lookahead``), with
+* the change after REAL SGD: a deep copy of the trained network warm-start fine-tuned on
+  ``L ∪ {(x_j, ŷ_j)}``, minus a control copy fine-tuned on ``L`` alone with the same seed
+  (``ntkal.strategies.lookahead.SGDLookahead``),
+
+and reports Pearson/Spearman correlations of the per-candidate scores (output-change norm and the
+MLMOC flip score), the top-k overlap of the two rankings, and the cosine between the predicted
+and the real change vectors; for several network widths, ridge values, kernel variants
+(pseudo / trace / full) and MSE vs cross-entropy training.
+
+Run ``python benchmarks/fidelity.py --quick`` (about a minute on 2 CPU cores) or without
+``--quick`` for the larger setting. Writes ``benchmarks/results/fidelity_<tag>.json`` and
+``fidelity_<tag>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- shared set-up
+def machine_info() -> dict:
+    """What the numbers were measured on (the machine may be shared: load averages included)."""
+    info = {"platform": platform.platform(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "processor": platform.processor()}
+    try:
+        info["loadavg"] = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def make_config(epochs, batch_size, lr, loss, seed, momentum=0.9, weight_decay=0.0,
+                schedule="constant"):
+    from ntkal.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, schedule=schedule, loss=loss, seed=seed)
+
+
+def load_split(dataset: str, n_labelled: int, n_candidates: int, n_test: int, seed: int):
+    """Labelled set L, candidate set S (disjoint, from the training split) and a test set."""
+    from ntkal.data import load_dataset
+
+    ds = load_dataset(dataset, train_size=n_labelled + n_candidates, test_size=n_test, seed=seed)
+    rng = np.random.default_rng(seed)
+    perm = torch.as_tensor(rng.permutation(ds.x_train.shape[0]))
+    li, si = perm[:n_labelled], perm[n_labelled:n_labelled + n_candidates]
+    return (ds.x_train[li], ds.y_train[li], ds.x_train[si], ds.y_train[si],
+            ds.x_test, ds.y_test, ds.num_classes, tuple(ds.in_shape))
+
+
+def train_network(model_name, in_shape, num_classes, width, x, y, config):
+    from ntkal.models import build_model
+    from ntkal.training import train
+
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, in_shape, num_classes, width=width)
+    train(model, x, y, config, num_classes=num_classes)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- metrics
+def _corr(a, b) -> dict:
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return {"pearson": None, "spearman": None, "note": "constant scores"}
+    return {"pearson": float(stats.pearsonr(a, b)[0]),
+            "spearman": float(stats.spearmanr(a, b)[0])}
+
+
+def _top(primary, secondary, k):
+    from ntkal.strategies.lookahead import rank_scores
+
+    return set(rank_scores(primary, secondary, k, seed=0).tolist())
+
+
+def compare(ntk_delta, sgd_delta, ntk_flip, sgd_flip, top_k) -> dict:
+    """Fidelity metrics between NTK-predicted and SGD output changes, ``(m, m, k)`` each."""
+    ntk_norm = ntk_delta.norm(dim=-1).sum(-1).numpy()
+    sgd_norm = sgd_delta.norm(dim=-1).sum(-1).numpy()
+    a, b = ntk_delta.flatten(1), sgd_delta.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    return {
+        "norm": _corr(ntk_norm, sgd_norm),
+        "flip": _corr(ntk_flip, sgd_flip),
+        "top_k": top_k,
+        "topk_overlap_mlmoc_flip": len(_top(ntk_flip, ntk_norm, top_k)
+                                       & _top(sgd_flip, sgd_norm, top_k)) / top_k,
+        "topk_overlap_norm": len(_top(ntk_norm, None, top_k) & _top(sgd_norm, None, top_k)) / top_k,
+        "median_cosine_change": float(cos.median()),
+        "median_scale_ratio_ntk_over_sgd": float(np.median(ntk_norm / np.maximum(sgd_norm, 1e-300))),
+        "ntk_norm": ntk_norm.tolist(), "ntk_flip": np.asarray(ntk_flip).tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------- one network
+def sgd_ground_truth(model, xl, yl, xs, num_classes, finetune, progress=False) -> dict:
+    """Per-candidate outputs on S after real warm-started fine-tuning with (x_j, ŷ_j) added."""
+    from ntkal.strategies.base import QueryContext
+    from ntkal.strategies.lookahead import SGDLookahead, flip_fraction
+    from ntkal.training import predict_logits
+
+    ctx = QueryContext(model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl,
+                       num_classes=num_classes)
+    strat = SGDLookahead(finetune=finetune)
+    f0 = predict_logits(model, xs).to(torch.float64).cpu()
+    pseudo = f0.argmax(1)
+    t0 = time.perf_counter()
+    control = strat.control_predictions(ctx)
+    preds = []
+    m = xs.shape[0]
+    for j in range(m):
+        preds.append(strat.sgd_predictions(ctx, j, int(pseudo[j])))
+        if progress and (j + 1) % 10 == 0:
+            print(f"    SGD look-ahead {j + 1}/{m}", flush=True)
+    seconds = time.perf_counter() - t0
+    preds = torch.stack(preds)                                             # (m, m, k)
+    fit_new = preds[torch.arange(m), torch.arange(m)]                     # f_sgd^{(j)}(x_j)
+    onehot = torch.nn.functional.one_hot(pseudo, num_classes).to(torch.float64)
+    return {"f0": f0, "control": control, "preds": preds, "delta": preds - control.unsqueeze(0),
+            "flip": flip_fraction(preds, pseudo).numpy(),
+            "seconds": seconds,
+            "new_point_residual_before": float((f0 - onehot).norm(dim=1).mean()),
+            "new_point_residual_after": float((fit_new - onehot).norm(dim=1).mean()),
+            "control_drift": float((control - f0).norm(dim=1).mean())}
+
+
+def ntk_lookahead(model, xl, yl, xs, num_classes, kernel, ridge) -> dict:
+    from ntkal.lookahead import Lookahead
+    from ntkal.strategies.lookahead import flip_fraction
+
+    t0 = time.perf_counter()
+    la = Lookahead.fit(model, xl, yl, xs, num_classes=num_classes, kernel=kernel, ridge=ridge)
+    t1 = time.perf_counter()
+    m = xs.shape[0]
+    f0 = la.f0_candidates
+    pseudo = f0.argmax(1)
+    preds = la.retrained_predictions_batch(np.arange(m), pseudo)
+    t2 = time.perf_counter()
+    return {"delta": (preds - la.base_predictions().unsqueeze(0)).cpu(),
+            "flip": flip_fraction(preds, pseudo).cpu().numpy(),
+            "kernel_seconds": t1 - t0, "score_seconds": t2 - t1, "jitter": la.jitter,
+            "num_clamped": la.num_clamped,
+            "base_vs_f0": float((la.base_predictions() - f0).norm(dim=1).mean())}
+
+
+# ----------------------------------------------------------------------------- driver
+def run(args) -> dict:
+    from ntkal.training import evaluate
+
+    torch.manual_seed(args.seed)
+    xl, yl, xs, _, xt, yt, k, in_shape = load_split(args.dataset, args.n_labelled,
+                                                    args.n_candidates, args.n_test, args.seed)
+    print(f"{args.dataset}: |L| = {len(xl)}, |S| = {len(xs)}, k = {k}, model {args.model}, "
+          f"widths {args.widths}, losses {args.losses}", flush=True)
+    runs = []
+    for loss in args.losses:
+        for width in args.widths:
+            t0 = time.perf_counter()
+            cfg = make_config(args.train_epochs, args.train_batch, args.train_lr, loss, args.seed,
+                              weight_decay=args.weight_decay, schedule="cosine")
+            model = train_network(args.model, in_shape, k, width, xl, yl, cfg)
+            acc = float(evaluate(model, xt, yt))
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            ft = make_config(args.finetune_epochs, args.finetune_batch, args.finetune_lr, loss,
+                             args.seed)
+            sgd = sgd_ground_truth(model, xl, yl, xs, k, ft, progress=args.verbose)
+            print(f"[{loss} width={width} params={n_params}] trained {time.perf_counter() - t0:.1f}s "
+                  f"test acc {acc:.3f}; SGD look-ahead {sgd['seconds']:.1f}s; new-point residual "
+                  f"{sgd['new_point_residual_before']:.3f} -> {sgd['new_point_residual_after']:.3f}; "
+                  f"control drift {sgd['control_drift']:.3f}", flush=True)
+            variants = [(kern, r) for kern in args.kernels for r in args.ridges]
+            for kern, ridge in variants:
+                ntk = ntk_lookahead(model, xl, yl, xs, k, kern, ridge)
+                metrics = compare(ntk["delta"], sgd["delta"], ntk["flip"], sgd["flip"], args.top_k)
+                row = {"loss": loss, "width": width, "params": n_params, "kernel": kern,
+                       "ridge": ridge, "test_acc": acc,
+                       **{key: ntk[key] for key in ("kernel_seconds", "score_seconds", "jitter",
+                                                     "num_clamped", "base_vs_f0")},
+                       "sgd_seconds": sgd["seconds"],
+                       "sgd_new_point_residual_before": sgd["new_point_residual_before"],
+                       "sgd_new_point_residual_after": sgd["new_point_residual_after"],
+                       "sgd_control_drift": sgd["control_drift"],
+                       "sgd_norm": sgd["delta"].norm(dim=-1).sum(-1).tolist(),
+                       "sgd_flip": sgd["flip"].tolist(), **metrics}
+                runs.append(row)
+                print(f"    {kern:6s} ridge={ridge:<6g} norm r={_fmt(metrics['norm']['pearson'])} "
+                      f"rho={_fmt(metrics['norm']['spearman'])} | flip r={_fmt(metrics['flip']['pearson'])} "
+                      f"rho={_fmt(metrics['flip']['spearman'])} | top{args.top_k} overlap "
+                      f"mlmoc={metrics['topk_overlap_mlmoc_flip']:.2f} "
+                      f"norm={metrics['topk_overlap_norm']:.2f} | cos={metrics['median_cosine_change']:.2f} "
+                      f"scale={metrics['median_scale_ratio_ntk_over_sgd']:.2f} | "
+                      f"kernel {ntk['kernel_seconds']:.2f}s", flush=True)
+    return {"benchmark": "fidelity", "args": vars(args), "machine": machine_info(), "runs": runs}
+
+
+def _fmt(v) -> str:
+    return "  n/a" if v is None else f"{v:+.2f}"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["runs"] if r["kernel"] == result["args"]["kernels"][0]
+            and r["ridge"] == result["args"]["ridges"][0]]
+    fig, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 6.2), squeeze=False)
+    for c, r in enumerate(rows):
+        for row, (name, xs, ys) in enumerate([("norm", r["ntk_norm"], r["sgd_norm"]),
+                                              ("flip", r["ntk_flip"], r["sgd_flip"])]):
+            ax = axes[row, c]
+            ax.scatter(xs, ys, s=10, alpha=0.7)
+            corr = r[name]
+            ax.set_title(f"{r['loss']} w={r['width']} {name}\nr={_fmt(corr['pearson'])} "
+                         f"rho={_fmt(corr['spearman'])}", fontsize=8)
+            ax.set_xlabel(f"eNTK ({r['kernel']}) {name}", fontsize=7)
+            ax.set_ylabel(f"SGD fine-tune {name}", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.suptitle("Look-ahead output change on S: eNTK closed form vs real SGD", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small CPU-sized setting (~1 min)")
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--widths", type=int, nargs="+")
+    ap.add_argument("--losses", nargs="+", choices=["mse", "ce"])
+    ap.add_argument("--kernels", nargs="+")
+    ap.add_argument("--ridges", type=float, nargs="+")
+    ap.add_argument("--n-labelled", type=int)
+    ap.add_argument("--n-candidates", type=int)
+    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--train-epochs", type=int)
+    ap.add_argument("--train-batch", type=int, default=32)
+    ap.add_argument("--train-lr", type=float, default=0.05)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--finetune-epochs", type=int)
+    ap.add_argument("--finetune-batch", type=int, default=32)
+    ap.add_argument("--finetune-lr", type=float, default=0.02)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--tag", default=None, help="results file tag (default quick/full)")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    quick = {"widths": [32, 128, 512], "losses": ["mse", "ce"], "kernels": ["pseudo", "trace", "full"],
+             "ridges": [0.0, 1e-3, 1e-1], "n_labelled": 60, "n_candidates": 50,
+             "train_epochs": 60, "finetune_epochs": 20}
+    full = {"widths": [32, 128, 512, 2048], "losses": ["mse", "ce"],
+            "kernels": ["pseudo", "trace", "full"], "ridges": [0.0, 1e-3, 1e-1],
+            "n_labelled": 150, "n_candidates": 100, "train_epochs": 100, "finetune_epochs": 30}
+    for key, val in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, val)
+    if args.tag is None:
+        args.tag = "quick" if args.quick else "full"
+    if args.n_candidates < args.top_k:
+        ap.error("--n-candidates must be >= --top-k")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run(args)
+    result["total_seconds"] = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"fidelity_{args.tag}.json"
+    png_path = RESULTS / f"fidelity_{args.tag}.png"
+    json_path.write_text(json.dumps(result, indent=1))
+    plot(result, png_path)
+    print(f"total {result['total_seconds']:.1f}s; wrote {json_path} and {png_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
