@@ -1,0 +1,259 @@
+"""Empirical neural tangent kernels of any ``nn.Module`` that returns logits.
+
+``empirical_ntk`` linearises a network at its *current* weights: Θ(x, x') = J(x) J(x')ᵀ with J the
+Jacobian of the logits w.r.t. the trainable parameters, the model in eval mode. Two exact engines
+sit behind the one call:
+
+``"jacobian"``
+    Per-example Jacobians from ``torch.func`` (``vmap(jacrev)``), contracted blockwise. General
+    and trusted, but it costs ``k'·P`` memory per example and ``2·n1·n2·k'^2·P`` FLOPs.
+``"structured"``
+    Per-layer factorisation. For ``nn.Linear``, Θ_layer(x, x') = (a(x)·a(x') + 1)(δ(x)·δ(x')) with
+    ``a`` the layer input and ``δ`` the output sensitivities at the pre-activation, so no
+    per-example weight gradient is ever formed. ``nn.Conv2d`` uses the same identity summed over
+    spatial positions, or per-example gradients built from unfolded patches when that is cheaper
+    (a per-layer FLOP model decides); BatchNorm affine parameters get analytic per-example
+    gradients; any other trainable parameter falls back to ``torch.func`` per-example gradients.
+``"auto"``
+    Estimates the FLOPs of both engines for the given model and sizes and runs the cheaper one
+    (in practice ``structured`` whenever Linear/Conv layers hold the parameters).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
+                                   split_parameters, contract_rows)
+from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
+
+__all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
+           "IMPLEMENTATIONS"]
+
+IMPLEMENTATIONS = ("auto", "jacobian", "structured")
+
+
+def available_kinds() -> tuple[str, ...]:
+    """Kernel variants :func:`empirical_ntk` accepts."""
+    return KINDS
+
+
+def available_implementations() -> tuple[str, ...]:
+    """Engines :func:`empirical_ntk` accepts for ``implementation=``."""
+    return IMPLEMENTATIONS
+
+
+def _check_inputs(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor],
+                  device: torch.device, mdtype: torch.dtype):
+    def prep(x, name):
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if x.ndim == 0:
+            raise ValueError(f"{name} must have a leading batch dimension, got a scalar")
+        if x.is_floating_point():
+            if torch.isnan(x).any():
+                raise ValueError(f"{name} contains NaN values")
+            x = x.to(device=device, dtype=mdtype)
+        else:
+            x = x.to(device)
+        return x
+
+    x1 = prep(x1, "x1")
+    if x2 is not None:
+        x2 = prep(x2, "x2")
+        if tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
+            raise ValueError(f"x1 and x2 must have the same per-example shape, got "
+                             f"{tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}")
+    if x1.shape[0] == 0 and (x2 is None or x2.shape[0] == 0):
+        return x1, x2, None
+    sample = x1 if x1.shape[0] else x2
+    try:
+        out, act, calls = probe(model, sample)
+    except Exception as err:  # the model rejected the input: say so in terms the caller knows
+        raise ValueError(f"model cannot be applied to inputs of per-example shape "
+                         f"{tuple(sample.shape[1:])}: {err}") from err
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must return 2-D logits (n, k); got {shape}")
+    return x1, x2, (out, act, calls)
+
+
+def _classifier(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Linear):
+        return head
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise ValueError("kind='last_layer' needs a final nn.Linear (model.classifier, or the last "
+                         "nn.Linear in module order); none found")
+    return last
+
+
+def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
+    """Kernel of the final linear layer alone: a(x)·a(x') (+1 with a trainable bias), the same for
+    every class, so the k x k block is this times the identity."""
+    head = _classifier(model)
+    use_w = head.weight.requires_grad
+    use_b = head.bias is not None and head.bias.requires_grad
+    store = {}
+
+    def hook(module, inp, out):
+        store["a"] = inp[0].detach()
+
+    def featurise(x):
+        handle = head.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = model(x)
+        finally:
+            handle.remove()
+        return store.pop("a").reshape(x.shape[0], -1), logits
+
+    def contract(a1, a2):
+        out = torch.zeros(a1.shape[0], a2.shape[0], dtype=a1.dtype, device=a1.device)
+        if use_w:
+            out = out + a1 @ a2.T
+        if use_b:
+            out = out + 1.0
+        return out
+
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    e = head.in_features * x1.element_size()
+    plan = plan_blocks(n1, n2, e, 2 * x1.element_size(), max_memory)
+    return run_blocked(featurise, contract, x1, x2, block_shape=(), plan=plan, dtype=dtype,
+                       device=device, progress=progress, description="last-layer NTK")
+
+
+def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor] = None, *,
+                  kind: str = "pseudo", implementation: str = "auto",
+                  max_memory: Optional[int] = None, dtype: torch.dtype = torch.float64,
+                  progress: bool = False, return_outputs: bool = False
+                  ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Empirical NTK of ``model`` at its current weights.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits ``(n, k)``. Temporarily put in eval mode (BatchNorm running statistics are
+        constants and stay untouched, dropout is off); every submodule's mode is restored after.
+    x1 : Tensor
+        ``(n1, ...)`` inputs.
+    x2 : Tensor, optional
+        ``(n2, ...)`` inputs; ``None`` means Θ(x1, x1), computed as a symmetric kernel (each
+        off-diagonal block once, then mirrored).
+    kind : {"pseudo", "trace", "full", "last_layer"}
+        ``full``: ``(n1, n2, k, k)`` blocks J_c(x)·J_c'(x'). ``trace``: ``(n1, n2)``, Σ_c J_c·J_c.
+        ``pseudo`` (default): ``(n1, n2)``, the NTK of s(x) = Σ_c f_c(x)/√k. ``last_layer``:
+        ``(n1, n2)``, the kernel of the final ``nn.Linear`` only (``model.classifier`` if it is
+        one, else the last ``nn.Linear`` in module order), i.e. a(x)·a(x') + 1 with ``a`` its
+        input; like pseudo and trace it is read as Θ ⊗ I_k.
+    implementation : {"auto", "jacobian", "structured"}
+        Engine (see the module docstring); all give the same kernel up to rounding.
+    max_memory : int, optional
+        Working-memory budget in bytes that sets the block sizes. Default: half the free host
+        memory (``MemAvailable``), or half the free device memory on CUDA.
+    dtype : torch.dtype
+        Accumulation dtype of the kernel (the network itself runs in its own dtype).
+    progress : bool
+        Rich progress bar over blocks; silenced by env ``NTKAL_QUIET=1`` or ``CI``.
+    return_outputs : bool
+        Also return the logits ``f1``, ``f2`` computed on the way (``f2 is f1`` when ``x2`` is None).
+
+    Returns
+    -------
+    Tensor or (Tensor, Tensor, Tensor)
+        The kernel on the model's device, in ``dtype``; with ``return_outputs`` also the logits.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind or implementation, NaN inputs, inputs the model cannot take or of
+        mismatched shapes, a model that does not return 2-D logits.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of "
+                         f"{IMPLEMENTATIONS}")
+    if max_memory is not None and max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    device, mdtype = model_device_dtype(model)
+    with eval_mode(model):
+        x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
+        n1 = int(x1.shape[0])
+        n2 = n1 if x2 is None else int(x2.shape[0])
+        if probed is None:
+            shape = (n1, n2, 0, 0) if kind == "full" else (n1, n2)
+            empty = torch.zeros(shape, dtype=dtype, device=device)
+            f = torch.zeros(n1, 0, dtype=mdtype, device=device)
+            return (empty, f, f if x2 is None else torch.zeros(n2, 0, dtype=mdtype, device=device)
+                    ) if return_outputs else empty
+        out0, act_numel, calls = probed
+        k = int(out0.shape[1])
+        if max_memory is None:
+            max_memory = default_max_memory(device)
+        if kind == "last_layer":
+            kern, f1, f2 = _last_layer(model, x1, x2, dtype, device, max_memory, progress)
+        else:
+            params, constants = split_parameters(model)
+            if not params:
+                shape = (n1, n2, k, k) if kind == "full" else (n1, n2)
+                kern = torch.zeros(shape, dtype=dtype, device=device)
+                with torch.no_grad():
+                    f1 = _forward(model, x1)
+                    f2 = f1 if x2 is None else _forward(model, x2)
+            else:
+                engine = _choose(implementation, model, params, calls, kind, k, n1, n2)
+                kern, f1, f2 = engine(model, params, constants, calls, x1, x2, kind=kind, k=k,
+                                      act_numel=act_numel, max_memory=max_memory, dtype=dtype,
+                                      device=device, progress=progress)
+    f1 = f1.detach()
+    f2 = f1 if x2 is None else f2.detach()
+    return (kern, f1, f2) if return_outputs else kern
+
+
+def _forward(model, x, batch=1024):
+    return torch.cat([model(x[s:s + batch]) for s in range(0, x.shape[0], batch)], 0) \
+        if x.shape[0] else torch.zeros(0, 0)
+
+
+def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,
+                  dtype, device, progress):
+    from ntkal.kernels.jacobian import make_jacobian_featuriser
+
+    kk = num_outputs(kind, k)
+    p = sum(t.numel() for t in params.values())
+    item = next(iter(params.values())).element_size()
+    e = kk * p * item
+    transient = 2 * e + 3 * kk * act_numel * item
+    pair = (kk * kk if kind == "full" else 1) * (item + 8)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    plan = plan_blocks(n1, n2, e, pair, max_memory, transient_per_example=transient)
+    featurise = make_jacobian_featuriser(model, params, constants, kind, k)
+    block_shape = (k, k) if kind == "full" else ()
+    return run_blocked(featurise, lambda a, b: contract_rows(a, b, kind), x1, x2,
+                       block_shape=block_shape, plan=plan, dtype=dtype, device=device,
+                       progress=progress, description=f"eNTK ({kind}, jacobian)")
+
+
+def _choose(implementation, model, params, calls, kind, k, n1, n2):
+    if implementation == "jacobian":
+        return _run_jacobian
+    try:
+        from ntkal.kernels import structured
+    except ImportError:  # pragma: no cover - structured engine not built yet
+        return _run_jacobian
+    if implementation == "structured":
+        return structured.run_structured
+    plan = structured.plan_layers(model, params, calls, kind, k, n1, n2)
+    p = sum(t.numel() for t in params.values())
+    kk = num_outputs(kind, k)
+    jac_cost = structured.jacobian_cost(p, kk, n1, n2, plan.forward_flops)
+    return structured.run_structured if plan.cost <= jac_cost else _run_jacobian

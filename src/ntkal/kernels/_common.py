@@ -1,0 +1,101 @@
+"""Helpers shared by the kernel engines: eval mode, parameter split, kind arithmetic."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+KINDS = ("pseudo", "trace", "full", "last_layer")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the kernel (BatchNorm statistics constant, dropout off); every submodule's own
+    flag is restored afterwards, not just the root's, so deliberately mixed modes survive."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
+def split_parameters(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(trainable, constants)``: trainable parameters by name; frozen parameters and buffers.
+
+    Shared parameters appear once (``named_parameters`` de-duplicates), which is what makes the
+    gradient of a tied weight the sum over its uses.
+    """
+    trainable: dict[str, torch.Tensor] = {}
+    constants: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        (trainable if p.requires_grad else constants)[name] = p.detach()
+    for name, b in model.named_buffers():
+        constants[name] = b
+    return trainable, constants
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    for b in model.buffers():
+        return b.device, (b.dtype if b.is_floating_point() else torch.get_default_dtype())
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def num_outputs(kind: str, k: int) -> int:
+    """Rows of the per-example Jacobian an engine needs: one for pseudo, k otherwise."""
+    return 1 if kind == "pseudo" else k
+
+
+def output_weights(kind: str, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Cotangents ``(k', k)`` whose vector-Jacobian products give the rows an engine needs.
+
+    The pseudo-NTK differentiates ``s(x) = Σ_c f_c(x) / √k``: a single all-``1/√k`` row.
+    """
+    if kind == "pseudo":
+        return torch.full((1, k), 1.0 / math.sqrt(k), dtype=dtype, device=device)
+    return torch.eye(k, dtype=dtype, device=device)
+
+
+def contract_rows(g1: torch.Tensor, g2: torch.Tensor, kind: str) -> torch.Tensor:
+    """Contract per-example gradient rows ``(b1, k', P)`` and ``(b2, k', P)`` into a kernel block.
+
+    ``full``: ``(b1, b2, k, k)``; ``trace`` sums the class-diagonal; ``pseudo`` has ``k' = 1``.
+    One matmul each, so BLAS does the work.
+    """
+    b1, kk, p = g1.shape
+    b2 = g2.shape[0]
+    if kind == "full":
+        out = g1.reshape(b1 * kk, p) @ g2.reshape(b2 * kk, p).T
+        return out.reshape(b1, kk, b2, kk).permute(0, 2, 1, 3)
+    return g1.reshape(b1, kk * p) @ g2.reshape(b2, kk * p).T
+
+
+def probe(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, dict[nn.Module, list]]:
+    """One forward pass on a single example: its logits, the activation numel it stores (sum of
+    every module's output sizes, a proxy for autograd memory) and each module's call records
+    ``[(input shape, output shape), ...]`` (a module called twice shares weights across uses)."""
+    calls: dict[nn.Module, list] = {}
+    total = [0]
+
+    def hook(module, inp, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel()
+            shape_in = tuple(inp[0].shape) if inp and isinstance(inp[0], torch.Tensor) else None
+            calls.setdefault(module, []).append((shape_in, tuple(out.shape)))
+        else:
+            calls.setdefault(module, []).append((None, None))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return out, total[0], calls

@@ -1,0 +1,223 @@
+"""Memory budget -> block sizes, and the blocked (optionally symmetric) kernel driver.
+
+Every engine reduces a block of inputs to per-example *features* (Jacobians, or layer inputs and
+output sensitivities) and contracts a row block's features with a column block's. This module owns
+the loop over blocks, so no engine ever holds more than two blocks of features at once, and the
+symmetric case computes each off-diagonal block once and mirrors it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked", "progress_enabled"]
+
+#: Fraction of the free memory a kernel call may use by default.
+MEMORY_FRACTION = 0.5
+
+
+def _free_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 4 << 30
+
+
+def default_max_memory(device: torch.device) -> int:
+    """Bytes a kernel call may use on ``device``: a fraction of what is free right now.
+
+    On CUDA the free device memory (``torch.cuda.mem_get_info``) bounds the working set; on the
+    host ``MemAvailable`` from ``/proc/meminfo`` (``sysconf`` elsewhere).
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * MEMORY_FRACTION)
+    return int(_free_host_memory() * MEMORY_FRACTION)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Block sizes chosen for a call.
+
+    Attributes
+    ----------
+    rows, cols : int
+        Examples per row / column block.
+    cache_cols : bool
+        Whether every column block's features fit at once (computed once, reused for all rows).
+    """
+
+    rows: int
+    cols: int
+    cache_cols: bool
+
+
+def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: float,
+                max_memory: int, *, transient_per_example: float = 0.0) -> BlockPlan:
+    """Largest square-ish blocks whose features and pairwise intermediates fit ``max_memory``.
+
+    Parameters
+    ----------
+    n1, n2 : int
+        Number of row / column examples.
+    bytes_per_example : float
+        Feature bytes kept per example (what a contraction reads).
+    bytes_per_pair : float
+        Bytes of contraction intermediates and output per (row, column) pair.
+    max_memory : int
+        Budget in bytes.
+    transient_per_example : float
+        Extra bytes per example while features are being computed (activations, autograd graph).
+
+    Returns
+    -------
+    BlockPlan
+    """
+    n1, n2 = max(int(n1), 1), max(int(n2), 1)
+    budget = max(float(max_memory), 1.0)
+    per_ex = float(bytes_per_example) + float(transient_per_example)
+    # Can every column's features stay resident (computed once)? Leave half the budget for rows.
+    all_cols = n2 * float(bytes_per_example)
+    cache_cols = all_cols <= 0.5 * budget
+    left = budget - all_cols if cache_cols else budget
+
+    def fits(b1: int, b2: int) -> bool:
+        col_cost = 0.0 if cache_cols else b2 * per_ex
+        return b1 * per_ex + col_cost + b1 * b2 * float(bytes_per_pair) <= left
+
+    # Solve b^2 q + 2 b e <= M for a square block, then clamp and grow the row block if it fits.
+    q, e = float(bytes_per_pair), per_ex * (1 if cache_cols else 2)
+    if q > 0:
+        b = int((-e + math.sqrt(e * e + 4 * q * left)) / (2 * q))
+    else:
+        b = int(left / max(e, 1.0))
+    b = max(1, min(b, max(n1, n2)))
+    b1, b2 = min(b, n1), min(b, n2)
+    while b1 > 1 and not fits(b1, b2):
+        b1 = max(1, b1 // 2)
+        b2 = max(1, min(b2, b1) if not cache_cols else b2)
+    return BlockPlan(rows=max(1, b1), cols=max(1, b2), cache_cols=cache_cols)
+
+
+def progress_enabled(progress: bool) -> bool:
+    """Whether a progress bar may be shown: asked for, and not silenced by ``NTKAL_QUIET``/``CI``."""
+    if not progress:
+        return False
+    if os.environ.get("NTKAL_QUIET", "") not in ("", "0") or os.environ.get("CI"):
+        return False
+    return True
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
+                contract: Callable[[Any, Any], torch.Tensor],
+                x1: torch.Tensor, x2: Optional[torch.Tensor], *, block_shape: tuple[int, ...],
+                plan: BlockPlan, dtype: torch.dtype, device: torch.device, progress: bool = False,
+                description: str = "eNTK") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assemble a kernel block by block.
+
+    Parameters
+    ----------
+    featurise : callable
+        ``x_block -> (features, logits)``.
+    contract : callable
+        ``(row_features, col_features) -> kernel block`` of shape ``(b1, b2, *block_shape)``.
+    x1, x2 : Tensor
+        Inputs; ``x2=None`` is the symmetric case (upper blocks computed, lower ones mirrored).
+    block_shape : tuple of int
+        Trailing kernel shape: ``()`` for scalar kernels, ``(k, k)`` for full ones.
+    plan : BlockPlan
+    dtype, device
+        The kernel is accumulated in ``dtype`` on ``device``.
+    progress : bool
+        Show a rich progress bar over blocks.
+
+    Returns
+    -------
+    kernel, f1, f2 : Tensor
+        ``f2`` is ``f1`` in the symmetric case.
+    """
+    symmetric = x2 is None
+    xc = x1 if symmetric else x2
+    n1, n2 = int(x1.shape[0]), int(xc.shape[0])
+    if symmetric:
+        size = min(plan.rows, plan.cols)
+        rows = cols = _slices(n1, size)
+    else:
+        rows, cols = _slices(n1, plan.rows), _slices(n2, plan.cols)
+    pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
+    out = torch.zeros((n1, n2, *block_shape), dtype=dtype, device=device)
+    f_rows: list[Optional[torch.Tensor]] = [None] * len(rows)
+    f_cols: list[Optional[torch.Tensor]] = [None] * len(cols)
+    cache: dict[int, Any] = {}
+
+    def col_features(j: int) -> Any:
+        if j in cache:
+            return cache[j]
+        feats, logits = featurise(xc[cols[j]])
+        f_cols[j] = logits
+        if plan.cache_cols:
+            cache[j] = feats
+        return feats
+
+    bar = None
+    if progress_enabled(progress):
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task(description, total=len(pairs))
+        bar.start()
+    try:
+        for i, rs in enumerate(rows):
+            row_feats, logits = featurise(x1[rs])
+            f_rows[i] = logits
+            if symmetric:
+                f_cols[i] = logits
+                if plan.cache_cols:
+                    cache[i] = row_feats
+            for j in range(i if symmetric else 0, len(cols)):
+                cs = cols[j]
+                if symmetric and j == i:
+                    blk = contract(row_feats, row_feats).to(dtype)
+                    blk = 0.5 * (blk + _mirror(blk, len(block_shape)))
+                    out[rs, cs] = blk
+                else:
+                    blk = contract(row_feats, col_features(j)).to(dtype)
+                    out[rs, cs] = blk
+                    if symmetric:
+                        out[cs, rs] = _mirror(blk, len(block_shape))
+                if bar is not None:
+                    bar.advance(task)
+            if not plan.cache_cols and not symmetric:
+                pass
+    finally:
+        if bar is not None:
+            bar.stop()
+    for j in range(len(cols)):
+        if f_cols[j] is None:  # column block never needed features (cannot happen) - forward only
+            _, f_cols[j] = featurise(xc[cols[j]])
+    f1 = torch.cat(f_rows, 0) if f_rows else torch.zeros(0)
+    f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else torch.zeros(0))
+    return out, f1, f2
+
+
+def _mirror(blk: torch.Tensor, extra: int) -> torch.Tensor:
+    """Θ(x', x) from Θ(x, x'): swap the example axes and, for k x k blocks, the class axes."""
+    blk = blk.transpose(0, 1)
+    if extra == 2:
+        blk = blk.transpose(2, 3)
+    return blk
