@@ -1,0 +1,229 @@
+"""ActiveLearner: ask/tell loop, validation, sequential mode and save/load (small stand-ins)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ntkal.learner import ActiveLearner
+from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
+
+
+@dataclass
+class _Cfg:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.1
+    seed: int = 0
+
+
+class _Net(nn.Module):
+    def __init__(self, d=2, k=3, h=16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh())
+        self.classifier = nn.Linear(h, k)
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class _MaxEntropy(Strategy):
+    """Stand-in: highest predictive entropy; trains with a few full-batch SGD steps."""
+
+    name = "stand_in_entropy"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+        self.train_calls = 0
+
+    def query(self, context: QueryContext, budget: int) -> QueryResult:
+        budget = check_budget(budget, context.num_candidates)
+        with torch.no_grad():
+            p = torch.softmax(context.model(context.x_candidates) / self.temperature, dim=1)
+        h = -(p * p.clamp_min(1e-12).log()).sum(1).numpy()
+        return QueryResult(indices=np.argsort(-h, kind="stable")[:budget], scores=h)
+
+    def train(self, model, x, y, config, num_classes, *, progress=False):
+        self.train_calls += 1
+        torch.manual_seed(config.seed)
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+        for _ in range(config.epochs):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
+class _Session(SequentialSession):
+    def __init__(self, context):
+        self.context = context
+        self.observed: list[tuple[int, int]] = []
+
+    def propose(self):
+        taken = {p for p, _ in self.observed}
+        pos = next(i for i in range(self.context.num_candidates) if i not in taken)
+        return pos, 1.0
+
+    def observe(self, position, label):
+        self.observed.append((position, label))
+
+
+class _Sequential(_MaxEntropy):
+    name = "stand_in_sequential"
+
+    def begin_sequential(self, context):
+        self.session = _Session(context)
+        return self.session
+
+
+def _blobs(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    centres = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
+    return centres[y] + 0.7 * torch.randn(n, 2, generator=g), y
+
+
+def _learner(strategy=None, **kw):
+    torch.manual_seed(0)
+    x, y = _blobs()
+    args = dict(y_pool=y, labelled=[0, 1, 2, 3, 4, 5], num_classes=3, train_config=_Cfg())
+    args.update(kw)
+    return ActiveLearner(_Net(), strategy or _MaxEntropy(), x, **args)
+
+
+def test_ask_tell_loop_grows_labelled_set_without_repeats():
+    learner = _learner(subset=50)
+    x, y = _blobs()
+    for _ in range(3):
+        learner.fit()
+        idx = learner.query(7)
+        assert idx.shape == (7,) and np.unique(idx).size == 7
+        assert not np.isin(idx, learner.labelled_indices).any()
+        learner.teach(idx, y[idx])
+    assert learner.labelled_indices.size == 6 + 21
+    np.testing.assert_array_equal(learner.labels, y.numpy()[learner.labelled_indices])
+    assert learner.cycle == 3 and learner.strategy.train_calls == 3
+    learner.fit()
+    assert learner.score(x, y) > 0.8
+
+
+def test_query_is_reproducible_and_subset_seeded():
+    a, b = _learner(subset=30, seed=3), _learner(subset=30, seed=3)
+    np.testing.assert_array_equal(a.query(5), b.query(5))
+
+
+def test_teach_validation_leaves_state_unchanged():
+    learner = _learner()
+    with pytest.raises(ValueError, match="already labelled"):
+        learner.teach([0], [0])
+    with pytest.raises(ValueError, match="out of range"):
+        learner.teach([1000], [0])
+    with pytest.raises(ValueError, match="label 3 is out of range"):
+        learner.teach([10], [3])
+    with pytest.raises(ValueError, match="must match"):
+        learner.teach([10, 11], [1])
+    with pytest.raises(ValueError, match="integer"):
+        learner.teach([10], [1.5])
+    with pytest.raises(ValueError, match="more than once"):
+        learner.teach([10, 10], [1, 1])
+    assert learner.labelled_indices.size == 6
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, y = _blobs()
+    bad = x.clone()
+    bad[7, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ActiveLearner(_Net(), _MaxEntropy(), bad, num_classes=3, train_config=_Cfg())
+    with pytest.raises(ValueError, match="empty"):
+        ActiveLearner(_Net(), _MaxEntropy(), x[:0], num_classes=3, train_config=_Cfg())
+    with pytest.raises(ValueError, match=r"\(n, 4\)"):
+        ActiveLearner(_Net(), _MaxEntropy(), x, num_classes=4, train_config=_Cfg())
+    with pytest.raises(ValueError, match="out of range"):
+        ActiveLearner(_Net(), _MaxEntropy(), x, y_pool=y + 5, num_classes=3, train_config=_Cfg())
+    with pytest.raises(ValueError, match="mode"):
+        _learner(mode="greedy")
+    learner = _learner()
+    with pytest.raises(ValueError, match="larger than"):
+        learner.query(1000)
+    with pytest.raises(ValueError, match="larger subset"):
+        _learner(subset=5).query(6)
+
+
+def test_registry_name_and_unknown_name():
+    learner = _learner("random")
+    assert learner.strategy.name == "random"
+    with pytest.raises(ValueError, match="unknown strategy"):
+        _learner("no_such_strategy")
+
+
+def test_sequential_mode_conditions_without_sgd():
+    strategy = _Sequential()
+    learner = _learner(strategy, mode="sequential", subset=40, y_pool=None,
+                       labels=[0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="query one at a time"):
+        learner.query(3)
+    first = learner.query(1)
+    learner.teach(first, [2])
+    second = learner.query(1)
+    assert second[0] != first[0]
+    assert len(strategy.session.observed) == 1 and strategy.session.observed[0][1] == 2
+    assert strategy.train_calls == 0
+    learner.fit()
+    learner.query(1)
+    assert strategy.session.observed == []  # a new session per cycle
+
+
+def test_sequential_batch_with_oracle_observes_each_step():
+    strategy = _Sequential()
+    learner = _learner(strategy, mode="sequential")
+    _, y = _blobs()
+    idx = learner.query(4)
+    assert np.unique(idx).size == 4 and len(strategy.session.observed) == 4
+    learner.teach(idx, y[idx])
+    assert len(strategy.session.observed) == 4  # already conditioned: not observed twice
+    assert learner.labelled_indices.size == 10
+
+
+def test_save_load_round_trip_gives_identical_next_query(tmp_path):
+    learner = _learner(_MaxEntropy(temperature=2.0), subset=40, seed=5)
+    _, y = _blobs()
+    learner.fit()
+    idx = learner.query(4)
+    learner.teach(idx, y[idx])
+    learner.fit()
+    path = tmp_path / "al.pt"
+    learner.save(path)
+    other = ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(temperature=2.0),
+                               train_config=_Cfg())
+    np.testing.assert_array_equal(other.labelled_indices, learner.labelled_indices)
+    np.testing.assert_array_equal(other.labels, learner.labels)
+    assert other.cycle == learner.cycle and other.subset == 40
+    np.testing.assert_array_equal(other.query(4), learner.query(4))
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_save_without_pool_needs_it_back(tmp_path):
+    learner = _learner()
+    path = tmp_path / "al.pt"
+    learner.save(path, include_pool=False)
+    with pytest.raises(ValueError, match="x_pool"):
+        ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg())
+    x, _ = _blobs()
+    with pytest.raises(ValueError, match="shape"):
+        ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(),
+                           x_pool=x[:10])
+    ok = ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(), x_pool=x)
+    assert ok.labelled_indices.size == 6
+
+
+def test_load_rejects_foreign_file(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"a": 1}, path)
+    with pytest.raises(ValueError, match="not an ActiveLearner"):
+        ActiveLearner.load(path, model=_Net())
