@@ -255,5 +255,5 @@ def _choose(implementation, model, params, calls, kind, k, n1, n2):
     plan = structured.plan_layers(model, params, calls, kind, k, n1, n2)
     p = sum(t.numel() for t in params.values())
     kk = num_outputs(kind, k)
-    jac_cost = structured.jacobian_cost(p, kk, n1, n2, plan.forward_flops)
+    jac_cost = structured.jacobian_cost(p, kk, n1, n2, plan.forward_flops, kind)
     return structured.run_structured if plan.cost <= jac_cost else _run_jacobian
