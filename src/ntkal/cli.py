@@ -1,0 +1,147 @@
+"""Command line: ``ntkal run | plot | strategies | datasets`` and ``ntkal --version``.
+
+User errors (a bad config, a missing dataset, an unreadable file) print one red line and exit
+with status 2, without a traceback; set ``NTKAL_DEBUG=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ntkal import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Look-ahead deep active learning with the empirical NTK.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(err: BaseException) -> None:
+    if os.environ.get("NTKAL_DEBUG", "") not in ("", "0"):
+        raise err
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"ntkal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Look-ahead deep active learning with the empirical NTK."""
+
+
+def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--seeds must be integers separated by commas, got {text!r}") from None
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="Output directory (default runs/<config name>)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto."),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Discard earlier results in --out instead of resuming.")
+        ) -> None:
+    """Run (or resume) every strategy x seed of CONFIG; print the accuracy and AUC tables."""
+    try:
+        from ntkal.experiments import load_config, run_experiment
+        from ntkal.experiments.plots import accuracy_rich_table, auc_rich_table, auc_table
+        from ntkal.experiments.runner import is_quiet
+
+        cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device)
+        out_dir = out if out is not None else Path("runs") / config.stem
+        records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
+                                 overwrite=overwrite, console=console)
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted: run the same command again to resume[/]")
+        raise typer.Exit(code=130)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
+        _fail(err)
+        return
+    console.print(accuracy_rich_table(records))
+    console.print(auc_rich_table(auc_table(records)))
+    console.print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.csv'}; "
+                  f"curves: {out_dir / 'learning_curves.png'}", highlight=False)
+
+
+@app.command()
+def plot(results: Path = typer.Argument(..., help="results.json written by `ntkal run`."),
+         out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                            help="PNG path (default: learning_curves.png beside it).")
+         ) -> None:
+    """Draw learning curves (mean ± std over seeds) and print the AUC table."""
+    try:
+        from ntkal.experiments.plots import (auc_rich_table, auc_table, load_records,
+                                             plot_learning_curves)
+
+        records = load_records(results)
+        if not records:
+            raise ValueError(f"{results} holds no records yet")
+        png = plot_learning_curves(records, out or results.with_name("learning_curves.png"))
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+        return
+    console.print(auc_rich_table(auc_table(records)))
+    console.print(f"curves: {png}", highlight=False)
+
+
+@app.command()
+def strategies() -> None:
+    """List the acquisition strategies and what they do."""
+    from rich.table import Table
+
+    from ntkal.strategies import available_strategies
+
+    table = Table(title="Strategies")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, doc in available_strategies().items():
+        table.add_row(name, doc)
+    console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets and whether their files are installed."""
+    from rich.table import Table
+
+    from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset
+
+    table = Table(title="Datasets")
+    table.add_column("name", style="bold")
+    table.add_column("status")
+    for name in available_datasets():
+        if name in ("digits", "synthetic"):
+            table.add_row(name, "built in")
+            continue
+        try:
+            load_dataset(name, train_size=10, test_size=10)
+            table.add_row(name, "[green]installed[/]")
+        except DatasetNotFoundError as err:
+            table.add_row(name, f"[yellow]missing[/]: {str(err).splitlines()[0]}")
+        except Exception as err:  # noqa: BLE001 - a broken install is reported, not fatal
+            table.add_row(name, f"[red]unreadable[/]: {str(err).splitlines()[0]}")
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,378 @@
+"""Experiment configuration: a YAML file parsed into validated dataclasses.
+
+Every error names the offending key and, where there is a closed set, the valid options, so that a
+typo fails in the first second of a run instead of an hour into it.
+
+Example (``configs/digits.yml``)::
+
+    dataset: {name: digits}
+    model: {name: mlp, width: 128, dropout: 0.2}
+    trainer: {epochs: 60, batch_size: 32, lr: 0.05, loss: mse}
+    strategies: [random, entropy, {name: mlmoc, params: {kernel: pseudo}}]
+    initial_size: 20
+    budget: 10
+    cycles: 6
+    subset: 500
+    seeds: [0, 1, 2]
+
+A strategy entry may carry ``model:`` overrides (e.g. ``{dropout: 0.3}`` for BALD); this changes
+the network for that strategy only, so its curve is no longer a like-for-like comparison. Giving
+the shared model dropout keeps every strategy on the same network (the shipped configs do that).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = ["ConfigError", "DatasetConfig", "ModelConfig", "StrategySpec", "ExperimentConfig",
+           "load_config", "parse_config", "MODES", "RETRAIN"]
+
+MODES = ("batch", "sequential")
+RETRAIN = ("warm", "scratch")
+MODEL_NAMES = ("mlp", "cnn", "resnet18", "wideresnet")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment configuration; the message names the key and the valid options."""
+
+
+# ----------------------------------------------------------------------------- small checkers
+def _int(key: str, value: Any, minimum: Optional[int] = None, allow_none: bool = False
+         ) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float(key: str, value: Any, minimum: float = 0.0, maximum: float = float("inf")) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{key} must lie in [{minimum}, {maximum}], got {value}")
+    return float(value)
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+def _mapping(key: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _no_unknown(key: str, given: dict, valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        where = f"in {key}" if key else "at the top level"
+        raise ConfigError(f"unknown key(s) {', '.join(map(str, unknown))} {where}; "
+                          f"valid keys: {', '.join(valid)}")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data: ``name`` as in :func:`ntkal.data.load_dataset`, optional stratified sizes."""
+
+    name: str
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    root: Optional[str] = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> "DatasetConfig":
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        raw = _mapping("dataset", raw)
+        _no_unknown("dataset", raw, ("name", "train_size", "test_size", "root"))
+        from ntkal.data import available_datasets
+
+        names = tuple(available_datasets())
+        name = raw.get("name")
+        if name is None:
+            raise ConfigError(f"dataset.name is required; valid names: {', '.join(names)}")
+        key = str(name).strip().lower().replace("-", "_")
+        aliases = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
+        _choice("dataset.name", aliases.get(key, key), names)
+        return cls(name=aliases.get(key, key),
+                   train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
+                   test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
+                   root=None if raw.get("root") is None else str(raw["root"]))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: ``name`` as in :func:`ntkal.models.build_model`, width, dropout, extras."""
+
+    name: str = "mlp"
+    width: Optional[int] = None
+    dropout: float = 0.0
+    kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, key: str = "model") -> "ModelConfig":
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        raw = _mapping(key, raw)
+        _no_unknown(key, raw, ("name", "width", "dropout", "kwargs"))
+        return cls(name=_choice(f"{key}.name", raw.get("name", "mlp"), MODEL_NAMES),
+                   width=_int(f"{key}.width", raw.get("width"), 1, True),
+                   dropout=_float(f"{key}.dropout", raw.get("dropout", 0.0), 0.0, 0.99),
+                   kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
+
+    def merged(self, overrides: dict) -> "ModelConfig":
+        """This config with ``overrides`` (a strategy's ``model:`` entry) applied."""
+        raw = dataclasses.asdict(self)
+        raw.update(overrides)
+        return ModelConfig.parse(raw, key="model (with strategy overrides)")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One strategy of the comparison: registry ``name``, constructor ``params``, a ``label``
+    (unique; the name by default) and optional per-strategy ``model`` overrides."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    label: str = ""
+    model: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, position: int) -> "StrategySpec":
+        key = f"strategies[{position}]"
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        raw = _mapping(key, raw)
+        _no_unknown(key, raw, ("name", "params", "label", "model"))
+        from ntkal.strategies import available_strategies
+
+        names = tuple(available_strategies())
+        name = raw.get("name")
+        if name not in names:
+            raise ConfigError(f"{key}.name: unknown strategy {name!r}; valid names: {', '.join(names)}")
+        params = _mapping(f"{key}.params", raw.get("params"))
+        model = _mapping(f"{key}.model", raw.get("model"))
+        _no_unknown(f"{key}.model", model, ("name", "width", "dropout", "kwargs"))
+        label = str(raw.get("label") or name)
+        return cls(name=name, params=params, label=label, model=model)
+
+    def build(self):
+        """The strategy object (errors in ``params`` name this entry)."""
+        from ntkal.strategies import get_strategy
+
+        try:
+            return get_strategy(self.name, **self.params)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"strategy {self.label!r}: {err}") from err
+
+
+def _trainer_fields() -> Optional[tuple[str, ...]]:
+    try:
+        from ntkal.training import TrainConfig
+    except ImportError:  # pragma: no cover - only before ntkal.training exists
+        return None
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# ----------------------------------------------------------------------------- the experiment
+_TOP = ("name", "dataset", "model", "trainer", "strategies", "initial_size", "budget", "cycles",
+        "subset", "seeds", "mode", "device", "retrain", "stratified_initial")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole comparison: every strategy x seed runs ``cycles`` acquisition rounds.
+
+    Attributes
+    ----------
+    initial_size : int
+        Labelled points before the first round (a seeded draw, the same for every strategy of a
+        seed; stratified by default so every class is present).
+    budget : int
+        Points labelled per round.
+    cycles : int
+        Acquisition rounds; accuracy is recorded ``cycles + 1`` times, at
+        ``initial_size + c * budget`` labels for ``c = 0..cycles``.
+    subset : int, optional
+        Unlabelled points scored per round (``None``: the whole pool).
+    retrain : {"warm", "scratch"}
+        Continue from the previous round's weights (the reference protocol) or re-initialise.
+    """
+
+    dataset: DatasetConfig
+    model: ModelConfig
+    trainer: dict
+    strategies: tuple[StrategySpec, ...]
+    initial_size: int
+    budget: int
+    cycles: int
+    subset: Optional[int] = None
+    seeds: tuple[int, ...] = (0,)
+    mode: str = "batch"
+    device: str = "cpu"
+    retrain: str = "warm"
+    stratified_initial: bool = True
+    name: str = "experiment"
+
+    # ------------------------------------------------------------------ derived
+    def train_config(self):
+        """A :class:`ntkal.training.TrainConfig` from ``trainer`` (device filled in)."""
+        from ntkal.training import TrainConfig
+
+        raw = dict(self.trainer)
+        if "device" in _trainer_fields():
+            raw["device"] = self.device
+        try:
+            return TrainConfig(**raw)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"trainer: {err}") from err
+
+    def model_for(self, spec: StrategySpec) -> ModelConfig:
+        return self.model.merged(spec.model) if spec.model else self.model
+
+    def to_dict(self) -> dict:
+        """Plain-type form (what ``parse_config`` reads back)."""
+        out = dataclasses.asdict(self)
+        out["strategies"] = [dataclasses.asdict(s) for s in self.strategies]
+        out["seeds"] = list(self.seeds)
+        return out
+
+    def shared_hash(self) -> str:
+        """Hash of every setting that changes a single (strategy, seed) run, except the strategy
+        itself: seeds, strategies, device and name may change between resumed invocations."""
+        raw = self.to_dict()
+        for key in ("seeds", "strategies", "device", "name"):
+            raw.pop(key)
+        return _hash(raw)
+
+    def strategy_hash(self, spec: StrategySpec) -> str:
+        """Hash of one strategy entry together with the shared settings."""
+        return _hash({"shared": self.shared_hash(), "strategy": dataclasses.asdict(spec),
+                      "model": dataclasses.asdict(self.model_for(spec))})
+
+    def validate_against(self, num_train: int, num_classes: int) -> None:
+        """Checks that need the loaded dataset: sizes against the pool and the classes."""
+        if self.stratified_initial and self.initial_size < num_classes:
+            raise ConfigError(f"initial_size ({self.initial_size}) must be >= the number of classes "
+                              f"({num_classes}) so that every class is labelled at the start")
+        need = self.initial_size + self.budget * self.cycles
+        if need > num_train:
+            raise ConfigError(f"initial_size + budget * cycles = {need} labels exceeds the pool of "
+                              f"{num_train} training points; lower budget or cycles")
+        if self.subset is not None and self.subset < self.budget:
+            raise ConfigError(f"subset ({self.subset}) must be >= budget ({self.budget})")
+
+    def with_overrides(self, *, seeds=None, device=None) -> "ExperimentConfig":
+        changes: dict[str, Any] = {}
+        if seeds is not None:
+            changes["seeds"] = _seeds(list(seeds))
+        if device is not None:
+            changes["device"] = _device(device)
+        return dataclasses.replace(self, **changes)
+
+
+def _hash(raw: Any) -> str:
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {raw!r}")
+    seeds = tuple(_int("seeds[]", s, 0) for s in raw)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+    return seeds
+
+
+def _device(value: Any) -> str:
+    value = str(value)
+    if value not in ("cpu", "cuda", "auto") and not value.startswith("cuda:"):
+        raise ConfigError(f"device must be one of cpu, cuda, cuda:N, auto; got {value!r}")
+    return value
+
+
+def parse_config(raw: Any) -> ExperimentConfig:
+    """Validate a config mapping (e.g. from YAML) into an :class:`ExperimentConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    _no_unknown("", raw, _TOP)
+    for key in ("dataset", "strategies", "initial_size", "budget", "cycles"):
+        if key not in raw:
+            raise ConfigError(f"missing required key {key!r}")
+    trainer = _mapping("trainer", raw.get("trainer"))
+    valid = _trainer_fields()
+    if valid is not None:
+        _no_unknown("trainer", trainer, valid)
+    strategies_raw = raw["strategies"]
+    if not isinstance(strategies_raw, list) or not strategies_raw:
+        raise ConfigError("strategies must be a non-empty list of names or {name, params} mappings")
+    strategies = tuple(StrategySpec.parse(s, i) for i, s in enumerate(strategies_raw))
+    labels = [s.label for s in strategies]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"strategies: {', '.join(dupes)} appear(s) more than once; give each "
+                          "entry a distinct `label`")
+    model = ModelConfig.parse(raw.get("model"))
+    cfg = ExperimentConfig(
+        dataset=DatasetConfig.parse(raw["dataset"]), model=model, trainer=trainer,
+        strategies=strategies,
+        initial_size=_int("initial_size", raw["initial_size"], 1),
+        budget=_int("budget", raw["budget"], 1),
+        cycles=_int("cycles", raw["cycles"], 0),
+        subset=_int("subset", raw.get("subset"), 1, True),
+        seeds=_seeds(raw.get("seeds", [0])),
+        mode=_choice("mode", raw.get("mode", "batch"), MODES),
+        device=_device(raw.get("device", "cpu")),
+        retrain=_choice("retrain", raw.get("retrain", "warm"), RETRAIN),
+        stratified_initial=bool(raw.get("stratified_initial", True)),
+        name=str(raw.get("name", "experiment")),
+    )
+    if cfg.subset is not None and cfg.subset < cfg.budget:
+        raise ConfigError(f"subset ({cfg.subset}) must be >= budget ({cfg.budget})")
+    from ntkal.strategies.base import Strategy
+
+    for spec in strategies:
+        strategy = spec.build()  # parameter errors now, not mid-run
+        if cfg.mode == "sequential" and type(strategy).begin_sequential is Strategy.begin_sequential:
+            raise ConfigError(f"mode: sequential needs look-ahead strategies; {spec.label!r} has no "
+                              "sequential mode (use mode: batch)")
+        if getattr(strategy, "needs_dropout", False) and cfg.model_for(spec).dropout <= 0:
+            raise ConfigError(f"strategy {spec.label!r} uses MC dropout: set model.dropout > 0 "
+                              f"(or strategies[{labels.index(spec.label)}].model.dropout)")
+    if valid is not None:
+        cfg.train_config()  # TrainConfig's own validation
+    return cfg
+
+
+def load_config(path: Union[str, Path]) -> ExperimentConfig:
+    """Read and validate a YAML experiment config."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    try:
+        return parse_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path.name}: {err}") from err
