@@ -227,3 +227,34 @@ def test_load_rejects_foreign_file(tmp_path):
     torch.save({"a": 1}, path)
     with pytest.raises(ValueError, match="not an ActiveLearner"):
         ActiveLearner.load(path, model=_Net())
+
+
+def test_sequential_mlmoc_conditions_in_closed_form():
+    """Teaching a proposed point moves the linearised predictions exactly to its label, no SGD."""
+    from ntkal.strategies import get_strategy
+
+    strategy = get_strategy("mlmoc")
+    sgd_calls = []
+    strategy.train = lambda *a, **k: sgd_calls.append(1)
+    learner = _learner(strategy, mode="sequential", subset=30)
+    _, y = _blobs()
+    weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    first = learner.query(1)
+    session = learner._session
+    pos = int(np.searchsorted(learner._session_candidates, first[0]))
+    before = session.lookahead.base_predictions().clone()
+    label = int((before[pos].argmax() + 1) % 3)  # a label the model does not predict
+    learner.teach(first, [label])
+    after = session.lookahead.base_predictions()
+    assert session.observed == [pos] and not torch.allclose(before, after)
+    target = torch.nn.functional.one_hot(torch.tensor(label), 3).to(after.dtype)
+    torch.testing.assert_close(after[pos], target, atol=1e-5, rtol=1e-5)
+    second = learner.query(1)
+    assert second[0] != first[0] and learner._session is session
+    for k, v in learner.model.state_dict().items():
+        torch.testing.assert_close(v, weights[k])
+    assert not sgd_calls
+    idx = learner.query(3) if learner.y_pool is not None else None
+    assert len(session.observed) == 4 and not np.isin(idx, learner.labelled_indices).any()
+    learner.teach(idx, y[idx])
+    assert learner.labelled_indices.size == 6 + 1 + 3
