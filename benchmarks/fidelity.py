@@ -57,6 +57,7 @@ def machine_info() -> dict:
 
 def make_config(epochs, batch_size, lr, loss, seed, momentum=0.9, weight_decay=0.0,
                 schedule="constant"):
+    """A TrainConfig; ``lr=None`` takes the loss's default rate (MSE averages over classes)."""
     from ntkal.training import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
@@ -266,14 +267,16 @@ def parse_args(argv=None):
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--train-epochs", type=int)
     ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--train-lr", type=float, default=0.05)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--train-lr", type=float, default=None, help="default: the loss's default")
+    ap.add_argument("--weight-decay", type=float, default=5e-4, help="initial training only")
     ap.add_argument("--finetune-epochs", type=int)
     ap.add_argument("--finetune-batch", type=int, default=32)
-    ap.add_argument("--finetune-lr", type=float, default=0.02)
+    ap.add_argument("--finetune-lr", type=float, default=None,
+                    help="default: the loss's default rate (no weight decay, constant schedule)")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: small networks on a shared CPU run fastest so)")
     ap.add_argument("--tag", default=None, help="results file tag (default quick/full)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)

@@ -93,11 +93,12 @@ def parse_args(argv=None):
     ap.add_argument("--train-epochs", type=int)
     ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--finetune-batch", type=int, default=32)
-    ap.add_argument("--finetune-lr", type=float, default=0.02)
+    ap.add_argument("--finetune-lr", type=float, default=None)
     ap.add_argument("--sgd-sample", type=int)
     ap.add_argument("--repeats", type=int, default=1, help="eNTK timing repeats (best kept)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: small networks on a shared CPU run fastest so)")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
     quick = {"dataset": "digits", "model": "cnn", "width": None, "n_labelled": 100,
@@ -119,7 +120,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     xl, yl, xs, _, _, _, k, in_shape = load_split(args.dataset, args.n_labelled,
                                                   args.n_candidates, 50, args.seed)
-    cfg = make_config(args.train_epochs, 32, 0.05, "mse", args.seed, schedule="cosine")
+    cfg = make_config(args.train_epochs, 32, None, "mse", args.seed, weight_decay=5e-4,
+                      schedule="cosine")
     t0 = time.perf_counter()
     model = train_network(args.model, in_shape, k, args.width, xl, yl, cfg)
     train_seconds = time.perf_counter() - t0

@@ -252,10 +252,11 @@ class MLMOCSession(SequentialSession):
 
 # ----------------------------------------------------------------------------- SGD ground truth
 def default_finetune_config():
-    """A short warm-started fine-tune: full-batch-ish SGD with momentum, MSE, constant rate."""
+    """A short warm-started fine-tune: 10 epochs of SGD with momentum on MSE at the loss's default
+    rate, constant schedule, no weight decay (closest to the gradient flow the eNTK models)."""
     from ntkal.training import TrainConfig
 
-    return TrainConfig(epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=0.0,
+    return TrainConfig(epochs=10, batch_size=64, lr=None, momentum=0.9, weight_decay=0.0,
                        schedule="constant", loss="mse", seed=0)
 
 
