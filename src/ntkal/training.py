@@ -27,6 +27,8 @@ __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict_logits"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 LOSSES = ("mse", "ce")
+#: Learning rate used when ``TrainConfig.lr`` is None, per loss.
+DEFAULT_LR = {"mse": 0.5, "ce": 0.05}
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
@@ -66,9 +68,12 @@ class TrainConfig:
     batch_size : int, default 64
         Mini-batch size; the last batch of an epoch may be smaller (a trailing batch of a single
         example is merged into the one before it, since BatchNorm cannot train on one example).
-    lr : float, default 0.5
+    lr : float, optional
         Learning rate: the constant rate, the cosine schedule's starting rate, or OneCycle's peak
-        rate when ``max_lr`` is None (OneCycle then starts at ``lr / 25``).
+        rate when ``max_lr`` is None (OneCycle then starts at ``lr / 25``). None (the default)
+        picks by loss: 0.5 for ``mse`` (whose mean over classes makes gradients ``k`` times
+        smaller) and 0.05 for ``ce``, where 0.5 kills the small CNN. The choice is made once, at
+        construction: ``dataclasses.replace(config, loss=...)`` keeps the old rate.
     momentum : float, default 0.9
         SGD (heavy-ball) momentum, in ``[0, 1)``.
     weight_decay : float, default 5e-4
@@ -92,7 +97,7 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.5
+    lr: Optional[float] = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
@@ -106,7 +111,10 @@ class TrainConfig:
         self.epochs = _as_int("epochs", self.epochs, 1)
         self.batch_size = _as_int("batch_size", self.batch_size, 1)
         self.seed = _as_int("seed", self.seed, 0)
-        self.lr = _as_float("lr", self.lr)
+        self.loss = str(self.loss).lower()
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        self.lr = DEFAULT_LR[self.loss] if self.lr is None else _as_float("lr", self.lr)
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         self.momentum = _as_float("momentum", self.momentum)
@@ -119,9 +127,6 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, "
                              f"got {self.schedule!r}")
-        self.loss = str(self.loss).lower()
-        if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         self.device = str(self.device)
         if self.device != "auto":
             try:
