@@ -103,13 +103,18 @@ def _top(primary, secondary, k):
     return set(rank_scores(primary, secondary, k, seed=0).tolist())
 
 
-def compare(ntk_delta, sgd_delta, ntk_flip, sgd_flip, top_k) -> dict:
-    """Fidelity metrics between NTK-predicted and SGD output changes, ``(m, m, k)`` each."""
+def compare(ntk_delta, sgd_delta, ntk_flip, sgd_flip, top_k, ntk_flip_base=None,
+            sgd_flip_base=None) -> dict:
+    """Fidelity metrics between NTK-predicted and SGD output changes, ``(m, m, k)`` each.
+
+    ``flip`` counts flips against the trained network's outputs f0 (the reference's score);
+    ``flip_base`` against the retrained-on-L-alone predictions (f̄ for the NTK, the control copy
+    for SGD), which removes the flips both sides share from re-fitting L itself."""
     ntk_norm = ntk_delta.norm(dim=-1).sum(-1).numpy()
     sgd_norm = sgd_delta.norm(dim=-1).sum(-1).numpy()
     a, b = ntk_delta.flatten(1), sgd_delta.flatten(1)
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
-    return {
+    out = {
         "norm": _corr(ntk_norm, sgd_norm),
         "flip": _corr(ntk_flip, sgd_flip),
         "top_k": top_k,
@@ -120,6 +125,12 @@ def compare(ntk_delta, sgd_delta, ntk_flip, sgd_flip, top_k) -> dict:
         "median_scale_ratio_ntk_over_sgd": float(np.median(ntk_norm / np.maximum(sgd_norm, 1e-300))),
         "ntk_norm": ntk_norm.tolist(), "ntk_flip": np.asarray(ntk_flip).tolist(),
     }
+    if ntk_flip_base is not None:
+        out["flip_base"] = _corr(ntk_flip_base, sgd_flip_base)
+        out["topk_overlap_mlmoc_flip_base"] = len(_top(ntk_flip_base, ntk_norm, top_k)
+                                                  & _top(sgd_flip_base, sgd_norm, top_k)) / top_k
+        out["ntk_flip_base"] = np.asarray(ntk_flip_base).tolist()
+    return out
 
 
 # ----------------------------------------------------------------------------- one network
@@ -148,6 +159,7 @@ def sgd_ground_truth(model, xl, yl, xs, num_classes, finetune, progress=False) -
     onehot = torch.nn.functional.one_hot(pseudo, num_classes).to(torch.float64)
     return {"f0": f0, "control": control, "preds": preds, "delta": preds - control.unsqueeze(0),
             "flip": flip_fraction(preds, pseudo).numpy(),
+            "flip_base": flip_fraction(preds, control.argmax(1)).numpy(),
             "seconds": seconds,
             "new_point_residual_before": float((f0 - onehot).norm(dim=1).mean()),
             "new_point_residual_after": float((fit_new - onehot).norm(dim=1).mean()),
@@ -168,6 +180,7 @@ def ntk_lookahead(model, xl, yl, xs, num_classes, kernel, ridge) -> dict:
     t2 = time.perf_counter()
     return {"delta": (preds - la.base_predictions().unsqueeze(0)).cpu(),
             "flip": flip_fraction(preds, pseudo).cpu().numpy(),
+            "flip_base": flip_fraction(preds, la.base_predictions().argmax(1)).cpu().numpy(),
             "kernel_seconds": t1 - t0, "score_seconds": t2 - t1, "jitter": la.jitter,
             "num_clamped": la.num_clamped,
             "base_vs_f0": float((la.base_predictions() - f0).norm(dim=1).mean())}
@@ -201,7 +214,8 @@ def run(args) -> dict:
             variants = [(kern, r) for kern in args.kernels for r in args.ridges]
             for kern, ridge in variants:
                 ntk = ntk_lookahead(model, xl, yl, xs, k, kern, ridge)
-                metrics = compare(ntk["delta"], sgd["delta"], ntk["flip"], sgd["flip"], args.top_k)
+                metrics = compare(ntk["delta"], sgd["delta"], ntk["flip"], sgd["flip"], args.top_k,
+                                  ntk["flip_base"], sgd["flip_base"])
                 row = {"loss": loss, "width": width, "params": n_params, "kernel": kern,
                        "ridge": ridge, "test_acc": acc,
                        **{key: ntk[key] for key in ("kernel_seconds", "score_seconds", "jitter",
@@ -211,12 +225,15 @@ def run(args) -> dict:
                        "sgd_new_point_residual_after": sgd["new_point_residual_after"],
                        "sgd_control_drift": sgd["control_drift"],
                        "sgd_norm": sgd["delta"].norm(dim=-1).sum(-1).tolist(),
-                       "sgd_flip": sgd["flip"].tolist(), **metrics}
+                       "sgd_flip": sgd["flip"].tolist(), "sgd_flip_base": sgd["flip_base"].tolist(),
+                       **metrics}
                 runs.append(row)
                 print(f"    {kern:6s} ridge={ridge:<6g} norm r={_fmt(metrics['norm']['pearson'])} "
                       f"rho={_fmt(metrics['norm']['spearman'])} | flip r={_fmt(metrics['flip']['pearson'])} "
-                      f"rho={_fmt(metrics['flip']['spearman'])} | top{args.top_k} overlap "
+                      f"rho={_fmt(metrics['flip']['spearman'])} | flip-vs-base "
+                      f"rho={_fmt(metrics['flip_base']['spearman'])} | top{args.top_k} overlap "
                       f"mlmoc={metrics['topk_overlap_mlmoc_flip']:.2f} "
+                      f"(vs-base {metrics['topk_overlap_mlmoc_flip_base']:.2f}) "
                       f"norm={metrics['topk_overlap_norm']:.2f} | cos={metrics['median_cosine_change']:.2f} "
                       f"scale={metrics['median_scale_ratio_ntk_over_sgd']:.2f} | "
                       f"kernel {ntk['kernel_seconds']:.2f}s", flush=True)
