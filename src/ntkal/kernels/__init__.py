@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
-                                   split_parameters, contract_rows)
+                                   split_parameters, add_contracted_rows)
 from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
@@ -114,18 +114,16 @@ def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
             handle.remove()
         return store.pop("a").reshape(x.shape[0], -1), logits
 
-    def contract(a1, a2):
-        out = torch.zeros(a1.shape[0], a2.shape[0], dtype=a1.dtype, device=a1.device)
+    def contract(a1, a2, dest):
         if use_w:
-            out = out + a1 @ a2.T
+            dest.add_(a1 @ a2.T)
         if use_b:
-            out = out + 1.0
-        return out
+            dest.add_(1.0)
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     e = head.in_features * x1.element_size()
-    plan = plan_blocks(n1, n2, e, 2 * x1.element_size(), max_memory)
+    plan = plan_blocks(n1, n2, e, 2 * x1.element_size(), max_memory, symmetric=x2 is None)
     return run_blocked(featurise, contract, x1, x2, block_shape=(), plan=plan, dtype=dtype,
                        device=device, progress=progress, description="last-layer NTK")
 
@@ -235,10 +233,11 @@ def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel
     pair = (kk * kk if kind == "full" else 1) * (item + 8)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    plan = plan_blocks(n1, n2, e, pair, max_memory, transient_per_example=transient)
+    plan = plan_blocks(n1, n2, e, pair, max_memory, transient_per_example=transient,
+                       symmetric=x2 is None)
     featurise = make_jacobian_featuriser(model, params, constants, kind, k)
     block_shape = (k, k) if kind == "full" else ()
-    return run_blocked(featurise, lambda a, b: contract_rows(a, b, kind), x1, x2,
+    return run_blocked(featurise, lambda a, b, dest: add_contracted_rows(dest, a, b, kind), x1, x2,
                        block_shape=block_shape, plan=plan, dtype=dtype, device=device,
                        progress=progress, description=f"eNTK ({kind}, jacobian)")
 

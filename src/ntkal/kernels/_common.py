@@ -62,6 +62,17 @@ def output_weights(kind: str, k: int, dtype: torch.dtype, device: torch.device) 
     return torch.eye(k, dtype=dtype, device=device)
 
 
+def add_contracted_rows(dest: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, kind: str) -> None:
+    """``dest += contract_rows(g1, g2, kind)`` without a permuted temporary in ``dest``'s dtype."""
+    b1, kk, p = g1.shape
+    b2 = g2.shape[0]
+    if kind == "full":
+        prod = g1.reshape(b1 * kk, p) @ g2.reshape(b2 * kk, p).T
+        dest.add_(prod.view(b1, kk, b2, kk).permute(0, 2, 1, 3))
+    else:
+        dest.add_(g1.reshape(b1, kk * p) @ g2.reshape(b2, kk * p).T)
+
+
 def contract_rows(g1: torch.Tensor, g2: torch.Tensor, kind: str) -> torch.Tensor:
     """Contract per-example gradient rows ``(b1, k', P)`` and ``(b2, k', P)`` into a kernel block.
 

@@ -64,7 +64,8 @@ class BlockPlan:
 
 
 def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: float,
-                max_memory: int, *, transient_per_example: float = 0.0) -> BlockPlan:
+                max_memory: int, *, transient_per_example: float = 0.0,
+                symmetric: bool = False, max_block: int = 1024) -> BlockPlan:
     """Largest square-ish blocks whose features and pairwise intermediates fit ``max_memory``.
 
     Parameters
@@ -79,6 +80,11 @@ def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: floa
         Budget in bytes.
     transient_per_example : float
         Extra bytes per example while features are being computed (activations, autograd graph).
+    symmetric : bool
+        Θ(x, x): blocks are capped at about n/4 so that most of the work sits in off-diagonal
+        blocks, which are computed once and mirrored.
+    max_block : int
+        Upper bound on a block; beyond ~1000 examples BLAS gains nothing and memory traffic grows.
 
     Returns
     -------
@@ -102,7 +108,10 @@ def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: floa
         b = int((-e + math.sqrt(e * e + 4 * q * left)) / (2 * q))
     else:
         b = int(left / max(e, 1.0))
-    b = max(1, min(b, max(n1, n2)))
+    cap = max_block
+    if symmetric:
+        cap = min(cap, max(64, -(-n1 // 4)))
+    b = max(1, min(b, max(n1, n2), cap))
     b1, b2 = min(b, n1), min(b, n2)
     while b1 > 1 and not fits(b1, b2):
         b1 = max(1, b1 // 2)
@@ -135,7 +144,8 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     featurise : callable
         ``x_block -> (features, logits)``.
     contract : callable
-        ``(row_features, col_features) -> kernel block`` of shape ``(b1, b2, *block_shape)``.
+        ``(row_features, col_features, dest)`` adds the kernel block into ``dest``, a zeroed
+        ``(b1, b2, *block_shape)`` view of the output in ``dtype`` (no temporary full block).
     x1, x2 : Tensor
         Inputs; ``x2=None`` is the symmetric case (upper blocks computed, lower ones mirrored).
     block_shape : tuple of int
@@ -160,7 +170,8 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     else:
         rows, cols = _slices(n1, plan.rows), _slices(n2, plan.cols)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
-    out = torch.zeros((n1, n2, *block_shape), dtype=dtype, device=device)
+    # Every entry is written exactly once (computed or mirrored), so no zero fill of the whole.
+    out = torch.empty((n1, n2, *block_shape), dtype=dtype, device=device)
     f_rows: list[Optional[torch.Tensor]] = [None] * len(rows)
     f_cols: list[Optional[torch.Tensor]] = [None] * len(cols)
     cache: dict[int, Any] = {}
@@ -191,19 +202,18 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
                     cache[i] = row_feats
             for j in range(i if symmetric else 0, len(cols)):
                 cs = cols[j]
+                dest = out[rs, cs]
+                dest.zero_()
                 if symmetric and j == i:
-                    blk = contract(row_feats, row_feats).to(dtype)
-                    blk = 0.5 * (blk + _mirror(blk, len(block_shape)))
-                    out[rs, cs] = blk
+                    contract(row_feats, row_feats, dest)
+                    # Exactly symmetric diagonal blocks (Cholesky downstream relies on it).
+                    dest.copy_(0.5 * (dest + _mirror(dest, len(block_shape))))
                 else:
-                    blk = contract(row_feats, col_features(j)).to(dtype)
-                    out[rs, cs] = blk
+                    contract(row_feats, col_features(j), dest)
                     if symmetric:
-                        out[cs, rs] = _mirror(blk, len(block_shape))
+                        out[cs, rs] = _mirror(dest, len(block_shape))
                 if bar is not None:
                     bar.advance(task)
-            if not plan.cache_cols and not symmetric:
-                pass
     finally:
         if bar is not None:
             bar.stop()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntkal.kernels._common import contract_rows, num_outputs, output_weights
+from ntkal.kernels._common import add_contracted_rows, num_outputs, output_weights
 from ntkal.kernels.blocking import plan_blocks, run_blocked
 from ntkal.kernels.jacobian import per_example_gradients
 
@@ -380,20 +380,19 @@ def make_structured(model: nn.Module, params: dict[str, torch.Tensor],
         g = torch.cat(grads, 2) if grads else None
         return _Features(factors, g), logits
 
-    def contract(r: _Features, c: _Features) -> torch.Tensor:
-        total = None
+    def contract(r: _Features, c: _Features, dest: torch.Tensor) -> None:
         if r.grads is not None:
-            total = contract_rows(r.grads, c.grads, kind).to(dtype)
+            add_contracted_rows(dest, r.grads, c.grads, kind)
         for (lay, a1, d1), (_, a2, d2) in zip(r.factors, c.factors):
-            part = _factor_block(lay, a1, d1, a2, d2, kind).to(dtype)
-            total = part if total is None else total + part
-        return total
+            _add_factor_block(dest, lay, a1, d1, a2, d2, kind)
 
     return featurise, contract
 
 
-def _factor_block(lay: LayerPlan, a1, d1, a2, d2, kind: str) -> torch.Tensor:
-    """One layer's kernel block from activations and sensitivities (no per-example gradients)."""
+def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: str) -> None:
+    """Add one layer's kernel block, from activations and sensitivities (no per-example
+    gradients), into ``dest``; the final product is fused into the accumulation (``addcmul_``)
+    because at k x k blocks memory traffic, not the Grams, dominates."""
     b1, kk = d1.shape[:2]
     b2 = d2.shape[0]
     if lay.positions == 1 and a1.ndim == 2:
@@ -404,21 +403,24 @@ def _factor_block(lay: LayerPlan, a1, d1, a2, d2, kind: str) -> torch.Tensor:
         else:  # pragma: no cover - bias-only layers go to the gradient group
             gram = torch.ones(b1, b2, dtype=a1.dtype, device=a1.device)
         if kind == "full":
-            dg = (d1.reshape(b1 * kk, -1) @ d2.reshape(b2 * kk, -1).T).reshape(b1, kk, b2, kk)
-            return gram[:, :, None, None] * dg.permute(0, 2, 1, 3)
-        return gram * (d1.reshape(b1, -1) @ d2.reshape(b2, -1).T)
+            dg = (d1.reshape(b1 * kk, -1) @ d2.reshape(b2 * kk, -1).T).view(b1, kk, b2, kk)
+            dest.addcmul_(dg.permute(0, 2, 1, 3), gram[:, :, None, None])
+        else:
+            dest.addcmul_(d1.reshape(b1, -1) @ d2.reshape(b2, -1).T, gram)
+        return
     # Positional: Σ_{p,p'} (patch_p · patch'_p') (δ_p · δ'_p').
     L1, L2 = a1.shape[1], a2.shape[1]
     pg = (a1.reshape(b1 * L1, -1) @ a2.reshape(b2 * L2, -1).T).reshape(b1, L1, b2, L2)
     if kind == "full":
         dg = (d1.reshape(b1 * kk * L1, -1) @ d2.reshape(b2 * kk * L2, -1).T)
         dg = dg.reshape(b1, kk, L1, b2, kk, L2)
-        return torch.einsum("iljm,icljdm->ijcd", pg, dg)
+        dest.add_(torch.einsum("iljm,icljdm->ijcd", pg, dg))
+        return
     # trace: Σ_c δ_c·δ'_c summed into one Gram by stacking classes along features.
     e1 = d1.permute(0, 2, 1, 3).reshape(b1 * L1, -1)
     e2 = d2.permute(0, 2, 1, 3).reshape(b2 * L2, -1)
     dg = (e1 @ e2.T).reshape(b1, L1, b2, L2)
-    return (pg * dg).sum((1, 3))
+    dest.add_((pg * dg).sum((1, 3)))
 
 
 def run_structured(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,
@@ -433,7 +435,7 @@ def run_structured(model, params, constants, calls, x1, x2, *, kind, k, act_nume
     if plan.generic:
         transient += 3 * kk * act_numel * item + 2 * kk * plan.generic_params * item
     block = plan_blocks(n1, n2, plan.bytes_per_example, plan.bytes_per_pair, max_memory,
-                        transient_per_example=transient)
+                        transient_per_example=transient, symmetric=x2 is None)
     featurise, contract = make_structured(model, params, constants, plan, kind, k, dtype)
     return run_blocked(featurise, contract, x1, x2, block_shape=(k, k) if kind == "full" else (),
                        plan=block, dtype=dtype, device=device, progress=progress,
