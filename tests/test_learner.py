@@ -258,3 +258,31 @@ def test_sequential_mlmoc_conditions_in_closed_form():
     assert len(session.observed) == 4 and not np.isin(idx, learner.labelled_indices).any()
     learner.teach(idx, y[idx])
     assert learner.labelled_indices.size == 6 + 1 + 3
+
+
+def test_digits_loop_with_registry_strategy_and_full_round_trip(tmp_path):
+    """Real data, model, trainer and strategy; load rebuilds strategy and config from the file."""
+    from ntkal.data import load_dataset
+    from ntkal.models import build_model
+    from ntkal.training import TrainConfig
+
+    ds = load_dataset("digits", train_size=400, test_size=200)
+    torch.manual_seed(0)
+    learner = ActiveLearner(build_model("mlp", ds.in_shape, 10, width=32), "margin", ds.x_train,
+                            y_pool=ds.y_train, labelled=np.arange(20), num_classes=10,
+                            train_config=TrainConfig(epochs=50, batch_size=32, lr=0.1),
+                            subset=200, seed=1)
+    y = ds.y_train.numpy()
+    for _ in range(2):
+        learner.fit()
+        idx = learner.query(10)
+        assert np.unique(idx).size == 10 and not np.isin(idx, learner.labelled_indices).any()
+        learner.teach(idx, y[idx])
+    learner.fit()
+    assert learner.score(ds.x_test, ds.y_test) > 0.4  # chance is 0.1
+    learner.save(tmp_path / "digits.pt")
+    torch.manual_seed(123)
+    other = ActiveLearner.load(tmp_path / "digits.pt", model=build_model("mlp", ds.in_shape, 10, width=32))
+    assert other.strategy.name == "margin" and other.train_config == learner.train_config
+    assert other.score(ds.x_test, ds.y_test) == learner.score(ds.x_test, ds.y_test)
+    np.testing.assert_array_equal(other.query(10), learner.query(10))

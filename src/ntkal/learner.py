@@ -460,6 +460,8 @@ class ActiveLearner:
             "train_config": cfg_dict if cfg_dict is not None and _is_plain(cfg_dict) else None,
             "strategy": {"name": self.strategy.name,
                          "params": params if _is_plain(params) else None},
+            "strategy_state": (self.strategy.state_dict()
+                               if callable(getattr(self.strategy, "state_dict", None)) else None),
             "model_state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "pool_shape": list(self.x_pool.shape),
             "x_pool": self.x_pool.clone() if include_pool else None,
@@ -470,7 +472,9 @@ class ActiveLearner:
         """Write :meth:`state_dict` to ``path`` atomically (temporary file + rename).
 
         A sequential session's closed-form state is not saved: it is rebuilt by the next query
-        from the labelled set, which holds every taught label.
+        from the labelled set, which holds every taught label. State a strategy learns outside the
+        model (e.g. LL4AL's loss module) is saved only if the strategy has ``state_dict()`` /
+        ``load_state_dict()``; otherwise a loaded learner starts that part afresh.
         """
         atomic_torch_save(self.state_dict(include_pool=include_pool), path)
 
@@ -534,6 +538,9 @@ class ActiveLearner:
                       num_classes=state["num_classes"], train_config=train_config,
                       mode=state["mode"], subset=state["subset"], seed=state["seed"],
                       device=device if device is not None else state["device"], progress=progress)
+        if state.get("strategy_state") is not None and \
+                callable(getattr(learner.strategy, "load_state_dict", None)):
+            learner.strategy.load_state_dict(state["strategy_state"])
         learner.cycle = int(state["cycle"])
         learner.num_queries = int(state["num_queries"])
         return learner
