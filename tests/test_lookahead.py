@@ -275,6 +275,11 @@ def test_base_prediction_is_linearised_network_gradient_flow(block):
     # and the linear model trained this way really fits L
     if block:
         torch.testing.assert_close(f0[:n] + (jl @ step).reshape(n, k), y1, rtol=0, atol=1e-8)
+    try:  # the same through the kernel engines
+        la_fit = Lookahead.fit(model, xl, yl, xs, kernel="full" if block else "pseudo")
+    except ImportError:
+        return
+    torch.testing.assert_close(la_fit.base_predictions(), f_lin, rtol=1e-7, atol=1e-7)
 
 
 def test_fit_on_network_retraining_matches_parameter_space_solve():

@@ -84,8 +84,8 @@ def _scores_from_lookahead(la: Lookahead, positions: np.ndarray, ref: torch.Tens
     """(primary, secondary) scores of candidates ``positions`` under the closed-form look-ahead;
     ``ref`` ``(m, k)`` are the reference predictions (pseudo-labels and flip baseline)."""
     k = la.num_classes
-    pos = torch.as_tensor(positions, dtype=torch.long)
-    ref = ref.to(_F64)
+    pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=la.device)
+    ref = ref.to(device=la.device, dtype=_F64)
     ref_cls = ref.argmax(dim=1)
     base = la.base_predictions()
     flips = np.zeros(len(pos))
@@ -97,7 +97,7 @@ def _scores_from_lookahead(la: Lookahead, positions: np.ndarray, ref: torch.Tens
         return (flips, norms) if score == "flip" else (norms, flips)
     probs = torch.softmax(ref[pos], dim=1).cpu().numpy()                  # (b, k)
     for c in range(k):
-        labels = torch.full((len(pos),), c, dtype=torch.long)
+        labels = torch.full((len(pos),), c, dtype=torch.long, device=la.device)
         for sl, preds in la.iter_retrained(pos, labels, chunk_size):
             flips[sl] += probs[sl, c] * flip_fraction(preds, ref_cls).cpu().numpy()
             norms[sl] += probs[sl, c] * output_change(preds, base).cpu().numpy()
@@ -318,8 +318,8 @@ class SGDLookahead(Strategy):
     def sgd_predictions(self, context: QueryContext, position: int, label: int) -> torch.Tensor:
         """Outputs on S ``(m, k)`` of a copy fine-tuned on ``L ∪ {(x_position, label)}``."""
         x = torch.cat([context.x_labelled, context.x_candidates[position:position + 1]])
-        y = torch.cat([context.y_labelled.long(),
-                       torch.tensor([int(label)], dtype=torch.long)])
+        y_l = context.y_labelled.long()
+        y = torch.cat([y_l, torch.tensor([int(label)], dtype=torch.long, device=y_l.device)])
         return self._finetuned_outputs(context.model, x, y, context.x_candidates,
                                        context.num_classes, context.batch_size)
 
