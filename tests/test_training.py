@@ -6,6 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ntkal.models import build_model
@@ -161,6 +163,38 @@ def test_progress_bar_is_silent_when_quiet(small, monkeypatch, capsys):
     assert len(result.losses) == 1
 
 
+def test_min_steps_lengthens_short_runs(small):
+    x, y = small
+    cfg = _quick(epochs=2, batch_size=64, min_steps=20)
+    result = train(_cnn(), x[:50], y[:50], cfg, num_classes=K)
+    assert cfg.epochs_for(50) == 20 and len(result.losses) == 20 and result.steps == 20
+    assert cfg.epochs_for(300) == 4 and cfg.epochs_for(2000) == 2  # 5 and 32 steps per epoch
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 70), batch_size=st.integers(1, 16), seed=st.integers(0, 2**31 - 1))
+def test_batches_cover_every_example_once(n, batch_size, seed):
+    from ntkal.training import _batches, _steps_per_epoch
+
+    chunks = _batches(n, batch_size, torch.Generator().manual_seed(seed))
+    assert sorted(torch.cat(chunks).tolist()) == list(range(n))
+    assert len(chunks) == _steps_per_epoch(n, batch_size)
+    assert all(c.numel() <= batch_size + 1 for c in chunks)
+    assert batch_size == 1 or n == 1 or min(c.numel() for c in chunks) > 1
+
+
+def test_progress_bar_inside_another_live_display(small, monkeypatch):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    monkeypatch.delenv("NTKAL_QUIET", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with Progress(console=Console(quiet=True)) as outer:
+        outer.add_task("runs", total=1)
+        result = train(_cnn(), *small, _quick(epochs=1), num_classes=K, progress=True)
+    assert len(result.losses) == 1
+
+
 # ----------------------------------------------------------------------------- validation
 class _Embedder(nn.Module):
     """Returns features, not logits of the right width."""
@@ -207,7 +241,7 @@ def test_config_must_be_a_train_config(small):
     (dict(schedule="step"), "onecycle, cosine, constant"), (dict(loss="hinge"), "mse, ce"),
     (dict(seed=-1), "seed"), (dict(seed=True), "seed"), (dict(device="gpu0"), "device"),
     (dict(schedule="cosine", max_lr=1.0), "only applies"), (dict(lr=0.5, max_lr=0.1), "max_lr"),
-    (dict(grad_clip=0.0), "grad_clip"),
+    (dict(grad_clip=0.0), "grad_clip"), (dict(min_steps=0), "min_steps"),
 ], ids=str)
 def test_config_validation(changes, match):
     with pytest.raises(ValueError, match=match):

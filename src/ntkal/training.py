@@ -93,6 +93,11 @@ class TrainConfig:
         reads as the reference's setting). None: peak at ``lr``.
     grad_clip : float, optional
         Clip the global gradient norm to this value before each step.
+    min_steps : int, optional
+        Train for at least this many optimiser steps, raising the number of epochs when the set is
+        small. Early active-learning cycles label few points, and a fixed epoch count then means
+        very few steps (digits, CNN: 50 labels, 30 epochs reach ~52 % test accuracy, 100 epochs
+        ~86 %). None: exactly ``epochs``.
     """
 
     epochs: int = 30
@@ -106,6 +111,7 @@ class TrainConfig:
     device: str = "cpu"
     max_lr: Optional[float] = None
     grad_clip: Optional[float] = None
+    min_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.epochs = _as_int("epochs", self.epochs, 1)
@@ -146,6 +152,15 @@ class TrainConfig:
             self.grad_clip = _as_float("grad_clip", self.grad_clip)
             if self.grad_clip <= 0:
                 raise ValueError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip}")
+
+        if self.min_steps is not None:
+            self.min_steps = _as_int("min_steps", self.min_steps, 1)
+
+    def epochs_for(self, n: int) -> int:
+        """Epochs a run on ``n`` examples takes: ``epochs``, or more to reach ``min_steps``."""
+        if self.min_steps is None:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_steps / _steps_per_epoch(n, self.batch_size)))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -302,10 +317,16 @@ def _quiet() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
 
 
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    """Mini-batches per epoch, counting a trailing single example as part of the batch before it."""
+    steps = max(1, math.ceil(n / batch_size))
+    return steps - 1 if steps > 1 and batch_size > 1 and n % batch_size == 1 else steps
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
     chunks = list(torch.split(order, batch_size))
-    if len(chunks) > 1 and chunks[-1].numel() == 1:
+    if len(chunks) > 1 and batch_size > 1 and chunks[-1].numel() == 1:
         chunks[-2] = torch.cat(chunks[-2:])
         chunks.pop()
     return chunks
@@ -330,13 +351,27 @@ def _loss(out: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int) -> to
     return F.cross_entropy(out, y)
 
 
-def _progress_bar(enabled: bool):
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """A transient rich bar over epochs, or None. Older rich versions allow one live display at a
+    time; inside another (e.g. an experiment runner's bar) training then runs without its own."""
     if not enabled:
-        return contextlib.nullcontext(None)
+        yield None
+        return
+    from rich.errors import LiveError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+    try:
+        bar.start()
+    except LiveError:
+        yield None
+        return
+    try:
+        yield bar
+    finally:
+        bar.stop()
 
 
 # ----------------------------------------------------------------------------- public API
@@ -345,8 +380,9 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     """Train ``model`` in place on ``(x, y)``, starting from its current weights.
 
     Warm starting is the point: active learning retrains after every cycle from the previous
-    cycle's weights, as the reference does. With the same weights, data and ``config.seed`` the
-    resulting weights are bit-identical on the CPU.
+    cycle's weights, as the reference does. The optimiser (momentum buffers) and the schedule
+    start afresh on every call. With the same weights, data and ``config.seed`` the resulting
+    weights are bit-identical on the CPU.
 
     Parameters
     ----------
@@ -392,8 +428,8 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     y = y.to(device)
 
     result = TrainResult()
-    steps_per_epoch = len(_batches(n, config.batch_size, torch.Generator().manual_seed(0)))
-    total_steps = config.epochs * steps_per_epoch
+    epochs = config.epochs_for(n)
+    total_steps = epochs * _steps_per_epoch(n, config.batch_size)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with _modes_restored(model), torch.random.fork_rng(devices=cuda):
         model.eval()
@@ -408,8 +444,8 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         model.train()
         show = progress and not _quiet()
         with _progress_bar(show) as bar:
-            task = bar.add_task("train", total=config.epochs, loss="-") if bar is not None else None
-            for epoch in range(config.epochs):
+            task = bar.add_task("train", total=epochs, loss="-") if bar is not None else None
+            for epoch in range(epochs):
                 total = torch.zeros((), dtype=torch.float64, device=device)
                 for idx in _batches(n, config.batch_size, generator):
                     idx = idx.to(device)
