@@ -296,3 +296,21 @@ def test_fit_on_network_retraining_matches_parameter_space_solve():
     step = ja.T @ torch.linalg.solve(ja @ ja.T, r.reshape(-1))
     f_lin = f0[n:] + torch.einsum("scp,p->sc", jac[n:-1], step)
     torch.testing.assert_close(la.retrained_predictions(3, 2), f_lin, rtol=1e-7, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- property
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_l=st.integers(0, 5), n_s=st.integers(1, 6), k=st.integers(1, 3), block=st.booleans(),
+       seed=st.integers(0, 10_000), j=st.integers(0, 5), label=st.integers(0, 2))
+def test_lookahead_equals_resolve_property(n_l, n_s, k, block, seed, j, label):
+    j, label = j % n_s, label % k
+    la, theta, f0, y = _build(block, n_l, n_s, k, p=(n_l + n_s) * k + 5, seed=seed)
+    y_new = torch.cat([y, torch.eye(k, dtype=F64)[[label]]])
+    want = _resolve(theta, f0, y_new, list(range(n_l)) + [n_l + j], range(n_l, n_l + n_s), block)
+    got = la.retrained_predictions(j, label)
+    scale = 1.0 + float(want.abs().max())
+    assert torch.allclose(got, want, rtol=0, atol=1e-7 * scale)
+    assert torch.isfinite(got).all()
