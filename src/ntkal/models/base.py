@@ -66,7 +66,8 @@ def as_shape(name: str, in_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(operator.index(s) for s in in_shape)
     except TypeError:
-        raise ValueError(f"{name}: in_shape must be a sequence of positive integers, got {in_shape!r}") from None
+        raise ValueError(f"{name}: in_shape must be a sequence of positive integers, "
+                         f"got {in_shape!r}") from None
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"{name}: in_shape must be a non-empty sequence of positive integers, "
                          f"got {in_shape!r}")
