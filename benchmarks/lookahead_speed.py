@@ -103,8 +103,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     quick = {"dataset": "digits", "model": "cnn", "width": None, "n_labelled": 100,
              "n_candidates": 200, "kernels": ["pseudo"], "train_epochs": 30, "sgd_sample": 4}
-    full = {"dataset": "digits", "model": "cnn", "width": None, "n_labelled": 300,
-            "n_candidates": 1000, "kernels": ["pseudo", "trace", "full"], "train_epochs": 60,
+    full = {"dataset": "digits", "model": "cnn", "width": None, "n_labelled": 200,
+            "n_candidates": 600, "kernels": ["pseudo", "trace", "full"], "train_epochs": 60,
             "sgd_sample": 10}
     for key, val in (quick if args.quick else full).items():
         if getattr(args, key) is None:
