@@ -14,7 +14,7 @@ runner = CliRunner()
 TINY = {"name": "tiny", "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
         "model": {"name": "mlp", "width": 16}, "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
         "strategies": ["random", "entropy"], "initial_size": 8, "budget": 4, "cycles": 1,
-        "seeds": [0]}
+        "seeds": [0], "threads": 1}
 
 
 def _write(tmp_path, raw, name="tiny.yml"):

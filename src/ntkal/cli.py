@@ -57,7 +57,9 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto."),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
         overwrite: bool = typer.Option(False, "--overwrite",
-                                       help="Discard earlier results in --out instead of resuming.")
+                                       help="Discard earlier results in --out instead of resuming."),
+        threads: Optional[int] = typer.Option(None, "--threads",
+                                              help="CPU threads for torch (overrides the config).")
         ) -> None:
     """Run (or resume) every strategy x seed of CONFIG; print the accuracy and AUC tables."""
     try:
@@ -65,7 +67,8 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         from ntkal.experiments.plots import accuracy_rich_table, auc_rich_table, auc_table
         from ntkal.experiments.runner import is_quiet
 
-        cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device)
+        cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device,
+                                                  threads=threads)
         out_dir = out if out is not None else Path("runs") / config.stem
         records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
                                  overwrite=overwrite, console=console)

@@ -109,6 +109,9 @@ def atomic_torch_save(obj: Any, path: _PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # the permissions a plain open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()

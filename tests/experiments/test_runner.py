@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 import ntkal.training
 from ntkal.experiments.config import ConfigError, parse_config
@@ -21,7 +22,7 @@ def _cfg(**changes):
            "model": {"name": "mlp", "width": 16},
            "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.05},
            "strategies": ["random", {"name": "mlmoc", "params": {"kernel": "pseudo"}}],
-           "initial_size": 8, "budget": 4, "cycles": 2, "subset": 40, "seeds": [0, 1]}
+           "initial_size": 8, "budget": 4, "cycles": 2, "subset": 40, "seeds": [0, 1], "threads": 1}
     raw.update(changes)
     return parse_config(raw)
 
@@ -50,7 +51,9 @@ def test_tiny_run_writes_outputs_and_resumes_without_training(tmp_path, monkeypa
     out = tmp_path / "run"
     counter = _CountingTrain()
     monkeypatch.setattr(ntkal.training, "train", counter)
+    threads = torch.get_num_threads()
     records = run_experiment(_cfg(), out, quiet=True)
+    assert torch.get_num_threads() == threads  # the config's thread count does not leak
     assert counter.calls == 2 * 2 * 3 and len(records) == 12
     for name in ("results.json", "results.csv", "learning_curves.png", "auc.json", "auc.md"):
         assert (out / name).stat().st_size > 0

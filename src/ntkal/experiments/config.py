@@ -190,7 +190,7 @@ def _trainer_fields() -> Optional[tuple[str, ...]]:
 
 # ----------------------------------------------------------------------------- the experiment
 _TOP = ("name", "dataset", "model", "trainer", "strategies", "initial_size", "budget", "cycles",
-        "subset", "seeds", "mode", "device", "retrain", "stratified_initial")
+        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads")
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,10 @@ class ExperimentConfig:
         Unlabelled points scored per round (``None``: the whole pool).
     retrain : {"warm", "scratch"}
         Continue from the previous round's weights (the reference protocol) or re-initialise.
+    threads : int, optional
+        CPU threads for torch (``torch.set_num_threads``); ``None`` leaves torch's default. One
+        thread is faster for tiny networks, and far faster on a machine whose cores are busy
+        (multi-threaded small matrix products then spend their time waiting on each other).
     """
 
     dataset: DatasetConfig
@@ -227,6 +231,7 @@ class ExperimentConfig:
     retrain: str = "warm"
     stratified_initial: bool = True
     name: str = "experiment"
+    threads: Optional[int] = None
 
     # ------------------------------------------------------------------ derived
     def train_config(self):
@@ -253,9 +258,10 @@ class ExperimentConfig:
 
     def shared_hash(self) -> str:
         """Hash of every setting that changes a single (strategy, seed) run, except the strategy
-        itself: seeds, strategies, device and name may change between resumed invocations."""
+        itself: seeds, strategies, device, threads and name may change between resumed
+        invocations."""
         raw = self.to_dict()
-        for key in ("seeds", "strategies", "device", "name"):
+        for key in ("seeds", "strategies", "device", "name", "threads"):
             raw.pop(key)
         return _hash(raw)
 
@@ -276,8 +282,10 @@ class ExperimentConfig:
         if self.subset is not None and self.subset < self.budget:
             raise ConfigError(f"subset ({self.subset}) must be >= budget ({self.budget})")
 
-    def with_overrides(self, *, seeds=None, device=None) -> "ExperimentConfig":
+    def with_overrides(self, *, seeds=None, device=None, threads=None) -> "ExperimentConfig":
         changes: dict[str, Any] = {}
+        if threads is not None:
+            changes["threads"] = _int("threads", threads, 1)
         if seeds is not None:
             changes["seeds"] = _seeds(list(seeds))
         if device is not None:
@@ -343,6 +351,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
         retrain=_choice("retrain", raw.get("retrain", "warm"), RETRAIN),
         stratified_initial=bool(raw.get("stratified_initial", True)),
         name=str(raw.get("name", "experiment")),
+        threads=_int("threads", raw.get("threads"), 1, True),
     )
     if cfg.subset is not None and cfg.subset < cfg.budget:
         raise ConfigError(f"subset ({cfg.subset}) must be >= budget ({cfg.budget})")

@@ -52,10 +52,17 @@ def is_quiet(quiet: Optional[bool] = None) -> bool:
     return os.environ.get("NTKAL_QUIET", "") not in ("", "0") or bool(os.environ.get("CI"))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -195,12 +202,23 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
     list of dict
         All records (finished earlier and now), with keys :data:`RECORD_FIELDS`.
     """
-    from ntkal.data import Pool, load_dataset
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quiet = is_quiet(quiet)
     device = _resolve_device(config.device)
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run_all(config, out, quiet, device, overwrite, console, plot)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, overwrite: bool,
+             console, plot: bool) -> list[dict]:
+    from ntkal.data import Pool, load_dataset
+
     results = _Results(out, config, overwrite)
     ds = config.dataset
     dataset = load_dataset(ds.name, ds.root, train_size=ds.train_size, test_size=ds.test_size,
