@@ -134,18 +134,19 @@ def auc_rich_table(table: dict[str, dict[str, float]]):
 
 
 def accuracy_rich_table(records: list[dict]):
-    """Mean test accuracy per strategy (rows) and label count (columns)."""
+    """Mean test accuracy by label count (rows) and strategy (columns): a run has more cycles
+    than strategies, and rows keep the table within a terminal's width."""
     from rich.table import Table
 
     cs = curves(records)
     xs = sorted({int(x) for c in cs.values() for x in c["labelled"]})
-    t = Table(title="Test accuracy (mean over seeds) by number of labels")
-    t.add_column("strategy")
+    t = Table(title="Test accuracy (mean over seeds)")
+    t.add_column("labels", justify="right")
+    for s in cs:
+        t.add_column(s, justify="right", overflow="fold")
+    accs = {s: dict(zip(c["labelled"].tolist(), c["mean"].tolist())) for s, c in cs.items()}
     for x in xs:
-        t.add_column(str(x), justify="right")
-    for s, c in cs.items():
-        acc = dict(zip(c["labelled"].tolist(), c["mean"].tolist()))
-        t.add_row(s, *[f"{acc[x]:.3f}" if x in acc else "-" for x in xs])
+        t.add_row(str(x), *[f"{accs[s][x]:.3f}" if x in accs[s] else "-" for s in cs])
     return t
 
 
