@@ -125,3 +125,9 @@ def test_auc_and_curves():
     assert table["b"]["std"] == 0.0
     c = curves(recs)["a"]
     assert c["labelled"].tolist() == [10, 20] and c["mean"][1] == pytest.approx(0.8)
+
+
+def test_sequential_mode_runs_mlmoc(tmp_path):
+    cfg = _cfg(strategies=["mlmoc"], seeds=[0], cycles=1, mode="sequential")
+    records = run_experiment(cfg, tmp_path / "seq", quiet=True, plot=False)
+    assert [r["labelled"] for r in sorted(records, key=lambda r: r["cycle"])] == [8, 12]
