@@ -202,12 +202,13 @@ def run(args) -> dict:
             cfg = make_config(args.train_epochs, args.train_batch, args.train_lr, loss, args.seed,
                               weight_decay=args.weight_decay, schedule="cosine")
             model = train_network(args.model, in_shape, k, width, xl, yl, cfg)
+            train_seconds = time.perf_counter() - t0
             acc = float(evaluate(model, xt, yt))
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             ft = make_config(args.finetune_epochs, args.finetune_batch, args.finetune_lr, loss,
                              args.seed)
             sgd = sgd_ground_truth(model, xl, yl, xs, k, ft, progress=args.verbose)
-            print(f"[{loss} width={width} params={n_params}] trained {time.perf_counter() - t0:.1f}s "
+            print(f"[{loss} width={width} params={n_params}] trained {train_seconds:.1f}s "
                   f"test acc {acc:.3f}; SGD look-ahead {sgd['seconds']:.1f}s; new-point residual "
                   f"{sgd['new_point_residual_before']:.3f} -> {sgd['new_point_residual_after']:.3f}; "
                   f"control drift {sgd['control_drift']:.3f}", flush=True)
@@ -217,7 +218,7 @@ def run(args) -> dict:
                 metrics = compare(ntk["delta"], sgd["delta"], ntk["flip"], sgd["flip"], args.top_k,
                                   ntk["flip_base"], sgd["flip_base"])
                 row = {"loss": loss, "width": width, "params": n_params, "kernel": kern,
-                       "ridge": ridge, "test_acc": acc,
+                       "ridge": ridge, "test_acc": acc, "train_seconds": train_seconds,
                        **{key: ntk[key] for key in ("kernel_seconds", "score_seconds", "jitter",
                                                      "num_clamped", "base_vs_f0")},
                        "sgd_seconds": sgd["seconds"],
