@@ -62,15 +62,30 @@ def output_weights(kind: str, k: int, dtype: torch.dtype, device: torch.device) 
     return torch.eye(k, dtype=dtype, device=device)
 
 
-def add_contracted_rows(dest: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, kind: str) -> None:
-    """``dest += contract_rows(g1, g2, kind)`` without a permuted temporary in ``dest``'s dtype."""
-    b1, kk, p = g1.shape
-    b2 = g2.shape[0]
+def add_contracted_rows(dest: torch.Tensor, g1, g2, kind: str) -> None:
+    """``dest += Σ_pieces contract_rows(g1_i, g2_i, kind)``.
+
+    ``g1``/``g2`` are per-example gradient rows ``(b, k', P)`` or lists of such pieces (one per
+    layer). Pieces are accumulated with ``addmm_`` in the model's dtype, so no concatenated copy
+    and a single add into ``dest`` (which may be float64 and, for full kernels, large).
+    """
+    if isinstance(g1, torch.Tensor):
+        g1, g2 = [g1], [g2]
+    b1, kk = g1[0].shape[:2]
+    b2 = g2[0].shape[0]
+    rows1, rows2 = (b1 * kk, b2 * kk) if kind == "full" else (b1, b2)
+    acc = None
+    for u, v in zip(g1, g2):
+        u = u.reshape(rows1, -1)
+        v = v.reshape(rows2, -1)
+        if acc is None:
+            acc = u @ v.T
+        else:
+            acc.addmm_(u, v.T)
     if kind == "full":
-        prod = g1.reshape(b1 * kk, p) @ g2.reshape(b2 * kk, p).T
-        dest.add_(prod.view(b1, kk, b2, kk).permute(0, 2, 1, 3))
+        dest.add_(acc.view(b1, kk, b2, kk).permute(0, 2, 1, 3))
     else:
-        dest.add_(g1.reshape(b1, kk * p) @ g2.reshape(b2, kk * p).T)
+        dest.add_(acc)
 
 
 def contract_rows(g1: torch.Tensor, g2: torch.Tensor, kind: str) -> torch.Tensor:

@@ -368,7 +368,9 @@ def make_structured(model: nn.Module, params: dict[str, torch.Tensor],
                 if lay.mode == "factor":
                     factors.append((lay, pat, dl))
                 elif lay.use_w:
-                    grads.append((dl.transpose(2, 3) @ pat.unsqueeze(1)).reshape(b, kk, -1))
+                    # Σ_p δ_p patch_pᵀ for all k' rows in one bmm (no per-row copy of the patches).
+                    dt = dl.permute(0, 1, 3, 2).reshape(b, kk * lay.dout, -1)
+                    grads.append(torch.bmm(dt, pat).reshape(b, kk, -1))
                 if lay.use_b:
                     grads.append(dl.sum(2))
             del cap
@@ -377,11 +379,10 @@ def make_structured(model: nn.Module, params: dict[str, torch.Tensor],
             grads.append(g)
             if not layers:
                 logits = logits_g
-        g = torch.cat(grads, 2) if grads else None
-        return _Features(factors, g), logits
+        return _Features(factors, grads), logits
 
     def contract(r: _Features, c: _Features, dest: torch.Tensor) -> None:
-        if r.grads is not None:
+        if r.grads:
             add_contracted_rows(dest, r.grads, c.grads, kind)
         for (lay, a1, d1), (_, a2, d2) in zip(r.factors, c.factors):
             _add_factor_block(dest, lay, a1, d1, a2, d2, kind)
