@@ -258,15 +258,18 @@ class _Capture:
         return False
 
 
-_BATCHED_VJP_OK = [True]
+#: Use ``is_grads_batched`` (vmap over the backward pass) for the k' vector-Jacobian products.
+#: Off by default: on CPU it measured no faster than a loop of plain backward passes, and not
+#: every operator has a batching rule for its backward.
+_BATCHED_VJP_OK = [False]
 
 
 def _sensitivities(out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Tensor
                    ) -> list[torch.Tensor]:
     """δ for every captured layer: ``(b, k', *layer output shape)``.
 
-    One batched vector-Jacobian product over the ``k'`` cotangent rows (``is_grads_batched``);
-    a loop of plain ones if an operator in the model has no batching rule for its backward.
+    A loop of ``k'`` plain backward passes through one retained graph, or one batched
+    vector-Jacobian product (``is_grads_batched``) when enabled and supported.
     """
     kk = weights.shape[0]
     b = out.shape[0]
