@@ -378,3 +378,12 @@ def test_empty_inputs():
     model, x1, _ = NETS["mlp"]
     kern, f1, f2 = empirical_ntk(model, x1[:0], x1, kind="full", return_outputs=True)
     assert kern.shape[:2] == (0, 6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_works_inside_no_grad(impl):
+    """Callers often hold torch.no_grad() (scoring loops); the kernel must not silently vanish."""
+    model, x1, x2 = NETS["mlp"]
+    with torch.no_grad():
+        got = empirical_ntk(model, x1, x2, kind="full", implementation=impl)
+    assert_close(got, reference(model, x1, x2, "full"))
