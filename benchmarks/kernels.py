@@ -252,7 +252,9 @@ def _spawn(spec: dict, timeout: float) -> dict:
         return dict(spec, error=f"timeout after {timeout:.0f} s")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return dict(spec, error=(proc.stderr.strip().splitlines() or ["failed"])[-1][:200])
+        last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+        return dict(spec, error=f"{why} {last}".strip())
     return json.loads(lines[-1])
 
 
@@ -378,6 +380,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else (
         Path(__file__).resolve().parent / "results" / f"kernels_{socket.gethostname()}.json")
     info = machine_info(args.device)
+    info["threads_per_case"] = args.threads or info["torch_threads"]
     cases = plan_cases(args)
     results = []
     for i, spec in enumerate(cases, 1):
