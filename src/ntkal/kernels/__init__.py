@@ -15,8 +15,17 @@ sit behind the one call:
     (a per-layer FLOP model decides); BatchNorm affine parameters get analytic per-example
     gradients; any other trainable parameter falls back to ``torch.func`` per-example gradients.
 ``"auto"``
-    Estimates the FLOPs of both engines for the given model and sizes and runs the cheaper one
-    (in practice ``structured`` whenever Linear/Conv layers hold the parameters).
+    Estimates the FLOPs of both engines for this model, kind and ``(n1, n2)`` and runs the cheaper
+    one. Jacobian engine: ``(n1+n2)(1+2k')·F`` for the Jacobian rows (``F`` the forward FLOPs of
+    the recognised layers) plus ``2·n1·n2·c·P`` for the Gram (``c`` = k^2 full, k trace, 1
+    pseudo). Structured engine: the sum of the per-layer choices of
+    :func:`ntkal.kernels.structured.layer_costs` (factorised vs per-example gradients, whichever
+    is cheaper for that layer's positions and widths), plus the fallback's cost for
+    unrecognised parameters. In practice ``structured`` wins whenever Linear/Conv layers hold the
+    parameters.
+
+The kernel lives on the model's device. Examples must not interact in eval mode (standard layers
+do not; BatchNorm then uses its running statistics).
 """
 from __future__ import annotations
 
@@ -152,7 +161,8 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         one, else the last ``nn.Linear`` in module order), i.e. a(x)·a(x') + 1 with ``a`` its
         input; like pseudo and trace it is read as Θ ⊗ I_k.
     implementation : {"auto", "jacobian", "structured"}
-        Engine (see the module docstring); all give the same kernel up to rounding.
+        Engine (see the module docstring); all give the same kernel up to rounding. Ignored for
+        ``last_layer``, which only needs the classifier's inputs (one forward pass).
     max_memory : int, optional
         Working-memory budget in bytes that sets the block sizes. Default: half the free host
         memory (``MemAvailable``), or half the free device memory on CUDA.
