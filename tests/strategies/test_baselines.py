@@ -285,3 +285,23 @@ def test_query_restores_mixed_module_modes():
     for strategy in (Entropy(), BALD(num_samples=2), BADGE(), Coreset()):
         strategy.query(_ctx(model, [[0.0, 1.0], [1.0, 0.0]]), 1)
         assert model.training and model.dropout.training and not model.classifier.training
+
+
+def test_ll4al_state_round_trip_gives_the_same_query():
+    torch.manual_seed(0)
+    model = _SmallMLP()
+    x, y = _noisy_halves(64, 0)
+    config = SimpleNamespace(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                             schedule="cosine", loss="ce", seed=0, device="cpu")
+    trained = LearningLoss()
+    assert trained.state_dict() is None
+    trained.train(model, x, y, config, 2)
+    restored = LearningLoss()
+    restored.load_state_dict(trained.state_dict())
+    x_test, _ = _noisy_halves(50, 1)
+    a = trained.query(_ctx(model, x_test), 5)
+    b = restored.query(_ctx(model, x_test), 5)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.scores, b.scores)
+    with pytest.raises(ValueError, match="hidden"):
+        LearningLoss(hidden=8).load_state_dict(trained.state_dict())

@@ -169,6 +169,27 @@ class LearningLoss(Strategy):
         """The trained loss-prediction module (``None`` before the first :meth:`train`)."""
         return self._loss_module
 
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        """The loss module's dimensions and weights (``None`` before the first :meth:`train`),
+        so that a saved :class:`~ntkal.ActiveLearner` resumes with the same loss predictor."""
+        if self._loss_module is None:
+            return None
+        weights = {k: v.detach().cpu().clone() for k, v in self._loss_module.state_dict().items()}
+        return {"in_dims": list(self._loss_module.in_dims), "hidden": self.hidden,
+                "weights": weights}
+
+    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state is None:
+            self._loss_module = None
+            return
+        if int(state["hidden"]) != self.hidden:
+            raise ValueError(f"saved loss module has hidden={state['hidden']}, this strategy "
+                             f"has hidden={self.hidden}")
+        module = LossPredictionModule(state["in_dims"], self.hidden)
+        module.load_state_dict(state["weights"])
+        self._loss_module = module
+
     def _module_for(self, dims: Sequence[int], seed: int, device: torch.device) -> LossPredictionModule:
         if self._loss_module is None or self._loss_module.in_dims != tuple(dims):
             with torch.random.fork_rng(devices=[]):
