@@ -261,7 +261,7 @@ def default_finetune_config():
 
 
 class SGDLookahead(Strategy):
-    """Look-ahead by real retraining (EER-style ground truth for :class:`MLMOC`).
+    """Look-ahead by real SGD retraining per candidate (EER-style ground truth for MLMOC).
 
     For each candidate ``x_j``, a deep copy of the trained network is warm-start fine-tuned on
     ``L ∪ {(x_j, ŷ_j)}`` (``ŷ_j`` = argmax of the network's output; every label, weighted by its
