@@ -1,7 +1,6 @@
 """Closed-form look-ahead (Mohamadi et al., NeurIPS 2022) against from-scratch kernel regression."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -180,13 +179,6 @@ def test_input_validation():
 
 
 # ----------------------------------------------------------------------------- the linearised model
-def _require_kernels():
-    try:
-        from ntkal.kernels import empirical_ntk  # noqa: F401
-    except ImportError:
-        pytest.skip("ntkal.kernels.empirical_ntk is not available")
-
-
 class _TinyNet(nn.Module):
     def __init__(self, d=4, h=7, k=3):
         super().__init__()
@@ -208,7 +200,7 @@ def _explicit_jacobian(model, x):
     flat = torch.cat([p.reshape(-1) for p in params])
 
     def f(theta):
-        out, chunks, i = {}, [], 0
+        out, i = {}, 0
         for name, shp in zip(names, shapes):
             n = int(np.prod(shp))
             out[name] = theta[i:i + n].view(shp)
@@ -229,7 +221,6 @@ def _tiny_setup(seed=0, n_l=5, n_s=6):
 
 @pytest.mark.parametrize("kind", ["pseudo", "full", "trace"])
 def test_fit_kernel_matches_explicit_jacobians(kind):
-    _require_kernels()
     model, xl, yl, xs = _tiny_setup()
     la = Lookahead.fit(model, xl, yl, xs, kernel=kind)
     jac, _ = _explicit_jacobian(model, torch.cat([xl, xs]))
@@ -283,7 +274,6 @@ def test_base_prediction_is_linearised_network_gradient_flow(block):
 
 
 def test_fit_on_network_retraining_matches_parameter_space_solve():
-    _require_kernels()
     model, xl, yl, xs = _tiny_setup(seed=2)
     n, k = xl.shape[0], 3
     la = Lookahead.fit(model, xl, yl, xs, kernel="full")

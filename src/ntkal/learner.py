@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from ntkal.atomic_files import atomic_torch_save
 from ntkal.data.pool import Pool, _as_index_array
 from ntkal.strategies.base import QueryContext, SequentialSession, Strategy, check_budget
 
@@ -100,27 +99,6 @@ def _is_plain(value: Any) -> bool:
 def strategy_params(strategy: Strategy) -> dict[str, Any]:
     """The public constructor state of ``strategy`` (its attributes not starting with ``_``)."""
     return {k: v for k, v in vars(strategy).items() if not k.startswith("_")}
-
-
-def atomic_torch_save(obj: Any, path: _PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename over it: a crash mid-write
-    leaves the previous file intact rather than a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # the permissions a plain open() would give, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ActiveLearner:

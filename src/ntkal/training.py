@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import math
 import numbers
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ntkal.progress import progress_allowed
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict_logits"]
 
@@ -310,13 +311,6 @@ def _check_output(out: torch.Tensor, n: int, num_classes: int) -> None:
                          f"{(n, num_classes)} for a batch of {n}, got {actual}")
 
 
-def _quiet() -> bool:
-    """Progress bars are off under ``NTKAL_QUIET=1`` and on CI (``CI`` set), whatever the caller asks."""
-    if os.environ.get("NTKAL_QUIET", "").strip() not in ("", "0"):
-        return True
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
-
-
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     """Mini-batches per epoch, counting a trailing single example as part of the batch before it."""
     steps = max(1, math.ceil(n / batch_size))
@@ -442,7 +436,7 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
                                     weight_decay=config.weight_decay)
         scheduler = _scheduler(optimiser, config, total_steps)
         model.train()
-        show = progress and not _quiet()
+        show = progress_allowed(progress)
         with _progress_bar(show) as bar:
             task = bar.add_task("train", total=epochs, loss="-") if bar is not None else None
             for epoch in range(epochs):

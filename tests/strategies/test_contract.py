@@ -42,21 +42,16 @@ def _train_config():
         return SimpleNamespace(**fields)
 
 
-# Small parameters so the whole contract run stays fast; dependencies of colleagues' modules.
+# Small parameters so the whole contract run stays fast.
 SMALL = {
     "bald": dict(num_samples=4),
     "batchbald": dict(num_samples=4, max_configurations=9, num_sampled_configurations=16),
     "sgd_lookahead": dict(finetune=None),
 }
-NEEDS = {"mlmoc": "ntkal.kernels", "sgd_lookahead": "ntkal.training"}
 NAMES = sorted(available_strategies())
 
 
 def _make(name):
-    if name in NEEDS:
-        module = pytest.importorskip(NEEDS[name])
-        if name == "mlmoc" and not hasattr(module, "empirical_ntk"):
-            pytest.skip("ntkal.kernels.empirical_ntk is not available")
     params = dict(SMALL.get(name, {}))
     if name == "sgd_lookahead":
         params["finetune"] = _train_config()

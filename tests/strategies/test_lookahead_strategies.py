@@ -1,7 +1,6 @@
 """MLMOC (eNTK look-ahead) and its SGD ground truth, on a tiny network (Mohamadi et al., 2022)."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -10,12 +9,6 @@ from torch import nn
 
 from ntkal.strategies.base import QueryContext
 
-try:
-    from ntkal.kernels import empirical_ntk  # noqa: F401
-except ImportError:  # pragma: no cover - until the kernel engines are installed
-    pytest.skip("ntkal.kernels.empirical_ntk is not available", allow_module_level=True)
-
-from ntkal.lookahead import Lookahead
 from ntkal.strategies.lookahead import MLMOC, SGDLookahead, flip_fraction, output_change
 
 
@@ -163,10 +156,8 @@ def test_sequential_session_runs_out(ctx):
 
 
 def test_sgd_lookahead_runs_and_caps(ctx):
-    try:
-        from ntkal.training import TrainConfig
-    except ImportError:
-        pytest.skip("ntkal.training is not available")
+    from ntkal.training import TrainConfig
+
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,
                       schedule="constant", loss="mse", seed=0)
     strat = SGDLookahead(finetune=cfg, max_candidates=4)

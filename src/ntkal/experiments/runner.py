@@ -28,14 +28,15 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
+from ntkal.atomic_files import atomic_write_text
+from ntkal.progress import environment_is_quiet
 from ntkal.experiments.config import ConfigError, ExperimentConfig, StrategySpec
 
 __all__ = ["run_experiment", "is_quiet", "RECORD_FIELDS", "RESULTS_FORMAT"]
@@ -49,29 +50,7 @@ def is_quiet(quiet: Optional[bool] = None) -> bool:
     """Explicit ``quiet`` wins; otherwise quiet when ``NTKAL_QUIET=1`` or ``CI`` is set."""
     if quiet is not None:
         return bool(quiet)
-    return os.environ.get("NTKAL_QUIET", "") not in ("", "0") or bool(os.environ.get("CI"))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return environment_is_quiet()
 
 
 def records_to_csv(records: list[dict]) -> str:

@@ -14,7 +14,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked", "progress_enabled"]
+from ntkal.progress import progress_allowed
+
+__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked"]
 
 #: Fraction of the free memory a kernel call may use by default.
 MEMORY_FRACTION = 0.5
@@ -119,15 +121,6 @@ def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: floa
     return BlockPlan(rows=max(1, b1), cols=max(1, b2), cache_cols=cache_cols)
 
 
-def progress_enabled(progress: bool) -> bool:
-    """Whether a progress bar may be shown: asked for, and not silenced by ``NTKAL_QUIET``/``CI``."""
-    if not progress:
-        return False
-    if os.environ.get("NTKAL_QUIET", "") not in ("", "0") or os.environ.get("CI"):
-        return False
-    return True
-
-
 def _slices(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -186,7 +179,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
         return feats
 
     bar = None
-    if progress_enabled(progress):
+    if progress_allowed(progress):
         from rich.progress import Progress
 
         bar = Progress(transient=True)

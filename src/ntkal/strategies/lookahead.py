@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ntkal.lookahead import Lookahead
+from ntkal.progress import progress_allowed
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget)
 from ntkal.strategies.forward_passes import evaluating
@@ -350,7 +351,7 @@ class SGDLookahead(Strategy):
         primary = np.full(m, -np.inf)
         secondary = np.full(m, -np.inf)
         iterator = positions
-        if context.progress:
+        if progress_allowed(context.progress):
             from rich.progress import track
 
             iterator = track(positions, description="SGD look-ahead")
