@@ -70,3 +70,13 @@ def test_missing_dataset_is_a_clean_error(tmp_path, monkeypatch):
     raw = dict(TINY, dataset={"name": "cifar10"})
     result = runner.invoke(app, ["run", str(_write(tmp_path, raw)), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "NTKAL_DATA" in result.output
+
+
+def test_data_root_flag_is_where_the_dataset_is_looked_for(tmp_path):
+    raw = dict(TINY, dataset={"name": "cifar10"})
+    where = tmp_path / "my_cifar"
+    where.mkdir()
+    result = runner.invoke(app, ["run", str(_write(tmp_path, raw)), "--out", str(tmp_path / "o"),
+                                 "--data-root", str(where)])
+    assert result.exit_code == 2
+    assert str(where) in result.output.replace("\n", "")

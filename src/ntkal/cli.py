@@ -59,7 +59,10 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Discard earlier results in --out instead of resuming."),
         threads: Optional[int] = typer.Option(None, "--threads",
-                                              help="CPU threads for torch (overrides the config).")
+                                              help="CPU threads for torch (overrides the config)."),
+        data_root: Optional[Path] = typer.Option(
+            None, "--data-root", help="Folder holding the dataset's files (overrides the config's "
+            "dataset.root and $NTKAL_DATA).")
         ) -> None:
     """Run (or resume) every strategy x seed of CONFIG; print the accuracy and AUC tables."""
     try:
@@ -68,7 +71,7 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         from ntkal.experiments.runner import is_quiet
 
         cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device,
-                                                  threads=threads)
+                                                  threads=threads, data_root=data_root)
         out_dir = out if out is not None else Path("runs") / config.stem
         records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
                                  overwrite=overwrite, console=console)

@@ -263,6 +263,7 @@ class ExperimentConfig:
         raw = self.to_dict()
         for key in ("seeds", "strategies", "device", "name", "threads"):
             raw.pop(key)
+        raw["dataset"].pop("root", None)  # where the files are, not which data
         return _hash(raw)
 
     def strategy_hash(self, spec: StrategySpec) -> str:
@@ -282,8 +283,13 @@ class ExperimentConfig:
         if self.subset is not None and self.subset < self.budget:
             raise ConfigError(f"subset ({self.subset}) must be >= budget ({self.budget})")
 
-    def with_overrides(self, *, seeds=None, device=None, threads=None) -> "ExperimentConfig":
+    def with_overrides(self, *, seeds=None, device=None, threads=None, data_root=None
+                       ) -> "ExperimentConfig":
+        """A copy with command-line overrides applied (``data_root`` says where the files are,
+        not what is run, so it does not change the results' identity)."""
         changes: dict[str, Any] = {}
+        if data_root is not None:
+            changes["dataset"] = dataclasses.replace(self.dataset, root=str(data_root))
         if threads is not None:
             changes["threads"] = _int("threads", threads, 1)
         if seeds is not None:
