@@ -45,6 +45,10 @@ def test_valid_config_parses_with_defaults():
     ({"strategies": [{"name": "mlmoc", "params": {"foo": 1}}]}, r"strategy 'mlmoc': .*foo"),
     ({"strategies": ["bald"]}, r"'bald' uses MC dropout: set model.dropout > 0"),
     ({"mode": "sequential"}, r"sequential needs look-ahead strategies; 'random'"),
+    ({"strategies": [{"name": "random", "mode": "sequential"}]},
+     r"sequential needs look-ahead strategies; 'random'"),
+    ({"strategies": [{"name": "mlmoc", "mode": "greedy"}]},
+     r"strategies\[0\].mode must be one of batch, sequential"),
     ({"colour": "blue"}, r"unknown key\(s\) colour at the top level"),
 ])
 def test_config_errors_name_key_and_options(changes, match):

@@ -131,3 +131,34 @@ def test_sequential_mode_runs_mlmoc(tmp_path):
     cfg = _cfg(strategies=["mlmoc"], seeds=[0], cycles=1, mode="sequential")
     records = run_experiment(cfg, tmp_path / "seq", quiet=True, plot=False)
     assert [r["labelled"] for r in sorted(records, key=lambda r: r["cycle"])] == [8, 12]
+
+
+def test_per_strategy_mode_compares_sequential_and_batch_in_one_run(tmp_path, monkeypatch):
+    from ntkal.learner import ActiveLearner
+
+    modes = {}
+    original = ActiveLearner.query
+
+    def spy(self, budget):
+        modes.setdefault(type(self.strategy).__name__ + ":" + self.mode, 0)
+        modes[type(self.strategy).__name__ + ":" + self.mode] += 1
+        return original(self, budget)
+
+    monkeypatch.setattr(ActiveLearner, "query", spy)
+    cfg = _cfg(strategies=[{"name": "mlmoc", "label": "mlmoc_seq", "mode": "sequential"},
+                           "mlmoc", "random"], seeds=[0], cycles=1)
+    assert [cfg.mode_for(s) for s in cfg.strategies] == ["sequential", "batch", "batch"]
+    records = run_experiment(cfg, tmp_path / "mixed", quiet=True, plot=False)
+    assert {r["strategy"] for r in records} == {"mlmoc_seq", "mlmoc", "random"}
+    assert modes == {"MLMOC:sequential": 1, "MLMOC:batch": 1, "RandomSampling:batch": 1}
+    # an entry without `mode` hashes as before, so earlier results still resume
+    import dataclasses
+
+    from ntkal.experiments.config import _hash
+
+    plain = cfg.strategies[1]
+    before = {"name": plain.name, "params": plain.params, "label": plain.label, "model": plain.model}
+    assert cfg.strategy_hash(plain) == _hash({"shared": cfg.shared_hash(), "strategy": before,
+                                              "model": dataclasses.asdict(cfg.model_for(plain))})
+    assert cfg.strategy_hash(cfg.strategies[0]) != cfg.strategy_hash(
+        dataclasses.replace(cfg.strategies[0], mode=None))

@@ -144,12 +144,15 @@ class ModelConfig:
 @dataclass(frozen=True)
 class StrategySpec:
     """One strategy of the comparison: registry ``name``, constructor ``params``, a ``label``
-    (unique; the name by default) and optional per-strategy ``model`` overrides."""
+    (unique; the name by default), optional per-strategy ``model`` overrides and ``mode``
+    (``batch`` or ``sequential``; the config's ``mode`` when not given), so that one run can
+    compare e.g. sequential MLMOC with batch MLMOC and the baselines."""
 
     name: str
     params: dict = field(default_factory=dict)
     label: str = ""
     model: dict = field(default_factory=dict)
+    mode: Optional[str] = None
 
     @classmethod
     def parse(cls, raw: Any, position: int) -> "StrategySpec":
@@ -157,7 +160,7 @@ class StrategySpec:
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping(key, raw)
-        _no_unknown(key, raw, ("name", "params", "label", "model"))
+        _no_unknown(key, raw, ("name", "params", "label", "model", "mode"))
         from ntkal.strategies import available_strategies
 
         names = tuple(available_strategies())
@@ -168,7 +171,10 @@ class StrategySpec:
         model = _mapping(f"{key}.model", raw.get("model"))
         _no_unknown(f"{key}.model", model, ("name", "width", "dropout", "kwargs"))
         label = str(raw.get("label") or name)
-        return cls(name=name, params=params, label=label, model=model)
+        mode = raw.get("mode")
+        if mode is not None:
+            mode = _choice(f"{key}.mode", mode, MODES)
+        return cls(name=name, params=params, label=label, model=model, mode=mode)
 
     def build(self):
         """The strategy object (errors in ``params`` name this entry)."""
@@ -266,9 +272,16 @@ class ExperimentConfig:
         raw["dataset"].pop("root", None)  # where the files are, not which data
         return _hash(raw)
 
+    def mode_for(self, spec: StrategySpec) -> str:
+        """The strategy's own ``mode`` if it has one, else the config's."""
+        return spec.mode or self.mode
+
     def strategy_hash(self, spec: StrategySpec) -> str:
         """Hash of one strategy entry together with the shared settings."""
-        return _hash({"shared": self.shared_hash(), "strategy": dataclasses.asdict(spec),
+        entry = dataclasses.asdict(spec)
+        if entry["mode"] is None:
+            del entry["mode"]  # entries without a mode hash as before the key existed
+        return _hash({"shared": self.shared_hash(), "strategy": entry,
                       "model": dataclasses.asdict(self.model_for(spec))})
 
     def validate_against(self, num_train: int, num_classes: int) -> None:
@@ -365,7 +378,8 @@ def parse_config(raw: Any) -> ExperimentConfig:
 
     for spec in strategies:
         strategy = spec.build()  # parameter errors now, not mid-run
-        if cfg.mode == "sequential" and type(strategy).begin_sequential is Strategy.begin_sequential:
+        if cfg.mode_for(spec) == "sequential" and \
+                type(strategy).begin_sequential is Strategy.begin_sequential:
             raise ConfigError(f"mode: sequential needs look-ahead strategies; {spec.label!r} has no "
                               "sequential mode (use mode: batch)")
         if getattr(strategy, "needs_dropout", False) and cfg.model_for(spec).dropout <= 0:

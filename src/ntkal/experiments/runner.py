@@ -260,7 +260,7 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
                                    stratified=config.stratified_initial)
         learner = ActiveLearner(model, strategy, dataset.x_train, y_pool=y_train,
                                 labelled=pool.labelled_indices, num_classes=dataset.num_classes,
-                                train_config=train_config, mode=config.mode,
+                                train_config=train_config, mode=config.mode_for(spec),
                                 subset=config.subset, seed=seed, device=device)
     start = learner.cycle
     results.drop_from(label, seed, start)  # records ahead of the saved state are redone
