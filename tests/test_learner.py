@@ -12,15 +12,6 @@ from ntkal.learner import ActiveLearner
 from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread is as fast, and much faster when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @dataclass
 class _Cfg:
     epochs: int = 30

@@ -65,15 +65,6 @@ def _nets():
 NETS = _nets()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add contention (restored after this module)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def explicit_jacobian(model, x):
     """``(n, k, P)`` Jacobian of the logits w.r.t. the trainable parameters, flattened."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
