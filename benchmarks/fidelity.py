@@ -98,9 +98,9 @@ def _corr(a, b) -> dict:
 
 
 def _top(primary, secondary, k):
-    from ntkal.strategies.lookahead import rank_scores
+    from ntkal.strategies.base import top_k
 
-    return set(rank_scores(primary, secondary, k, seed=0).tolist())
+    return set(top_k(primary, k, np.random.default_rng(0), secondary=secondary).tolist())
 
 
 def compare(ntk_delta, sgd_delta, ntk_flip, sgd_flip, top_k, ntk_flip_base=None,

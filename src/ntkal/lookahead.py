@@ -367,12 +367,13 @@ class Lookahead:
             raise IndexError(f"candidate positions must be integers in [0, {self.num_candidates})")
         return j.long()
 
-    def default_chunk_size(self) -> int:
-        """Candidates per chunk so that one chunk of predictions fits :data:`DEFAULT_CHUNK_BYTES`."""
+    def default_chunk_size(self, memory_budget: int = DEFAULT_CHUNK_BYTES) -> int:
+        """Candidates per chunk: ``chunk_size`` if set, else as many as fit ``memory_budget`` bytes
+        of look-ahead predictions (and their intermediates)."""
         if self.chunk_size is not None:
             return max(1, int(self.chunk_size))
         per = 8 * max(1, self.num_candidates) * self.num_classes * (self._p + 2)
-        return max(1, DEFAULT_CHUNK_BYTES // per)
+        return max(1, int(memory_budget) // per)
 
     def _delta(self, js: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Look-ahead change of the predictions on S, ``(b, m, k)``."""

@@ -113,3 +113,18 @@ def test_every_family_is_registered():
     expected = {"random", "entropy", "margin", "least_confidence", "bald", "batchbald", "badge",
                 "coreset", "ll4al", "mlmoc", "sgd_lookahead"}
     assert expected <= set(NAMES)
+
+
+def test_top_k_orders_by_score_then_secondary_then_seeded_tiebreak():
+    from ntkal.strategies.base import top_k
+
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1])
+    assert top_k(scores, 3).tolist() == [1, 0, 2]  # stable without rng
+    secondary = np.array([1.0, 0.0, 3.0, 2.0, 9.0])
+    assert top_k(scores, 4, secondary=secondary).tolist() == [1, 2, 3, 0]
+    ties = np.zeros(50)
+    a = top_k(ties, 5, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, top_k(ties, 5, np.random.default_rng(3)))
+    assert a.tolist() != list(range(5))
+    with pytest.raises(FloatingPointError):
+        top_k(scores, 1, secondary=np.array([np.nan, 0, 0, 0, 0]))

@@ -81,17 +81,20 @@ def check_budget(budget: int, num_candidates: int) -> int:
     return budget
 
 
-def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Indices of the ``k`` largest scores, highest first; ties broken at random if ``rng`` is given,
-    else by lowest index (stable). NaN scores are an error, never silently ranked."""
+def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None, *,
+          secondary: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest scores, highest first. Ties go to the larger ``secondary``
+    score if given, then at random if ``rng`` is given, else to the lowest index (stable).
+    NaN scores are an error, never silently ranked."""
     scores = np.asarray(scores, dtype=np.float64)
-    if np.isnan(scores).any():
+    keys = [-scores]
+    if secondary is not None:
+        keys.insert(0, -np.asarray(secondary, dtype=np.float64))
+    if any(np.isnan(key).any() for key in keys):
         raise FloatingPointError("acquisition scores contain NaN")
     if rng is not None:
-        tiebreak = rng.random(scores.shape[0])
-        order = np.lexsort((tiebreak, -scores))
-    else:
-        order = np.argsort(-scores, kind="stable")
+        keys.insert(0, rng.random(scores.shape[0]))
+    order = np.lexsort(tuple(keys)) if len(keys) > 1 else np.argsort(-scores, kind="stable")
     return order[:k]
 
 

@@ -36,10 +36,10 @@ from torch import nn
 from ntkal.lookahead import Lookahead
 from ntkal.progress import progress_allowed
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
-                                   check_budget)
+                                   check_budget, top_k)
 from ntkal.strategies.forward_passes import evaluating
 
-__all__ = ["MLMOC", "SGDLookahead", "flip_fraction", "output_change", "rank_scores", "SCORES"]
+__all__ = ["MLMOC", "SGDLookahead", "flip_fraction", "output_change", "SCORES"]
 
 SCORES = ("flip", "norm", "expected")
 REFERENCES = ("f0", "base")
@@ -56,21 +56,6 @@ def flip_fraction(preds: torch.Tensor, ref_classes: torch.Tensor) -> torch.Tenso
 def output_change(preds: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """``Σ_i ‖preds_i − base_i‖₂`` over the points of ``S``; shape ``(b,)``."""
     return (preds - base.unsqueeze(0)).norm(dim=-1).sum(dim=-1)
-
-
-def rank_scores(primary: np.ndarray, secondary: Optional[np.ndarray], k: int, seed: int
-                ) -> np.ndarray:
-    """Positions of the ``k`` best candidates: by ``primary``, then ``secondary``, then a seeded
-    random tie-break. NaN scores are an error."""
-    primary = np.asarray(primary, dtype=np.float64)
-    if np.isnan(primary).any() or (secondary is not None and np.isnan(secondary).any()):
-        raise FloatingPointError("acquisition scores contain NaN")
-    tiebreak = np.random.default_rng(seed).random(primary.shape[0])
-    keys = [tiebreak]
-    if secondary is not None:
-        keys.append(-np.asarray(secondary, dtype=np.float64))
-    keys.append(-primary)
-    return np.lexsort(tuple(keys))[:k]
 
 
 def _validate(score: str, reference: str) -> None:
@@ -154,8 +139,7 @@ class MLMOC(Strategy):
     def _chunk(self, la: Lookahead) -> int:
         if self.chunk_size is not None:
             return max(1, int(self.chunk_size))
-        per = 8 * max(1, la.num_candidates) * la.num_classes * (la._p + 2)
-        return max(1, self.memory_budget // per)
+        return la.default_chunk_size(self.memory_budget)
 
     def lookahead(self, context: QueryContext) -> Lookahead:
         """The linearised network of ``context.model`` on ``L ∪ S`` (the model's modes, device and
@@ -185,7 +169,7 @@ class MLMOC(Strategy):
         t1 = time.perf_counter()
         primary, secondary = self.score_candidates(la)
         t2 = time.perf_counter()
-        chosen = rank_scores(primary, secondary, budget, context.seed)
+        chosen = top_k(primary, budget, np.random.default_rng(context.seed), secondary=secondary)
         info: dict[str, Any] = {
             "kernel": self.kernel, "score": self.score, "reference": self.reference,
             "kernel_seconds": t1 - t0, "score_seconds": t2 - t1, "jitter": la.jitter,
@@ -234,7 +218,8 @@ class MLMOCSession(SequentialSession):
             raise ValueError("every candidate has been labelled: nothing left to propose")
         primary, secondary = self.strategy.score_candidates(self.lookahead, positions,
                                                             self._reference())
-        best = rank_scores(primary, secondary, 1, self.context.seed + self._step)[0]
+        best = top_k(primary, 1, np.random.default_rng(self.context.seed + self._step),
+                     secondary=secondary)[0]
         return int(positions[best]), float(primary[best])
 
     def observe(self, position: int, label: int) -> None:
@@ -368,7 +353,7 @@ class SGDLookahead(Strategy):
                 norm += w * float(output_change(preds, control)[0])
             primary[j], secondary[j] = (norm, flip) if self.score == "norm" else (flip, norm)
         seconds = time.perf_counter() - t0
-        chosen = rank_scores(primary, secondary, budget, context.seed)
+        chosen = top_k(primary, budget, np.random.default_rng(context.seed), secondary=secondary)
         info = {"score": self.score, "reference": self.reference, "seconds": seconds,
                 "scored_positions": positions, "secondary_scores": secondary}
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
