@@ -304,3 +304,27 @@ def test_lookahead_equals_resolve_property(n_l, n_s, k, block, seed, j, label):
     scale = 1.0 + float(want.abs().max())
     assert torch.allclose(got, want, rtol=0, atol=1e-7 * scale)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
+def test_iter_blocks_retrained_equals_from_scratch_resolve(block):
+    """LookaheadBlock.retrained (what criteria consume) is the re-solve on L ∪ {(x_j, y)}, for
+    blocks that split the candidates unevenly, after a sequential condition step too."""
+    la, theta, f0, y = _build(block, ridge=0.0)
+    k, n_l = 3, 6
+    ys = torch.tensor([1, 0, 2, 2, 1, 0, 1, 2, 0])
+    onehot = torch.nn.functional.one_hot(ys, k).to(F64)
+    for conditioned in ([], [4]):
+        for j in conditioned:
+            la.condition(j, int(ys[j]))
+        blocks = list(la.iter_blocks(block_size=4))
+        assert [b.size for b in blocks] == [4, 4, 1]
+        for b in blocks:
+            got = b.retrained(onehot[b.positions])
+            for t, j in enumerate(b.positions.tolist()):
+                if j in conditioned:
+                    continue
+                train = list(range(n_l)) + [n_l + c for c in conditioned] + [n_l + j]
+                targets = torch.cat([y, onehot[conditioned], onehot[j:j + 1]])
+                want = _resolve(theta, f0, targets, train, range(n_l, n_l + 9), block)
+                torch.testing.assert_close(got[t], want, rtol=0, atol=1e-7)

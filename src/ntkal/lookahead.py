@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Lookahead"]
+__all__ = ["Lookahead", "LookaheadBlock"]
 
 _DTYPE = torch.float64
 #: Default memory budget (bytes) for one chunk of batched look-ahead predictions.
@@ -72,6 +73,71 @@ def _robust_cholesky(k_mat: torch.Tensor, scale: float, max_tries: int = 10
         f"kernel matrix Θ(L, L) is not positive definite even with jitter {jitter / 10:.3g} "
         f"({jitter / 10 / scale:.1g} × mean diagonal); check the kernel for NaNs or use ridge > 0"
     )
+
+
+@dataclass
+class LookaheadBlock:
+    """What a look-ahead criterion needs about a block ``J`` of candidates, and nothing more.
+
+    The engine (:class:`Lookahead`) yields these from :meth:`Lookahead.iter_blocks`; acquisition
+    criteria (MLMOC's flip / norm / expected scores, EER, EMOC, variance reduction) are functions of
+    one block, so they do not depend on how the engine stores or streams Σ.
+
+    ``E`` is the evaluation set, where output change is measured (the candidates themselves unless
+    the engine was given a separate one).
+
+    Attributes
+    ----------
+    positions : Tensor
+        Candidate positions ``(b,)`` (int64) of this block.
+    cov : Tensor
+        Σ[E, J]: ``(b, e)`` for scalar kernels (read as ``⊗ I_k``), ``(b, e, k, k)`` for full
+        blocks (``cov[t, i]`` is the ``k × k`` block Σ[x_i, x_{J_t}]).
+    pivot_evals, pivot_evecs : Tensor
+        Σ_jj after the floor clamp: scalar kernels give ``(b,)`` values and ``pivot_evecs=None``;
+        full blocks give eigenvalues ``(b, k)`` and eigenvectors ``(b, k, k)``.
+    f_bar_eval, f_bar_cand : Tensor
+        f̄ on E ``(e, k)`` and on the block ``(b, k)`` (current, after any conditioning).
+    f0_eval, f0_cand : Tensor
+        The trained network's outputs on E ``(e, k)`` and on the block ``(b, k)``.
+    """
+
+    positions: torch.Tensor
+    cov: torch.Tensor
+    pivot_evals: torch.Tensor
+    pivot_evecs: Optional[torch.Tensor]
+    f_bar_eval: torch.Tensor
+    f_bar_cand: torch.Tensor
+    f0_eval: torch.Tensor
+    f0_cand: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def block(self) -> bool:
+        return self.pivot_evecs is not None
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``Σ_jj⁻¹ rhs`` per candidate, ``rhs`` ``(b, k)``."""
+        if self.pivot_evecs is None:
+            return rhs / self.pivot_evals.unsqueeze(1)
+        v = self.pivot_evecs
+        coef = (v.transpose(1, 2) @ rhs.unsqueeze(2)).squeeze(2) / self.pivot_evals
+        return (v @ coef.unsqueeze(2)).squeeze(2)
+
+    def delta(self, targets: torch.Tensor) -> torch.Tensor:
+        """Change of f̄ on E, ``(b, e, k)``, after retraining with ``(x_j, targets_j)`` added;
+        ``targets`` ``(b, k)`` (one-hot rows for class labels)."""
+        coef = self.solve(targets.to(self.f_bar_cand.dtype) - self.f_bar_cand)      # (b, k)
+        if self.pivot_evecs is None:
+            return self.cov.unsqueeze(2) * coef.unsqueeze(1)
+        return (self.cov @ coef[:, None, :, None]).squeeze(3)
+
+    def retrained(self, targets: torch.Tensor) -> torch.Tensor:
+        """f^{(j,y)}(E) ``(b, e, k)``: f̄ on E plus :meth:`delta`."""
+        return self.f_bar_eval.unsqueeze(0) + self.delta(targets)
 
 
 class Lookahead:
@@ -414,6 +480,26 @@ class Lookahead:
         for start in range(0, b, step):
             sl = slice(start, min(b, start + step))
             yield sl, self._f_bar.unsqueeze(0) + self._delta(js[sl], y[sl])
+
+    def iter_blocks(self, positions=None, block_size: Optional[int] = None
+                    ) -> Iterator[LookaheadBlock]:
+        """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all), ``block_size``
+        at a time (default :meth:`default_chunk_size`). Here E is the candidate set itself."""
+        js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
+        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
+        m, p = self.num_candidates, self._p
+        for start in range(0, int(js.shape[0]), step):
+            jb = js[start:start + step]
+            if not self.block:
+                cov = self._sigma[:, jb].T                                      # (b, m)
+                evals, evecs = self._pivot[jb], None
+            else:
+                cols = self._sigma.view(m, p, m, p)[:, :, jb, :]                # (m, k, b, k)
+                cov = cols.permute(2, 0, 1, 3)                                  # (b, m, k, k)
+                evals, evecs = self._pivot_evals[jb], self._pivot_evecs[jb]
+            yield LookaheadBlock(positions=jb, cov=cov, pivot_evals=evals, pivot_evecs=evecs,
+                                 f_bar_eval=self._f_bar, f_bar_cand=self._f_bar[jb],
+                                 f0_eval=self.f0_candidates, f0_cand=self.f0_candidates[jb])
 
     def retrained_predictions_batch(self, js, ys, chunk_size: Optional[int] = None
                                     ) -> torch.Tensor:
