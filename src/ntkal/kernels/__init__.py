@@ -37,6 +37,7 @@ from torch import nn
 from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
                                    split_parameters, add_contracted_rows)
 from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
+from ntkal.models.forward import predict_logits
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
            "IMPLEMENTATIONS"]
@@ -214,8 +215,9 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                 shape = (n1, n2, k, k) if kind == "full" else (n1, n2)
                 kern = torch.zeros(shape, dtype=dtype, device=device)
                 with torch.no_grad():
-                    f1 = _forward(model, x1)
-                    f2 = f1 if x2 is None else _forward(model, x2)
+                    f1 = predict_logits(model, x1, out_dtype=None, out_device=None)
+                    f2 = f1 if x2 is None else predict_logits(model, x2, out_dtype=None,
+                                                              out_device=None)
             else:
                 engine = _choose(implementation, model, params, calls, kind, k, n1, n2)
                 kern, f1, f2 = engine(model, params, constants, calls, x1, x2, kind=kind, k=k,
@@ -224,11 +226,6 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     f1 = f1.detach()
     f2 = f1 if x2 is None else f2.detach()
     return (kern, f1, f2) if return_outputs else kern
-
-
-def _forward(model, x, batch=1024):
-    return torch.cat([model(x[s:s + batch]) for s in range(0, x.shape[0], batch)], 0) \
-        if x.shape[0] else torch.zeros(0, 0)
 
 
 def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,
