@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 import zipfile
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -94,16 +95,19 @@ def _load_file(path: PathLike) -> Any:
         raise ValueError(f"{path} is empty (0 bytes), probably left by an interrupted copy; "
                          f"{_RESAVE}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ValueError(f"{path} cannot be read: {reason}") from None
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are noise here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise PermissionError(f"{path} cannot be read: permission denied (check the file's "
+                              "permissions)") from None
     except (pickle.UnpicklingError, AttributeError, ImportError, TypeError):
         # torch's message here advises weights_only=False, i.e. running code from the file: no.
         raise ValueError(f"{path} is not an ActiveLearner file ntkal can read safely: it holds "
                          "something other than plain values and tensors, or is corrupt; "
                          f"{_RESAVE}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
+    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
+        # a truncated zip archive fails as a RuntimeError or as an OSError with no errno text
         raise ValueError(f"{path} is truncated or corrupt (not a complete torch file), e.g. cut "
                          f"short by an interrupted copy; {_RESAVE}") from None
 
