@@ -30,9 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.data.labels import as_class_labels
-from ntkal.models.devices import model_device
-
 __all__ = ["Lookahead", "LookaheadBlock"]
 
 _DTYPE = torch.float64
@@ -313,7 +310,10 @@ class Lookahead:
         """
         from ntkal.kernels import empirical_ntk
 
-        dev = model_device(model)
+        try:
+            dev = next(model.parameters()).device
+        except StopIteration:  # pragma: no cover - parameter-free model
+            dev = torch.device("cpu")
         x_l = torch.as_tensor(x_labelled)
         x_s = torch.as_tensor(x_candidates)
         n = int(x_l.shape[0])
@@ -330,8 +330,10 @@ class Lookahead:
             raise ValueError(f"num_classes={num_classes} but the model outputs {k} values")
         y = torch.as_tensor(y_labelled).to(f.device)
         if y.ndim == 1:
-            y = torch.as_tensor(as_class_labels(y, k, name="y_labelled", expected=n), device=f.device)
-            y = torch.nn.functional.one_hot(y, k).to(_DTYPE)
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+                raise ValueError(f"labels must lie in [0, {k}), got range "
+                                 f"[{int(y.min())}, {int(y.max())}]")
+            y = torch.nn.functional.one_hot(y.long(), k).to(_DTYPE)
         theta = theta.detach()
         lookahead = cls(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y,
                         ridge=ridge, eps=eps, chunk_size=chunk_size, kernel=kernel)
