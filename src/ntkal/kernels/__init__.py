@@ -215,9 +215,8 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                 shape = (n1, n2, k, k) if kind == "full" else (n1, n2)
                 kern = torch.zeros(shape, dtype=dtype, device=device)
                 with torch.no_grad():
-                    f1 = predict_logits(model, x1, out_dtype=None, out_device=None)
-                    f2 = f1 if x2 is None else predict_logits(model, x2, out_dtype=None,
-                                                              out_device=None)
+                    f1 = _forward(model, x1)
+                    f2 = f1 if x2 is None else _forward(model, x2)
             else:
                 engine = _choose(implementation, model, params, calls, kind, k, n1, n2)
                 kern, f1, f2 = engine(model, params, constants, calls, x1, x2, kind=kind, k=k,
@@ -226,6 +225,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     f1 = f1.detach()
     f2 = f1 if x2 is None else f2.detach()
     return (kern, f1, f2) if return_outputs else kern
+
+
+def _forward(model, x, batch=1024):
+    return predict_logits(model, x, batch_size=batch, out_dtype=None, out_device=None)
 
 
 def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,
