@@ -91,3 +91,27 @@ def test_positions_map_to_exactly_those_pool_indices(mode):
         assert idx.tolist() == expected[:1]
         idx3 = learner.query(3)
         assert idx3.tolist() == expected
+
+
+def test_issue_repro_with_sequential_mlmoc():
+    """The reported sequence with the real strategy: subset=5, four query(1) + teach, query(2)."""
+    from ntkal.strategies import get_strategy
+
+    strategy = get_strategy("mlmoc")
+    strategy.train = lambda *a, **k: None
+    learner = make_learner(strategy, mode="sequential", subset=5, labelled=np.arange(10))
+    _, y = blobs()
+    for _ in range(4):
+        idx = learner.query(1)
+        learner.teach(idx, y[idx])
+    first_session = learner.session
+    two = learner.query(2)
+    assert np.unique(two).size == 2 and not np.isin(two, learner.labelled_indices).any()
+    second = learner.session
+    assert second is not first_session
+    assert set(second.observed) == {int(np.searchsorted(learner.session_candidates, two[1])),
+                                    int(np.searchsorted(learner.session_candidates, two[0]))}
+    learner.teach(two, y[two])
+    assert learner.session is second
+    nxt = learner.query(1)
+    assert not np.isin(nxt, learner.labelled_indices).any()
