@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from learner_doubles import Cfg, MaxEntropy, Net, blobs, make_learner
-from ntkal.learner import ActiveLearner, ProbabilityOutputWarning
+from learner_doubles import Net, blobs, make_learner
+from ntkal.learner import ProbabilityOutputWarning
 
 
 class _PartlyFrozen(Net):

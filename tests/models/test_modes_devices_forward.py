@@ -1,7 +1,6 @@
 """The one home of train/eval modes, devices and the batched forward pass."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
