@@ -22,6 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkal.data.labels import as_class_labels
+from ntkal.models.devices import model_dtype as _model_dtype
+from ntkal.models.devices import resolve_device as _resolve_device
+from ntkal.models.forward import predict_logits
+from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict_logits"]
@@ -218,31 +223,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _resolve_device(device: Any) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; "
-                         "use device='cpu' or 'auto'")
-    return device
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def _as_inputs(x: Any) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -256,52 +236,13 @@ def _as_inputs(x: Any) -> torch.Tensor:
 
 
 def _as_labels(y: Any, n: int, num_classes: int) -> torch.Tensor:
-    if isinstance(y, np.ndarray):
-        y = torch.from_numpy(y)
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y must be a torch.Tensor or numpy array, got {type(y).__name__}")
-    if y.dim() != 1:
-        raise ValueError(f"y must be a 1-D tensor of class indices, got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
-    if int(y.shape[0]) != n:
-        raise ValueError(f"x and y have different lengths: {n} inputs, {int(y.shape[0])} labels")
-    y = y.long()
-    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                         f"[{int(y.min())}, {int(y.max())}]")
-    return y
+    return torch.from_numpy(as_class_labels(y, num_classes, name="y", expected=n))
 
 
 def _check_num_classes(num_classes: Any) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return int(num_classes)
-
-
-@contextlib.contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit (callers may keep parts in another mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Run ``model`` on ``device``, moving it back afterwards if it lived elsewhere."""
-    original = _model_device(model)
-    moved = original != device
-    if moved:
-        model.to(device)
-    try:
-        yield
-    finally:
-        if moved:
-            model.to(original)
 
 
 def _check_output(out: torch.Tensor, n: int, num_classes: int) -> None:
@@ -465,42 +406,6 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     result.train_accuracy = evaluate(model, x, y, device=device)
     result.seconds = time.perf_counter() - start
     return result
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024,
-                   device: Any = None) -> torch.Tensor:
-    """Logits of ``model`` on ``x``: eval mode, no gradients, batched.
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor or ndarray
-        Inputs ``(n, ...)``.
-    batch_size : int, default 1024
-    device : str or torch.device, optional
-        Where to run; default the model's own device. The model is moved back afterwards, and every
-        submodule's train/eval flag is restored.
-
-    Returns
-    -------
-    Tensor
-        ``(n, num_classes)``, float32, on the CPU.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    x = _as_inputs(x)
-    device = _model_device(model) if device is None else _resolve_device(device)
-    dtype = _model_dtype(model)
-    outs = []
-    with _modes_restored(model), _on_device(model, device):
-        model.eval()
-        for start in range(0, int(x.shape[0]), int(batch_size)):
-            xb = x[start:start + batch_size].to(device=device, dtype=dtype)
-            outs.append(model(xb).detach().to("cpu", torch.float32))
-    if not outs:
-        return torch.empty((0, 0), dtype=torch.float32)
-    return torch.cat(outs)
 
 
 def evaluate(model: nn.Module, x: Any, y: Any, *, batch_size: int = 1024,

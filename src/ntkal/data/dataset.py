@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ntkal.data.labels import as_class_labels
 from ntkal.data.sampling import subset_positions
 
 __all__ = ["Dataset"]
@@ -24,21 +25,6 @@ def _as_inputs(name: str, x) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
-
-
-def _as_labels(name: str, y, num_classes: int) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(y.shape)}")
-    y = y.to(torch.int64)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{name} has labels in [{int(y.min())}, {int(y.max())}] but there are "
-            f"{num_classes} classes (valid labels are 0..{num_classes - 1})"
-        )
-    return y
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -77,8 +63,8 @@ class Dataset:
         k = len(classes)
         x_train = _as_inputs("x_train", self.x_train)
         x_test = _as_inputs("x_test", self.x_test)
-        y_train = _as_labels("y_train", self.y_train, k)
-        y_test = _as_labels("y_test", self.y_test, k)
+        y_train = torch.from_numpy(as_class_labels(self.y_train, k, name="y_train"))
+        y_test = torch.from_numpy(as_class_labels(self.y_test, k, name="y_test"))
         if x_train.shape[0] != y_train.shape[0]:
             raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
         if x_test.shape[0] != y_test.shape[0]:

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
+from ntkal.data.labels import as_class_labels
 from ntkal.data.sampling import stratified_indices
 
 __all__ = ["Pool"]
@@ -121,18 +122,14 @@ class Pool:
             Length of the result; defaults to ``max(y) + 1`` over the whole pool so that classes
             with no labelled point yet still appear as zeros.
         """
-        y = _as_index_array(y)
+        y = as_class_labels(y, None, name="y")
         if y.shape[0] != self._size:
             raise ValueError(f"y has {y.shape[0]} labels but the pool has {self._size} points")
-        if y.size and y.min() < 0:
-            raise ValueError("labels must be >= 0")
         if num_classes is None:
             num_classes = int(y.max()) + 1 if y.size else 0
-        num_classes = int(num_classes)
-        labels = y[self.labelled_indices]
-        if labels.size and labels.max() >= num_classes:
-            raise ValueError(f"a labelled point has label {int(labels.max())} >= num_classes={num_classes}")
-        return np.bincount(labels, minlength=num_classes).astype(np.int64)
+        labels = as_class_labels(y[self.labelled_indices], int(num_classes),
+                                 name="the labelled points' y")
+        return np.bincount(labels, minlength=int(num_classes)).astype(np.int64)
 
     # --------------------------------------------------------------- mutation
     def _check_range(self, idx: np.ndarray) -> None:
@@ -196,7 +193,7 @@ class Pool:
             raise ValueError(f"n_initial must be between 0 and the pool size {size}, got {n_initial}")
         rng = np.random.default_rng(seed)
         if y is not None:
-            y = _as_index_array(y)
+            y = as_class_labels(y, None, name="y")
             if y.shape[0] != size:
                 raise ValueError(f"y has {y.shape[0]} labels but the pool has {size} points")
         if stratified:

@@ -124,11 +124,12 @@ class _Results:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    return device
+    from ntkal.models.devices import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError as err:
+        raise ConfigError(f"{err} (on the command line: --device cpu)") from None
 
 
 def _build_model(config: ExperimentConfig, spec: StrategySpec, dataset, seed: int):

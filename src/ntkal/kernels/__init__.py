@@ -37,6 +37,7 @@ from torch import nn
 from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
                                    split_parameters, add_contracted_rows)
 from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
+from ntkal.models.forward import predict_logits
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
            "IMPLEMENTATIONS"]
@@ -227,8 +228,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
 
 
 def _forward(model, x, batch=1024):
-    return torch.cat([model(x[s:s + batch]) for s in range(0, x.shape[0], batch)], 0) \
-        if x.shape[0] else torch.zeros(0, 0)
+    return predict_logits(model, x, batch_size=batch, out_dtype=None, out_device=None)
 
 
 def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,

@@ -1,27 +1,15 @@
-"""Helpers shared by the kernel engines: eval mode, parameter split, kind arithmetic."""
+"""Helpers shared by the kernel engines: parameter split, kind arithmetic (eval mode and the
+model's device come from :mod:`ntkal.models.modes` and :mod:`ntkal.models.devices`)."""
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 from torch import nn
 
+from ntkal.models.devices import model_device, model_dtype
+from ntkal.models.modes import evaluating as eval_mode  # noqa: F401  (the one mode helper)
+
 KINDS = ("pseudo", "trace", "full", "last_layer")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the kernel (BatchNorm statistics constant, dropout off); every submodule's own
-    flag is restored afterwards, not just the root's, so deliberately mixed modes survive."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in modes:
-            m.training = flag
 
 
 def split_parameters(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -40,11 +28,7 @@ def split_parameters(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        return p.device, p.dtype
-    for b in model.buffers():
-        return b.device, (b.dtype if b.is_floating_point() else torch.get_default_dtype())
-    return torch.device("cpu"), torch.get_default_dtype()
+    return model_device(model), model_dtype(model)
 
 
 def num_outputs(kind: str, k: int) -> int:

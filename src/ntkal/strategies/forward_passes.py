@@ -3,52 +3,24 @@
 Every strategy runs the trained model in eval mode on ``QueryContext.device`` with
 ``QueryContext.batch_size`` and must leave the model exactly as it found it (train/eval flags of
 every submodule, device, parameters, BatchNorm running statistics). The helpers here do that once,
-so each strategy file only holds its acquisition rule.
+so each strategy file only holds its acquisition rule. :func:`evaluating` is
+:func:`ntkal.models.modes.evaluating`, re-exported here for the strategies.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["evaluating", "eval_logits", "eval_probabilities", "eval_embeddings",
+from ntkal.models.forward import predict_logits
+from ntkal.models.modes import evaluating
+
+__all__ = ["evaluating", "eval_probabilities", "eval_embeddings",
            "dropout_modules", "mc_dropout_probabilities"]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
-
-
-@contextmanager
-def evaluating(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode on ``device``; restore every submodule's mode and the device after.
-
-    Restoring per-submodule flags (not just ``model.train(was_training)``) matters because callers
-    may deliberately keep parts of a network in another mode.
-    """
-    device = torch.device(device)
-    modes = [(module, module.training) for module in model.modules()]
-    original = _model_device(model)
-    moved = original is not None and original != device
-    if moved:
-        model.to(device)
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-        if moved:
-            model.to(original)
 
 
 def _batches(x: torch.Tensor, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -56,20 +28,6 @@ def _batches(x: torch.Tensor, batch_size: int) -> Iterator[tuple[int, torch.Tens
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, int(x.shape[0]), batch_size):
         yield start, x[start:start + batch_size]
-
-
-@torch.no_grad()
-def eval_logits(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
-                batch_size: int = 512) -> torch.Tensor:
-    """Eval-mode logits of ``x`` as a float64 CPU tensor of shape ``(n, k)``."""
-    device = torch.device(device)
-    parts = []
-    with evaluating(model, device):
-        for _, xb in _batches(x, batch_size):
-            parts.append(model(xb.to(device)).detach().to("cpu", torch.float64))
-    if not parts:
-        raise ValueError("no inputs to evaluate")
-    return torch.cat(parts)
 
 
 def eval_probabilities(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
@@ -80,7 +38,10 @@ def eval_probabilities(model: nn.Module, x: torch.Tensor, *, device: torch.devic
     look-ahead method's default) the outputs are not calibrated log-probabilities, but the softmax
     is the usual convention for the uncertainty baselines and keeps them comparable.
     """
-    return torch.softmax(eval_logits(model, x, device=device, batch_size=batch_size), dim=1).numpy()
+    logits = predict_logits(model, x, device=device, batch_size=batch_size, out_dtype=torch.float64)
+    if logits.shape[0] == 0:
+        raise ValueError("no inputs to evaluate")
+    return torch.softmax(logits, dim=1).numpy()
 
 
 @torch.no_grad()

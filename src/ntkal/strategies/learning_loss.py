@@ -291,19 +291,15 @@ class LearningLoss(Strategy):
             raise RuntimeError("the LL4AL loss module is untrained: train the model with "
                                "LearningLoss.train (e.g. ActiveLearner(strategy='ll4al')) first")
         device = torch.device(device)
-        module = self._loss_module
-        module_mode = module.training
-        module.to(device).eval()
         tap = _FeatureTap(model, self.feature_layers)
         out = []
         try:
-            with evaluating(model, device):
+            with evaluating(model, device), evaluating(self._loss_module, device) as module:
                 for start in range(0, int(x.shape[0]), batch_size):
                     model(x[start:start + batch_size].to(device))
                     out.append(module(tap.collect()).to("cpu", torch.float64))
         finally:
             tap.remove()
-            module.train(module_mode)
         return torch.cat(out).numpy()
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:

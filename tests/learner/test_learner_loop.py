@@ -1,99 +1,13 @@
 """ActiveLearner: ask/tell loop, validation, sequential mode and save/load (small stand-ins)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ntkal.learner import ActiveLearner
-from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
-
-
-@dataclass
-class _Cfg:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.1
-    seed: int = 0
-
-
-class _Net(nn.Module):
-    def __init__(self, d=2, k=3, h=16):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh())
-        self.classifier = nn.Linear(h, k)
-
-    def embed(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
-
-
-class _MaxEntropy(Strategy):
-    """Stand-in: highest predictive entropy; trains with a few full-batch SGD steps."""
-
-    name = "stand_in_entropy"
-
-    def __init__(self, temperature: float = 1.0):
-        self.temperature = temperature
-        self.train_calls = 0
-
-    def query(self, context: QueryContext, budget: int) -> QueryResult:
-        budget = check_budget(budget, context.num_candidates)
-        with torch.no_grad():
-            p = torch.softmax(context.model(context.x_candidates) / self.temperature, dim=1)
-        h = -(p * p.clamp_min(1e-12).log()).sum(1).numpy()
-        return QueryResult(indices=np.argsort(-h, kind="stable")[:budget], scores=h)
-
-    def train(self, model, x, y, config, num_classes, *, progress=False):
-        self.train_calls += 1
-        torch.manual_seed(config.seed)
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr)
-        for _ in range(config.epochs):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-
-
-class _Session(SequentialSession):
-    def __init__(self, context):
-        self.context = context
-        self.observed: list[tuple[int, int]] = []
-
-    def propose(self):
-        taken = {p for p, _ in self.observed}
-        pos = next(i for i in range(self.context.num_candidates) if i not in taken)
-        return pos, 1.0
-
-    def observe(self, position, label):
-        self.observed.append((position, label))
-
-
-class _Sequential(_MaxEntropy):
-    name = "stand_in_sequential"
-
-    def begin_sequential(self, context):
-        self.session = _Session(context)
-        return self.session
-
-
-def _blobs(n=120, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    centres = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
-    return centres[y] + 0.7 * torch.randn(n, 2, generator=g), y
-
-
-def _learner(strategy=None, **kw):
-    torch.manual_seed(0)
-    x, y = _blobs()
-    args = dict(y_pool=y, labelled=[0, 1, 2, 3, 4, 5], num_classes=3, train_config=_Cfg())
-    args.update(kw)
-    return ActiveLearner(_Net(), strategy or _MaxEntropy(), x, **args)
+from learner_doubles import Cfg as _Cfg, MaxEntropy as _MaxEntropy, Net as _Net, Sequential as _Sequential
+from learner_doubles import blobs as _blobs, make_learner as _learner
 
 
 def test_ask_tell_loop_grows_labelled_set_without_repeats():
@@ -240,8 +154,8 @@ def test_sequential_mlmoc_conditions_in_closed_form():
     _, y = _blobs()
     weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
     first = learner.query(1)
-    session = learner._session
-    pos = int(np.searchsorted(learner._session_candidates, first[0]))
+    session = learner.session
+    pos = int(np.searchsorted(learner.session_candidates, first[0]))
     before = session.lookahead.base_predictions().clone()
     label = int((before[pos].argmax() + 1) % 3)  # a label the model does not predict
     learner.teach(first, [label])
@@ -250,7 +164,7 @@ def test_sequential_mlmoc_conditions_in_closed_form():
     target = torch.nn.functional.one_hot(torch.tensor(label), 3).to(after.dtype)
     torch.testing.assert_close(after[pos], target, atol=1e-5, rtol=1e-5)
     second = learner.query(1)
-    assert second[0] != first[0] and learner._session is session
+    assert second[0] != first[0] and learner.session is session
     for k, v in learner.model.state_dict().items():
         torch.testing.assert_close(v, weights[k])
     assert not sgd_calls

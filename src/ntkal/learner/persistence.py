@@ -1,0 +1,184 @@
+"""Saving and loading an :class:`~ntkal.learner.ActiveLearner`: the file format and its checks.
+
+The file is a ``torch.save`` of plain values and tensors (read back with
+``torch.load(weights_only=True)``, so loading never runs code from the file), written atomically.
+Every way a file can be unusable (damaged, truncated, of another format or version, missing a
+part, for another architecture) is reported with the file's name and what to do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import warnings
+import zipfile
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ntkal.atomic_files import atomic_torch_save
+from ntkal.data.pool import Pool
+from ntkal.strategies.base import Strategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ntkal.learner.active_learner import ActiveLearner
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED_KEYS", "learner_state", "save_learner",
+           "read_learner_state", "load_model_state", "strategy_params"]
+
+PathLike = Union[str, os.PathLike]
+FORMAT = "ntkal.ActiveLearner"
+FORMAT_VERSION = 1
+#: Keys every saved learner has (``strategy_state`` is optional).
+REQUIRED_KEYS = ("format", "version", "pool", "labels", "num_classes", "mode", "subset", "seed",
+                 "device", "cycle", "num_queries", "train_config", "strategy", "model_state",
+                 "pool_shape", "x_pool", "y_pool")
+_RESAVE = "save the learner again (or restore the file from a backup)"
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` survives ``torch.load(weights_only=True)`` (and JSON) unchanged in kind."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def strategy_params(strategy: Strategy) -> dict[str, Any]:
+    """The public constructor state of ``strategy`` (its attributes not starting with ``_``)."""
+    return {k: v for k, v in vars(strategy).items() if not k.startswith("_")}
+
+
+# ----------------------------------------------------------------------------- writing
+def learner_state(learner: "ActiveLearner", include_pool: bool = True) -> dict[str, Any]:
+    """Everything needed to resume ``learner``: plain types and tensors only."""
+    cfg = learner.train_config
+    cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+    params = strategy_params(learner.strategy)
+    strategy = learner.strategy
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "pool": learner.pool.state_dict(),
+        "labels": learner.labels.tolist(),
+        "num_classes": learner.num_classes, "mode": learner.mode, "subset": learner.subset,
+        "seed": learner.seed, "device": str(learner.device),
+        "cycle": learner.cycle, "num_queries": learner.num_queries,
+        "train_config": cfg_dict if cfg_dict is not None and _is_plain(cfg_dict) else None,
+        "strategy": {"name": strategy.name, "params": params if _is_plain(params) else None},
+        "strategy_state": (strategy.state_dict()
+                           if callable(getattr(strategy, "state_dict", None)) else None),
+        "model_state": {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()},
+        "pool_shape": list(learner.x_pool.shape),
+        "x_pool": learner.x_pool.clone() if include_pool else None,
+        "y_pool": learner.y_pool.tolist() if include_pool and learner.y_pool is not None else None,
+    }
+
+
+def save_learner(learner: "ActiveLearner", path: PathLike, include_pool: bool = True) -> None:
+    """Write :func:`learner_state` to ``path`` atomically (temporary file + rename)."""
+    atomic_torch_save(learner_state(learner, include_pool=include_pool), path)
+
+
+# ----------------------------------------------------------------------------- reading
+def _load_file(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with messages that name the file and the fix."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no saved learner at {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not a saved learner file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes), probably left by an interrupted copy; "
+                         f"{_RESAVE}")
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are noise here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise PermissionError(f"{path} cannot be read: permission denied (check the file's "
+                              "permissions)") from None
+    except (pickle.UnpicklingError, AttributeError, ImportError, TypeError):
+        # torch's message here advises weights_only=False, i.e. running code from the file: no.
+        raise ValueError(f"{path} is not an ActiveLearner file ntkal can read safely: it holds "
+                         "something other than plain values and tensors, or is corrupt; "
+                         f"{_RESAVE}") from None
+    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
+        # a truncated zip archive fails as a RuntimeError or as an OSError with no errno text
+        raise ValueError(f"{path} is truncated or corrupt (not a complete torch file), e.g. cut "
+                         f"short by an interrupted copy; {_RESAVE}") from None
+
+
+def read_learner_state(path: PathLike) -> dict[str, Any]:
+    """The state saved in ``path``, checked for format, version and every required key."""
+    state = _load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an ActiveLearner file (it was not written by "
+                         "ActiveLearner.save)")
+    if state.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {state.get('version')!r}; "
+                         f"this ntkal reads version {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{path} is an incomplete ActiveLearner file: it lacks "
+                         f"{', '.join(repr(k) for k in missing)}; {_RESAVE}")
+    if not isinstance(state["model_state"], dict) or not all(
+            isinstance(v, torch.Tensor) for v in state["model_state"].values()):
+        raise ValueError(f"{path} has a damaged 'model_state' (not a dict of tensors); {_RESAVE}")
+    return state
+
+
+def load_model_state(model: nn.Module, saved: dict[str, torch.Tensor], path: PathLike) -> None:
+    """Load saved weights into ``model`` after checking it has the saved architecture.
+
+    Raises
+    ------
+    ValueError
+        Naming the first parameter or buffer whose name or shape differs, with both shapes.
+    """
+    current = model.state_dict()
+    problem = None
+    for key, value in saved.items():
+        if key not in current:
+            problem = f"the file has {key!r} {tuple(value.shape)}, which the model lacks"
+        elif tuple(current[key].shape) != tuple(value.shape):
+            problem = (f"{key!r} has shape {tuple(value.shape)} in the file but "
+                       f"{tuple(current[key].shape)} in the model")
+        if problem:
+            break
+    if problem is None:
+        extra = [key for key in current if key not in saved]
+        if extra:
+            problem = f"the model has {extra[0]!r} {tuple(current[extra[0]].shape)}, which the file lacks"
+    if problem is not None:
+        raise ValueError(f"the model does not match the one saved in {path}: {problem}; pass "
+                         "model= a network built like the saved one (same architecture and sizes)")
+    model.load_state_dict(saved)
+
+
+def saved_pool(state: dict[str, Any], path: PathLike) -> tuple[Pool, np.ndarray]:
+    """The saved :class:`Pool` and labels, validated."""
+    try:
+        pool = Pool.from_state_dict(state["pool"])
+        labels = np.asarray(state["labels"])
+        if labels.shape != (pool.num_labelled,):
+            raise ValueError(f"{pool.num_labelled} labelled points but {labels.size} labels")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} holds an invalid pool state ({err}); {_RESAVE}") from None
+    return pool, labels
+
+
+def saved_device(state: dict[str, Any], device: Optional[Any], path: PathLike) -> torch.device:
+    """``device`` if given, else the saved one, which must be usable here."""
+    from ntkal.models.devices import resolve_device
+
+    if device is not None:
+        return resolve_device(device)
+    try:
+        return resolve_device(state["device"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} was saved on device {state['device']!r}, which is not usable here "
+                         f"({err}); pass device='cpu' (or another) to ActiveLearner.load") from None
