@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import Lookahead, LookaheadBlock
 from ntkal.progress import progress_allowed
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget, top_k)
 from ntkal.strategies.forward_passes import evaluating
 
-__all__ = ["MLMOC", "SGDLookahead", "flip_fraction", "output_change", "SCORES"]
+__all__ = ["LookaheadStrategy", "LookaheadSession", "MLMOC", "SGDLookahead", "flip_fraction",
+           "output_change", "SCORES"]
 
 SCORES = ("flip", "norm", "expected")
 REFERENCES = ("f0", "base")
@@ -65,77 +66,63 @@ def _validate(score: str, reference: str) -> None:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
 
 
-def _scores_from_lookahead(la: Lookahead, positions: np.ndarray, ref: torch.Tensor, score: str,
-                           chunk_size: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(primary, secondary) scores of candidates ``positions`` under the closed-form look-ahead;
-    ``ref`` ``(m, k)`` are the reference predictions (pseudo-labels and flip baseline)."""
-    k = la.num_classes
-    pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=la.device)
-    ref = ref.to(device=la.device, dtype=_F64)
-    ref_cls = ref.argmax(dim=1)
-    base = la.base_predictions()
-    flips = np.zeros(len(pos))
-    norms = np.zeros(len(pos))
-    if score in ("flip", "norm"):
-        for sl, preds in la.iter_retrained(pos, ref_cls[pos], chunk_size):
-            flips[sl] = flip_fraction(preds, ref_cls).cpu().numpy()
-            norms[sl] = output_change(preds, base).cpu().numpy()
-        return (flips, norms) if score == "flip" else (norms, flips)
-    probs = torch.softmax(ref[pos], dim=1).cpu().numpy()                  # (b, k)
-    for c in range(k):
-        labels = torch.full((len(pos),), c, dtype=torch.long, device=la.device)
-        for sl, preds in la.iter_retrained(pos, labels, chunk_size):
-            flips[sl] += probs[sl, c] * flip_fraction(preds, ref_cls).cpu().numpy()
-            norms[sl] += probs[sl, c] * output_change(preds, base).cpu().numpy()
-    return flips, norms
+def _onehot(classes: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(classes.long(), k).to(_F64)
 
 
-# ----------------------------------------------------------------------------- MLMOC by the eNTK
-class MLMOC(Strategy):
-    """Most Likely Model Output Change, with look-ahead retraining by the empirical NTK.
+# ----------------------------------------------------------------------------- the family's base
+class LookaheadStrategy(Strategy):
+    """Base of the look-ahead family: criteria scored on the linearised network.
 
-    Every candidate is scored independently against ``L`` (no greedy conditioning between the
-    ``budget`` picks), as in the reference; :meth:`begin_sequential` gives the sequential variant
-    that conditions on each true label in closed form, with no SGD between queries.
+    A subclass only says how to score one :class:`ntkal.lookahead.LookaheadBlock` of candidates
+    (:meth:`score_block`); building the linearised network, streaming the candidates through it in
+    blocks, ranking, and the sequential closed-form session are shared, so every look-ahead
+    criterion gets them alike (BoTorch-style: the criterion is separate from the model and from the
+    selection step).
 
     Parameters
     ----------
     kernel : {"pseudo", "trace", "full", "last_layer"}
         eNTK variant (the pseudo-NTK is the paper's default).
-    score : {"flip", "norm", "expected"}
-        Score function (see the module docstring); ``"flip"`` is the reference's.
-    reference : {"f0", "base"}
-        Predictions the flips are counted against and pseudo-labels taken from: the trained
-        network (the reference's choice) or the linearised network retrained on ``L``.
     ridge, eps : float
         Relative ridge on Θ(L, L) and the relative floor for Σ_jj (see :class:`Lookahead`).
     chunk_size : int, optional
-        Candidates per scoring chunk; default from ``memory_budget``.
+        Candidates per scoring block; default from ``memory_budget``.
     memory_budget : int
-        Bytes per chunk of look-ahead predictions when ``chunk_size`` is not given.
+        Bytes per block of look-ahead predictions when ``chunk_size`` is not given.
     implementation : str
         Passed to :func:`ntkal.kernels.empirical_ntk`.
-
-    References
-    ----------
-    Mohamadi, Bae & Sutherland, NeurIPS 2022, Sec. 3-4.
     """
 
-    name = "mlmoc"
-
-    def __init__(self, kernel: str = "pseudo", score: str = "flip", reference: str = "f0",
-                 ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
-                 memory_budget: int = 256 * 2**20, implementation: str = "auto") -> None:
-        _validate(score, reference)
+    def __init__(self, kernel: str = "pseudo", ridge: float = 0.0, eps: float = 1e-6,
+                 chunk_size: Optional[int] = None, memory_budget: int = 256 * 2**20,
+                 implementation: str = "auto") -> None:
         self.kernel = kernel
-        self.score = score
-        self.reference = reference
         self.ridge = float(ridge)
         self.eps = float(eps)
         self.chunk_size = chunk_size
         self.memory_budget = int(memory_budget)
         self.implementation = implementation
 
+    # -- what a subclass provides
+    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(primary, secondary) scores ``(b,)`` of the candidates of ``block`` (higher = more
+        wanted; the secondary score breaks ties). ``ref_eval`` ``(e, k)`` and ``ref_cand``
+        ``(b, k)`` are the reference predictions on the evaluation set and on the block."""
+        raise NotImplementedError
+
+    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference predictions ``(on E, on the candidates)``: the trained network's outputs,
+        moved by what labels conditioned on since ``f_bar0`` (f̄ when the session started) taught
+        the linearised network. Before any conditioning this is ``f0``."""
+        ref = la.f0_candidates
+        if f_bar0 is not None:
+            ref = ref + (la.base_predictions() - f_bar0)
+        return ref, ref
+
+    # -- shared machinery
     def _chunk(self, la: Lookahead) -> int:
         if self.chunk_size is not None:
             return max(1, int(self.chunk_size))
@@ -150,17 +137,26 @@ class MLMOC(Strategy):
                                  kernel=self.kernel, ridge=self.ridge, eps=self.eps,
                                  implementation=self.implementation, progress=context.progress)
 
-    def _reference(self, la: Lookahead) -> torch.Tensor:
-        return la.f0_candidates if self.reference == "f0" else la.base_predictions()
-
     def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
-                         ref: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(primary, secondary) scores of ``positions`` (default: all candidates)."""
+                         f_bar0: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(primary, secondary) scores of ``positions`` (default: all candidates), in that order."""
         if positions is None:
             positions = np.arange(la.num_candidates)
-        if ref is None:
-            ref = self._reference(la)
-        return _scores_from_lookahead(la, positions, ref, self.score, self._chunk(la))
+        positions = np.asarray(positions, dtype=np.int64)
+        ref_eval, ref_cand = self.references(la, f_bar0)
+        ref_eval = ref_eval.to(device=la.device, dtype=_F64)
+        ref_cand = ref_cand.to(device=la.device, dtype=_F64)
+        primary = np.zeros(positions.size)
+        secondary = np.zeros(positions.size)
+        start = 0
+        for block in la.iter_blocks(positions, self._chunk(la)):
+            stop = start + block.size
+            p, s = self.score_block(block, ref_eval, ref_cand[block.positions])
+            primary[start:stop], secondary[start:stop] = p, s
+            start = stop
+        if not (np.isfinite(primary).all() and np.isfinite(secondary).all()):
+            raise FloatingPointError(f"{self.name}: look-ahead scores are not finite")
+        return primary, secondary
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
@@ -171,30 +167,25 @@ class MLMOC(Strategy):
         t2 = time.perf_counter()
         chosen = top_k(primary, budget, np.random.default_rng(context.seed), secondary=secondary)
         info: dict[str, Any] = {
-            "kernel": self.kernel, "score": self.score, "reference": self.reference,
-            "kernel_seconds": t1 - t0, "score_seconds": t2 - t1, "jitter": la.jitter,
-            "num_clamped": la.num_clamped, "secondary_scores": secondary,
+            "kernel": self.kernel, "kernel_seconds": t1 - t0, "score_seconds": t2 - t1,
+            "jitter": la.jitter, "num_clamped": la.num_clamped, "secondary_scores": secondary,
         }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
 
-    def begin_sequential(self, context: QueryContext) -> "MLMOCSession":
-        """Sequential MLMOC: propose the best unlabelled candidate, observe its true label, update
-        the linearised network in closed form (no SGD), repeat."""
+    def begin_sequential(self, context: QueryContext) -> "LookaheadSession":
+        """Sequential look-ahead: propose the best unlabelled candidate, observe its true label,
+        update the linearised network in closed form (no SGD), repeat."""
         if context.num_candidates == 0:
             raise ValueError("the pool of candidates is empty: nothing left to query")
-        return MLMOCSession(self, context)
+        return LookaheadSession(self, context)
 
 
-class MLMOCSession(SequentialSession):
-    """Ask/tell state of sequential MLMOC over one set of candidates.
+class LookaheadSession(SequentialSession):
+    """Ask/tell state of a sequential look-ahead query over one set of candidates: the first
+    proposal is the batch query's first pick; each observed label conditions the linearised
+    network in closed form before the next proposal."""
 
-    After ``t`` observed labels the reference predictions are ``f0 + (f̄_t − f̄_0)`` for
-    ``reference="f0"`` (the network's outputs moved by what the observed labels taught the
-    linearised network; equal to ``f0`` before any label) and ``f̄_t`` for ``reference="base"``, so
-    the first proposal is the batch query's first pick.
-    """
-
-    def __init__(self, strategy: MLMOC, context: QueryContext) -> None:
+    def __init__(self, strategy: LookaheadStrategy, context: QueryContext) -> None:
         self.strategy = strategy
         self.context = context
         self.lookahead = strategy.lookahead(context)
@@ -206,18 +197,12 @@ class MLMOCSession(SequentialSession):
     def observed(self) -> list[int]:
         return list(self.lookahead.conditioned)
 
-    def _reference(self) -> torch.Tensor:
-        la = self.lookahead
-        if self.strategy.reference == "base":
-            return la.base_predictions()
-        return la.f0_candidates + (la.base_predictions() - self._f_bar0)
-
     def propose(self) -> tuple[int, float]:
         positions = np.flatnonzero(~self._chosen)
         if positions.size == 0:
             raise ValueError("every candidate has been labelled: nothing left to propose")
         primary, secondary = self.strategy.score_candidates(self.lookahead, positions,
-                                                            self._reference())
+                                                            self._f_bar0)
         best = top_k(primary, 1, np.random.default_rng(self.context.seed + self._step),
                      secondary=secondary)[0]
         return int(positions[best]), float(primary[best])
@@ -234,6 +219,76 @@ class MLMOCSession(SequentialSession):
         self.lookahead.condition(position, label)
         self._chosen[position] = True
         self._step += 1
+
+
+# ----------------------------------------------------------------------------- MLMOC by the eNTK
+class MLMOC(LookaheadStrategy):
+    """Most Likely Model Output Change, with look-ahead retraining by the empirical NTK.
+
+    Every candidate is scored independently against ``L`` (no greedy conditioning between the
+    ``budget`` picks), as in the reference; :meth:`begin_sequential` gives the sequential variant
+    that conditions on each true label in closed form, with no SGD between queries.
+
+    Parameters
+    ----------
+    kernel : {"pseudo", "trace", "full", "last_layer"}
+        eNTK variant (the pseudo-NTK is the paper's default).
+    score : {"flip", "norm", "expected"}
+        Score function (see the module docstring); ``"flip"`` is the reference's.
+    reference : {"f0", "base"}
+        Predictions the flips are counted against and pseudo-labels taken from: the trained
+        network (the reference's choice) or the linearised network retrained on ``L``. In a
+        sequential session ``"f0"`` means ``f0 + (f̄_t − f̄_0)`` (the network moved by the observed
+        labels) and ``"base"`` means ``f̄_t``.
+    ridge, eps, chunk_size, memory_budget, implementation
+        As in :class:`LookaheadStrategy`.
+
+    References
+    ----------
+    Mohamadi, Bae & Sutherland, NeurIPS 2022, Sec. 3-4.
+    """
+
+    name = "mlmoc"
+
+    def __init__(self, kernel: str = "pseudo", score: str = "flip", reference: str = "f0",
+                 ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
+                 memory_budget: int = 256 * 2**20, implementation: str = "auto") -> None:
+        _validate(score, reference)
+        super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
+                         memory_budget=memory_budget, implementation=implementation)
+        self.score = score
+        self.reference = reference
+
+    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference == "base":
+            ref = la.base_predictions()
+            return ref, ref
+        return super().references(la, f_bar0)
+
+    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        k = ref_eval.shape[1]
+        ref_cls = ref_eval.argmax(dim=1)
+        if self.score in ("flip", "norm"):
+            preds = block.retrained(_onehot(ref_cand.argmax(dim=1), k))
+            flips = flip_fraction(preds, ref_cls).cpu().numpy()
+            norms = output_change(preds, block.f_bar_eval).cpu().numpy()
+            return (flips, norms) if self.score == "flip" else (norms, flips)
+        probs = torch.softmax(ref_cand, dim=1)                                  # (b, k)
+        flips = torch.zeros(block.size, dtype=_F64, device=ref_cand.device)
+        norms = torch.zeros_like(flips)
+        for c in range(k):
+            labels = torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device)
+            preds = block.retrained(_onehot(labels, k))
+            flips += probs[:, c] * flip_fraction(preds, ref_cls)
+            norms += probs[:, c] * output_change(preds, block.f_bar_eval)
+        return flips.cpu().numpy(), norms.cpu().numpy()
+
+    def query(self, context: QueryContext, budget: int) -> QueryResult:
+        result = super().query(context, budget)
+        result.info.update(score=self.score, reference=self.reference)
+        return result
 
 
 # ----------------------------------------------------------------------------- SGD ground truth
