@@ -78,7 +78,7 @@ def _loopback_only(ray) -> Iterator[None]:
 
 @contextmanager
 def ray_cluster(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-                num_gpus: Optional[int] = None):
+                num_gpus: Optional[int] = None, object_store_memory: Optional[int] = None):
     """A Ray session for the duration of the block; yields the ``ray`` module.
 
     Parameters
@@ -87,10 +87,12 @@ def ray_cluster(address: Optional[str] = None, *, num_cpus: Optional[int] = None
         An existing cluster (``"host:port"``, ``"auto"``, ``"ray://..."``); it is left running.
         ``None``: start a private Ray on this machine and stop it at the end. It listens on
         127.0.0.1 only (node address and every gRPC server; checked with ``ss -ltnp``), has no
-        dashboard, an object store of :data:`LOCAL_OBJECT_STORE_BYTES`, and a temporary directory
-        of its own that is removed afterwards.
+        dashboard, a bounded object store, and a temporary directory of its own that is removed
+        afterwards.
     num_cpus, num_gpus : int, optional
         Size of the private Ray (default: every CPU, every visible GPU). Ignored with ``address``.
+    object_store_memory : int, optional
+        Object store of the private Ray in bytes (default :data:`LOCAL_OBJECT_STORE_BYTES`).
 
     Notes
     -----
@@ -115,7 +117,8 @@ def ray_cluster(address: Optional[str] = None, *, num_cpus: Optional[int] = None
         with _loopback_only(ray):
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      _node_ip_address=LOOPBACK, _temp_dir=temp_dir,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False,
+                     object_store_memory=object_store_memory or LOCAL_OBJECT_STORE_BYTES,
+                     log_to_driver=False,
                      configure_logging=False)
             try:
                 yield ray

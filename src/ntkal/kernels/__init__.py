@@ -141,7 +141,7 @@ def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
 def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor] = None, *,
                   kind: str = "pseudo", implementation: str = "auto",
                   max_memory: Optional[int] = None, dtype: torch.dtype = torch.float64,
-                  progress: bool = False, return_outputs: bool = False
+                  progress: bool = False, return_outputs: bool = False, executor=None
                   ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Empirical NTK of ``model`` at its current weights.
 
@@ -176,6 +176,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         Rich progress bar over blocks; silenced by env ``NTKAL_QUIET=1`` or ``CI``.
     return_outputs : bool
         Also return the logits ``f1``, ``f2`` computed on the way (``f2 is f1`` when ``x2`` is None).
+    executor : ntkal.kernels.distributed.BlockExecutor, optional
+        Compute row stripes of the kernel on a pool of workers, e.g. a
+        :class:`~ntkal.kernels.distributed.RayBlockExecutor` (one actor per GPU); each worker uses
+        this single-process engine with ``max_memory`` as its own budget. ``None``: this process.
 
     Returns
     -------
@@ -195,6 +199,11 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                          f"{IMPLEMENTATIONS}")
     if max_memory is not None and max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    if executor is not None:
+        from ntkal.kernels.distributed import empirical_ntk_on
+
+        return empirical_ntk_on(executor, model, x1, x2, kind=kind, implementation=implementation,
+                                max_memory=max_memory, dtype=dtype, return_outputs=return_outputs)
     device, mdtype = model_device_dtype(model)
     model, mdtype = _model_in_dtype(model, mdtype, dtype)
     with eval_mode(model):
