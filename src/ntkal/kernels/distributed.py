@@ -253,10 +253,10 @@ class KernelStripes:
 
     def __init__(self, model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor], *,
                  kind: str, implementation: str, dtype: torch.dtype,
-                 max_memory: Optional[int]) -> None:
+                 max_memory: Optional[int], precision: Optional[str] = None) -> None:
         self.model, self.x1, self.x2 = model, x1, x2
         self.kind, self.implementation = kind, implementation
-        self.dtype, self.max_memory = dtype, max_memory
+        self.dtype, self.max_memory, self.precision = dtype, max_memory, precision
 
     def to(self, device: torch.device) -> "KernelStripes":
         moved = copy.copy(self)
@@ -273,7 +273,7 @@ class KernelStripes:
         kern, f1, f2 = empirical_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
                                      implementation=self.implementation,
                                      max_memory=self.max_memory, dtype=self.dtype,
-                                     return_outputs=True)
+                                     precision=self.precision, return_outputs=True)
         return kern.cpu(), f1.cpu(), f2.cpu()
 
 
@@ -285,7 +285,7 @@ def _mirror(block: torch.Tensor) -> torch.Tensor:
 def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor,
                      x2: Optional[torch.Tensor], *, kind: str, implementation: str,
                      max_memory: Optional[int], dtype: torch.dtype, return_outputs: bool,
-                     stripes: Optional[int] = None):
+                     precision: Optional[str] = None, stripes: Optional[int] = None):
     """``empirical_ntk`` with its row stripes computed by ``executor`` (what
     ``empirical_ntk(..., executor=...)`` calls; inputs are checked here, before shipping).
 
@@ -305,13 +305,15 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
         from ntkal.kernels import empirical_ntk
 
         return empirical_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                             max_memory=max_memory, dtype=dtype, return_outputs=return_outputs)
+                             max_memory=max_memory, dtype=dtype, return_outputs=return_outputs,
+                             precision=precision)
     k = int(probed[0].shape[1])
     if stripes is None:
         stripes = 4 * max(1, int(getattr(executor, "workers", 1)))
     parts = stripe_bounds(n1, stripes, symmetric)
     job = KernelStripes(model, x1.detach(), None if symmetric else x2.detach(), kind=kind,
-                        implementation=implementation, dtype=dtype, max_memory=max_memory)
+                        implementation=implementation, dtype=dtype, max_memory=max_memory,
+                        precision=precision)
     shape = (n1, n2, k, k) if kind == "full" else (n1, n2)
     out = torch.empty(shape, dtype=dtype, device=device)
     f1: Optional[torch.Tensor] = None
