@@ -146,9 +146,36 @@ def local_ray():
         pytest.skip("ray is not installed (pip install 'ntkal[ray]')")
     from ntkal.experiments.ray_runner import ray_cluster
 
-    with ray_cluster(num_cpus=2) as ray:
-        yield ray
+    # Started without the test's PYTHONPATH: the workers must still import this ntkal (the one
+    # the driver runs, which need not be the installed one).
+    saved = os.environ.pop("PYTHONPATH", None)
+    try:
+        with ray_cluster(num_cpus=2) as ray:
+            if saved is not None:
+                os.environ["PYTHONPATH"] = saved
+            yield ray
+    finally:
+        if saved is not None:
+            os.environ["PYTHONPATH"] = saved
     assert not ray.is_initialized()
+
+
+def _ntkal_file():
+    import ntkal
+
+    return ntkal.__file__
+
+
+@needs_ray
+def test_workers_import_the_drivers_ntkal(local_ray):
+    import sys
+
+    import ray.cloudpickle
+
+    import ntkal
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack the tests
+    assert local_ray.get(local_ray.remote(_ntkal_file).remote()) == ntkal.__file__
 
 
 def _refuse(*args, **kwargs):

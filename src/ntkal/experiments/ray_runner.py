@@ -57,13 +57,25 @@ def import_ray():
     return ray
 
 
+def _ntkal_search_path() -> str:
+    """``PYTHONPATH`` for the private Ray's workers: this process's ntkal first, so that they
+    unpickle the same classes (it may come from a source tree rather than an installation)."""
+    import ntkal
+
+    here = str(Path(ntkal.__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    return os.pathsep.join([here, *rest])
+
+
 @contextmanager
 def _loopback_only(ray) -> Iterator[None]:
+    """Environment of the private Ray: loopback only, no usage reports, this ntkal."""
     from ray._private import ray_constants
 
-    saved_env = {k: os.environ.get(k) for k in _LOCAL_ONLY_ENV}
+    env = dict(_LOCAL_ONLY_ENV, PYTHONPATH=_ntkal_search_path())
+    saved_env = {k: os.environ.get(k) for k in env}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(_LOCAL_ONLY_ENV)
+    os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
