@@ -24,7 +24,10 @@ def _fail(err: BaseException) -> None:
     if os.environ.get("NTKAL_DEBUG", "") not in ("", "0"):
         raise err
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages may hold brackets (e.g. "ntkal[ray]") that rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -281,3 +281,26 @@ def test_task_errors_name_the_run(local_ray, tmp_path):
     with pytest.raises(ConfigError, match=r"run 'random' seed 0 failed on a Ray worker: "
                                           r"trainer: .*epochs"):
         run_experiment_ray(bad, tmp_path, quiet=True, plot=False)
+
+
+def test_cli_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    import builtins
+
+    from typer.testing import CliRunner
+
+    from ntkal.cli import app
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    path = tmp_path / "tiny.yml"
+    path.write_text(yaml.safe_dump(_raw(strategies=["random"], seeds=[0], cycles=1)))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "--ray"])
+    assert result.exit_code == 2
+    assert "needs the `ray` package: pip install 'ntkal[ray]'" in result.output
+    assert not (tmp_path / "o" / "results.json").exists()
