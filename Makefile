@@ -5,7 +5,7 @@ TORCH     ?= 2.13.0
 STAMP     := $(VENV)/.ntkal-installed
 DEMO_OUT  ?= runs/digits
 
-.PHONY: install datasets demo test test-all bench clean
+.PHONY: install datasets demo test test-all bench bench-ray gpu-suite clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: install datasets
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/lookahead_speed.py
+	$(PY) benchmarks/precision.py
+
+bench-ray: install
+	$(PY) benchmarks/ray_sweep.py
+
+gpu-suite: install
+	PYTHON=$(PY) bash benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

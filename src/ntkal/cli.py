@@ -24,7 +24,10 @@ def _fail(err: BaseException) -> None:
     if os.environ.get("NTKAL_DEBUG", "") not in ("", "0"):
         raise err
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages may hold brackets (e.g. "ntkal[ray]") that rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -62,7 +65,15 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
                                               help="CPU threads for torch (overrides the config)."),
         data_root: Optional[Path] = typer.Option(
             None, "--data-root", help="Folder holding the dataset's files (overrides the config's "
-            "dataset.root and $NTKAL_DATA).")
+            "dataset.root and $NTKAL_DATA)."),
+        ray: bool = typer.Option(
+            False, "--ray", help="Run every (strategy, seed) as a Ray task, on a private Ray "
+            "listening on 127.0.0.1 only (needs the ray extra: pip install ntkal\\[ray])."),
+        ray_address: Optional[str] = typer.Option(
+            None, "--ray-address", metavar="ADDRESS",
+            help="Join an existing Ray cluster instead (host:port or auto); implies --ray."),
+        ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus",
+                                               help="CPUs of the private Ray (default: all).")
         ) -> None:
     """Run (or resume) every strategy x seed of CONFIG; print the accuracy and AUC tables."""
     try:
@@ -73,8 +84,16 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device,
                                                   threads=threads, data_root=data_root)
         out_dir = out if out is not None else Path("runs") / config.stem
-        records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
-                                 overwrite=overwrite, console=console)
+        if not ray and ray_address is None:
+            records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
+                                     overwrite=overwrite, console=console)
+        else:
+            from ntkal.experiments.ray_runner import run_experiment_ray
+
+            records = run_experiment_ray(cfg, out_dir, address=ray_address,
+                                         num_cpus=ray_cpus,
+                                         quiet=is_quiet(True if quiet else None),
+                                         overwrite=overwrite, console=console)
     except typer.Exit:
         raise
     except KeyboardInterrupt:

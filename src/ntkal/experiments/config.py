@@ -15,6 +15,10 @@ Example (``configs/digits.yml``)::
     subset: 500
     seeds: [0, 1, 2]
 
+``resources: {cpus: 1, gpus: 0}`` (top level, or per strategy entry) is the share of a Ray
+worker each (strategy, seed) run asks for under ``ntkal run --ray``; it does not change results
+and is ignored by the local runner.
+
 A strategy entry may carry ``model:`` overrides (e.g. ``{dropout: 0.3}`` for BALD); this changes
 the network for that strategy only, so its curve is no longer a like-for-like comparison. Giving
 the shared model dropout keeps every strategy on the same network (the shipped configs do that).
@@ -29,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["ConfigError", "DatasetConfig", "ModelConfig", "StrategySpec", "ExperimentConfig",
-           "load_config", "parse_config", "MODES", "RETRAIN"]
+__all__ = ["ConfigError", "DatasetConfig", "ModelConfig", "Resources", "StrategySpec",
+           "ExperimentConfig", "load_config", "parse_config", "MODES", "RETRAIN"]
 
 MODES = ("batch", "sequential")
 RETRAIN = ("warm", "scratch")
@@ -142,6 +146,25 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one (strategy, seed) run asks of a Ray worker (``ntkal run --ray``): ``cpus`` (> 0,
+    fractions allowed) and ``gpus`` (>= 0, fractions share a device). Scheduling only: results
+    do not depend on it, so it is left out of the config hashes."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @classmethod
+    def parse(cls, raw: Any, key: str = "resources") -> "Resources":
+        raw = _mapping(key, raw)
+        _no_unknown(key, raw, ("cpus", "gpus"))
+        cpus = _float(f"{key}.cpus", raw.get("cpus", 1.0), 0.0, 1024.0)
+        if cpus <= 0:
+            raise ConfigError(f"{key}.cpus must be > 0, got {cpus}")
+        return cls(cpus=cpus, gpus=_float(f"{key}.gpus", raw.get("gpus", 0.0), 0.0, 64.0))
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     """One strategy of the comparison: registry ``name``, constructor ``params``, a ``label``
     (unique; the name by default), optional per-strategy ``model`` overrides and ``mode``
@@ -153,6 +176,7 @@ class StrategySpec:
     label: str = ""
     model: dict = field(default_factory=dict)
     mode: Optional[str] = None
+    resources: Optional[Resources] = None
 
     @classmethod
     def parse(cls, raw: Any, position: int) -> "StrategySpec":
@@ -160,7 +184,7 @@ class StrategySpec:
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping(key, raw)
-        _no_unknown(key, raw, ("name", "params", "label", "model", "mode"))
+        _no_unknown(key, raw, ("name", "params", "label", "model", "mode", "resources"))
         from ntkal.strategies import available_strategies
 
         names = tuple(available_strategies())
@@ -174,7 +198,11 @@ class StrategySpec:
         mode = raw.get("mode")
         if mode is not None:
             mode = _choice(f"{key}.mode", mode, MODES)
-        return cls(name=name, params=params, label=label, model=model, mode=mode)
+        resources = raw.get("resources")
+        if resources is not None:
+            resources = Resources.parse(resources, f"{key}.resources")
+        return cls(name=name, params=params, label=label, model=model, mode=mode,
+                   resources=resources)
 
     def build(self):
         """The strategy object (errors in ``params`` name this entry)."""
@@ -196,7 +224,7 @@ def _trainer_fields() -> Optional[tuple[str, ...]]:
 
 # ----------------------------------------------------------------------------- the experiment
 _TOP = ("name", "dataset", "model", "trainer", "strategies", "initial_size", "budget", "cycles",
-        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads")
+        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads", "resources")
 
 
 @dataclass(frozen=True)
@@ -221,6 +249,9 @@ class ExperimentConfig:
         CPU threads for torch (``torch.set_num_threads``); ``None`` leaves torch's default. One
         thread is faster for tiny networks, and far faster on a machine whose cores are busy
         (multi-threaded small matrix products then spend their time waiting on each other).
+    resources : Resources
+        Each run's share of a Ray worker under ``ntkal run --ray`` (a strategy entry's own
+        ``resources`` wins); see :meth:`resources_for`.
     """
 
     dataset: DatasetConfig
@@ -238,6 +269,7 @@ class ExperimentConfig:
     stratified_initial: bool = True
     name: str = "experiment"
     threads: Optional[int] = None
+    resources: Resources = field(default_factory=Resources)
 
     # ------------------------------------------------------------------ derived
     def train_config(self):
@@ -260,6 +292,9 @@ class ExperimentConfig:
         out = dataclasses.asdict(self)
         out["strategies"] = [dataclasses.asdict(s) for s in self.strategies]
         out["seeds"] = list(self.seeds)
+        for entry in out["strategies"]:
+            if entry["resources"] is None:
+                del entry["resources"]
         return out
 
     def shared_hash(self) -> str:
@@ -267,7 +302,7 @@ class ExperimentConfig:
         itself: seeds, strategies, device, threads and name may change between resumed
         invocations."""
         raw = self.to_dict()
-        for key in ("seeds", "strategies", "device", "name", "threads"):
+        for key in ("seeds", "strategies", "device", "name", "threads", "resources"):
             raw.pop(key)
         raw["dataset"].pop("root", None)  # where the files are, not which data
         return _hash(raw)
@@ -281,8 +316,13 @@ class ExperimentConfig:
         entry = dataclasses.asdict(spec)
         if entry["mode"] is None:
             del entry["mode"]  # entries without a mode hash as before the key existed
+        del entry["resources"]  # scheduling, not results
         return _hash({"shared": self.shared_hash(), "strategy": entry,
                       "model": dataclasses.asdict(self.model_for(spec))})
+
+    def resources_for(self, spec: StrategySpec) -> Resources:
+        """The strategy's own ``resources`` if it has them, else the config's."""
+        return spec.resources or self.resources
 
     def validate_against(self, num_train: int, num_classes: int) -> None:
         """Checks that need the loaded dataset: sizes against the pool and the classes."""
@@ -371,6 +411,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
         stratified_initial=bool(raw.get("stratified_initial", True)),
         name=str(raw.get("name", "experiment")),
         threads=_int("threads", raw.get("threads"), 1, True),
+        resources=Resources.parse(raw.get("resources")),
     )
     if cfg.subset is not None and cfg.subset < cfg.budget:
         raise ConfigError(f"subset ({cfg.subset}) must be >= budget ({cfg.budget})")

@@ -31,7 +31,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -39,7 +39,7 @@ from ntkal.atomic_files import atomic_write_text
 from ntkal.progress import environment_is_quiet
 from ntkal.experiments.config import ConfigError, ExperimentConfig, StrategySpec
 
-__all__ = ["run_experiment", "is_quiet", "RECORD_FIELDS", "RESULTS_FORMAT"]
+__all__ = ["run_experiment", "run_strategy_seed", "is_quiet", "RECORD_FIELDS", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = "ntkal.results"
 RECORD_FIELDS = ("strategy", "seed", "cycle", "labelled", "accuracy", "query_seconds",
@@ -197,15 +197,13 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
 
 def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, overwrite: bool,
              console, plot: bool) -> list[dict]:
-    from ntkal.data import Pool, load_dataset
+    from ntkal.data import load_dataset
 
     results = _Results(out, config, overwrite)
     ds = config.dataset
     dataset = load_dataset(ds.name, ds.root, train_size=ds.train_size, test_size=ds.test_size,
                            seed=0)
     config.validate_against(dataset.num_train, dataset.num_classes)
-    train_config = config.train_config()
-    y_train = dataset.y_train.numpy()
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
 
     with _progress(quiet, console) as progress:
@@ -216,8 +214,14 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
             if progress is not None:
                 progress.update(cycles_task, completed=0,
                                 description=f"{spec.label} seed {seed}")
-            _run_one(config, spec, seed, dataset, y_train, train_config, device, out, results,
-                     Pool, lambda: progress.advance(cycles_task) if progress is not None else None)
+            run_strategy_seed(
+                config, spec, seed, dataset, device=device,
+                finished=results.finished(spec.label, seed),
+                state_path=_state_path(out, spec.label, seed),
+                restart_from=lambda cycle, label=spec.label, seed=seed:
+                    results.drop_from(label, seed, cycle),
+                add_record=results.add,
+                tick=lambda: progress.advance(cycles_task) if progress is not None else None)
             if progress is not None:
                 progress.advance(all_runs)
     results.write()
@@ -228,13 +232,40 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
     return results.records
 
 
-def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y_train,
-             train_config, device: str, out: Path, results: _Results, Pool, tick) -> None:
-    """One (strategy, seed) run from its first unfinished cycle."""
+def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, *,
+                      device: str, finished: set[int], state_path: Path,
+                      restart_from: Callable[[int], None], add_record: Callable[[dict], None],
+                      tick: Callable[[], None] = lambda: None) -> None:
+    """One (strategy, seed) run from its first unfinished cycle: what every runner executes.
+
+    Parameters
+    ----------
+    config, spec, seed
+        The experiment, the strategy entry and the seed of this run.
+    dataset : ntkal.data.Dataset
+        The loaded dataset of ``config``.
+    device : str
+        A resolved torch device (not ``"auto"``).
+    finished : set of int
+        Cycles already recorded for this run.
+    state_path : Path
+        Where the learner is saved after every cycle, and resumed from when ``finished`` is not
+        empty.
+    restart_from : callable
+        ``restart_from(cycle)``: earlier records of this run from ``cycle`` on are void (called
+        before any record of a resumed or restarted run is added).
+    add_record : callable
+        Receives each new record (keys :data:`RECORD_FIELDS`), in cycle order.
+    tick : callable
+        Called once per cycle (finished earlier or now), for progress displays.
+    """
+    from ntkal.data import Pool
     from ntkal.learner import ActiveLearner
 
     label = spec.label
-    done = results.finished(label, seed)
+    done = set(finished)
+    train_config = config.train_config()
+    y_train = dataset.y_train.numpy()
     if done >= set(range(config.cycles + 1)):
         for _ in range(config.cycles + 1):
             tick()
@@ -242,7 +273,6 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
     model = _build_model(config, spec, dataset, seed)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     strategy = spec.build()
-    state_path = _state_path(out, label, seed)
     learner = None
     if done and state_path.exists():
         try:
@@ -255,7 +285,7 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
                 learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
             learner = None
     if learner is None:
-        results.drop_from(label, seed, 0)
+        restart_from(0)
         model.load_state_dict(init_state)
         pool = Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
                                    stratified=config.stratified_initial)
@@ -264,7 +294,7 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
                                 train_config=train_config, mode=config.mode_for(spec),
                                 subset=config.subset, seed=seed, device=device)
     start = learner.cycle
-    results.drop_from(label, seed, start)  # records ahead of the saved state are redone
+    restart_from(start)  # records ahead of the saved state are redone
     for _ in range(start):
         tick()
     for cycle in range(start, config.cycles + 1):
@@ -281,8 +311,8 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
             idx = learner.query(config.budget)
             query_seconds = time.perf_counter() - t0
             learner.teach(idx, y_train[idx])
-        results.add({"strategy": label, "seed": seed, "cycle": cycle, "labelled": labelled,
-                     "accuracy": accuracy, "query_seconds": query_seconds,
-                     "train_seconds": train_seconds})
+        add_record({"strategy": label, "seed": seed, "cycle": cycle, "labelled": labelled,
+                    "accuracy": accuracy, "query_seconds": query_seconds,
+                    "train_seconds": train_seconds})
         learner.save(state_path, include_pool=False)  # after the record: a crash between redoes it
         tick()

@@ -29,6 +29,7 @@ do not; BatchNorm then uses its running statistics).
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Union
 
 import torch
@@ -36,11 +37,12 @@ from torch import nn
 
 from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
                                    split_parameters, add_contracted_rows)
-from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
+from ntkal.kernels.blocking import (PRECISIONS, default_max_memory, gram_precision, plan_blocks,
+                                    run_blocked)
 from ntkal.models.forward import predict_logits
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
-           "IMPLEMENTATIONS"]
+           "IMPLEMENTATIONS", "PRECISIONS"]
 
 IMPLEMENTATIONS = ("auto", "jacobian", "structured")
 
@@ -141,7 +143,8 @@ def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
 def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor] = None, *,
                   kind: str = "pseudo", implementation: str = "auto",
                   max_memory: Optional[int] = None, dtype: torch.dtype = torch.float64,
-                  progress: bool = False, return_outputs: bool = False
+                  progress: bool = False, return_outputs: bool = False, executor=None,
+                  precision: Optional[str] = None
                   ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Empirical NTK of ``model`` at its current weights.
 
@@ -168,11 +171,25 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         Working-memory budget in bytes that sets the block sizes. Default: half the free host
         memory (``MemAvailable``), or half the free device memory on CUDA.
     dtype : torch.dtype
-        Accumulation dtype of the kernel (the network itself runs in its own dtype).
+        Dtype of the kernel. ``float64`` (the default) is float64 throughout: a lower-precision
+        model is run as a float64 copy (the caller's model is untouched), so activations,
+        sensitivities and Grams are all float64, at about twice the float32 cost. With
+        ``float32`` the network runs in its own dtype.
     progress : bool
         Rich progress bar over blocks; silenced by env ``NTKAL_QUIET=1`` or ``CI``.
     return_outputs : bool
         Also return the logits ``f1``, ``f2`` computed on the way (``f2 is f1`` when ``x2`` is None).
+    executor : ntkal.kernels.distributed.BlockExecutor, optional
+        Compute row stripes of the kernel on a pool of workers, e.g. a
+        :class:`~ntkal.kernels.distributed.RayBlockExecutor` (one actor per GPU); each worker uses
+        this single-process engine with ``max_memory`` as its own budget. ``None``: this process.
+    precision : {None, "fp32", "tf32", "bf16"}
+        Reduced precision for the Gram products only: the network runs in float32 (a float32
+        copy of a float64 model), its features are contracted in float32 (``fp32``), in float32
+        with TF32 tensor-core matmuls (``tf32``, CUDA only: a ValueError elsewhere) or rounded to
+        bfloat16 (``bf16``), and every Gram product is added into the kernel in ``dtype``
+        (float64 by default). ``None`` (default): no reduction, float64 throughout for a float64
+        kernel. Measured errors against float64: ``benchmarks/precision.py``.
 
     Returns
     -------
@@ -192,7 +209,19 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                          f"{IMPLEMENTATIONS}")
     if max_memory is not None and max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS} or None")
+    if executor is not None:
+        from ntkal.kernels.distributed import empirical_ntk_on
+
+        return empirical_ntk_on(executor, model, x1, x2, kind=kind, implementation=implementation,
+                                max_memory=max_memory, dtype=dtype, return_outputs=return_outputs,
+                                precision=precision)
     device, mdtype = model_device_dtype(model)
+    if precision is None:
+        model, mdtype = _model_in_dtype(model, mdtype, dtype)
+    else:
+        model, mdtype = _model_in_float32(model, mdtype, device, precision)
     with eval_mode(model):
         x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
         n1 = int(x1.shape[0])
@@ -208,7 +237,8 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         if max_memory is None:
             max_memory = default_max_memory(device)
         if kind == "last_layer":
-            kern, f1, f2 = _last_layer(model, x1, x2, dtype, device, max_memory, progress)
+            with gram_precision(precision):
+                kern, f1, f2 = _last_layer(model, x1, x2, dtype, device, max_memory, progress)
         else:
             params, constants = split_parameters(model)
             if not params:
@@ -219,12 +249,36 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                     f2 = f1 if x2 is None else _forward(model, x2)
             else:
                 engine = _choose(implementation, model, params, calls, kind, k, n1, n2)
-                kern, f1, f2 = engine(model, params, constants, calls, x1, x2, kind=kind, k=k,
-                                      act_numel=act_numel, max_memory=max_memory, dtype=dtype,
-                                      device=device, progress=progress)
+                with gram_precision(precision):
+                    kern, f1, f2 = engine(model, params, constants, calls, x1, x2, kind=kind,
+                                          k=k, act_numel=act_numel, max_memory=max_memory,
+                                          dtype=dtype, device=device, progress=progress)
     f1 = f1.detach()
     f2 = f1 if x2 is None else f2.detach()
     return (kern, f1, f2) if return_outputs else kern
+
+
+def _model_in_dtype(model: nn.Module, mdtype: torch.dtype, dtype: torch.dtype
+                    ) -> tuple[nn.Module, torch.dtype]:
+    """The network the kernel is computed on: ``model`` itself, or a float64 copy of it when a
+    float64 kernel is asked of a lower-precision model, so that activations, sensitivities and
+    the per-layer Grams are float64 (summing float32 Grams in float64 keeps their rounding, ~1e-7
+    relative, which Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS then amplifies by cancellation). Costs one copy of
+    the parameters in float64 and float64 arithmetic (about 2x the float32 time on CPUs)."""
+    if dtype == torch.float64 and mdtype in (torch.float32, torch.float16, torch.bfloat16):
+        return copy.deepcopy(model).to(torch.float64), torch.float64
+    return model, mdtype
+
+
+def _model_in_float32(model: nn.Module, mdtype: torch.dtype, device: torch.device,
+                      precision: str) -> tuple[nn.Module, torch.dtype]:
+    """The network for reduced-precision Grams: ``model`` if it is float32, else a float32 copy."""
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision='tf32' needs a CUDA device (TF32 is a tensor-core matmul "
+                         f"format); the model is on {device}: use 'fp32' or 'bf16' there")
+    if mdtype != torch.float32:
+        return copy.deepcopy(model).to(torch.float32), torch.float32
+    return model, mdtype
 
 
 def _forward(model, x, batch=1024):

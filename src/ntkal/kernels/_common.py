@@ -51,7 +51,9 @@ def add_contracted_rows(dest: torch.Tensor, g1, g2, kind: str) -> None:
 
     ``g1``/``g2`` are per-example gradient rows ``(b, k', P)`` or lists of such pieces (one per
     layer). Pieces are accumulated with ``addmm_`` in the model's dtype, so no concatenated copy
-    and a single add into ``dest`` (which may be float64 and, for full kernels, large).
+    and a single add into ``dest`` (which may be float64 and, for full kernels, large). Pieces
+    in a 16-bit dtype (reduced-precision Grams) are each added into ``dest`` instead, so that
+    only the Gram products, not their sum, are rounded to 16 bits.
     """
     if isinstance(g1, torch.Tensor):
         g1, g2 = [g1], [g2]
@@ -62,10 +64,16 @@ def add_contracted_rows(dest: torch.Tensor, g1, g2, kind: str) -> None:
     for u, v in zip(g1, g2):
         u = u.reshape(rows1, -1)
         v = v.reshape(rows2, -1)
+        if u.element_size() <= 2:
+            piece = u @ v.T
+            dest.add_(piece.view(b1, kk, b2, kk).permute(0, 2, 1, 3) if kind == "full" else piece)
+            continue
         if acc is None:
             acc = u @ v.T
         else:
             acc.addmm_(u, v.T)
+    if acc is None:
+        return
     if kind == "full":
         dest.add_(acc.view(b1, kk, b2, kk).permute(0, 2, 1, 3))
     else:

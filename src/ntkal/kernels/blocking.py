@@ -7,16 +7,19 @@ symmetric case computes each off-diagonal block once and mirrors it.
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from ntkal.progress import progress_allowed
 
-__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked"]
+__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked", "PRECISIONS",
+           "gram_precision", "current_gram_precision", "cast_features"]
 
 #: Fraction of the free memory a kernel call may use by default.
 MEMORY_FRACTION = 0.5
@@ -121,6 +124,63 @@ def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: floa
     return BlockPlan(rows=max(1, b1), cols=max(1, b2), cache_cols=cache_cols)
 
 
+#: Reduced precisions for the Gram products (``empirical_ntk(precision=...)``); the kernel itself
+#: is still accumulated in its own dtype (float64 by default), one Gram product at a time.
+#: ``fp32``: float32 features and matmuls. ``tf32``: the same with TF32 tensor-core matmuls
+#: (CUDA only; 10-bit mantissa inputs, float32 accumulation). ``bf16``: features rounded to
+#: bfloat16 (8-bit mantissa) before each Gram product.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+_GRAM_PRECISION: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "ntkal_gram_precision", default=None)
+
+
+@contextmanager
+def gram_precision(precision: Optional[str]) -> Iterator[None]:
+    """Within the block, :func:`run_blocked` contracts features in ``precision`` (one of
+    :data:`PRECISIONS`; ``None``: in the features' own dtype). Set by ``empirical_ntk``, and
+    inherited by any engine that drives :func:`run_blocked` inside it."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS} or None")
+    token = _GRAM_PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _GRAM_PRECISION.reset(token)
+
+
+def current_gram_precision() -> Optional[str]:
+    """The precision set by the innermost :func:`gram_precision` (``None`` outside one)."""
+    return _GRAM_PRECISION.get()
+
+
+def cast_features(feats: Any, dtype: torch.dtype) -> Any:
+    """``feats`` with every floating tensor cast to ``dtype``: tensors, lists / tuples of them,
+    and objects with a ``cast(dtype)`` method (an engine's feature record); anything else as is."""
+    if isinstance(feats, torch.Tensor):
+        return feats.to(dtype) if feats.is_floating_point() else feats
+    if isinstance(feats, (list, tuple)):
+        return type(feats)(cast_features(f, dtype) for f in feats)
+    cast = getattr(feats, "cast", None)
+    return cast(dtype) if callable(cast) else feats
+
+
+@contextmanager
+def _matmul_precision(precision: Optional[str], device: torch.device) -> Iterator[None]:
+    """TF32 matmuls on for ``tf32`` and off for ``fp32`` (CUDA; restored afterwards)."""
+    if device.type != "cuda" or precision not in ("tf32", "fp32"):
+        yield
+        return
+    on = precision == "tf32"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _slices(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -149,6 +209,11 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     progress : bool
         Show a rich progress bar over blocks.
 
+    Notes
+    -----
+    Inside :func:`gram_precision` the features are cast once per block (``bf16``: to bfloat16;
+    ``fp32`` / ``tf32``: to float32) and contracted with that matmul precision.
+
     Returns
     -------
     kernel, f1, f2 : Tensor
@@ -168,6 +233,14 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     f_rows: list[Optional[torch.Tensor]] = [None] * len(rows)
     f_cols: list[Optional[torch.Tensor]] = [None] * len(cols)
     cache: dict[int, Any] = {}
+    precision = current_gram_precision()
+    if precision is not None:
+        gram_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        plain_featurise = featurise
+
+        def featurise(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+            feats, logits = plain_featurise(x)
+            return cast_features(feats, gram_dtype), logits
 
     def col_features(j: int) -> Any:
         if j in cache:
@@ -185,6 +258,8 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
         bar = Progress(transient=True)
         task = bar.add_task(description, total=len(pairs))
         bar.start()
+    matmul_mode = ExitStack()
+    matmul_mode.enter_context(_matmul_precision(precision, torch.device(device)))
     try:
         for i, rs in enumerate(rows):
             row_feats, logits = featurise(x1[rs])
@@ -208,13 +283,20 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
                 if bar is not None:
                     bar.advance(task)
     finally:
+        matmul_mode.close()
         if bar is not None:
             bar.stop()
     for j in range(len(cols)):
         if f_cols[j] is None:  # column block never needed features (cannot happen) - forward only
             _, f_cols[j] = featurise(xc[cols[j]])
-    f1 = torch.cat(f_rows, 0) if f_rows else torch.zeros(0)
-    f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else torch.zeros(0))
+    f1 = torch.cat(f_rows, 0) if f_rows else None
+    f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else None)
+    # An empty side has no logits of its own: (0, k) like the other side's, not a bare (0,).
+    like = f1 if f1 is not None else f2
+    if f1 is None:
+        f1 = like.new_zeros((0, *like.shape[1:])) if like is not None else torch.zeros(0, 0)
+    if f2 is None:
+        f2 = f1.new_zeros((0, *f1.shape[1:]))
     return out, f1, f2
 
 

@@ -339,6 +339,12 @@ class _Features:
         self.factors = factors
         self.grads = grads
 
+    def cast(self, dtype: torch.dtype) -> "_Features":
+        """The same features in ``dtype`` (for reduced-precision Grams, see
+        :func:`ntkal.kernels.blocking.gram_precision`)."""
+        return _Features([(lay, a.to(dtype), d.to(dtype)) for lay, a, d in self.factors],
+                         [g.to(dtype) for g in self.grads])
+
 
 def make_structured(model: nn.Module, params: dict[str, torch.Tensor],
                     constants: dict[str, torch.Tensor], plan: ModelPlan, kind: str, k: int,
