@@ -8,7 +8,10 @@ import torch
 
 from ntkal.data.sampling import subset_positions
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "UNLABELLED"]
+
+#: Label of a training point whose class is not known yet (an unlabelled pool point).
+UNLABELLED = -1
 
 
 def _as_inputs(name: str, x) -> torch.Tensor:
@@ -26,17 +29,19 @@ def _as_inputs(name: str, x) -> torch.Tensor:
     return x
 
 
-def _as_labels(name: str, y, num_classes: int) -> torch.Tensor:
+def _as_labels(name: str, y, num_classes: int, allow_unlabelled: bool = False) -> torch.Tensor:
     y = torch.as_tensor(y)
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if y.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {tuple(y.shape)}")
     y = y.to(torch.int64)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    lowest = UNLABELLED if allow_unlabelled else 0
+    if y.numel() and (int(y.min()) < lowest or int(y.max()) >= num_classes):
         raise ValueError(
             f"{name} has labels in [{int(y.min())}, {int(y.max())}] but there are "
-            f"{num_classes} classes (valid labels are 0..{num_classes - 1})"
+            f"{num_classes} classes (valid labels are 0..{num_classes - 1}"
+            + (", or -1 for unknown)" if allow_unlabelled else ")")
         )
     return y
 
@@ -54,7 +59,8 @@ class Dataset:
     ----------
     name : str
     x_train, y_train : Tensor
-        Training inputs ``(N, *in_shape)`` and labels ``(N,)``.
+        Training inputs ``(N, *in_shape)`` and labels ``(N,)``; a label of :data:`UNLABELLED`
+        (``-1``) marks a pool point whose class is not known yet (see :attr:`num_unlabelled`).
     x_test, y_test : Tensor
         Test inputs ``(M, *in_shape)`` and labels ``(M,)``.
     classes : tuple of str
@@ -77,7 +83,7 @@ class Dataset:
         k = len(classes)
         x_train = _as_inputs("x_train", self.x_train)
         x_test = _as_inputs("x_test", self.x_test)
-        y_train = _as_labels("y_train", self.y_train, k)
+        y_train = _as_labels("y_train", self.y_train, k, allow_unlabelled=True)
         y_test = _as_labels("y_test", self.y_test, k)
         if x_train.shape[0] != y_train.shape[0]:
             raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
@@ -101,6 +107,11 @@ class Dataset:
     def in_shape(self) -> tuple[int, ...]:
         """Shape of one input, e.g. ``(1, 28, 28)``; what ``build_model`` needs."""
         return tuple(int(s) for s in self.x_train.shape[1:])
+
+    @property
+    def num_unlabelled(self) -> int:
+        """Training points whose label is unknown (:data:`UNLABELLED`)."""
+        return int((self.y_train == UNLABELLED).sum())
 
     @property
     def num_train(self) -> int:
