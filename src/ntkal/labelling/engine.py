@@ -315,6 +315,8 @@ class LabellingSession:
         index = int(index)
         if not 0 <= index < self.pool_size:
             raise ValueError(f"index {index} is out of range for a pool of size {self.pool_size}")
+        if self.kind != "image":
+            raise ValueError(f"this pool holds {self.kind} items: table rows have no image")
         raw = getattr(self.source, "raw_train", None)
         img = np.asarray(raw[index] if raw is not None else self.x_pool[index].numpy(), np.float64)
         if raw is None or img.min() < 0 or img.max() > 1:
