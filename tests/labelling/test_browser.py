@@ -82,7 +82,9 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
         stats = server.get("/api/stats")
         assert stats["labelled"] == 20 and stats["retrain"]["state"] == "done"
         assert stats["curve"] and 0 <= stats["curve"][0]["accuracy"] <= 1
-        driver.find_element(By.ID, "retrain").click()  # the button: a second point on the curve
+        button = driver.find_element(By.ID, "retrain")
+        wait.until(lambda d: button.is_enabled())      # the page has seen the first retrain end
+        button.click()                                 # the button: a second point on the curve
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len(server.get("/api/stats")["curve"]) < 2:
             time.sleep(0.5)
