@@ -134,3 +134,20 @@ def test_retrain_endpoint_and_table_items(tmp_path):
     assert stats["retrain"]["state"] == "done" and stats["curve"][0]["labels"] == 24
     bad = client.get("/api/items/0/image.png")
     assert bad.status_code == 400 and "table rows have no image" in bad.json()["detail"]
+
+
+def test_cli_label_refuses_remote_bind_and_bad_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from ntkal.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["label", "digits", "--host", "0.0.0.0"])
+    assert res.exit_code == 2 and "refusing to listen on 0.0.0.0" in res.output
+    res = runner.invoke(app, ["label", "digits", "--host", "0.0.0.0", "--allow-remote"])
+    assert res.exit_code == 2 and "needs --token" in res.output
+    (tmp_path / "bad.csv").write_text("a,label\n1,x\nfoo,y\n")
+    res = runner.invoke(app, ["label", str(tmp_path / "bad.csv"), "--store",
+                              str(tmp_path / "s.sqlite")])
+    assert res.exit_code == 2 and "bad.csv, row 2, column 'a'" in res.output
+    assert "Traceback" not in res.output
