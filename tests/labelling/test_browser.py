@@ -60,7 +60,10 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
         given = {}
         for step in range(20):
             index = int(wait.until(lambda d: body.get_attribute("data-index")))
-            assert driver.find_element(By.ID, "item-image").get_attribute("naturalWidth") != "0"
+            wait.until(lambda d: d.execute_script(  # the PNG of this item has loaded
+                "const i = document.getElementById('item-image');"
+                "return i !== null && i.complete && i.naturalWidth > 0 && "
+                "document.body.dataset.index === arguments[0];", str(index)))
             label = int(truth[index])
             if step % 2 == 0:
                 body.send_keys(str(label))        # the digit key of the class
@@ -101,5 +104,10 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
         keep = os.environ.get("NTKAL_SCREENSHOT")
         if keep:
             shutil.copyfile(shot, keep)
+    except Exception:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        print("page messages:", driver.find_element(By.ID, "message").text)
+        print("server log:", server.log.read_text(errors="replace")[-3000:])
+        raise
     finally:
         driver.quit()
