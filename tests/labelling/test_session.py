@@ -180,3 +180,27 @@ def test_store_of_another_pool_is_refused(digits, tmp_path):
     LabelStore(tmp_path / "other.sqlite", pool_size=99, num_classes=10).close()
     with pytest.raises(ValueError, match="created with pool_size=99, not 150"):
         _session(digits, tmp_path / "other.sqlite")
+
+
+def test_default_retrain_is_stable_on_colour_images(tmp_path):
+    """A flat MLP on 3x12x12 images diverged at MSE's default rate until gradients were clipped."""
+    from PIL import Image
+
+    from ntkal.data import read_file_source
+    from ntkal.labelling import default_train_config
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("cat", 60), ("dog", 190)):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            arr = np.clip(level + rng.normal(0, 30, (20, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
+    src = read_file_source(tmp_path / "imgs", image_size=[12, 12], test_fraction=0.2)
+    torch.manual_seed(0)
+    model = build_model("mlp", src.dataset.in_shape, 2)
+    s = LabellingSession(src.dataset, ":memory:", model, source=src, use_dataset_labels=True,
+                         warmup=5, train_config=default_train_config(5))
+    assert s.wait_for_retrain(120)   # started by itself: the file had enough labelled images
+    st = s.stats()
+    assert st["retrain"]["state"] == "done", st["retrain"]["error"]
+    assert st["retrain"]["accuracy"] == 1.0 and s.phase == "look-ahead"

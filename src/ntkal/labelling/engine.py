@@ -54,13 +54,14 @@ class LabelConflict(ValueError):
 
 
 def default_train_config(epochs: int = 30):
-    """What the retrain button runs: SGD with momentum on MSE, constant learning rate (the epochs
-    run one call at a time so progress can be shown), ``min_steps`` so that early retrains on a
-    few labels still take enough steps."""
+    """What the retrain button runs: SGD with momentum on MSE at MSE's default constant rate, the
+    gradient norm clipped at 5 (without it, an MLP on 3x12x12 images diverged in the first epoch),
+    ``min_steps`` so that early retrains on a few labels still take enough steps. The epochs run
+    in at most 20 calls so that progress can be shown."""
     from ntkal.training import TrainConfig
 
     return TrainConfig(epochs=int(epochs), batch_size=32, momentum=0.9, weight_decay=5e-4,
-                       schedule="constant", loss="mse", seed=0, min_steps=300)
+                       schedule="constant", loss="mse", seed=0, min_steps=300, grad_clip=5.0)
 
 
 @dataclasses.dataclass
@@ -161,6 +162,8 @@ class LabellingSession:
             self.trained = True
         self.model = model
         self.learner = self._new_learner(model)
+        if self.auto_retrain and not self.trained and len(store) >= self.warmup:
+            self.start_retrain()  # e.g. a file with enough labelled rows: no warm-up needed
 
     # ------------------------------------------------------------------ learner
     def _new_learner(self, model: nn.Module, labels: Optional[tuple] = None):
@@ -453,11 +456,18 @@ class LabellingSession:
         try:
             x = self.x_pool[torch.from_numpy(idx)]
             y = torch.from_numpy(lab)
-            one = dataclasses.replace(self.train_config, epochs=1, min_steps=None)
-            for epoch in range(status.epochs):
-                train(model, x, y, dataclasses.replace(one, seed=one.seed + epoch),
+            # At most 20 calls (each restarts momentum and the schedule: hence a constant rate),
+            # so that progress can be shown without paying train()'s set-up every epoch.
+            per_call = max(1, -(-status.epochs // 20))
+            done = 0
+            while done < status.epochs:
+                chunk = min(per_call, status.epochs - done)
+                train(model, x, y, dataclasses.replace(self.train_config, epochs=chunk,
+                                                       min_steps=None,
+                                                       seed=self.train_config.seed + done),
                       num_classes=self.num_classes)
-                status.epoch = epoch + 1
+                done += chunk
+                status.epoch = done
             if self.dataset.num_test:
                 status.accuracy = float(evaluate(model, self.dataset.x_test, self.dataset.y_test))
                 self.store.add_evaluation(int(idx.size), status.accuracy)
