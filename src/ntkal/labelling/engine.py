@@ -477,7 +477,7 @@ class LabellingSession:
                                    "num_labels": int(idx.size)}, self.weights_path)
             status.state = "preparing"
             learner = self._new_learner(model, labels=(idx, lab))
-            if learner.pool.num_unlabelled:
+            if learner.unlabelled_indices.size:
                 learner.query(1)  # build the new look-ahead session here, not in a request
             with self._lock:
                 stored = set(self.store.labelled()[0].tolist())
