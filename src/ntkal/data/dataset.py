@@ -14,6 +14,18 @@ __all__ = ["Dataset", "UNLABELLED"]
 UNLABELLED = -1
 
 
+def _unlabelled(y):
+    """``(y with UNLABELLED replaced by 0, mask)`` for integer labels holding UNLABELLED, else None:
+    the class-label checks then see valid labels there, and the mask puts them back."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        return None
+    mask = y == UNLABELLED
+    if not bool(mask.any()):
+        return None
+    return torch.where(mask, torch.zeros_like(y), y), mask
+
+
 def _as_inputs(name: str, x) -> torch.Tensor:
     x = torch.as_tensor(x)
     if not x.is_floating_point():
@@ -29,19 +41,17 @@ def _as_inputs(name: str, x) -> torch.Tensor:
     return x
 
 
-def _as_labels(name: str, y, num_classes: int, allow_unlabelled: bool = False) -> torch.Tensor:
+def _as_labels(name: str, y, num_classes: int) -> torch.Tensor:
     y = torch.as_tensor(y)
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if y.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {tuple(y.shape)}")
     y = y.to(torch.int64)
-    lowest = UNLABELLED if allow_unlabelled else 0
-    if y.numel() and (int(y.min()) < lowest or int(y.max()) >= num_classes):
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(
             f"{name} has labels in [{int(y.min())}, {int(y.max())}] but there are "
-            f"{num_classes} classes (valid labels are 0..{num_classes - 1}"
-            + (", or -1 for unknown)" if allow_unlabelled else ")")
+            f"{num_classes} classes (valid labels are 0..{num_classes - 1})"
         )
     return y
 
@@ -80,10 +90,13 @@ class Dataset:
             raise ValueError("a Dataset needs at least one class")
         if len(set(classes)) != len(classes):
             raise ValueError(f"class names must be distinct, got {classes}")
+        unknown = _unlabelled(self.y_train)  # unlabelled pool points: training split only
+        if unknown is not None:
+            object.__setattr__(self, "y_train", unknown[0])
         k = len(classes)
         x_train = _as_inputs("x_train", self.x_train)
         x_test = _as_inputs("x_test", self.x_test)
-        y_train = _as_labels("y_train", self.y_train, k, allow_unlabelled=True)
+        y_train = _as_labels("y_train", self.y_train, k)
         y_test = _as_labels("y_test", self.y_test, k)
         if x_train.shape[0] != y_train.shape[0]:
             raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
@@ -97,6 +110,8 @@ class Dataset:
         for field, value in (("classes", classes), ("x_train", x_train), ("y_train", y_train),
                              ("x_test", x_test), ("y_test", y_test)):
             object.__setattr__(self, field, value)
+        if unknown is not None:
+            object.__setattr__(self, "y_train", torch.where(unknown[1], UNLABELLED, self.y_train))
 
     @property
     def num_classes(self) -> int:
