@@ -5,7 +5,7 @@ TORCH     ?= 2.13.0
 STAMP     := $(VENV)/.ntkal-installed
 DEMO_OUT  ?= runs/digits
 
-.PHONY: install datasets demo test test-all bench bench-ray gpu-suite clean
+.PHONY: install datasets browser demo test test-all bench bench-ray gpu-suite clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,13 +19,17 @@ install: $(STAMP)
 datasets:
 	@bash scripts/install_datasets.sh
 
+# Headless Chromium for the labelling page's browser test (skipped when it cannot be installed).
+browser:
+	@bash scripts/install_browser.sh
+
 demo: install datasets
 	$(VENV)/bin/ntkal run configs/digits.yml --out $(DEMO_OUT)
 
-test: install datasets
+test: install datasets browser
 	$(PY) -m pytest -q
 
-test-all: install datasets
+test-all: install datasets browser
 	$(PY) -m pytest -q -m ""
 
 bench: install datasets

@@ -1,4 +1,4 @@
-"""Command line: ``ntkal run | plot | strategies | datasets`` and ``ntkal --version``.
+"""Command line: ``ntkal run | plot | label | strategies | datasets`` and ``ntkal --version``.
 
 User errors (a bad config, a missing dataset, an unreadable file) print one red line and exit
 with status 2, without a traceback; set ``NTKAL_DEBUG=1`` to see the traceback instead.
@@ -127,6 +127,93 @@ def plot(results: Path = typer.Argument(..., help="results.json written by `ntka
         return
     console.print(auc_rich_table(auc_table(records)))
     console.print(f"curves: {png}", highlight=False)
+
+
+def _parse_size(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--image-size must be HEIGHT,WIDTH (e.g. 28,28), got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ValueError(f"--image-size must be HEIGHT,WIDTH (e.g. 28,28), got {text!r}")
+    return parts
+
+
+@app.command()
+def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. digits) or your "
+                                     "file / folder: .npz, .csv, .parquet, or a folder of images."),
+          store: Optional[Path] = typer.Option(None, "--store", "-s", help="SQLite label file "
+                                               "(default: <data name>.labels.sqlite here)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+          port: int = typer.Option(8765, "--port", "-p", help="Port to listen on."),
+          allow_remote: bool = typer.Option(False, "--allow-remote",
+                                            help="Allow a non-loopback --host (needs --token)."),
+          token: Optional[str] = typer.Option(None, "--token", envvar="NTKAL_LABEL_TOKEN",
+                                              help="Shared secret every request must carry."),
+          model: str = typer.Option("mlp", "--model", help="Built-in model name."),
+          width: Optional[int] = typer.Option(None, "--width", help="Built-in model width."),
+          factory: Optional[str] = typer.Option(None, "--model-factory",
+                                                help="Your model: package.module:function."),
+          subset: int = typer.Option(500, "--subset", help="Unlabelled points the look-ahead "
+                                     "scores per session."),
+          warmup: Optional[int] = typer.Option(None, "--warmup", help="Random items before the "
+                                               "first retrain (default max(10, classes))."),
+          epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain (at least 300 "
+                                     "steps)."),
+          label_column: Optional[str] = typer.Option(None, "--label-column",
+                                                     help="Tables: the label column."),
+          image_size: Optional[str] = typer.Option(None, "--image-size",
+                                                   help="Image folders: resize to H,W."),
+          classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class "
+                                                "names (needed for an unlabelled pool)."),
+          train_size: Optional[int] = typer.Option(None, "--train-size",
+                                                   help="Built-in datasets: pool size (stratified)."),
+          seed: int = typer.Option(0, "--seed", help="Seeds the model, subsets and order."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+          ) -> None:
+    """Serve a labelling page for DATA on http://HOST:PORT (127.0.0.1 by default)."""
+    try:
+        import torch
+
+        from ntkal.data import load_dataset, read_file_source
+        from ntkal.data.files import is_file_source
+        from ntkal.labelling.engine import LabellingSession, default_train_config
+        from ntkal.labelling.server import check_bind, serve
+        from ntkal.models import build_from_factory, build_model
+
+        check_bind(host, allow_remote, token)
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        names = [c.strip() for c in classes.split(",")] if classes else None
+        source = None
+        builtin = data.strip().lower().replace("-", "_") in \
+            ("digits", "fashion_mnist", "fmnist", "mnist", "cifar10", "svhn", "synthetic")
+        if not builtin and is_file_source(data):
+            source = read_file_source(data, label_column=label_column,
+                                      image_size=_parse_size(image_size), classes=names)
+            dataset = source.dataset
+        else:
+            dataset = load_dataset(data, train_size=train_size, seed=seed)
+        torch.manual_seed(seed)
+        net = (build_from_factory(factory, dataset.in_shape, dataset.num_classes) if factory else
+               build_model(model, dataset.in_shape, dataset.num_classes, width=width))
+        path = store if store is not None else Path(f"{Path(data.rstrip('/')).stem}.labels.sqlite")
+        session = LabellingSession(dataset, str(path), net, subset=subset, warmup=warmup,
+                                   train_config=default_train_config(epochs), seed=seed,
+                                   use_dataset_labels=source is not None, source=source)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+        console.print(f"labelling {dataset.num_train} items of {data} into {path} "
+                      f"({len(session.store)} labelled so far)", highlight=False)
+        console.print(f"open {url}  (Ctrl+C to stop)", highlight=False)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
+        _fail(err)
+        return
+    serve(session, host=host, port=port, token=token, allow_remote=allow_remote)
 
 
 @app.command()

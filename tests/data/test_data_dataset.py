@@ -32,7 +32,8 @@ def test_converts_and_exposes_shape():
     [
         (dict(y_train=np.array([0, 1, 2])), "x_train has 4 rows but y_train has 3"),
         (dict(y_test=np.array([0, 3])), r"labels in \[0, 3\] but there are 3 classes"),
-        (dict(y_train=np.array([0, -1, 2, 1])), "valid labels are 0..2"),
+        (dict(y_train=np.array([0, -2, 2, 1])), "valid labels are 0..2"),  # -1 only: unlabelled
+        (dict(y_test=np.array([0, -1])), "valid labels are 0..2"),  # a test set is labelled
         (dict(x_train=np.full((4, 1, 2, 2), np.nan, np.float32)), "NaN or infinite"),
         (dict(x_test=np.full((2, 1, 2, 2), np.inf, np.float32)), "NaN or infinite"),
         (dict(x_train=np.zeros((4, 1, 2, 2), np.uint8)), "floating-point"),

@@ -5,7 +5,8 @@ which training points an active learner has labelled, and in which order.
 """
 from __future__ import annotations
 
-from ntkal.data.dataset import Dataset
+from ntkal.data.dataset import UNLABELLED, Dataset
+from ntkal.data.files import load_file_dataset, read_file_source
 from ntkal.data.idx import IDXFormatError, read_idx, write_idx
 from ntkal.data.loaders import DatasetNotFoundError, available_datasets, load_dataset
 from ntkal.data.pool import Pool
@@ -13,6 +14,9 @@ from ntkal.data.pool import Pool
 __all__ = [
     "Dataset",
     "load_dataset",
+    "load_file_dataset",
+    "read_file_source",
+    "UNLABELLED",
     "available_datasets",
     "Pool",
     "DatasetNotFoundError",

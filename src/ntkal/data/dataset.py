@@ -9,7 +9,22 @@ import torch
 from ntkal.data.labels import as_class_labels
 from ntkal.data.sampling import subset_positions
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "UNLABELLED"]
+
+#: Label of a training point whose class is not known yet (an unlabelled pool point).
+UNLABELLED = -1
+
+
+def _unlabelled(y):
+    """``(y with UNLABELLED replaced by 0, mask)`` for integer labels holding UNLABELLED, else None:
+    the class-label checks then see valid labels there, and the mask puts them back."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        return None
+    mask = y == UNLABELLED
+    if not bool(mask.any()):
+        return None
+    return torch.where(mask, torch.zeros_like(y), y), mask
 
 
 def _as_inputs(name: str, x) -> torch.Tensor:
@@ -40,7 +55,8 @@ class Dataset:
     ----------
     name : str
     x_train, y_train : Tensor
-        Training inputs ``(N, *in_shape)`` and labels ``(N,)``.
+        Training inputs ``(N, *in_shape)`` and labels ``(N,)``; a label of :data:`UNLABELLED`
+        (``-1``) marks a pool point whose class is not known yet (see :attr:`num_unlabelled`).
     x_test, y_test : Tensor
         Test inputs ``(M, *in_shape)`` and labels ``(M,)``.
     classes : tuple of str
@@ -60,6 +76,9 @@ class Dataset:
             raise ValueError("a Dataset needs at least one class")
         if len(set(classes)) != len(classes):
             raise ValueError(f"class names must be distinct, got {classes}")
+        unknown = _unlabelled(self.y_train)  # unlabelled pool points: training split only
+        if unknown is not None:
+            object.__setattr__(self, "y_train", unknown[0])
         k = len(classes)
         x_train = _as_inputs("x_train", self.x_train)
         x_test = _as_inputs("x_test", self.x_test)
@@ -77,6 +96,8 @@ class Dataset:
         for field, value in (("classes", classes), ("x_train", x_train), ("y_train", y_train),
                              ("x_test", x_test), ("y_test", y_test)):
             object.__setattr__(self, field, value)
+        if unknown is not None:
+            object.__setattr__(self, "y_train", torch.where(unknown[1], UNLABELLED, self.y_train))
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +108,11 @@ class Dataset:
     def in_shape(self) -> tuple[int, ...]:
         """Shape of one input, e.g. ``(1, 28, 28)``; what ``build_model`` needs."""
         return tuple(int(s) for s in self.x_train.shape[1:])
+
+    @property
+    def num_unlabelled(self) -> int:
+        """Training points whose label is unknown (:data:`UNLABELLED`)."""
+        return int((self.y_train == UNLABELLED).sum())
 
     @property
     def num_train(self) -> int:

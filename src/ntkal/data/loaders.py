@@ -351,18 +351,20 @@ def _synthetic(train_size: Optional[int], test_size: Optional[int], seed: int) -
     return Dataset("synthetic", x_train, y_train, x_test, y_test, classes)
 
 
-def load_dataset(name: str, root: Optional[Union[str, os.PathLike]] = None, *,
+def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.PathLike]] = None, *,
                  train_size: Optional[int] = None, test_size: Optional[int] = None,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0, **file_options) -> Dataset:
     """Load a dataset as normalised float32 tensors.
 
     Parameters
     ----------
-    name : str
+    name : str or path
         One of :func:`available_datasets`: ``digits`` (scikit-learn's 8x8 digits, fixed stratified
         1347/450 split), ``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``, or ``synthetic``
         (seeded Gaussian blobs: 4 classes, 8 features, 600/300 points by default; for unit tests
-        only, never used in benchmarks).
+        only, never used in benchmarks). Or a user's own file or folder (``.npz``, ``.csv``,
+        ``.parquet``, a folder of images), read by :func:`ntkal.data.files.load_file_dataset`;
+        unlabelled pool points then have label ``-1``.
     root : path, optional
         Where the files are; overrides ``$NTKAL_DATA`` and the default location (see module doc).
         Ignored by ``digits`` and ``synthetic``, which need no files.
@@ -372,6 +374,9 @@ def load_dataset(name: str, root: Optional[Union[str, os.PathLike]] = None, *,
     seed : int
         Seeds the subsets (and the whole of ``synthetic``). The digits train/test split itself
         is fixed and does not depend on it.
+    **file_options
+        For files only: ``label_column``, ``image_size``, ``normalise``, ``classes``,
+        ``test_fraction`` (see :func:`ntkal.data.files.load_file_dataset`).
 
     Raises
     ------
@@ -380,6 +385,20 @@ def load_dataset(name: str, root: Optional[Union[str, os.PathLike]] = None, *,
     ValueError
         For an unknown name, a subset size outside ``1..len(split)``, or malformed files.
     """
+    from ntkal.data.files import is_file_source, load_file_dataset
+
+    builtin = isinstance(name, str) and \
+        _ALIASES.get(name.strip().lower().replace("-", "_"), name.strip().lower().replace("-", "_")) in _NAMES
+    if not builtin and is_file_source(name):
+        if root is not None:
+            name = Path(root).expanduser() / name
+        dataset = load_file_dataset(name, **file_options)
+        if train_size is None and test_size is None:
+            return dataset
+        return dataset.subset(train_size, test_size, seed=seed)
+    if file_options:
+        raise ValueError(f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
+                         f"built-in dataset {name!r}")
     key = _canonical(name)
     if key == "synthetic":
         return _synthetic(train_size, test_size, seed)

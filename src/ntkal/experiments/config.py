@@ -90,53 +90,156 @@ def _no_unknown(key: str, given: dict, valid: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Which data: ``name`` as in :func:`ntkal.data.load_dataset`, optional stratified sizes."""
+    """Which data: a built-in ``name`` as in :func:`ntkal.data.load_dataset`, or a user's file
+    (``path``: ``.npz``, ``.csv``, ``.parquet`` or an image folder, with the reading options of
+    :func:`ntkal.data.files.load_file_dataset`), and optional stratified sizes. A relative
+    ``path`` is read relative to ``root`` when given, else to the working directory.
+
+    Examples: ``{name: digits}``, ``{path: data.csv, label_column: y}``,
+    ``{path: imgs/, image_size: [28, 28]}``.
+    """
 
     name: str
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     root: Optional[str] = None
+    path: Optional[str] = None
+    label_column: Optional[str] = None
+    image_size: Optional[tuple[int, int]] = None
+    normalise: str = "standard"
+    classes: Optional[tuple[str, ...]] = None
+    test_fraction: float = 0.2
+
+    _FILE_KEYS = ("label_column", "image_size", "normalise", "classes", "test_fraction")
 
     @classmethod
     def parse(cls, raw: Any) -> "DatasetConfig":
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping("dataset", raw)
-        _no_unknown("dataset", raw, ("name", "train_size", "test_size", "root"))
+        _no_unknown("dataset", raw, ("name", "train_size", "test_size", "root", "path")
+                    + cls._FILE_KEYS)
+        sizes = dict(train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
+                     test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
+                     root=None if raw.get("root") is None else str(raw["root"]))
+        if raw.get("path") is not None:
+            return cls._parse_file(raw, sizes)
+        given = sorted(k for k in cls._FILE_KEYS if k in raw)
+        if given:
+            raise ConfigError(f"dataset: {', '.join(given)} apply to a user's files; give "
+                              "dataset.path too")
         from ntkal.data import available_datasets
 
         names = tuple(available_datasets())
         name = raw.get("name")
         if name is None:
-            raise ConfigError(f"dataset.name is required; valid names: {', '.join(names)}")
+            raise ConfigError(f"dataset.name or dataset.path is required; valid names: "
+                              f"{', '.join(names)}")
         key = str(name).strip().lower().replace("-", "_")
         aliases = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
         _choice("dataset.name", aliases.get(key, key), names)
-        return cls(name=aliases.get(key, key),
-                   train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
-                   test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
-                   root=None if raw.get("root") is None else str(raw["root"]))
+        return cls(name=aliases.get(key, key), **sizes)
+
+    @classmethod
+    def _parse_file(cls, raw: dict, sizes: dict) -> "DatasetConfig":
+        from ntkal.data.files import NORMALISE
+
+        path = str(raw["path"])
+        size = raw.get("image_size")
+        if size is not None:
+            if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+                size = [size, size]
+            if not isinstance(size, (list, tuple)) or len(size) != 2:
+                raise ConfigError(f"dataset.image_size must be [height, width], got {size!r}")
+            size = tuple(_int("dataset.image_size[]", v, 1) for v in size)
+        classes = raw.get("classes")
+        if classes is not None:
+            if not isinstance(classes, (list, tuple)) or len(classes) < 2:
+                raise ConfigError(f"dataset.classes must be a list of at least two names, got "
+                                  f"{classes!r}")
+            classes = tuple(str(c) for c in classes)
+        label_column = raw.get("label_column")
+        return cls(name=str(raw.get("name") or Path(path.rstrip("/\\")).stem), path=path,
+                   label_column=None if label_column is None else str(label_column),
+                   image_size=size,
+                   normalise=_choice("dataset.normalise", raw.get("normalise", "standard"),
+                                     NORMALISE),
+                   classes=classes,
+                   test_fraction=_float("dataset.test_fraction", raw.get("test_fraction", 0.2),
+                                        0.0, 0.95),
+                   **sizes)
+
+    def file_options(self) -> dict:
+        """Keyword arguments of :func:`ntkal.data.files.load_file_dataset` (``{}`` for a built-in
+        dataset)."""
+        if self.path is None:
+            return {}
+        return {"label_column": self.label_column, "image_size": self.image_size,
+                "normalise": self.normalise, "classes": self.classes,
+                "test_fraction": self.test_fraction}
+
+    def load(self, seed: int = 0):
+        """The :class:`ntkal.data.Dataset` this section describes."""
+        from ntkal.data import load_dataset
+        from ntkal.data.files import load_file_dataset
+
+        if self.path is None:
+            return load_dataset(self.name, self.root, train_size=self.train_size,
+                                test_size=self.test_size, seed=seed)
+        path = Path(self.path).expanduser()
+        if self.root is not None and not path.is_absolute():
+            path = Path(self.root).expanduser() / path
+        dataset = load_file_dataset(path, seed=0, **self.file_options())
+        if self.train_size is None and self.test_size is None:
+            return dataset
+        return dataset.subset(self.train_size, self.test_size, seed=seed)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network: ``name`` as in :func:`ntkal.models.build_model`, width, dropout, extras."""
+    """Which network: ``name`` as in :func:`ntkal.models.build_model`, width, dropout, extras; or a
+    user's ``factory`` (``"package.module:function"``, see :func:`ntkal.models.build_from_factory`)
+    called with ``kwargs``."""
 
     name: str = "mlp"
     width: Optional[int] = None
     dropout: float = 0.0
     kwargs: dict = field(default_factory=dict)
+    factory: Optional[str] = None
 
     @classmethod
     def parse(cls, raw: Any, key: str = "model") -> "ModelConfig":
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping(key, raw)
-        _no_unknown(key, raw, ("name", "width", "dropout", "kwargs"))
+        _no_unknown(key, raw, ("name", "width", "dropout", "kwargs", "factory"))
+        factory = raw.get("factory")
+        if factory is not None:
+            if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
+                raise ConfigError(f"{key}.factory must look like 'package.module:function', got "
+                                  f"{factory!r}")
+            clash = sorted(k for k in ("name", "width", "dropout") if raw.get(k) not in (None, 0, 0.0)
+                           and not (k == "name" and raw.get(k) == "factory"))
+            if clash:
+                raise ConfigError(f"{key}: {', '.join(clash)} apply to the built-in models; a "
+                                  "factory takes its options in kwargs")
+            return cls(name="factory", factory=factory,
+                       kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
         return cls(name=_choice(f"{key}.name", raw.get("name", "mlp"), MODEL_NAMES),
                    width=_int(f"{key}.width", raw.get("width"), 1, True),
                    dropout=_float(f"{key}.dropout", raw.get("dropout", 0.0), 0.0, 0.99),
                    kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
+
+    def build(self, in_shape, num_classes: int):
+        """The network (built-in by name, or from the factory)."""
+        from ntkal.models import build_from_factory, build_model
+
+        if self.factory is not None:
+            return build_from_factory(self.factory, in_shape, num_classes, self.kwargs)
+        kwargs = dict(self.kwargs)
+        if self.width is not None:
+            kwargs["width"] = self.width
+        return build_model(self.name, in_shape, num_classes, dropout=self.dropout, **kwargs)
 
     def merged(self, overrides: dict) -> "ModelConfig":
         """This config with ``overrides`` (a strategy's ``model:`` entry) applied."""
@@ -193,7 +296,7 @@ class StrategySpec:
             raise ConfigError(f"{key}.name: unknown strategy {name!r}; valid names: {', '.join(names)}")
         params = _mapping(f"{key}.params", raw.get("params"))
         model = _mapping(f"{key}.model", raw.get("model"))
-        _no_unknown(f"{key}.model", model, ("name", "width", "dropout", "kwargs"))
+        _no_unknown(f"{key}.model", model, ("name", "width", "dropout", "kwargs", "factory"))
         label = str(raw.get("label") or name)
         mode = raw.get("mode")
         if mode is not None:
@@ -305,6 +408,11 @@ class ExperimentConfig:
         for key in ("seeds", "strategies", "device", "name", "threads", "resources"):
             raw.pop(key)
         raw["dataset"].pop("root", None)  # where the files are, not which data
+        if raw["model"].get("factory") is None:  # built-in models hash as before factories
+            raw["model"].pop("factory", None)
+        if raw["dataset"].get("path") is None:  # built-in data hashes as before files were read
+            for key in ("path",) + DatasetConfig._FILE_KEYS:
+                raw["dataset"].pop(key, None)
         return _hash(raw)
 
     def mode_for(self, spec: StrategySpec) -> str:
@@ -318,7 +426,7 @@ class ExperimentConfig:
             del entry["mode"]  # entries without a mode hash as before the key existed
         del entry["resources"]  # scheduling, not results
         return _hash({"shared": self.shared_hash(), "strategy": entry,
-                      "model": dataclasses.asdict(self.model_for(spec))})
+                      "model": _model_entry(self.model_for(spec))})
 
     def resources_for(self, spec: StrategySpec) -> Resources:
         """The strategy's own ``resources`` if it has them, else the config's."""
@@ -350,6 +458,13 @@ class ExperimentConfig:
         if device is not None:
             changes["device"] = _device(device)
         return dataclasses.replace(self, **changes)
+
+
+def _model_entry(model: ModelConfig) -> dict:
+    entry = dataclasses.asdict(model)
+    if entry["factory"] is None:
+        del entry["factory"]
+    return entry
 
 
 def _hash(raw: Any) -> str:

@@ -133,15 +133,9 @@ def _resolve_device(device: str) -> str:
 
 
 def _build_model(config: ExperimentConfig, spec: StrategySpec, dataset, seed: int):
-    from ntkal.models import build_model
-
     mcfg = config.model_for(spec)
     torch.manual_seed(seed)  # the same initial weights for every strategy of a seed
-    kwargs = dict(mcfg.kwargs)
-    if mcfg.width is not None:
-        kwargs["width"] = mcfg.width
-    return build_model(mcfg.name, dataset.in_shape, dataset.num_classes, dropout=mcfg.dropout,
-                       **kwargs)
+    return mcfg.build(dataset.in_shape, dataset.num_classes)
 
 
 def _state_path(out: Path, label: str, seed: int) -> Path:
@@ -197,12 +191,17 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
 
 def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, overwrite: bool,
              console, plot: bool) -> list[dict]:
-    from ntkal.data import load_dataset
 
     results = _Results(out, config, overwrite)
     ds = config.dataset
-    dataset = load_dataset(ds.name, ds.root, train_size=ds.train_size, test_size=ds.test_size,
-                           seed=0)
+    dataset = ds.load(seed=0)
+    if dataset.num_unlabelled:
+        raise ConfigError(f"dataset {ds.path or ds.name!r} has {dataset.num_unlabelled} unlabelled "
+                          "training points: `ntkal run` simulates the annotator with the known "
+                          "labels, so every pool point needs one; label them with `ntkal label`")
+    if dataset.num_test == 0:
+        raise ConfigError(f"dataset {ds.path or ds.name!r} has no labelled test points to score "
+                          "on; add x_test/y_test or set dataset.test_fraction > 0")
     config.validate_against(dataset.num_train, dataset.num_classes)
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
 

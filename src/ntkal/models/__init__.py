@@ -15,13 +15,21 @@ name           ``width`` means (default)            extra keyword arguments
 
 Construction draws from torch's global RNG, so ``torch.manual_seed(s)`` before
 :func:`build_model` gives the same weights every time.
+
+A user's own network comes from a factory, ``"package.module:function"`` (in a config:
+``model: {factory: "mypkg.nets:make_net", kwargs: {hidden: 64}}``): :func:`build_from_factory`
+imports it and calls ``function(in_shape=..., num_classes=..., **kwargs)`` (``in_shape`` and
+``num_classes`` only when its signature takes them). It must return an ``nn.Module`` whose output
+on a batch is logits ``(n, num_classes)``; that is checked on a zero batch of the input shape.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import numbers
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from ntkal.models.base import ClassifierNet
@@ -30,7 +38,8 @@ from ntkal.models.mlp import MLP
 from ntkal.models.resnet import ResNet18
 from ntkal.models.wideresnet import WideResNet
 
-__all__ = ["build_model", "available_models", "ClassifierNet", "MLP", "SmallCNN", "ResNet18",
+__all__ = ["build_model", "build_from_factory", "load_factory", "ModelFactoryError",
+           "available_models", "ClassifierNet", "MLP", "SmallCNN", "ResNet18",
            "WideResNet"]
 
 _MODELS: dict[str, Callable[..., ClassifierNet]] = {
@@ -99,3 +108,90 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
             raise ValueError(f"width must be a positive integer, got {width!r}")
         kwargs["width"] = int(width)
     return cls(in_shape, int(num_classes), dropout=float(dropout), **kwargs)
+
+
+# ----------------------------------------------------------------------------- user factories
+class ModelFactoryError(ValueError):
+    """A model factory could not be imported, called, or returned something that is not a
+    classifier of the right shape; the message names the factory."""
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` (dots after the colon walk attributes)."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ModelFactoryError(f"model factory must look like 'package.module:function', got {spec!r}")
+    module_name, attr = spec.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any failure inside the user's module
+        raise ModelFactoryError(f"model factory {spec!r}: cannot import module {module_name!r} "
+                                f"({type(err).__name__}: {err})") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelFactoryError(f"model factory {spec!r}: {module_name!r} has no attribute "
+                                    f"{attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelFactoryError(f"model factory {spec!r} is not callable ({type(obj).__name__})")
+    return obj
+
+
+def build_from_factory(spec: str, in_shape: Sequence[int], num_classes: int,
+                       kwargs: dict | None = None) -> nn.Module:
+    """Build a user's network from a factory and check that it returns logits.
+
+    Parameters
+    ----------
+    spec : str
+        ``"package.module:function"``; the module must be importable (on ``sys.path`` /
+        ``PYTHONPATH``).
+    in_shape : sequence of int
+        Shape of one input, e.g. ``Dataset.in_shape``; passed as ``in_shape`` if the factory takes it.
+    num_classes : int
+        Passed as ``num_classes`` if the factory takes it; the output must have this many columns.
+    kwargs : dict, optional
+        Further keyword arguments for the factory.
+
+    Raises
+    ------
+    ModelFactoryError
+        Import failure, a failing call, a return value that is not an ``nn.Module``, or a forward
+        pass that fails or does not give ``(n, num_classes)``.
+    """
+    factory = load_factory(spec)
+    kwargs = dict(kwargs or {})
+    try:
+        params = inspect.signature(factory).parameters
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        params, var_kw = {}, True
+    for key, value in (("in_shape", tuple(int(s) for s in in_shape)),
+                       ("num_classes", int(num_classes))):
+        if key in kwargs:
+            raise ModelFactoryError(f"model factory {spec!r}: {key} comes from the dataset; "
+                                    "remove it from kwargs")
+        if key in params or var_kw:
+            kwargs[key] = value
+    try:
+        model = factory(**kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise ModelFactoryError(f"model factory {spec!r} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelFactoryError(f"model factory {spec!r} returned {type(model).__name__}, not a "
+                                "torch.nn.Module")
+    probe = torch.zeros((2, *tuple(int(s) for s in in_shape)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as err:  # noqa: BLE001
+        raise ModelFactoryError(f"the model from {spec!r} fails on a batch of shape "
+                                f"{tuple(probe.shape)}: {type(err).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, int(num_classes)):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelFactoryError(f"the model from {spec!r} must return logits of shape "
+                                f"(n, num_classes) = (2, {num_classes}) for a batch of 2; got {got}")
+    return model
