@@ -398,6 +398,9 @@ class ExperimentConfig:
         for entry in out["strategies"]:
             if entry["resources"] is None:
                 del entry["resources"]
+        if out["dataset"].get("path") is None:  # built-in data: the file-only keys do not apply
+            for key in ("path",) + DatasetConfig._FILE_KEYS:
+                out["dataset"].pop(key, None)
         return out
 
     def shared_hash(self) -> str:
@@ -410,9 +413,6 @@ class ExperimentConfig:
         raw["dataset"].pop("root", None)  # where the files are, not which data
         if raw["model"].get("factory") is None:  # built-in models hash as before factories
             raw["model"].pop("factory", None)
-        if raw["dataset"].get("path") is None:  # built-in data hashes as before files were read
-            for key in ("path",) + DatasetConfig._FILE_KEYS:
-                raw["dataset"].pop(key, None)
         return _hash(raw)
 
     def mode_for(self, spec: StrategySpec) -> str:
