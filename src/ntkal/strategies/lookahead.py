@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead import Lookahead, LookaheadBlock
+from ntkal.lookahead import DEFAULT_EVAL_SIZE, Lookahead, LookaheadBlock
 from ntkal.progress import progress_allowed
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget, top_k)
@@ -89,20 +89,35 @@ class LookaheadStrategy(Strategy):
     chunk_size : int, optional
         Candidates per scoring block; default from ``memory_budget``.
     memory_budget : int
-        Bytes per block of look-ahead predictions when ``chunk_size`` is not given.
+        Bytes of one scoring block's look-ahead predictions on E and their intermediates; sets
+        the block size when ``chunk_size`` is not given (see ``default_chunk_size`` of the
+        engine).
     implementation : str
         Passed to :func:`ntkal.kernels.empirical_ntk`.
+    eval_size : int or "all"
+        Size of the evaluation set E where output change is measured: a random sample of the
+        candidates seeded by the query's seed (5000 by default), or ``"all"``.
+    max_memory : int, optional
+        Bytes the look-ahead engine may hold in total (kernel, Σ or its streamed blocks, caches);
+        default half the free memory of the model's device. Decides dense vs streaming
+        (:func:`ntkal.lookahead.choose_engine`).
+    engine : {"auto", "dense", "streaming"}
+        Force an engine (``"auto"``: :func:`ntkal.lookahead.choose_engine`).
     """
 
     def __init__(self, kernel: str = "pseudo", ridge: float = 0.0, eps: float = 1e-6,
                  chunk_size: Optional[int] = None, memory_budget: int = 256 * 2**20,
-                 implementation: str = "auto") -> None:
+                 implementation: str = "auto", eval_size: Any = DEFAULT_EVAL_SIZE,
+                 max_memory: Optional[int] = None, engine: str = "auto") -> None:
         self.kernel = kernel
         self.ridge = float(ridge)
         self.eps = float(eps)
         self.chunk_size = chunk_size
         self.memory_budget = int(memory_budget)
         self.implementation = implementation
+        self.eval_size = eval_size
+        self.max_memory = max_memory
+        self.engine = engine
 
     # -- what a subclass provides
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
@@ -120,7 +135,7 @@ class LookaheadStrategy(Strategy):
         ref = la.f0_candidates
         if f_bar0 is not None:
             ref = ref + (la.base_predictions() - f_bar0)
-        return ref, ref
+        return la._on_eval(ref), ref
 
     # -- shared machinery
     def _chunk(self, la: Lookahead) -> int:
@@ -135,7 +150,9 @@ class LookaheadStrategy(Strategy):
             return Lookahead.fit(model, context.x_labelled, context.y_labelled,
                                  context.x_candidates, num_classes=context.num_classes,
                                  kernel=self.kernel, ridge=self.ridge, eps=self.eps,
-                                 implementation=self.implementation, progress=context.progress)
+                                 implementation=self.implementation, progress=context.progress,
+                                 eval_size=self.eval_size, eval_seed=context.seed,
+                                 max_memory=self.max_memory, engine=self.engine)
 
     def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
                          f_bar0: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +206,10 @@ class LookaheadSession(SequentialSession):
         self.strategy = strategy
         self.context = context
         self.lookahead = strategy.lookahead(context)
+        # The streaming engine keeps Σ[E, C] between steps when it fits its memory budget, so a
+        # step re-scores from it (updated rank-p in place) instead of recomputing kernel blocks.
+        cache = getattr(self.lookahead, "cache_covariance", None)
+        self.covariance_cached = bool(cache()) if cache is not None else True
         self._f_bar0 = self.lookahead.base_predictions()
         self._chosen = np.zeros(self.lookahead.num_candidates, dtype=bool)
         self._step = 0
@@ -240,7 +261,7 @@ class MLMOC(LookaheadStrategy):
         network (the reference's choice) or the linearised network retrained on ``L``. In a
         sequential session ``"f0"`` means ``f0 + (f̄_t − f̄_0)`` (the network moved by the observed
         labels) and ``"base"`` means ``f̄_t``.
-    ridge, eps, chunk_size, memory_budget, implementation
+    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine
         As in :class:`LookaheadStrategy`.
 
     References
@@ -252,10 +273,13 @@ class MLMOC(LookaheadStrategy):
 
     def __init__(self, kernel: str = "pseudo", score: str = "flip", reference: str = "f0",
                  ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
-                 memory_budget: int = 256 * 2**20, implementation: str = "auto") -> None:
+                 memory_budget: int = 256 * 2**20, implementation: str = "auto",
+                 eval_size: Any = DEFAULT_EVAL_SIZE, max_memory: Optional[int] = None,
+                 engine: str = "auto") -> None:
         _validate(score, reference)
         super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
-                         memory_budget=memory_budget, implementation=implementation)
+                         memory_budget=memory_budget, implementation=implementation,
+                         eval_size=eval_size, max_memory=max_memory, engine=engine)
         self.score = score
         self.reference = reference
 
@@ -263,7 +287,7 @@ class MLMOC(LookaheadStrategy):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference == "base":
             ref = la.base_predictions()
-            return ref, ref
+            return la._on_eval(ref), ref
         return super().references(la, f_bar0)
 
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
