@@ -59,6 +59,58 @@ def output_change(preds: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return (preds - base.unsqueeze(0)).norm(dim=-1).sum(dim=-1)
 
 
+class EvalMargins:
+    """Per point of E, what the flip test needs from the base predictions f̄: the gap between
+    f̄ at the reference class and the best other class (negative when f̄ already disagrees with
+    the reference) and a rounding scale."""
+
+    def __init__(self, f_bar_eval: torch.Tensor, ref_cls: torch.Tensor) -> None:
+        at_ref = f_bar_eval.gather(1, ref_cls[:, None])[:, 0]
+        others = f_bar_eval.scatter(1, ref_cls[:, None], float("-inf"))
+        self.gap = at_ref - others.max(dim=1).values if f_bar_eval.shape[1] > 1 else \
+            torch.full_like(at_ref, float("inf"))
+        self.scale = f_bar_eval.abs().max(dim=1).values
+        self.f_bar = f_bar_eval
+        self.ref_cls = ref_cls
+
+
+#: Relative slack of the margin screen: a decision is taken only when it holds with this much
+#: room beyond float64 rounding of f̄ + Σ_ij·coef (a few ulps of the magnitudes involved).
+_SCREEN_SLACK = 1e-12
+
+
+def _flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch.Tensor,
+                     margins: Optional[EvalMargins]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip fraction on E against ``ref_cls`` and ``Σ_i ‖f'(x_i) − f̄(x_i)‖`` per candidate.
+
+    Scalar kernels: f'(x_i) = f̄(x_i) + Σ_ij · coef_j with one ``coef_j`` per candidate, so the
+    change in "reference class minus class c" is ``Σ_ij (coef_jc' − coef_jc)``, at most
+    ``|Σ_ij| · range(coef_j)`` in size. Points of E whose gap to the runner-up is larger than that
+    bound cannot change class (smaller than minus it: they have changed for sure); only the
+    undecided pairs get the exact k-way argmax, computed exactly as the full predictions would
+    be, so the counts equal the argmax over f̄ + delta. The norm is ``‖coef_j‖ · Σ_i |Σ_ij|``.
+    Full (k × k block) kernels fall back to the explicit predictions.
+    """
+    if margins is None:
+        preds = block.retrained(targets)
+        return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
+    coef = block.coefficients(targets)                                          # (b, k)
+    cov = block.cov                                                             # (b, e)
+    e = cov.shape[1]
+    norms = cov.abs().sum(dim=1) * coef.norm(dim=1)
+    bound = cov.abs() * (coef.max(dim=1).values - coef.min(dim=1).values)[:, None]   # (b, e)
+    slack = _SCREEN_SLACK * (margins.scale[None, :] + bound) + bound
+    sure_flip = -margins.gap[None, :] > slack
+    undecided = ~(sure_flip | (margins.gap[None, :] > slack))
+    counts = sure_flip.sum(dim=1).to(_F64)
+    t, i = undecided.nonzero(as_tuple=True)
+    if t.numel():
+        preds = margins.f_bar[i] + cov[t, i][:, None] * coef[t]
+        changed = (preds.argmax(dim=1) != margins.ref_cls[i]).to(_F64)
+        counts.index_add_(0, t, changed)
+    return counts / max(1, e), norms
+
+
 def _validate(score: str, reference: str) -> None:
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -294,20 +346,21 @@ class MLMOC(LookaheadStrategy):
                     ) -> tuple[np.ndarray, np.ndarray]:
         k = ref_eval.shape[1]
         ref_cls = ref_eval.argmax(dim=1)
+        margins = None if block.block else EvalMargins(block.f_bar_eval, ref_cls)
         if self.score in ("flip", "norm"):
-            preds = block.retrained(_onehot(ref_cand.argmax(dim=1), k))
-            flips = flip_fraction(preds, ref_cls).cpu().numpy()
-            norms = output_change(preds, block.f_bar_eval).cpu().numpy()
-            return (flips, norms) if self.score == "flip" else (norms, flips)
-        probs = torch.softmax(ref_cand, dim=1)                                  # (b, k)
+            labels = [(ref_cand.argmax(dim=1), None)]
+        else:
+            probs = torch.softmax(ref_cand, dim=1)                              # (b, k)
+            labels = [(torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device),
+                       probs[:, c]) for c in range(k)]
         flips = torch.zeros(block.size, dtype=_F64, device=ref_cand.device)
         norms = torch.zeros_like(flips)
-        for c in range(k):
-            labels = torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device)
-            preds = block.retrained(_onehot(labels, k))
-            flips += probs[:, c] * flip_fraction(preds, ref_cls)
-            norms += probs[:, c] * output_change(preds, block.f_bar_eval)
-        return flips.cpu().numpy(), norms.cpu().numpy()
+        for cls, weight in labels:
+            f, n = _flips_and_norms(block, _onehot(cls, k), ref_cls, margins)
+            flips += f if weight is None else weight * f
+            norms += n if weight is None else weight * n
+        flips, norms = flips.cpu().numpy(), norms.cpu().numpy()
+        return (norms, flips) if self.score == "norm" else (flips, norms)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         result = super().query(context, budget)
