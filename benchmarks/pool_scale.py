@@ -165,7 +165,7 @@ def table(rows) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    ap.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    ap.add_argument("--sizes", nargs="*", type=int, default=list(SIZES))
     ap.add_argument("--dense-max", type=int, default=10_000,
                     help="largest m also run with the dense engine")
     ap.add_argument("--seq-m", type=int, default=10_000, help="pool size of the sequential case")

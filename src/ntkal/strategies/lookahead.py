@@ -5,7 +5,7 @@ Tangent Kernels", NeurIPS 2022 (arXiv:2206.12569).
 
 MLMOC ("most likely model output change") asks, for every candidate ``x_j``: if the network were
 retrained with ``x_j`` labelled by its most likely class ``ŷ_j``, how much would its predictions on
-the candidate set ``S`` change? :class:`MLMOC` answers in closed form with the linearised network
+the evaluation set ``E`` (a seeded sample of the candidates, or all of them) change? :class:`MLMOC` answers in closed form with the linearised network
 (:class:`ntkal.lookahead.Lookahead`); :class:`SGDLookahead` answers by actually fine-tuning a copy of
 the network per candidate, which is what the closed form approximates (and is far slower).
 
@@ -18,6 +18,12 @@ Score functions (higher = more wanted), for a retrained prediction ``f'`` on ``S
   re-fitting ``L`` itself (``f̄`` vs ``f0``); ``"base"`` isolates the effect of the new point.
 * ``"norm"``: ``Σ_i ‖f'(x_i) − f̄(x_i)‖``, the output change caused by the new point (EMOC-like).
 * ``"expected"``: the flip score averaged over labels ``y`` with weights ``softmax(ref(x_j))``.
+
+With scalar kernels the flip test runs on margins: a point of ``E`` whose gap between the
+reference class and the runner-up under ``f̄`` exceeds the largest change the candidate can make to
+it (``|Σ_ij| · range(coef_j)``) cannot flip, one below minus that bound has flipped; only the rest
+get the exact ``k``-way argmax, so the counts equal the argmax over ``f̄ + delta`` exactly. The
+norm score is ``‖coef_j‖ · Σ_i |Σ_ij|``. Full block kernels use the explicit predictions.
 
 Ties in the primary score are broken by the secondary score (``norm`` for ``flip``/``expected``,
 ``flip`` for ``norm``), which depends on the candidate's content only, so the choice does not depend
@@ -312,7 +318,11 @@ class MLMOC(LookaheadStrategy):
         Predictions the flips are counted against and pseudo-labels taken from: the trained
         network (the reference's choice) or the linearised network retrained on ``L``. In a
         sequential session ``"f0"`` means ``f0 + (f̄_t − f̄_0)`` (the network moved by the observed
-        labels) and ``"base"`` means ``f̄_t``.
+        labels) and ``"base"`` means ``f̄_t`` (what the reference code's sequential mode uses).
+        ``"f0"`` stays the default in both modes so that a session's first proposal is the batch
+        query's first pick and later steps count the same kind of flips: those caused by the new
+        point and the labels observed so far, not the flips of re-fitting ``L`` itself (``f̄_0``
+        vs ``f0``), which ``f̄_t`` adds for every candidate alike.
     ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine
         As in :class:`LookaheadStrategy`.
 
