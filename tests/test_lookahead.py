@@ -346,3 +346,23 @@ def test_iter_blocks_retrained_equals_from_scratch_resolve(block):
                 targets = torch.cat([y, onehot[conditioned], onehot[j:j + 1]])
                 want = _resolve(theta, f0, targets, train, range(n_l, n_l + 9), block)
                 torch.testing.assert_close(got[t], want, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
+def test_dense_sigma_built_and_conditioned_in_place(block):
+    """Σ lives in the kernel's own memory when the kernel is handed over (Lookahead.fit), is a
+    single copy otherwise (never the caller's tensor), and condition() updates it in place."""
+    j, f0, y = _jacobians()
+    tll, tsl, tss, theta = _kernels(j, 6, block)
+    before = theta.clone()
+    la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y)
+    assert torch.equal(theta, before)                       # the caller's kernel is untouched
+    ptr = la._sigma.data_ptr()
+    la.condition(2, 1)
+    la.condition(5, 0)
+    assert la._sigma.data_ptr() == ptr
+    if not block:
+        owned = Lookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
+        assert owned._sigma.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
+        torch.testing.assert_close(owned.sigma, Lookahead.from_kernels(
+            tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma, rtol=0, atol=1e-12)

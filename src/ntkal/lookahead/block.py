@@ -24,9 +24,18 @@ def as_f64(x, name: str, device=None) -> torch.Tensor:
     """``x`` as a finite float64 tensor on ``device`` (no copy when it already is one)."""
     t = torch.as_tensor(x)
     t = t.to(dtype=_DTYPE, device=device)
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
+
+
+def all_finite(t: torch.Tensor, chunk_bytes: int = 2**24) -> bool:
+    """``torch.isfinite(t).all()`` in row chunks: ``isfinite`` makes temporaries the size of its
+    input (an ``|t|`` copy and masks), which for a kernel would be the largest allocation."""
+    if t.ndim == 0 or t.numel() * t.element_size() <= chunk_bytes:
+        return bool(torch.isfinite(t).all())
+    rows = max(1, chunk_bytes // max(1, t[0].numel() * t.element_size()))
+    return all(bool(torch.isfinite(t[r:r + rows]).all()) for r in range(0, t.shape[0], rows))
 
 
 def flatten_blocks(theta: torch.Tensor) -> torch.Tensor:

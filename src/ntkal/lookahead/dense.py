@@ -141,7 +141,9 @@ class Lookahead(LookaheadState):
         v = torch.linalg.solve_triangular(chol, tsl.T, upper=False)   # L⁻¹ Θ(L, S)
         w = torch.linalg.solve_triangular(chol, resid, upper=False)   # L⁻¹ R
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
-        self._sigma.addmm_(v.T, v, alpha=-1.0)
+        rows = self._sigma.shape[0]
+        for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
+            self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
