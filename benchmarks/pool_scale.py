@@ -183,6 +183,8 @@ def parse_args(argv=None):
     ap.add_argument("--tag", default="full")
     ap.add_argument("--case", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="only rebuild the JSON and table from the printed rows of these logs")
     args = ap.parse_args(argv)
     args.eval_size = args.eval_size if args.eval_size == "all" else int(args.eval_size)
     return args
@@ -194,6 +196,8 @@ def main(argv=None) -> dict:
         model_name, m, engine, mode = args.case
         print(json.dumps(run_case(args, model_name, int(m), engine, mode, Path(args.weights))))
         return {}
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,37 +210,60 @@ def main(argv=None) -> dict:
                 for engine in engines:
                     row = spawn(args, name, m, engine, "batch", weights)
                     rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "chosen"}),
-                          flush=True)
+                    print(json.dumps(row), flush=True)
+                    write(args, rows, trained)
         for name in args.seq_models:
             row = spawn(args, name, args.seq_m, "streaming", "sequential", weights)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        write(args, rows, trained)
+    return write(args, rows, trained, final=True)
+
+
+def write(args, rows, trained, final: bool = False) -> dict:
+    """The result JSON (rewritten after every case, so an interrupted run keeps what it did)."""
+    models = sorted({r["model"] for r in rows})
     exponents = {f"{name}/{engine}": growth_exponent(rows, name, engine)
-                 for name in args.models for engine in ("streaming", "dense")}
+                 for name in models for engine in ("streaming", "dense")}
     agree = []
     for r in rows:
         twin = [d for d in rows if d.get("engine") == "dense" and d.get("model") == r.get("model")
-                and d.get("m") == r.get("m") and d.get("mode") == "batch" and "chosen" in d]
-        if r.get("engine") == "streaming" and twin and "chosen" in r:
+                and d.get("m") == r.get("m") and d.get("mode") == "batch" and "score_max" in d]
+        if r.get("engine") == "streaming" and twin and "score_max" in r:
+            d = twin[0]
             agree.append({"model": r["model"], "m": r["m"],
-                          "same_top10": r["chosen"] == twin[0]["chosen"],
-                          "score_max_diff": abs(r["score_max"] - twin[0]["score_max"])})
+                          "same_top10": r["chosen"] == d["chosen"] if "chosen" in r and
+                          "chosen" in d else None,
+                          "score_max_diff": abs(r["score_max"] - d["score_max"]),
+                          "score_mean_diff": abs(r["score_mean"] - d["score_mean"])})
     text = table(rows)
-    print(text)
-    print("growth exponents (time ~ m^a):", exponents)
+    if final:
+        print(text)
+        print("growth exponents (time ~ m^a):", exponents)
     result = {"benchmark": "pool_scale", "args": {k: v for k, v in vars(args).items()
                                                   if k not in ("case", "weights")},
               "machine": machine_info(), "trained": trained, "rows": rows,
               "growth_exponents": exponents, "streaming_vs_dense": agree, "table": text,
+              "complete": final,
               "note": "L = 1000 test-split images, pool = the Fashion-MNIST training split; "
                       "pseudo-NTK, flip score, E = eval_size seeded candidates; each case in its "
                       "own process; the machine may have been shared (loadavg_before per row)."}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"pool_scale_{args.tag}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    if final:
+        print(f"wrote {path}")
     return result
+
+
+def merge(args) -> dict:
+    """Rebuild one result from the JSON lines of earlier runs' logs (``--merge LOG ...``)."""
+    rows = []
+    for log in args.merge:
+        for line in Path(log).read_text().splitlines():
+            if line.startswith("{") and '"mode"' in line:
+                rows.append(json.loads(line))
+    return write(args, rows, {"note": "merged from " + ", ".join(args.merge)}, final=True)
 
 
 if __name__ == "__main__":

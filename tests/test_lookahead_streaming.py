@@ -155,16 +155,20 @@ def test_strategy_passes_eval_size_and_seed():
     model, xl, yl, xs = _setup(2)
     ctx = QueryContext(model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl, num_classes=3,
                        seed=4)
-    la = MLMOC(eval_size=10, max_memory=10**8).lookahead(ctx)
+    la = MLMOC(eval_size=5, max_memory=10**8).lookahead(ctx)
     assert isinstance(la, StreamingLookahead)
-    np.testing.assert_array_equal(la.eval_positions.numpy(), eval_positions_for(48, 10, seed=4))
+    np.testing.assert_array_equal(la.eval_positions.numpy(), eval_positions_for(48, 5, seed=4))
     assert isinstance(MLMOC(eval_size="all").lookahead(ctx), Lookahead)
 
 
 # ----------------------------------------------------------------------------- memory
 def test_engine_rule():
     assert choose_engine(10, 100, 100, 1, 10**9) == "dense"
-    assert choose_engine(10, 100, 50, 1, 10**9) == "streaming"       # E is a sample
+    assert choose_engine(10, 100, 50, 1, 10**9) == "dense"           # E half the pool: dense
+    assert choose_engine(10, 100, 20, 1, 10**9) == "streaming"       # E a small sample
+    assert choose_engine(1000, 10_000, 5000, 1, 10**10) == "dense"
+    assert choose_engine(1000, 20_000, 5000, 1, 10**11) == "streaming"
+    assert choose_engine(1000, 60_000, 5000, 1, 10**12) == "streaming"
     need = dense_bytes(1000, 10_000, 1)
     assert need == 8 * (11_000 ** 2 + 10 ** 7)
     assert choose_engine(1000, 10_000, 10_000, 1, need) == "dense"

@@ -25,7 +25,8 @@ Two engines share one interface (``iter_blocks`` yields :class:`LookaheadBlock` 
 is the sequential closed-form update), and :func:`choose_engine` is the one place that decides:
 
 * :class:`Lookahead` (dense): Σ over all candidates as one matrix, from one symmetric kernel call
-  on ``[L; C]``. Used when ``E = C`` and ``(n + m)²`` float64 kernel entries fit ``max_memory``.
+  on ``[L; C]``. Used when ``(n + m)²`` float64 kernel entries fit ``max_memory`` and E is not
+  much smaller than C (see :func:`choose_engine`).
 * :class:`StreamingLookahead`: Σ[E, J] computed per block of candidates from cached per-example
   kernel factors of ``L`` and ``E`` (:class:`ntkal.kernels.Featuriser`) and dropped after
   scoring; memory ``O(e · b · p² + (n + q)² + (n + q) · e · p)`` plus features, with the block

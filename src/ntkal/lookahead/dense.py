@@ -183,8 +183,8 @@ class Lookahead(LookaheadState):
             sample of the candidates drawn with ``eval_seed`` (all of them when ``"all"`` or
             when the pool is smaller). ``eval_positions`` (positions into the candidates) wins.
         engine : {"auto", "dense", "streaming"}
-            ``"auto"``: :func:`ntkal.lookahead.choose_engine` (dense when E is every candidate
-            and the dense kernel fits ``max_memory``, else streaming).
+            ``"auto"``: :func:`ntkal.lookahead.choose_engine` (dense when the dense kernel fits
+            ``max_memory`` and E is not much smaller than C, else streaming).
         max_memory : int, optional
             Bytes the look-ahead engine may hold (see :func:`ntkal.lookahead.choose_engine` and
             :class:`ntkal.lookahead.StreamingLookahead`); default half of the free memory of the
