@@ -104,6 +104,11 @@ def test_sequential_streaming_equals_dense_conditioning(kernel, max_memory):
         live = np.setdiff1d(np.arange(48), dense.conditioned)
         _assert_blocks_equal(dense, stream, positions=live, block_size=11)
     assert stream.conditioned == dense.conditioned == [j for j, _ in steps]
+    live = np.setdiff1d(np.arange(48), dense.conditioned)
+    for score in ("flip", "expected"):        # criteria read the held Σ[E, C] as views
+        strat = MLMOC(kernel=kernel, score=score, chunk_size=13)
+        for a, b in zip(strat.score_candidates(dense, live), strat.score_candidates(stream, live)):
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="already"):
         stream.condition(5, 0)
 

@@ -209,11 +209,15 @@ def test_margin_screen_equals_explicit_argmax_random():
                        torch.rand(b, generator=g, dtype=torch.float64) + 0.1)
         ref_cls = torch.randint(0, k, (e,), generator=g)    # a reference that is not argmax f̄
         targets = torch.nn.functional.one_hot(torch.randint(0, k, (b,), generator=g), k).double()
-        got = _flips_and_norms(block, targets, ref_cls, EvalMargins(block.f_bar_eval, ref_cls))
         want = _explicit_flips_and_norms(block, targets, ref_cls)
-        assert torch.equal(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
         assert 0 < float(want[0].mean()) < 1 or k == 1
+        # rows (b, e) as gathered, or a transposed view of a held (e, m) Σ
+        for cov in (block.cov, block.cov.T.contiguous().T):
+            block.cov = cov
+            got = _flips_and_norms(block, targets, ref_cls,
+                                   EvalMargins(block.f_bar_eval, ref_cls))
+            assert torch.equal(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
 
 
 def test_margin_screen_exact_on_ties_and_boundaries():

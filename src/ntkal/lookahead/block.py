@@ -106,6 +106,19 @@ def eval_positions_for(num_candidates: int, eval_size: EvalSize = DEFAULT_EVAL_S
     return np.sort(rng.choice(m, size=int(eval_size), replace=False))
 
 
+def contiguous_span(positions: torch.Tensor) -> Optional[slice]:
+    """``slice(a, b)`` when ``positions`` are exactly ``a, a+1, ..., b-1``, else None."""
+    b = int(positions.shape[0])
+    if b == 0:
+        return None
+    a = int(positions[0])
+    if int(positions[-1]) - a + 1 != b:
+        return None
+    if b > 2 and not bool((positions[1:] - positions[:-1] == 1).all()):
+        return None
+    return slice(a, a + b)
+
+
 @dataclass
 class LookaheadBlock:
     """What a look-ahead criterion needs about a block ``J`` of candidates, and nothing more.
@@ -124,7 +137,8 @@ class LookaheadBlock:
         Candidate positions ``(b,)`` (int64) of this block.
     cov : Tensor
         Σ[E, J]: ``(b, e)`` for scalar kernels (read as ``⊗ I_k``), ``(b, e, k, k)`` for full
-        blocks (``cov[t, i]`` is the ``k × k`` block Σ[x_i, x_{J_t}]).
+        blocks (``cov[t, i]`` is the ``k × k`` block Σ[x_i, x_{J_t}]). May be a (possibly
+        transposed) view of the engine's held Σ: read it, never modify it in place.
     pivot_evals, pivot_evecs : Tensor
         Σ_jj after the floor clamp: scalar kernels give ``(b,)`` values and ``pivot_evecs=None``;
         full blocks give eigenvalues ``(b, k)`` and eigenvectors ``(b, k, k)``.

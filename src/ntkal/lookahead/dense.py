@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead.block import (_DTYPE, DEFAULT_CHUNK_BYTES, DEFAULT_EVAL_SIZE, EvalSize,
-                                   LabelLike, LookaheadBlock, LookaheadState, as_f64,
+from ntkal.lookahead.block import (_DTYPE, DEFAULT_EVAL_SIZE, EvalSize, LabelLike,
+                                   LookaheadBlock, LookaheadState, as_f64, contiguous_span,
                                    eval_positions_for, flatten_blocks, labelled_factor)
 
 __all__ = ["Lookahead"]
@@ -279,8 +279,10 @@ class Lookahead(LookaheadState):
         f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
+            span = contiguous_span(jb)
             if not self.block:
-                cov = self._on_eval(self._sigma.index_select(0, jb).T).T       # (b, e)
+                rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
+                cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
             else:
                 rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
                 cov = self._on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)

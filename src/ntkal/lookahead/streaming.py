@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ntkal.lookahead.block import (_DTYPE, DEFAULT_CHUNK_BYTES, LabelLike, LookaheadBlock,
-                                   LookaheadState, flatten_blocks, labelled_factor)
+                                   LookaheadState, contiguous_span, flatten_blocks,
+                                   labelled_factor)
 
 __all__ = ["StreamingLookahead"]
 
@@ -30,6 +31,8 @@ __all__ = ["StreamingLookahead"]
 EVAL_FEATURE_SHARE = 0.25
 V_CACHE_SHARE = 0.25
 COV_CACHE_SHARE = 0.4
+#: Share of ``max_memory`` for the candidates' features in a sequential session (with Σ[E, C]).
+CAND_FEATURE_SHARE = 0.2
 
 
 class _RowBuffer:
@@ -85,12 +88,14 @@ class StreamingLookahead(LookaheadState):
         Bytes this engine may hold: what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
         of every candidate, and the optional caches ``V_C`` / Σ[E, C]) plus one block's working
         set. Caches are kept only within their share of it (``EVAL_FEATURE_SHARE``,
-        ``V_CACHE_SHARE``, ``COV_CACHE_SHARE``); otherwise their content is recomputed per block.
+        ``V_CACHE_SHARE``, ``COV_CACHE_SHARE``, ``CAND_FEATURE_SHARE``); otherwise their content
+        is recomputed per block.
 
     Attributes
     ----------
     cached : dict
-        Which optional caches are held: ``eval_features``, ``v_candidates``, ``cov``.
+        Which optional caches are held: ``eval_features``, ``v_candidates``, ``cov``,
+        ``candidate_features``.
     """
 
     def __init__(self, featuriser, x_labelled: torch.Tensor, y_labelled_onehot: torch.Tensor,
@@ -114,7 +119,9 @@ class StreamingLookahead(LookaheadState):
         self.block = block
         self.num_classes = k
         self.num_candidates = int(x_candidates.shape[0])
-        self.cached = {"eval_features": False, "v_candidates": False, "cov": False}
+        self.cached = {"eval_features": False, "v_candidates": False, "cov": False,
+                       "candidate_features": False}
+        self._cand_feats = None
         self._feature_rows = self._featurise_rows()
         self._fit_labelled(x_labelled, y_labelled_onehot.to(device=dev, dtype=_DTYPE))
         f0_c, raw_pivots = self._candidate_pass()
@@ -275,6 +282,8 @@ class StreamingLookahead(LookaheadState):
             total += 8 * self._v_cand_buf.capacity_numel
         if self._cov_cache is not None:
             total += 8 * self._cov_cache.numel()
+        if self._cand_feats is not None:
+            total += fz.bytes_per_example * m
         return int(total)
 
     def block_bytes_per_candidate(self) -> float:
@@ -301,6 +310,10 @@ class StreamingLookahead(LookaheadState):
     def _cov_block(self, jb: torch.Tensor) -> torch.Tensor:
         """Σ[E, J] as an ``(e p, b p)`` matrix."""
         p = self._p
+        if self._cov_cache is not None:
+            span = contiguous_span(jb)
+            if span is not None:                   # a view: no copy of the held Σ[E, C]
+                return self._cov_cache[:, span.start * p:span.stop * p]
         cols = (jb[:, None] * p + torch.arange(p, device=jb.device)).reshape(-1)
         if self._cov_cache is not None:
             return self._cov_cache.index_select(1, cols)
@@ -355,6 +368,10 @@ class StreamingLookahead(LookaheadState):
             cache[:, s * p:(s + jb.shape[0]) * p] = self._cov_block(jb)
         self._cov_cache = cache
         self.cached["cov"] = True
+        # Each condition() needs Θ(x_j, C): keep the candidates' features too if they fit.
+        if m * self.featuriser.bytes_per_example <= CAND_FEATURE_SHARE * self.max_memory:
+            self._cand_feats = self._features(self._x_c)
+            self.cached["candidate_features"] = True
         return True
 
     def condition(self, j: int, y: LabelLike) -> None:
@@ -388,7 +405,8 @@ class StreamingLookahead(LookaheadState):
         step = max(1, self._feature_rows)
         for s in range(0, m, step):
             sl = slice(s, min(m, s + step))
-            fb = self._features(self._x_c[sl])
+            fb = [self._cand_feats[s // step]] if self._cand_feats is not None else \
+                self._features(self._x_c[sl])
             sig = self._kernel(fj, fb)                                      # (p, b p)
             if n_rows:
                 v = self._v_cand[:, s * p:sl.stop * p] if self._v_cand is not None \

@@ -103,13 +103,23 @@ def _flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torc
     coef = block.coefficients(targets)                                          # (b, k)
     cov = block.cov                                                             # (b, e)
     e = cov.shape[1]
-    norms = cov.abs().sum(dim=1) * coef.norm(dim=1)
-    bound = cov.abs() * (coef.max(dim=1).values - coef.min(dim=1).values)[:, None]   # (b, e)
-    slack = _SCREEN_SLACK * (margins.scale[None, :] + bound) + bound
-    sure_flip = -margins.gap[None, :] > slack
-    undecided = ~(sure_flip | (margins.gap[None, :] > slack))
-    counts = sure_flip.sum(dim=1).to(_F64)
-    t, i = undecided.nonzero(as_tuple=True)
+    # Work in the layout Σ[E, J] arrived in ((b, e) rows, or a transposed (e, b) view of a held
+    # Σ): reductions then run along memory. ``ax`` is the E axis; ``per_t`` / ``per_i`` shape
+    # per-candidate / per-point vectors for broadcasting.
+    mat, ax = (cov, 1) if cov.stride(-1) == 1 or cov.shape[0] <= 1 else (cov.T, 0)
+    per_t = (lambda v: v[:, None]) if ax == 1 else (lambda v: v[None, :])
+    per_i = (lambda v: v[None, :]) if ax == 1 else (lambda v: v[:, None])
+    spread = (coef.max(dim=1).values - coef.min(dim=1).values) * (1 + _SCREEN_SLACK)
+    bound = mat.abs()                                                           # |Σ_ij|
+    norms = bound.sum(dim=ax) * coef.norm(dim=1)
+    bound.mul_(per_t(spread)).add_(per_i(_SCREEN_SLACK * margins.scale))        # + rounding room
+    undecided = bound >= per_i(margins.gap.abs())
+    del bound
+    pairs = undecided.nonzero(as_tuple=True)
+    t, i = pairs if ax == 1 else (pairs[1], pairs[0])
+    neg = margins.gap < 0                               # f̄ already off the reference class
+    undecided &= per_i(neg)
+    counts = (int(neg.sum()) - undecided.sum(dim=ax)).to(_F64)                   # sure flips
     if t.numel():
         preds = margins.f_bar[i] + cov[t, i][:, None] * coef[t]
         changed = (preds.argmax(dim=1) != margins.ref_cls[i]).to(_F64)
