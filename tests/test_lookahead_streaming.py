@@ -219,8 +219,21 @@ def test_streaming_never_builds_candidate_by_candidate_matrices(monkeypatch):
     assert shapes and all(min(s[:2]) <= 12 for s in shapes)    # one side is always L, E or J
 
 
+def test_fit_leaves_model_modes_and_weights_alone():
+    model, xl, yl, xs = _setup()
+    model.train()
+    model[1].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for engine in ("dense", "streaming"):
+        Lookahead.fit(model, xl, yl, xs, engine=engine, eval_size=10)
+        assert model.training and not model[1].training and model[0].training
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_streaming_errors():
     model, xl, yl, xs = _setup()
+    with pytest.raises(ValueError, match="cannot be applied"):
+        Lookahead.fit(model, xl, yl, torch.randn(5, 7), engine="streaming")
     with pytest.raises(ValueError, match="max_memory"):
         Lookahead.fit(model, xl, yl, xs, max_memory=0)
     with pytest.raises(ValueError, match="eval_size"):

@@ -65,6 +65,7 @@ def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, *,
                   eval_positions=None, engine: str = "auto"):
     """See :meth:`ntkal.lookahead.Lookahead.fit`."""
     from ntkal.kernels import empirical_ntk, make_featuriser
+    from ntkal.kernels._common import eval_mode
     from ntkal.kernels.blocking import default_max_memory
     from ntkal.lookahead.dense import Lookahead
     from ntkal.lookahead.streaming import StreamingLookahead
@@ -82,9 +83,17 @@ def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, *,
     if m == 0:
         raise ValueError("x_candidates is empty: nothing to look ahead on")
     pos = eval_positions_for(m, eval_size, eval_seed, eval_positions)
-    with torch.no_grad():
-        k_out = int(model.eval()(x_s[:1].to(dev, dtype=next(model.parameters()).dtype)
-                                 if x_s.is_floating_point() else x_s[:1].to(dev)).shape[1])
+    probe = x_s[:1].to(dev, dtype=next(model.parameters()).dtype) if x_s.is_floating_point() \
+        else x_s[:1].to(dev)
+    with torch.no_grad(), eval_mode(model):
+        try:
+            out = model(probe)
+        except Exception as err:  # the model rejected the input: say so in terms the caller knows
+            raise ValueError(f"model cannot be applied to x_candidates of per-example shape "
+                             f"{tuple(x_s.shape[1:])}: {err}") from err
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError("model must return 2-D logits (n, k)")
+    k_out = int(out.shape[1])
     if num_classes is not None and int(num_classes) != k_out:
         raise ValueError(f"num_classes={num_classes} but the model outputs {k_out} values")
     p = k_out if kernel == "full" else 1
