@@ -6,7 +6,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ntkal.data.labels import as_class_labels
 from ntkal.lookahead.block import _DTYPE, DEFAULT_EVAL_SIZE, EvalSize, eval_positions_for
+from ntkal.models.devices import model_device, model_dtype
+from ntkal.models.modes import evaluating
 
 __all__ = ["ENGINES", "DENSE_ADVANTAGE", "choose_engine", "dense_bytes", "fit_lookahead"]
 
@@ -45,12 +48,11 @@ def choose_engine(n: int, m: int, e: int, p: int, max_memory: int, engine: str =
 
 
 def _onehot_targets(y_labelled, k: int, device) -> torch.Tensor:
-    y = torch.as_tensor(y_labelled).to(device)
+    y = torch.as_tensor(y_labelled)
     if y.ndim == 1:
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-            raise ValueError(f"labels must lie in [0, {k}), got range "
-                             f"[{int(y.min())}, {int(y.max())}]")
-        return torch.nn.functional.one_hot(y.long(), k).to(_DTYPE)
+        classes = torch.from_numpy(as_class_labels(y, k, name="y_labelled")).to(device)
+        return torch.nn.functional.one_hot(classes, k).to(_DTYPE)
+    y = y.to(device)
     if y.shape != (y.shape[0], k):
         raise ValueError(f"y_labelled must be class indices (n,) or targets (n, {k}), got "
                          f"shape {tuple(y.shape)}")
@@ -65,15 +67,11 @@ def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, *,
                   eval_positions=None, engine: str = "auto"):
     """See :meth:`ntkal.lookahead.Lookahead.fit`."""
     from ntkal.kernels import empirical_ntk, make_featuriser
-    from ntkal.kernels._common import eval_mode
     from ntkal.kernels.blocking import default_max_memory
     from ntkal.lookahead.dense import Lookahead
     from ntkal.lookahead.streaming import StreamingLookahead
 
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - parameter-free model
-        dev = torch.device("cpu")
+    dev = model_device(model)
     x_l = torch.as_tensor(x_labelled)
     x_s = torch.as_tensor(x_candidates)
     if max_memory is not None and max_memory <= 0:
@@ -83,9 +81,9 @@ def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, *,
     if m == 0:
         raise ValueError("x_candidates is empty: nothing to look ahead on")
     pos = eval_positions_for(m, eval_size, eval_seed, eval_positions)
-    probe = x_s[:1].to(dev, dtype=next(model.parameters()).dtype) if x_s.is_floating_point() \
+    probe = x_s[:1].to(dev, dtype=model_dtype(model)) if x_s.is_floating_point() \
         else x_s[:1].to(dev)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), evaluating(model):
         try:
             out = model(probe)
         except Exception as err:  # the model rejected the input: say so in terms the caller knows
