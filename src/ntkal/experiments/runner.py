@@ -206,6 +206,12 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
     train_config = config.train_config()
     y_train = dataset.y_train.numpy()
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
+    initial_sets: dict[int, object] = {}
+
+    def initial_for(seed: int):
+        if seed not in initial_sets:
+            initial_sets[seed] = _initial_labelled(config, dataset, y_train, seed, device, Pool)
+        return initial_sets[seed]
 
     with _progress(quiet, console) as progress:
         if progress is not None:
@@ -216,7 +222,7 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
                 progress.update(cycles_task, completed=0,
                                 description=f"{spec.label} seed {seed}")
             _run_one(config, spec, seed, dataset, y_train, train_config, device, out, results,
-                     Pool, lambda: progress.advance(cycles_task) if progress is not None else None)
+                     initial_for, lambda: progress.advance(cycles_task) if progress is not None else None)
             if progress is not None:
                 progress.advance(all_runs)
     results.write()
@@ -227,8 +233,31 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
     return results.records
 
 
+def _initial_labelled(config: ExperimentConfig, dataset, y_train, seed: int, device: str, Pool):
+    """The seed's initial labelled pool indices: a seeded random draw, or ``initial_strategy``'s
+    choice from the whole pool on the seed's untrained network (no labelled points yet)."""
+    import numpy as np
+
+    if config.initial_strategy is None:
+        return Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
+                                   stratified=config.stratified_initial).labelled_indices
+    from ntkal.strategies.base import QueryContext
+
+    spec = config.initial_strategy
+    model = _build_model(config, StrategySpec(name=spec.name), dataset, seed)
+    x = dataset.x_train
+    context = QueryContext(model=model, x_candidates=x, x_labelled=x[:0],
+                           y_labelled=torch.zeros(0, dtype=torch.long),
+                           num_classes=dataset.num_classes, seed=seed, device=torch.device(device))
+    chosen = np.asarray(spec.build().query(context, config.initial_size).indices, dtype=np.int64)
+    if np.unique(chosen).size != config.initial_size:
+        raise RuntimeError(f"initial_strategy {spec.name!r} returned {np.unique(chosen).size} "
+                           f"distinct points, expected {config.initial_size}")
+    return np.sort(chosen)
+
+
 def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y_train,
-             train_config, device: str, out: Path, results: _Results, Pool, tick) -> None:
+             train_config, device: str, out: Path, results: _Results, initial_for, tick) -> None:
     """One (strategy, seed) run from its first unfinished cycle."""
     from ntkal.learner import ActiveLearner
 
@@ -256,10 +285,8 @@ def _run_one(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, y
     if learner is None:
         results.drop_from(label, seed, 0)
         model.load_state_dict(init_state)
-        pool = Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
-                                   stratified=config.stratified_initial)
         learner = ActiveLearner(model, strategy, dataset.x_train, y_pool=y_train,
-                                labelled=pool.labelled_indices, num_classes=dataset.num_classes,
+                                labelled=initial_for(seed), num_classes=dataset.num_classes,
                                 train_config=train_config, mode=config.mode_for(spec),
                                 subset=config.subset, seed=seed, device=device)
     start = learner.cycle
