@@ -53,8 +53,8 @@ DATASETS = {
               {"name": "mlp", "width": 128, "dropout": 0.2}),
 }
 REGIMES = {
-    # low budget: 20 labels to start (2 per class for 10 classes), 20 per round, 20 -> 140
-    "low": {"initial_size": 20, "budget": 20, "cycles": 6, "subset": 300},
+    # low budget: 20 labels to start (2 per class for 10 classes), 20 per round, 20 -> 120
+    "low": {"initial_size": 20, "budget": 20, "cycles": 5, "subset": 200},
     # higher budget: 100 -> 500 labels, 100 per round (the regime where batch MLMOC fell below
     # random, 100 -> 600, shortened by one round to fit the compute budget)
     "high": {"initial_size": 100, "budget": 100, "cycles": 4, "subset": 400},
@@ -98,7 +98,7 @@ def write_configs() -> list[Path]:
     paths = []
     for name, cfg in suite_configs().items():
         path = CONFIGS / f"{name}.yml"
-        head = (f"# Written by `python benchmarks/al_suite.py configs` (edit SUITE there, not here).\n"
+        head = (f"# Written by `python benchmarks/al_suite.py configs` (edit DATASETS, REGIMES, STRATEGIES there).\n"
                 f"# {name}: see benchmarks/al_suite.py for the protocol.\n")
         path.write_text(head + yaml.safe_dump(cfg, sort_keys=False))
         paths.append(path)
