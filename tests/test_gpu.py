@@ -58,3 +58,23 @@ def test_training_on_cuda_runs_and_keeps_the_model_there():
     result = train(net, x, y, TrainConfig(epochs=2, batch_size=16, device="cuda"), num_classes=10)
     assert np.isfinite(result.final_loss)
     assert next(net.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("kernel", ["pseudo", "full"])
+def test_streaming_lookahead_on_cuda_equals_cpu(kernel):
+    """The streaming engine (E a sample of the candidates, conditioning included) on CUDA."""
+    from ntkal.strategies.lookahead import MLMOC
+
+    x_l, x_s = _x(12, 3), _x(30, 4)
+    y_l = torch.arange(12) % 10
+    kw = dict(kernel=kernel, engine="streaming", eval_size=11, max_memory=2**28)
+    cpu = Lookahead.fit(_net(), x_l, y_l, x_s, **kw)
+    gpu = Lookahead.fit(_net().cuda(), x_l, y_l, x_s, **kw)
+    assert gpu.device.type == "cuda"
+    for la in (cpu, gpu):
+        la.cache_covariance()
+        la.condition(4, 2)
+    strat = MLMOC(kernel=kernel, score="expected")
+    for a, b in zip(strat.score_candidates(cpu), strat.score_candidates(gpu)):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu.base_predictions().cpu(), cpu.base_predictions())

@@ -122,6 +122,26 @@ def test_ridge_adds_relative_diagonal():
     assert la.jitter == 0.0
 
 
+@pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
+def test_ridge_enters_sigma(block):
+    """Σ = Θ_SS − Θ_SL (K + λ·mean(diag K)·I)⁻¹ Θ_LS: the same regularised K as f̄ (the
+    look-ahead retraining keeps the ridge on L and fits the new point exactly)."""
+    n, m, k = 6, 9, 3
+    j, f0, y = _jacobians(n, m, k)
+    tll, tsl, tss, theta = _kernels(j, n, block)
+    ridge = 0.3
+    la = Lookahead.from_kernels(tll, tsl, tss, f0[:n], f0[n:], y, ridge=ridge)
+    flat = (lambda t: t.permute(0, 2, 1, 3).reshape(t.shape[0] * k, t.shape[1] * k)) if block \
+        else (lambda t: t)
+    kll = flat(tll)
+    kreg = kll + ridge * kll.diagonal().mean() * torch.eye(kll.shape[0], dtype=F64)
+    want = flat(tss) - flat(tsl) @ torch.linalg.solve(kreg, flat(tsl).T)
+    got = flat(la.sigma) if block else la.sigma
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    no_ridge = flat(tss) - flat(tsl) @ torch.linalg.solve(kll, flat(tsl).T)
+    assert float((want - no_ridge).abs().max()) > 1e-3          # the ridge is visible in Σ
+
+
 def test_singular_kernel_gets_jitter_and_warns():
     j, f0, y = _jacobians()
     j[1], f0[1], y[1] = j[0], f0[0], y[0]        # duplicate labelled point -> singular Θ(L, L)
@@ -266,10 +286,8 @@ def test_base_prediction_is_linearised_network_gradient_flow(block):
     # and the linear model trained this way really fits L
     if block:
         torch.testing.assert_close(f0[:n] + (jl @ step).reshape(n, k), y1, rtol=0, atol=1e-8)
-    try:  # the same through the kernel engines
-        la_fit = Lookahead.fit(model, xl, yl, xs, kernel="full" if block else "pseudo")
-    except ImportError:
-        return
+    # the same through the kernel engines
+    la_fit = Lookahead.fit(model, xl, yl, xs, kernel="full" if block else "pseudo")
     torch.testing.assert_close(la_fit.base_predictions(), f_lin, rtol=1e-7, atol=1e-7)
 
 
@@ -328,3 +346,23 @@ def test_iter_blocks_retrained_equals_from_scratch_resolve(block):
                 targets = torch.cat([y, onehot[conditioned], onehot[j:j + 1]])
                 want = _resolve(theta, f0, targets, train, range(n_l, n_l + 9), block)
                 torch.testing.assert_close(got[t], want, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
+def test_dense_sigma_built_and_conditioned_in_place(block):
+    """Σ lives in the kernel's own memory when the kernel is handed over (Lookahead.fit), is a
+    single copy otherwise (never the caller's tensor), and condition() updates it in place."""
+    j, f0, y = _jacobians()
+    tll, tsl, tss, theta = _kernels(j, 6, block)
+    before = theta.clone()
+    la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y)
+    assert torch.equal(theta, before)                       # the caller's kernel is untouched
+    ptr = la._sigma.data_ptr()
+    la.condition(2, 1)
+    la.condition(5, 0)
+    assert la._sigma.data_ptr() == ptr
+    if not block:
+        owned = Lookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
+        assert owned._sigma.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
+        torch.testing.assert_close(owned.sigma, Lookahead.from_kernels(
+            tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma, rtol=0, atol=1e-12)

@@ -1,6 +1,8 @@
 """empirical_ntk against an explicit Jacobian (torch.autograd.functional.jacobian) on tiny nets."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -264,16 +266,43 @@ def test_last_layer_falls_back_to_last_linear():
     assert_close(empirical_ntk(model, x, kind="last_layer"), a @ a.T + 1)
 
 
-def test_float32_model_accumulates_in_requested_dtype():
-    torch.manual_seed(0)
-    model = TinyMLP()
-    x = torch.randn(4, 5)
-    k64 = empirical_ntk(model, x)
-    assert k64.dtype == torch.float64
-    k32 = empirical_ntk(model, x, dtype=torch.float32)
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float32_model_gives_float64_grams(net, impl):
+    """dtype=float64 means the Grams themselves are float64: the kernel of a float32 model equals
+    the float64 computation on the same weights to ~1e-12, far below float32 rounding (~1e-7), so
+    a float32 featurisation summed in float64 fails this test."""
+    model64, x64, _ = NETS[net]
+    model32 = copy.deepcopy(model64).float()
+    x32 = x64.float()
+    want = empirical_ntk(model64.double(), x32.double(), kind="full", implementation=impl)
+    got = empirical_ntk(model32, x32, kind="full", implementation=impl)
+    assert got.dtype == torch.float64
+    assert_close(got, want, 1e-12)
+    # the caller's model is left in its own dtype
+    assert all(p.dtype == torch.float32 for p in model32.parameters())
+    # dtype=float32 is a float32 computation: close to, but measurably not, the float64 kernel
+    k32 = empirical_ntk(model32, x32, kind="full", implementation=impl, dtype=torch.float32)
     assert k32.dtype == torch.float32
-    ref = reference(model.double(), x.double(), None, "pseudo")
-    assert_close(k64, ref, 1e-5)
+    err = float((k32.double() - want).abs().max() / want.abs().max())
+    assert 1e-12 < err < 1e-4
+
+
+def test_float32_model_sigma_matches_float64_model():
+    """Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS is a cancellation: with float32 Grams it loses digits. From a
+    float32 model with dtype=float64 it must equal Σ from the same weights in float64."""
+    from ntkal.lookahead import Lookahead
+
+    torch.manual_seed(3)
+    model32 = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
+                            nn.Linear(64, 4))
+    x = torch.randn(70, 20)
+    xl, xs, yl = x[:40], x[40:], torch.randint(0, 4, (40,))
+    la32 = Lookahead.fit(model32, xl, yl, xs, kernel="pseudo")
+    la64 = Lookahead.fit(copy.deepcopy(model32).double(), xl.double(), yl, xs.double(),
+                         kernel="pseudo")
+    s32, s64 = la32.sigma, la64.sigma
+    assert float((s32 - s64).abs().max() / s64.abs().max()) < 1e-10
 
 
 def test_weight_sharing_and_unknown_layers_fall_back_exactly():
@@ -368,7 +397,15 @@ def test_progress_bar_is_quiet_under_env(monkeypatch, capsys):
 def test_empty_inputs():
     model, x1, _ = NETS["mlp"]
     kern, f1, f2 = empirical_ntk(model, x1[:0], x1, kind="full", return_outputs=True)
-    assert kern.shape[:2] == (0, 6)
+    assert kern.shape == (0, 6, 3, 3) and f1.shape == (0, 3)
+    with torch.no_grad():
+        want = model.eval()(x1)
+    assert_close(f2, want)  # the non-empty side still gets its logits
+    kern, f1, f2 = empirical_ntk(model, x1, x1[:0], kind="pseudo", return_outputs=True)
+    assert kern.shape == (6, 0) and f2.shape == (0, 3)
+    assert_close(f1, want)
+    kern = empirical_ntk(model, x1[:0], kind="pseudo")
+    assert kern.shape == (0, 0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -128,21 +128,32 @@ def test_sequential_session(ctx):
     strat = MLMOC()
     batch = strat.query(ctx, 1)
     session = strat.begin_sequential(ctx)
-    seen = []
+    seen, labels = [], []
     rng = np.random.default_rng(0)
     for step in range(4):
         pos, score = session.propose()
         assert np.isfinite(score) and pos not in seen
         if step == 0:
             assert pos == batch.indices[0]
-        session.observe(pos, int(rng.integers(3)))
+        label = int(rng.integers(3))
+        session.observe(pos, label)
         seen.append(pos)
+        labels.append(label)
     assert session.observed == seen
     with pytest.raises(ValueError, match="already"):
         session.observe(seen[0], 0)
     # the conditioned look-ahead equals a fresh one whose labelled set includes the observed points
+    from ntkal.lookahead import Lookahead
+
+    fresh = Lookahead.fit(ctx.model, torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
+                          torch.cat([ctx.y_labelled, torch.tensor(labels)]), ctx.x_candidates,
+                          eval_size="all")
     la = session.lookahead
-    assert torch.isfinite(la.base_predictions()).all()
+    torch.testing.assert_close(la.base_predictions(), fresh.base_predictions(),
+                               rtol=0, atol=1e-8)
+    live = [j for j in range(ctx.num_candidates) if j not in seen]
+    torch.testing.assert_close(la.sigma[live][:, live], fresh.sigma[live][:, live],
+                               rtol=0, atol=1e-8)
 
 
 def test_sequential_session_runs_out(ctx):
@@ -168,3 +179,101 @@ def test_sgd_lookahead_runs_and_caps(ctx):
     assert set(res.indices.tolist()) <= set(scored.tolist())
     again = strat.query(ctx, 2)
     assert again.indices.tolist() == res.indices.tolist()
+
+
+# ----------------------------------------------------------------------------- margin screen
+def _explicit_flips_and_norms(block, targets, ref_cls):
+    preds = block.f_bar_eval.unsqueeze(0) + block.cov.unsqueeze(2) * block.coefficients(
+        targets).unsqueeze(1)
+    return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
+
+
+def _block(cov, f_bar_eval, f_bar_cand, pivots):
+    from ntkal.lookahead import LookaheadBlock
+
+    b = cov.shape[0]
+    return LookaheadBlock(positions=torch.arange(b), cov=cov, pivot_evals=pivots,
+                          pivot_evecs=None, f_bar_eval=f_bar_eval, f_bar_cand=f_bar_cand,
+                          f0_eval=f_bar_eval, f0_cand=f_bar_cand)
+
+
+def test_margin_screen_equals_explicit_argmax_random():
+    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 5):
+        b, e = 30, 200
+        block = _block(torch.randn(b, e, generator=g, dtype=torch.float64) * 0.3,
+                       torch.randn(e, k, generator=g, dtype=torch.float64),
+                       torch.randn(b, k, generator=g, dtype=torch.float64),
+                       torch.rand(b, generator=g, dtype=torch.float64) + 0.1)
+        ref_cls = torch.randint(0, k, (e,), generator=g)    # a reference that is not argmax f̄
+        targets = torch.nn.functional.one_hot(torch.randint(0, k, (b,), generator=g), k).double()
+        want = _explicit_flips_and_norms(block, targets, ref_cls)
+        assert 0 < float(want[0].mean()) < 1 or k == 1
+        # rows (b, e) as gathered, or a transposed view of a held (e, m) Σ
+        for cov in (block.cov, block.cov.T.contiguous().T):
+            block.cov = cov
+            got = _flips_and_norms(block, targets, ref_cls,
+                                   EvalMargins(block.f_bar_eval, ref_cls))
+            assert torch.equal(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
+
+
+def test_margin_screen_exact_on_ties_and_boundaries():
+    """Points exactly on the decision boundary (f' ties the reference class: argmax takes the
+    first index) and base predictions that already tie must go to the exact test."""
+    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+
+    # one candidate, coefficient (y - f̄_j) / Σ_jj = [1, 0, 0] - [0, 0, 0] -> coef = [1, 0, 0]
+    f_cand = torch.zeros(1, 3, dtype=torch.float64)
+    targets = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    f_eval = torch.tensor([[0.0, 0.5, 0.0],    # Σ = 0.5 moves class 0 exactly onto class 1: tie
+                           [0.0, 0.5, 0.0],    # Σ = 0.25: stays
+                           [0.5, 0.5, 0.0],    # already tied, reference 1 -> argmax 0: a flip
+                           [0.0, 0.0, 0.0],    # all tied, reference 0 -> argmax 0: no flip
+                           [0.0, 0.5, 0.0]],   # Σ = -0.5: moves away
+                          dtype=torch.float64)
+    cov = torch.tensor([[0.5, 0.25, 0.0, 0.0, -0.5]], dtype=torch.float64)
+    ref_cls = torch.tensor([1, 1, 1, 0, 1])
+    block = _block(cov, f_eval, f_cand, torch.ones(1, dtype=torch.float64))
+    got = _flips_and_norms(block, targets, ref_cls, EvalMargins(f_eval, ref_cls))
+    want = _explicit_flips_and_norms(block, targets, ref_cls)
+    assert float(want[0][0]) == pytest.approx(2 / 5)
+    assert torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("reference", ["f0", "base"])
+def test_sequential_reference(ctx, reference):
+    """In a session, flips and pseudo-labels are taken against f0 + (f̄_t − f̄_0) ("f0", the
+    default: the trained network moved by the observed labels) or f̄_t ("base", the reference
+    code's sequential choice); both recomputed here from the dense look-ahead."""
+    from ntkal.lookahead import Lookahead
+
+    strat = MLMOC(reference=reference)
+    session = strat.begin_sequential(ctx)
+    f0 = Lookahead.fit(ctx.model, ctx.x_labelled, ctx.y_labelled, ctx.x_candidates)
+    f_bar0, f0_out = f0.base_predictions(), f0.f0_candidates
+    for pos, label in [(3, 0), (10, 2), (17, 1)]:
+        session.observe(pos, label)
+    la = session.lookahead
+    f_bar_t = la.base_predictions()
+    moved = f0_out + (f_bar_t - f_bar0)
+
+    def explicit(ref):
+        out = np.full(ctx.num_candidates, -np.inf)
+        for j in range(ctx.num_candidates):
+            if j in (3, 10, 17):
+                continue
+            preds = la.retrained_predictions(j, int(ref[j].argmax()))
+            out[j] = float((preds.argmax(1) != ref.argmax(1)).double().mean())
+        return out
+
+    want = explicit(moved if reference == "f0" else f_bar_t)
+    plain = explicit(f0_out)
+    assert not np.allclose(want, plain)          # the test can tell the references apart
+    live = np.setdiff1d(np.arange(ctx.num_candidates), [3, 10, 17])
+    got, _ = strat.score_candidates(la, live, session._f_bar0)
+    np.testing.assert_allclose(got, want[live], rtol=0, atol=1e-12)
+    pos, score = session.propose()
+    assert score == pytest.approx(want.max()) and want[pos] == pytest.approx(want.max())

@@ -29,7 +29,9 @@ do not; BatchNorm then uses its running statistics).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -39,7 +41,7 @@ from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_out
 from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
-           "IMPLEMENTATIONS"]
+           "IMPLEMENTATIONS", "Featuriser", "make_featuriser", "slice_features"]
 
 IMPLEMENTATIONS = ("auto", "jacobian", "structured")
 
@@ -103,9 +105,8 @@ def _classifier(model: nn.Module) -> nn.Linear:
     return last
 
 
-def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
-    """Kernel of the final linear layer alone: a(x)·a(x') (+1 with a trainable bias), the same for
-    every class, so the k x k block is this times the identity."""
+def _last_layer_pair(model):
+    """``(featurise, contract, feature width)`` of the final linear layer's kernel."""
     head = _classifier(model)
     use_w = head.weight.requires_grad
     use_b = head.bias is not None and head.bias.requires_grad
@@ -129,9 +130,16 @@ def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
         if use_b:
             dest.add_(1.0)
 
+    return featurise, contract, head.in_features
+
+
+def _last_layer(model, x1, x2, dtype, device, max_memory, progress):
+    """Kernel of the final linear layer alone: a(x)·a(x') (+1 with a trainable bias), the same for
+    every class, so the k x k block is this times the identity."""
+    featurise, contract, width = _last_layer_pair(model)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    e = head.in_features * x1.element_size()
+    e = width * x1.element_size()
     plan = plan_blocks(n1, n2, e, 2 * x1.element_size(), max_memory, symmetric=x2 is None)
     return run_blocked(featurise, contract, x1, x2, block_shape=(), plan=plan, dtype=dtype,
                        device=device, progress=progress, description="last-layer NTK")
@@ -167,7 +175,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         Working-memory budget in bytes that sets the block sizes. Default: half the free host
         memory (``MemAvailable``), or half the free device memory on CUDA.
     dtype : torch.dtype
-        Accumulation dtype of the kernel (the network itself runs in its own dtype).
+        Dtype of the kernel. ``float64`` (the default) is float64 throughout: a lower-precision
+        model is run as a float64 copy (the caller's model is untouched), so activations,
+        sensitivities and Grams are all float64, at about twice the float32 cost. With
+        ``float32`` the network runs in its own dtype.
     progress : bool
         Rich progress bar over blocks; silenced by env ``NTKAL_QUIET=1`` or ``CI``.
     return_outputs : bool
@@ -192,6 +203,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     if max_memory is not None and max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
     device, mdtype = model_device_dtype(model)
+    model, mdtype = _model_in_dtype(model, mdtype, dtype)
     with eval_mode(model):
         x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
         n1 = int(x1.shape[0])
@@ -224,6 +236,171 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     f1 = f1.detach()
     f2 = f1 if x2 is None else f2.detach()
     return (kern, f1, f2) if return_outputs else kern
+
+
+def _model_in_dtype(model: nn.Module, mdtype: torch.dtype, dtype: torch.dtype
+                    ) -> tuple[nn.Module, torch.dtype]:
+    """The network the kernel is computed on: ``model`` itself, or a float64 copy of it when a
+    float64 kernel is asked of a lower-precision model, so that activations, sensitivities and
+    the per-layer Grams are float64 (summing float32 Grams in float64 keeps their rounding, ~1e-7
+    relative, which Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS then amplifies by cancellation). Costs one copy of
+    the parameters in float64 and float64 arithmetic (about 2x the float32 time on CPUs)."""
+    if dtype == torch.float64 and mdtype in (torch.float32, torch.float16, torch.bfloat16):
+        return copy.deepcopy(model).to(torch.float64), torch.float64
+    return model, mdtype
+
+
+@dataclass
+class Featuriser:
+    """Kernel blocks on demand from per-example features, for callers that never hold a whole
+    kernel (the streaming look-ahead engine): ``featurise`` a block of inputs once, then
+    ``kernel`` any pair of featurised blocks. The same engines and dtype rule as
+    :func:`empirical_ntk` (it owns an eval-mode copy of the model, float64 when asked).
+
+    Attributes
+    ----------
+    kind : str
+    num_classes : int
+    block_shape : tuple
+        ``()`` for scalar kernels, ``(k, k)`` for full blocks.
+    bytes_per_example, transient_per_example, bytes_per_pair : float
+        Memory estimates: features kept per example, extra while featurising, and kernel
+        intermediates per pair (what the block planner of :func:`empirical_ntk` uses).
+    """
+
+    kind: str
+    num_classes: int
+    block_shape: tuple
+    bytes_per_example: float
+    transient_per_example: float
+    bytes_per_pair: float
+    model: nn.Module
+    device: torch.device
+    input_dtype: torch.dtype
+    dtype: torch.dtype
+    _featurise: Callable
+    _contract: Callable
+
+    def featurise(self, x: torch.Tensor):
+        """``(features, logits)`` of a block of inputs (moved to the model's device/dtype)."""
+        if x.is_floating_point():
+            x = x.to(device=self.device, dtype=self.input_dtype)
+        else:
+            x = x.to(self.device)
+        with torch.no_grad() if self.kind == "last_layer" else _nullcontext():
+            feats, logits = self._featurise(x)
+        return feats, logits.detach().to(self.dtype)
+
+    def kernel(self, f1, f2) -> torch.Tensor:
+        """Θ between two featurised blocks: ``(b1, b2)`` or ``(b1, b2, k, k)`` in ``dtype``."""
+        b1, b2 = _feature_rows(f1), _feature_rows(f2)
+        out = torch.zeros((b1, b2, *self.block_shape), dtype=self.dtype, device=self.device)
+        if b1 and b2:
+            self._contract(f1, f2, out)
+        return out
+
+    def diagonal(self, feats, chunk: int = 32) -> torch.Tensor:
+        """Θ(x, x) per example ``(b,)`` or ``(b, k, k)``, from sub-blocks along the diagonal."""
+        b = _feature_rows(feats)
+        out = torch.empty((b, *self.block_shape), dtype=self.dtype, device=self.device)
+        for s in range(0, b, chunk):
+            sub = slice_features(feats, slice(s, min(b, s + chunk)))
+            blk = self.kernel(sub, sub)
+            idx = torch.arange(blk.shape[0], device=blk.device)
+            out[s:s + blk.shape[0]] = blk[idx, idx]
+        return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def slice_features(feats, sl: slice):
+    """Rows ``sl`` of featurised examples (any engine's feature structure)."""
+    if isinstance(feats, torch.Tensor):
+        return feats[sl]
+    if isinstance(feats, (list, tuple)):
+        return type(feats)(slice_features(f, sl) for f in feats)
+    if hasattr(feats, "__slots__") and hasattr(feats, "factors"):
+        return type(feats)(slice_features(feats.factors, sl), slice_features(feats.grads, sl))
+    return feats  # layer plans and other per-model constants
+
+
+def _feature_rows(feats) -> int:
+    if isinstance(feats, torch.Tensor):
+        return int(feats.shape[0])
+    if isinstance(feats, (list, tuple)):
+        for f in feats:
+            r = _feature_rows(f)
+            if r >= 0:
+                return r
+        return -1
+    if hasattr(feats, "factors"):
+        r = _feature_rows(feats.factors)
+        return r if r >= 0 else _feature_rows(feats.grads)
+    return -1
+
+
+def make_featuriser(model: nn.Module, x_sample: torch.Tensor, *, kind: str = "pseudo",
+                    implementation: str = "auto", dtype: torch.dtype = torch.float64,
+                    n1: int = 1000, n2: int = 1000) -> Featuriser:
+    """A :class:`Featuriser` for ``model`` (inputs shaped like ``x_sample``); ``n1, n2`` are the
+    kernel sizes the engine choice ("auto") is costed for."""
+    from ntkal.kernels._common import output_weights  # noqa: F401  (engines import it)
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of "
+                         f"{IMPLEMENTATIONS}")
+    device, mdtype = model_device_dtype(model)
+    if dtype == torch.float64 and mdtype in (torch.float32, torch.float16, torch.bfloat16):
+        mdtype = torch.float64
+    own = copy.deepcopy(model).to(mdtype).eval()
+    x_sample, _, probed = _check_inputs(own, torch.as_tensor(x_sample)[:1], None, device, mdtype)
+    if probed is None:
+        raise ValueError("x_sample must hold at least one example")
+    out0, act_numel, calls = probed
+    k = int(out0.shape[1])
+    item = torch.empty((), dtype=mdtype).element_size()
+    common = dict(kind=kind, num_classes=k, model=own, device=device, input_dtype=mdtype,
+                  dtype=dtype)
+    if kind == "last_layer":
+        featurise, contract, width = _last_layer_pair(own)
+        return Featuriser(block_shape=(), bytes_per_example=width * item,
+                          transient_per_example=act_numel * item, bytes_per_pair=2 * item,
+                          _featurise=featurise, _contract=contract, **common)
+    params, constants = split_parameters(own)
+    if not params:
+        raise ValueError("the model has no trainable parameters: its eNTK is zero")
+    engine = _choose(implementation, own, params, calls, kind, k, n1, n2)
+    kk = num_outputs(kind, k)
+    block_shape = (k, k) if kind == "full" else ()
+    if engine is _run_jacobian:
+        from ntkal.kernels.jacobian import make_jacobian_featuriser
+
+        p = sum(t.numel() for t in params.values())
+        featurise = make_jacobian_featuriser(own, params, constants, kind, k)
+        return Featuriser(block_shape=block_shape, bytes_per_example=kk * p * item,
+                          transient_per_example=2 * kk * p * item + 3 * kk * act_numel * item,
+                          bytes_per_pair=(kk * kk if kind == "full" else 1) * (item + 8),
+                          _featurise=featurise,
+                          _contract=lambda a, b, dest: add_contracted_rows(dest, a, b, kind),
+                          **common)
+    from ntkal.kernels import structured
+
+    plan = structured.plan_layers(own, params, calls, kind, k, n1, n2)
+    featurise, contract = structured.make_structured(own, params, constants, plan, kind, k, dtype)
+    transient = (3 + 2 * kk) * act_numel * item
+    if plan.generic:
+        transient += 3 * kk * act_numel * item + 2 * kk * plan.generic_params * item
+    return Featuriser(block_shape=block_shape, bytes_per_example=plan.bytes_per_example,
+                      transient_per_example=transient, bytes_per_pair=plan.bytes_per_pair,
+                      _featurise=featurise, _contract=contract, **common)
 
 
 def _forward(model, x, batch=1024):

@@ -213,8 +213,14 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     for j in range(len(cols)):
         if f_cols[j] is None:  # column block never needed features (cannot happen) - forward only
             _, f_cols[j] = featurise(xc[cols[j]])
-    f1 = torch.cat(f_rows, 0) if f_rows else torch.zeros(0)
-    f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else torch.zeros(0))
+    f1 = torch.cat(f_rows, 0) if f_rows else None
+    f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else None)
+    # An empty side has no logits of its own: (0, k) like the other side's, not a bare (0,).
+    like = f1 if f1 is not None else f2
+    if f1 is None:
+        f1 = like.new_zeros((0, *like.shape[1:])) if like is not None else torch.zeros(0, 0)
+    if f2 is None:
+        f2 = f1.new_zeros((0, *f1.shape[1:]))
     return out, f1, f2
 
 

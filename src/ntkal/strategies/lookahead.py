@@ -5,7 +5,7 @@ Tangent Kernels", NeurIPS 2022 (arXiv:2206.12569).
 
 MLMOC ("most likely model output change") asks, for every candidate ``x_j``: if the network were
 retrained with ``x_j`` labelled by its most likely class ``ŷ_j``, how much would its predictions on
-the candidate set ``S`` change? :class:`MLMOC` answers in closed form with the linearised network
+the evaluation set ``E`` (a seeded sample of the candidates, or all of them) change? :class:`MLMOC` answers in closed form with the linearised network
 (:class:`ntkal.lookahead.Lookahead`); :class:`SGDLookahead` answers by actually fine-tuning a copy of
 the network per candidate, which is what the closed form approximates (and is far slower).
 
@@ -18,6 +18,12 @@ Score functions (higher = more wanted), for a retrained prediction ``f'`` on ``S
   re-fitting ``L`` itself (``f̄`` vs ``f0``); ``"base"`` isolates the effect of the new point.
 * ``"norm"``: ``Σ_i ‖f'(x_i) − f̄(x_i)‖``, the output change caused by the new point (EMOC-like).
 * ``"expected"``: the flip score averaged over labels ``y`` with weights ``softmax(ref(x_j))``.
+
+With scalar kernels the flip test runs on margins: a point of ``E`` whose gap between the
+reference class and the runner-up under ``f̄`` exceeds the largest change the candidate can make to
+it (``|Σ_ij| · range(coef_j)``) cannot flip, one below minus that bound has flipped; only the rest
+get the exact ``k``-way argmax, so the counts equal the argmax over ``f̄ + delta`` exactly. The
+norm score is ``‖coef_j‖ · Σ_i |Σ_ij|``. Full block kernels use the explicit predictions.
 
 Ties in the primary score are broken by the secondary score (``norm`` for ``flip``/``expected``,
 ``flip`` for ``norm``), which depends on the candidate's content only, so the choice does not depend
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead import Lookahead, LookaheadBlock
+from ntkal.lookahead import DEFAULT_EVAL_SIZE, Lookahead, LookaheadBlock
 from ntkal.progress import progress_allowed
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget, top_k)
@@ -59,6 +65,68 @@ def flip_fraction(preds: torch.Tensor, ref_classes: torch.Tensor) -> torch.Tenso
 def output_change(preds: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """``Σ_i ‖preds_i − base_i‖₂`` over the points of ``S``; shape ``(b,)``."""
     return (preds - base.unsqueeze(0)).norm(dim=-1).sum(dim=-1)
+
+
+class EvalMargins:
+    """Per point of E, what the flip test needs from the base predictions f̄: the gap between
+    f̄ at the reference class and the best other class (negative when f̄ already disagrees with
+    the reference) and a rounding scale."""
+
+    def __init__(self, f_bar_eval: torch.Tensor, ref_cls: torch.Tensor) -> None:
+        at_ref = f_bar_eval.gather(1, ref_cls[:, None])[:, 0]
+        others = f_bar_eval.scatter(1, ref_cls[:, None], float("-inf"))
+        self.gap = at_ref - others.max(dim=1).values if f_bar_eval.shape[1] > 1 else \
+            torch.full_like(at_ref, float("inf"))
+        self.scale = f_bar_eval.abs().max(dim=1).values
+        self.f_bar = f_bar_eval
+        self.ref_cls = ref_cls
+
+
+#: Relative slack of the margin screen: a decision is taken only when it holds with this much
+#: room beyond float64 rounding of f̄ + Σ_ij·coef (a few ulps of the magnitudes involved).
+_SCREEN_SLACK = 1e-12
+
+
+def _flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch.Tensor,
+                     margins: Optional[EvalMargins]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip fraction on E against ``ref_cls`` and ``Σ_i ‖f'(x_i) − f̄(x_i)‖`` per candidate.
+
+    Scalar kernels: f'(x_i) = f̄(x_i) + Σ_ij · coef_j with one ``coef_j`` per candidate, so the
+    change in "reference class minus class c" is ``Σ_ij (coef_jc' − coef_jc)``, at most
+    ``|Σ_ij| · range(coef_j)`` in size. Points of E whose gap to the runner-up is larger than that
+    bound cannot change class (smaller than minus it: they have changed for sure); only the
+    undecided pairs get the exact k-way argmax, computed exactly as the full predictions would
+    be, so the counts equal the argmax over f̄ + delta. The norm is ``‖coef_j‖ · Σ_i |Σ_ij|``.
+    Full (k × k block) kernels fall back to the explicit predictions.
+    """
+    if margins is None:
+        preds = block.retrained(targets)
+        return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
+    coef = block.coefficients(targets)                                          # (b, k)
+    cov = block.cov                                                             # (b, e)
+    e = cov.shape[1]
+    # Work in the layout Σ[E, J] arrived in ((b, e) rows, or a transposed (e, b) view of a held
+    # Σ): reductions then run along memory. ``ax`` is the E axis; ``per_t`` / ``per_i`` shape
+    # per-candidate / per-point vectors for broadcasting.
+    mat, ax = (cov, 1) if cov.stride(-1) == 1 or cov.shape[0] <= 1 else (cov.T, 0)
+    per_t = (lambda v: v[:, None]) if ax == 1 else (lambda v: v[None, :])
+    per_i = (lambda v: v[None, :]) if ax == 1 else (lambda v: v[:, None])
+    spread = (coef.max(dim=1).values - coef.min(dim=1).values) * (1 + _SCREEN_SLACK)
+    bound = mat.abs()                                                           # |Σ_ij|
+    norms = bound.sum(dim=ax) * coef.norm(dim=1)
+    bound.mul_(per_t(spread)).add_(per_i(_SCREEN_SLACK * margins.scale))        # + rounding room
+    undecided = bound >= per_i(margins.gap.abs())
+    del bound
+    pairs = undecided.nonzero(as_tuple=True)
+    t, i = pairs if ax == 1 else (pairs[1], pairs[0])
+    neg = margins.gap < 0                               # f̄ already off the reference class
+    undecided &= per_i(neg)
+    counts = (int(neg.sum()) - undecided.sum(dim=ax)).to(_F64)                   # sure flips
+    if t.numel():
+        preds = margins.f_bar[i] + cov[t, i][:, None] * coef[t]
+        changed = (preds.argmax(dim=1) != margins.ref_cls[i]).to(_F64)
+        counts.index_add_(0, t, changed)
+    return counts / max(1, e), norms
 
 
 def _validate(score: str, reference: str) -> None:
@@ -91,9 +159,20 @@ class LookaheadStrategy(Strategy):
     chunk_size : int, optional
         Candidates per scoring block; default from ``memory_budget``.
     memory_budget : int
-        Bytes per block of look-ahead predictions when ``chunk_size`` is not given.
+        Bytes of one scoring block's look-ahead predictions on E and their intermediates; sets
+        the block size when ``chunk_size`` is not given (see ``default_chunk_size`` of the
+        engine).
     implementation : str
         Passed to :func:`ntkal.kernels.empirical_ntk`.
+    eval_size : int or "all"
+        Size of the evaluation set E where output change is measured: a random sample of the
+        candidates seeded by the query's seed (5000 by default), or ``"all"``.
+    max_memory : int, optional
+        Bytes the look-ahead engine may hold in total (kernel, Σ or its streamed blocks, caches);
+        default half the free memory of the model's device. Decides dense vs streaming
+        (:func:`ntkal.lookahead.choose_engine`).
+    engine : {"auto", "dense", "streaming"}
+        Force an engine (``"auto"``: :func:`ntkal.lookahead.choose_engine`).
     selection : {"topk", "greedy"}
         How a batch is chosen: ``"topk"`` scores every candidate independently against ``L`` and
         takes the best ``budget`` (the reference's batch mode); ``"greedy"`` takes the best
@@ -107,8 +186,9 @@ class LookaheadStrategy(Strategy):
 
     def __init__(self, kernel: str = "pseudo", ridge: float = 0.0, eps: float = 1e-6,
                  chunk_size: Optional[int] = None, memory_budget: int = 256 * 2**20,
-                 implementation: str = "auto", selection: str = "topk",
-                 greedy_target: str = "most_likely") -> None:
+                 implementation: str = "auto", eval_size: Any = DEFAULT_EVAL_SIZE,
+                 max_memory: Optional[int] = None, engine: str = "auto",
+                 selection: str = "topk", greedy_target: str = "most_likely") -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if greedy_target not in GREEDY_TARGETS:
@@ -121,6 +201,9 @@ class LookaheadStrategy(Strategy):
         self.chunk_size = chunk_size
         self.memory_budget = int(memory_budget)
         self.implementation = implementation
+        self.eval_size = eval_size
+        self.max_memory = max_memory
+        self.engine = engine
 
     # -- what a subclass provides
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
@@ -138,7 +221,7 @@ class LookaheadStrategy(Strategy):
         ref = la.f0_candidates
         if f_bar0 is not None:
             ref = ref + (la.base_predictions() - f_bar0)
-        return ref, ref
+        return la._on_eval(ref), ref
 
     # -- shared machinery
     def _chunk(self, la: Lookahead) -> int:
@@ -153,7 +236,9 @@ class LookaheadStrategy(Strategy):
             return Lookahead.fit(model, context.x_labelled, context.y_labelled,
                                  context.x_candidates, num_classes=context.num_classes,
                                  kernel=self.kernel, ridge=self.ridge, eps=self.eps,
-                                 implementation=self.implementation, progress=context.progress)
+                                 implementation=self.implementation, progress=context.progress,
+                                 eval_size=self.eval_size, eval_seed=context.seed,
+                                 max_memory=self.max_memory, engine=self.engine)
 
     def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
                          f_bar0: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +327,10 @@ class LookaheadSession(SequentialSession):
         self.strategy = strategy
         self.context = context
         self.lookahead = strategy.lookahead(context)
+        # The streaming engine keeps Σ[E, C] between steps when it fits its memory budget, so a
+        # step re-scores from it (updated rank-p in place) instead of recomputing kernel blocks.
+        cache = getattr(self.lookahead, "cache_covariance", None)
+        self.covariance_cached = bool(cache()) if cache is not None else True
         self._f_bar0 = self.lookahead.base_predictions()
         self._chosen = np.zeros(self.lookahead.num_candidates, dtype=bool)
         self._step = 0
@@ -293,8 +382,13 @@ class MLMOC(LookaheadStrategy):
         Predictions the flips are counted against and pseudo-labels taken from: the trained
         network (the reference's choice) or the linearised network retrained on ``L``. In a
         sequential session ``"f0"`` means ``f0 + (f̄_t − f̄_0)`` (the network moved by the observed
-        labels) and ``"base"`` means ``f̄_t``.
-    ridge, eps, chunk_size, memory_budget, implementation, selection, greedy_target
+        labels) and ``"base"`` means ``f̄_t`` (what the reference code's sequential mode uses).
+        ``"f0"`` stays the default in both modes so that a session's first proposal is the batch
+        query's first pick and later steps count the same kind of flips: those caused by the new
+        point and the labels observed so far, not the flips of re-fitting ``L`` itself (``f̄_0``
+        vs ``f0``), which ``f̄_t`` adds for every candidate alike.
+    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine,
+    selection, greedy_target
         As in :class:`LookaheadStrategy`.
 
     References
@@ -307,10 +401,13 @@ class MLMOC(LookaheadStrategy):
     def __init__(self, kernel: str = "pseudo", score: str = "flip", reference: str = "f0",
                  ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
                  memory_budget: int = 256 * 2**20, implementation: str = "auto",
-                 selection: str = "topk", greedy_target: str = "most_likely") -> None:
+                 eval_size: Any = DEFAULT_EVAL_SIZE, max_memory: Optional[int] = None,
+                 engine: str = "auto", selection: str = "topk",
+                 greedy_target: str = "most_likely") -> None:
         _validate(score, reference)
         super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
                          memory_budget=memory_budget, implementation=implementation,
+                         eval_size=eval_size, max_memory=max_memory, engine=engine,
                          selection=selection, greedy_target=greedy_target)
         self.score = score
         self.reference = reference
@@ -319,27 +416,28 @@ class MLMOC(LookaheadStrategy):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference == "base":
             ref = la.base_predictions()
-            return ref, ref
+            return la._on_eval(ref), ref
         return super().references(la, f_bar0)
 
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
                     ) -> tuple[np.ndarray, np.ndarray]:
         k = ref_eval.shape[1]
         ref_cls = ref_eval.argmax(dim=1)
+        margins = None if block.block else EvalMargins(block.f_bar_eval, ref_cls)
         if self.score in ("flip", "norm"):
-            preds = block.retrained(_onehot(ref_cand.argmax(dim=1), k))
-            flips = flip_fraction(preds, ref_cls).cpu().numpy()
-            norms = output_change(preds, block.f_bar_eval).cpu().numpy()
-            return (flips, norms) if self.score == "flip" else (norms, flips)
-        probs = torch.softmax(ref_cand, dim=1)                                  # (b, k)
+            labels = [(ref_cand.argmax(dim=1), None)]
+        else:
+            probs = torch.softmax(ref_cand, dim=1)                              # (b, k)
+            labels = [(torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device),
+                       probs[:, c]) for c in range(k)]
         flips = torch.zeros(block.size, dtype=_F64, device=ref_cand.device)
         norms = torch.zeros_like(flips)
-        for c in range(k):
-            labels = torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device)
-            preds = block.retrained(_onehot(labels, k))
-            flips += probs[:, c] * flip_fraction(preds, ref_cls)
-            norms += probs[:, c] * output_change(preds, block.f_bar_eval)
-        return flips.cpu().numpy(), norms.cpu().numpy()
+        for cls, weight in labels:
+            f, n = _flips_and_norms(block, _onehot(cls, k), ref_cls, margins)
+            flips += f if weight is None else weight * f
+            norms += n if weight is None else weight * n
+        flips, norms = flips.cpu().numpy(), norms.cpu().numpy()
+        return (norms, flips) if self.score == "norm" else (flips, norms)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         result = super().query(context, budget)

@@ -1,0 +1,353 @@
+"""Dense look-ahead engine: Σ over all candidates held as one ``(m p) × (m p)`` matrix.
+
+The fastest route while ``(n + m)²`` kernel entries fit in memory and the evaluation set is every
+candidate (see :func:`ntkal.lookahead.choose_engine`); :class:`ntkal.lookahead.StreamingLookahead`
+covers the rest with the same interface.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ntkal.lookahead.block import (_DTYPE, DEFAULT_EVAL_SIZE, EvalSize, LabelLike,
+                                   LookaheadBlock, LookaheadState, as_f64, contiguous_span,
+                                   eval_positions_for, flatten_blocks, labelled_factor)
+
+__all__ = ["Lookahead"]
+
+
+class Lookahead(LookaheadState):
+    """The network linearised at its trained weights, with closed-form look-ahead retraining.
+
+    Build it with :meth:`fit` (computes the empirical NTK of a model) or :meth:`from_kernels`
+    (precomputed kernels). All linear algebra is done in float64.
+
+    Parameters
+    ----------
+    theta_ll, theta_sl, theta_ss : Tensor
+        Kernel blocks Θ(L, L) ``(n, n)``, Θ(S, L) ``(m, n)``, Θ(S, S) ``(m, m)`` for a scalar kernel
+        (read as ``Θ ⊗ I_k``), or ``(n, n, k, k)``, ``(m, n, k, k)``, ``(m, m, k, k)`` for full blocks.
+    f0_labelled, f0_candidates : Tensor
+        Network outputs on L ``(n, k)`` and S ``(m, k)`` at the trained weights.
+    y_labelled_onehot : Tensor
+        Regression targets of L, ``(n, k)`` (one-hot for classification).
+    ridge : float
+        Relative ridge: ``K = Θ(L, L) + ridge · mean(diag Θ(L, L)) · I``. It regularises the
+        labelled-set solve only; a look-ahead point is fitted exactly, as gradient flow would.
+    eps : float
+        Relative floor for ``Σ_jj``: values (eigenvalues, for blocks) below
+        ``eps · mean(diag Σ)`` are clamped there, so near-duplicate candidates give finite,
+        small look-ahead changes instead of NaN.
+    chunk_size : int, optional
+        Candidates per chunk in batched look-ahead; default from a 256 MiB budget.
+
+    Attributes
+    ----------
+    jitter : float
+        Absolute diagonal jitter added to ``K`` for its Cholesky factorisation (0.0 if none).
+    conditioned : list of int
+        Candidates conditioned on so far by :meth:`condition`, in order.
+    num_clamped : int
+        Unconditioned candidates whose ``Σ_jj`` is currently clamped.
+
+    References
+    ----------
+    Mohamadi, Bae & Sutherland, NeurIPS 2022, Sec. 3 (look-ahead via the linearised network).
+    """
+
+    def __init__(self, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
+                 y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
+                 chunk_size: Optional[int] = None, kernel: Optional[str] = None,
+                 eval_positions=None, _owned: bool = False) -> None:
+        theta_ll = torch.as_tensor(theta_ll)
+        device = theta_ll.device
+        tensors = {name: as_f64(t, name, device) for name, t in (
+            ("theta_ll", theta_ll), ("theta_sl", theta_sl), ("theta_ss", theta_ss),
+            ("f0_labelled", f0_labelled), ("f0_candidates", f0_candidates),
+            ("y_labelled_onehot", y_labelled_onehot))}
+        f0_l, f0_s, y_l, block = self._check_shapes(tensors, ridge, eps)
+        m, k = f0_s.shape
+        n = int(f0_l.shape[0])
+        self._init_state(f0_s, None if eval_positions is None
+                         else eval_positions_for(m, positions=eval_positions),
+                         block, eps, chunk_size, device)
+        self.kernel = kernel if kernel is not None else ("full" if block else "scalar")
+        self.num_labelled = n
+        self.ridge = float(ridge)
+        self.f0_labelled = f0_l
+        self._sigma = self._own_flat(tensors["theta_ss"], _owned)
+        self._kss_mean_diag = float(self._sigma.diagonal().mean()) if m > 0 else 0.0
+        self.jitter = 0.0
+        if n == 0:
+            self._f_bar = f0_s.clone()
+        else:
+            self._condition_on_labelled(tensors["theta_ll"], tensors["theta_sl"], f0_l, y_l)
+        _symmetrise_(self._sigma)
+        self._refresh_pivots()
+
+    @staticmethod
+    def _check_shapes(t: dict, ridge: float, eps: float):
+        """Validate shapes and options; returns ``(f0_l, f0_s, y_l, block)``."""
+        f0_s, f0_l, y_l = t["f0_candidates"], t["f0_labelled"], t["y_labelled_onehot"]
+        if f0_s.ndim != 2:
+            raise ValueError(f"f0_candidates must be (m, k), got shape {tuple(f0_s.shape)}")
+        m, k = f0_s.shape
+        n = int(f0_l.shape[0]) if f0_l.ndim >= 1 else 0
+        f0_l = f0_l.reshape(n, k) if f0_l.numel() == 0 else f0_l
+        y_l = y_l.reshape(n, k) if y_l.numel() == 0 else y_l
+        if f0_l.shape != (n, k) or y_l.shape != (n, k):
+            raise ValueError(
+                f"f0_labelled {tuple(f0_l.shape)} and y_labelled_onehot {tuple(y_l.shape)} must "
+                f"both be (n, k) with k = {k} (the width of f0_candidates)")
+        ndim = t["theta_ss"].ndim
+        if ndim not in (2, 4):
+            raise ValueError(f"theta_ss must be (m, m) or (m, m, k, k), got "
+                             f"{tuple(t['theta_ss'].shape)}")
+        block = ndim == 4
+        tail = (k, k) if block else ()
+        expect = {"theta_ll": (n, n, *tail), "theta_sl": (m, n, *tail),
+                  "theta_ss": (m, m, *tail)}
+        for name, want in expect.items():
+            if name == "theta_ll" and n == 0 and t[name].numel() == 0:
+                continue
+            if tuple(t[name].shape) != want:
+                raise ValueError(f"{name} has shape {tuple(t[name].shape)}, expected {want}")
+        if ridge < 0 or not math.isfinite(ridge):
+            raise ValueError(f"ridge must be finite and >= 0, got {ridge}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        return f0_l, f0_s, y_l, block
+
+    def _own_flat(self, theta: torch.Tensor, owned: bool) -> torch.Tensor:
+        """Θ as a ``(a p, b p)`` matrix this object may modify: the caller's memory when it handed
+        it over (``owned``, scalar kernels), else one copy."""
+        flat = flatten_blocks(theta) if self.block else theta
+        return flat if owned or not _shares_memory(flat, theta) else flat.clone()
+
+    def _condition_on_labelled(self, theta_ll, theta_sl, f0_l, y_l) -> None:
+        """f̄ = f0 + Θ_SL K⁻¹ R and Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS, in place on Σ (one ``(n p, m p)``
+        temporary, ``V = L⁻¹ Θ_LS``; no other ``(m p)²`` matrix)."""
+        n, (m, k) = int(f0_l.shape[0]), self.f0_candidates.shape
+        tll = flatten_blocks(theta_ll) if self.block else theta_ll
+        tll = tll.clone() if _shares_memory(tll, theta_ll) else tll
+        tsl = flatten_blocks(theta_sl) if self.block else theta_sl
+        chol, self.jitter = labelled_factor(tll, self.ridge)
+        resid = y_l - f0_l                                            # (n, k)
+        resid = resid.reshape(n * k, 1) if self.block else resid       # (n p, k / p)
+        v = torch.linalg.solve_triangular(chol, tsl.T, upper=False)   # L⁻¹ Θ(L, S)
+        w = torch.linalg.solve_triangular(chol, resid, upper=False)   # L⁻¹ R
+        self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
+        rows = self._sigma.shape[0]
+        for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
+            self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_kernels(cls, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
+                     y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
+                     chunk_size: Optional[int] = None, eval_positions=None) -> "Lookahead":
+        """Build from precomputed kernel blocks (see the class docstring for shapes)."""
+        return cls(theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates, y_labelled_onehot,
+                   ridge=ridge, eps=eps, chunk_size=chunk_size, eval_positions=eval_positions)
+
+    @classmethod
+    def fit(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled: torch.Tensor,
+            x_candidates: torch.Tensor, *, num_classes: Optional[int] = None,
+            kernel: str = "pseudo", ridge: float = 0.0, implementation: str = "auto",
+            chunk_size: Optional[int] = None, progress: bool = False, eps: float = 1e-6,
+            max_memory: Optional[int] = None, eval_size: EvalSize = DEFAULT_EVAL_SIZE,
+            eval_seed: int = 0, eval_positions=None, engine: str = "auto"):
+        """Linearise ``model`` at its current weights on ``L ∪ C`` and prepare look-ahead.
+
+        Parameters
+        ----------
+        model : nn.Module
+            Trained network returning logits ``(n, k)``; its kernel is taken in eval mode (on a
+            float64 copy when the model is float32: all kernel arithmetic is float64).
+        x_labelled, y_labelled : Tensor
+            Labelled inputs and int64 class labels (or ``(n, k)`` float regression targets).
+        x_candidates : Tensor
+            Candidates ``C`` to look ahead on (every unlabelled pool point, typically).
+        num_classes : int, optional
+            Checked against the model's output width (inferred from it when omitted).
+        kernel : {"pseudo", "trace", "full", "last_layer"}
+            eNTK variant; the pseudo-NTK is the paper's default.
+        ridge, eps, chunk_size
+            As in the class docstring.
+        eval_size : int or "all"
+            Size of the evaluation set E, where output change is measured: a uniform random
+            sample of the candidates drawn with ``eval_seed`` (all of them when ``"all"`` or
+            when the pool is smaller). ``eval_positions`` (positions into the candidates) wins.
+        engine : {"auto", "dense", "streaming"}
+            ``"auto"``: :func:`ntkal.lookahead.choose_engine` (dense when the dense kernel fits
+            ``max_memory`` and E is not much smaller than C, else streaming).
+        max_memory : int, optional
+            Bytes the look-ahead engine may hold (see :func:`ntkal.lookahead.choose_engine` and
+            :class:`ntkal.lookahead.StreamingLookahead`); default half of the free memory of the
+            model's device at call time.
+        implementation, progress
+            Passed to the kernel engines (:func:`ntkal.kernels.empirical_ntk`).
+
+        Returns
+        -------
+        Lookahead or StreamingLookahead
+        """
+        from ntkal.lookahead.engine import fit_lookahead
+
+        return fit_lookahead(model, x_labelled, y_labelled, x_candidates,
+                             num_classes=num_classes, kernel=kernel, ridge=ridge,
+                             implementation=implementation, chunk_size=chunk_size,
+                             progress=progress, eps=eps, max_memory=max_memory,
+                             eval_size=eval_size, eval_seed=eval_seed,
+                             eval_positions=eval_positions, engine=engine)
+
+    # ------------------------------------------------------------------ pivots (Σ_jj)
+    def _refresh_pivots(self) -> None:
+        m, p = self.num_candidates, self._p
+        if not self.block:
+            raw = self._sigma.diagonal().clone()
+        else:
+            idx = torch.arange(m, device=self.device)
+            raw = self._sigma.view(m, p, m, p)[idx, :, idx, :]                # (m, k, k)
+        self._set_pivots(raw)
+
+    # ------------------------------------------------------------------ predictions
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Current Σ: ``(m, m)`` for scalar kernels, ``(m, m, k, k)`` for full blocks."""
+        if not self.block:
+            return self._sigma
+        m, p = self.num_candidates, self._p
+        return self._sigma.view(m, p, m, p).permute(0, 2, 1, 3)
+
+    def posterior_variance(self) -> torch.Tensor:
+        """Diagonal of Σ: ``(m,)`` for scalar kernels, the ``(m, k, k)`` blocks for full ones."""
+        if not self.block:
+            return self._sigma.diagonal().clone()
+        m, p = self.num_candidates, self._p
+        idx = torch.arange(m, device=self.device)
+        return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
+
+    def _delta(self, js: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Look-ahead change of the predictions on S, ``(b, m, k)``."""
+        m, k, p = self.num_candidates, self.num_classes, self._p
+        coef = self._pivot_solve(js, y - self._f_bar[js])                # (b, k)
+        if not self.block:
+            rows = self._sigma.index_select(0, js)                        # (b, m) = Σ[J, S]
+            return rows.unsqueeze(2) * coef.unsqueeze(1)
+        rows = self._sigma.view(m, p, m * p)[js]                          # (b, k, m k)
+        return (coef.unsqueeze(1) @ rows).reshape(js.shape[0], m, k)
+
+    def retrained_predictions(self, j: int, y: LabelLike) -> torch.Tensor:
+        """f^{(j,y)}(S) ``(m, k)`` on every candidate: predictions after retraining with
+        ``(x_j, y)`` added.
+
+        Parameters
+        ----------
+        j : int
+            Candidate position.
+        y : int or array of shape (k,)
+            Class index (one-hot target) or a target vector.
+        """
+        jj, target = self._single_target(j, y)
+        return self.retrained_predictions_batch([jj], target)[0]
+
+    def iter_retrained(self, js, ys, chunk_size: Optional[int] = None
+                       ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(slice into js, f^{(j,y)}(S) for that chunk, shape (c, m, k))`` chunk by chunk,
+        keeping memory bounded; ``ys`` are class indices ``(b,)`` or target vectors ``(b, k)``."""
+        js = self._positions(js)
+        b = int(js.shape[0])
+        y = self._targets(ys, b)
+        step = max(1, int(chunk_size)) if chunk_size else self.default_chunk_size()
+        for start in range(0, b, step):
+            sl = slice(start, min(b, start + step))
+            yield sl, self._f_bar.unsqueeze(0) + self._delta(js[sl], y[sl])
+
+    def iter_blocks(self, positions=None, block_size: Optional[int] = None
+                    ) -> Iterator[LookaheadBlock]:
+        """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
+        ``block_size`` at a time (default :meth:`default_chunk_size`), with Σ[E, J] read from the
+        held Σ (symmetric, so the block's rows are gathered)."""
+        js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
+        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
+        m, p = self.num_candidates, self._p
+        f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
+        for start in range(0, int(js.shape[0]), step):
+            jb = js[start:start + step]
+            span = contiguous_span(jb)
+            if not self.block:
+                rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
+                cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
+            else:
+                rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
+                cov = self._on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval)
+
+    def retrained_predictions_batch(self, js, ys, chunk_size: Optional[int] = None
+                                    ) -> torch.Tensor:
+        """Batched :meth:`retrained_predictions`: ``(b, m, k)`` for candidates ``js`` (b,) with
+        targets ``ys`` (class indices (b,) or vectors (b, k)), computed in chunks."""
+        js = self._positions(js)
+        out = torch.empty(js.shape[0], self.num_candidates, self.num_classes,
+                          dtype=_DTYPE, device=self.device)
+        for sl, preds in self.iter_retrained(js, ys, chunk_size):
+            out[sl] = preds
+        return out
+
+    # ------------------------------------------------------------------ sequential update
+    def condition(self, j: int, y: LabelLike) -> None:
+        """Add ``(x_j, y)`` to the training set of the linearised network, in closed form.
+
+        ``f̄ ← f̄ + Σ[:, j] Σ_jj⁻¹ (y − f̄_j)`` and ``Σ ← Σ − Σ[:, j] Σ_jj⁻¹ Σ[j, :]``
+        (``O(m² k²)`` with blocks, ``O(m²)`` otherwise), in place on Σ (one ``(m p, p)``
+        column copy): sequential active learning with no SGD between queries (Mohamadi et al.,
+        2022, Sec. 3.2).
+        """
+        jj, target = self._single_target(j, y)
+        if bool(self._conditioned_mask[jj]):
+            raise ValueError(f"candidate {jj} has already been conditioned on")
+        m, p = self.num_candidates, self._p
+        cols = self._sigma[:, jj * p:(jj + 1) * p].clone()                 # (m p, p)
+        coef = self._pivot_solve(torch.tensor([jj], device=self.device),
+                                 target - self._f_bar[jj:jj + 1])[0]        # (k,)
+        if not self.block:
+            self._f_bar.addr_(cols[:, 0], coef)
+            self._sigma.addr_(cols[:, 0], cols[:, 0], alpha=-1.0 / float(self._pivot[jj]))
+        else:
+            self._f_bar.add_((cols @ coef).reshape(m, p))
+            half = cols @ (self._pivot_evecs[jj] / self._pivot[jj].sqrt())  # Σ[:, j] Σ_jj^{-1/2}
+            self._sigma.addmm_(half, half.T, alpha=-1.0)
+            _symmetrise_(self._sigma)
+        self._sigma[jj * p:(jj + 1) * p, :] = 0.0
+        self._sigma[:, jj * p:(jj + 1) * p] = 0.0
+        self._conditioned_mask[jj] = True
+        self.conditioned.append(jj)
+        self._refresh_pivots()
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return (f"Lookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
+                f"k={self.num_classes}, ridge={self.ridge}, jitter={self.jitter:.3g}, "
+                f"conditioned={len(self.conditioned)}, clamped={self.num_clamped})")
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _symmetrise_(mat: torch.Tensor, chunk: int = 1024) -> None:
+    """``mat ← (mat + matᵀ) / 2`` in place, block by block (temporaries of ``chunk²``)."""
+    n = mat.shape[0]
+    for i in range(0, n, chunk):
+        ri = slice(i, min(n, i + chunk))
+        blk = mat[ri, ri]
+        blk.copy_(0.5 * (blk + blk.T))
+        for j in range(i + chunk, n, chunk):
+            rj = slice(j, min(n, j + chunk))
+            avg = 0.5 * (mat[ri, rj] + mat[rj, ri].T)
+            mat[ri, rj] = avg
+            mat[rj, ri] = avg.T
