@@ -14,7 +14,8 @@ from ntkal.data import loaders
 
 
 def test_available_datasets():
-    assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic"]
+    assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic",
+                                  "clustered"]
 
 
 def test_unknown_name_lists_valid_names():

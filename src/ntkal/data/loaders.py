@@ -53,6 +53,11 @@ _SYNTHETIC_CLASSES = 4
 _SYNTHETIC_DIM = 8
 _SYNTHETIC_TRAIN = 600
 _SYNTHETIC_TEST = 300
+# "clustered": a fixed scikit-learn make_classification task, several Gaussian clusters per class.
+_CLUSTERED_TRAIN, _CLUSTERED_TEST = 5000, 1000
+_CLUSTERED_CLASSES, _CLUSTERED_CLUSTERS_PER_CLASS = 8, 3
+_CLUSTERED_FEATURES, _CLUSTERED_INFORMATIVE = 24, 10
+_CLUSTERED_SEED = 2022
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -275,7 +280,7 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3760,)
-_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic")
+_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered")
 _ALIASES = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
@@ -351,6 +356,23 @@ def _synthetic(train_size: Optional[int], test_size: Optional[int], seed: int) -
     return Dataset("synthetic", x_train, y_train, x_test, y_test, classes)
 
 
+def _clustered_arrays() -> _Arrays:
+    """scikit-learn's ``make_classification`` with several clusters per class (fixed seed), features
+    standardised on the training split, split 5000 / 1000."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=_CLUSTERED_TRAIN + _CLUSTERED_TEST, n_features=_CLUSTERED_FEATURES,
+        n_informative=_CLUSTERED_INFORMATIVE, n_redundant=4, n_classes=_CLUSTERED_CLASSES,
+        n_clusters_per_class=_CLUSTERED_CLUSTERS_PER_CLASS, class_sep=2.0, flip_y=0.01,
+        random_state=_CLUSTERED_SEED)
+    x_train, x_test = x[:_CLUSTERED_TRAIN], x[_CLUSTERED_TRAIN:]
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    y = y.astype(np.int64)
+    return x_train, y[:_CLUSTERED_TRAIN], x_test, y[_CLUSTERED_TRAIN:]
+
+
 def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.PathLike]] = None, *,
                  train_size: Optional[int] = None, test_size: Optional[int] = None,
                  seed: int = 0, **file_options) -> Dataset:
@@ -362,9 +384,11 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
         One of :func:`available_datasets`: ``digits`` (scikit-learn's 8x8 digits, fixed stratified
         1347/450 split), ``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``, or ``synthetic``
         (seeded Gaussian blobs: 4 classes, 8 features, 600/300 points by default; for unit tests
-        only, never used in benchmarks). Or a user's own file or folder (``.npz``, ``.csv``,
-        ``.parquet``, a folder of images), read by :func:`ntkal.data.files.load_file_dataset`;
-        unlabelled pool points then have label ``-1``.
+        only, never used in benchmarks), ``clustered`` (a fixed scikit-learn
+        ``make_classification`` task: 8 classes of 4 Gaussian clusters each, 24 features of which
+        12 informative, 5000/1000 points; the benchmark suite's synthetic task). Or a user's own
+        file or folder (``.npz``, ``.csv``, ``.parquet``, a folder of images), read by
+        :func:`ntkal.data.files.load_file_dataset`; unlabelled pool points then have label ``-1``.
     root : path, optional
         Where the files are; overrides ``$NTKAL_DATA`` and the default location (see module doc).
         Ignored by ``digits`` and ``synthetic``, which need no files.
@@ -405,6 +429,9 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
     if key == "digits":
         return _build(key, _digits_arrays(), _DIGIT_CLASSES, 16.0, _DIGITS_MEAN, _DIGITS_STD,
                       train_size, test_size, seed)
+    if key == "clustered":
+        return _build(key, _clustered_arrays(), tuple(f"class_{i}" for i in range(
+            _CLUSTERED_CLASSES)), 1.0, (0.0,), (1.0,), train_size, test_size, seed)
     spec = _SPECS[key]
     folder = _locate(key, spec, root)
     return _build(key, spec.read(folder), spec.classes(folder), spec.scale, spec.mean, spec.std,

@@ -19,6 +19,12 @@ Example (``configs/digits.yml``)::
 worker each (strategy, seed) run asks for under ``ntkal run --ray``; it does not change results
 and is ignored by the local runner.
 
+``initial_strategy:`` (a strategy name or ``{name, params}``) picks the initial labelled set with
+a strategy instead of at random, e.g. ``initial_strategy: typiclust`` (cold start, Hacohen et al.
+2022). It runs on the untrained network, so a strategy with a ``representation`` parameter
+(TypiClust, ProbCover) gets ``representation: pca`` (a PCA of the raw inputs) unless the entry says
+otherwise. The initial set is the same for every strategy of a seed.
+
 A strategy entry may carry ``model:`` overrides (e.g. ``{dropout: 0.3}`` for BALD); this changes
 the network for that strategy only, so its curve is no longer a like-for-like comparison. Giving
 the shared model dropout keeps every strategy on the same network (the shipped configs do that).
@@ -327,7 +333,8 @@ def _trainer_fields() -> Optional[tuple[str, ...]]:
 
 # ----------------------------------------------------------------------------- the experiment
 _TOP = ("name", "dataset", "model", "trainer", "strategies", "initial_size", "budget", "cycles",
-        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads", "resources")
+        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads", "resources",
+        "initial_strategy")
 
 
 @dataclass(frozen=True)
@@ -355,6 +362,9 @@ class ExperimentConfig:
     resources : Resources
         Each run's share of a Ray worker under ``ntkal run --ray`` (a strategy entry's own
         ``resources`` wins); see :meth:`resources_for`.
+    initial_strategy : StrategySpec, optional
+        Strategy that picks the initial labelled set from the whole pool (on the untrained
+        network; ``None``: a seeded random draw, stratified if ``stratified_initial``).
     """
 
     dataset: DatasetConfig
@@ -373,6 +383,7 @@ class ExperimentConfig:
     name: str = "experiment"
     threads: Optional[int] = None
     resources: Resources = field(default_factory=Resources)
+    initial_strategy: Optional[StrategySpec] = None
 
     # ------------------------------------------------------------------ derived
     def train_config(self):
@@ -401,6 +412,10 @@ class ExperimentConfig:
         if out["dataset"].get("path") is None:  # built-in data: the file-only keys do not apply
             for key in ("path",) + DatasetConfig._FILE_KEYS:
                 out["dataset"].pop(key, None)
+        if self.initial_strategy is None:
+            del out["initial_strategy"]  # configs without one hash as before the key existed
+        else:
+            out["initial_strategy"] = dataclasses.asdict(self.initial_strategy)
         return out
 
     def shared_hash(self) -> str:
@@ -434,7 +449,8 @@ class ExperimentConfig:
 
     def validate_against(self, num_train: int, num_classes: int) -> None:
         """Checks that need the loaded dataset: sizes against the pool and the classes."""
-        if self.stratified_initial and self.initial_size < num_classes:
+        if self.stratified_initial and self.initial_strategy is None \
+                and self.initial_size < num_classes:
             raise ConfigError(f"initial_size ({self.initial_size}) must be >= the number of classes "
                               f"({num_classes}) so that every class is labelled at the start")
         need = self.initial_size + self.budget * self.cycles
@@ -490,6 +506,29 @@ def _device(value: Any) -> str:
     return value
 
 
+def _initial_strategy(raw: Any) -> Optional[StrategySpec]:
+    """Parse ``initial_strategy``: a batch strategy run once per seed on the untrained network."""
+    if raw is None:
+        return None
+    try:
+        spec = StrategySpec.parse(raw, 0)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("strategies[0]", "initial_strategy")) from err
+    if spec.model or spec.mode not in (None, "batch"):
+        raise ConfigError("initial_strategy takes only name and params (it runs once, in batch "
+                          "mode, on the shared model)")
+    from ntkal.strategies.registry import _init_parameters, _REGISTRY
+
+    accepted, _ = _init_parameters(_REGISTRY[spec.name])
+    if "representation" in accepted and "representation" not in spec.params:
+        spec = dataclasses.replace(spec, params={**spec.params, "representation": "pca"})
+    strategy = spec.build()
+    if getattr(strategy, "needs_dropout", False):
+        raise ConfigError(f"initial_strategy {spec.name!r} uses MC dropout on a trained network; "
+                          "use a cold-start strategy such as typiclust, probcover or random")
+    return spec
+
+
 def parse_config(raw: Any) -> ExperimentConfig:
     """Validate a config mapping (e.g. from YAML) into an :class:`ExperimentConfig`."""
     if not isinstance(raw, dict):
@@ -527,6 +566,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
         name=str(raw.get("name", "experiment")),
         threads=_int("threads", raw.get("threads"), 1, True),
         resources=Resources.parse(raw.get("resources")),
+        initial_strategy=_initial_strategy(raw.get("initial_strategy")),
     )
     if cfg.subset is not None and cfg.subset < cfg.budget:
         raise ConfigError(f"subset ({cfg.subset}) must be >= budget ({cfg.budget})")

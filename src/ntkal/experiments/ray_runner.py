@@ -147,10 +147,7 @@ _DATASETS: dict[DatasetConfig, object] = {}
 def _dataset(cfg: DatasetConfig):
     """The config's dataset, loaded once per worker process."""
     if cfg not in _DATASETS:
-        from ntkal.data import load_dataset
-
-        _DATASETS[cfg] = load_dataset(cfg.name, cfg.root, train_size=cfg.train_size,
-                                      test_size=cfg.test_size, seed=0)
+        _DATASETS[cfg] = cfg.load(seed=0)
     return _DATASETS[cfg]
 
 

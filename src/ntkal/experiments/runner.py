@@ -31,7 +31,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -204,6 +204,13 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
                           "on; add x_test/y_test or set dataset.test_fraction > 0")
     config.validate_against(dataset.num_train, dataset.num_classes)
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
+    y_train = dataset.y_train.numpy()
+    initial_sets: dict[int, object] = {}
+
+    def initial_for(seed: int):
+        if seed not in initial_sets:
+            initial_sets[seed] = _initial_labelled(config, dataset, y_train, seed, device)
+        return initial_sets[seed]
 
     with _progress(quiet, console) as progress:
         if progress is not None:
@@ -220,7 +227,8 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
                 restart_from=lambda cycle, label=spec.label, seed=seed:
                     results.drop_from(label, seed, cycle),
                 add_record=results.add,
-                tick=lambda: progress.advance(cycles_task) if progress is not None else None)
+                tick=lambda: progress.advance(cycles_task) if progress is not None else None,
+                initial_for=initial_for)
             if progress is not None:
                 progress.advance(all_runs)
     results.write()
@@ -231,10 +239,36 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
     return results.records
 
 
+def _initial_labelled(config: ExperimentConfig, dataset, y_train, seed: int, device: str):
+    """The seed's initial labelled pool indices: a seeded random draw, or ``initial_strategy``'s
+    choice from the whole pool on the seed's untrained network (no labelled points yet)."""
+    import numpy as np
+
+    from ntkal.data import Pool
+
+    if config.initial_strategy is None:
+        return Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
+                                   stratified=config.stratified_initial).labelled_indices
+    from ntkal.strategies.base import QueryContext
+
+    spec = config.initial_strategy
+    model = _build_model(config, StrategySpec(name=spec.name), dataset, seed)
+    x = dataset.x_train
+    context = QueryContext(model=model, x_candidates=x, x_labelled=x[:0],
+                           y_labelled=torch.zeros(0, dtype=torch.long),
+                           num_classes=dataset.num_classes, seed=seed, device=torch.device(device))
+    chosen = np.asarray(spec.build().query(context, config.initial_size).indices, dtype=np.int64)
+    if np.unique(chosen).size != config.initial_size:
+        raise RuntimeError(f"initial_strategy {spec.name!r} returned {np.unique(chosen).size} "
+                           f"distinct points, expected {config.initial_size}")
+    return np.sort(chosen)
+
+
 def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, *,
                       device: str, finished: set[int], state_path: Path,
                       restart_from: Callable[[int], None], add_record: Callable[[dict], None],
-                      tick: Callable[[], None] = lambda: None) -> None:
+                      tick: Callable[[], None] = lambda: None,
+                      initial_for: Optional[Callable[[int], Any]] = None) -> None:
     """One (strategy, seed) run from its first unfinished cycle: what every runner executes.
 
     Parameters
@@ -257,8 +291,10 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
         Receives each new record (keys :data:`RECORD_FIELDS`), in cycle order.
     tick : callable
         Called once per cycle (finished earlier or now), for progress displays.
+    initial_for : callable, optional
+        ``initial_for(seed)``: the initial labelled pool indices (lets a runner share one draw, or
+        one ``initial_strategy`` query, among the strategies of a seed); default: computed here.
     """
-    from ntkal.data import Pool
     from ntkal.learner import ActiveLearner
 
     label = spec.label
@@ -286,10 +322,10 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
     if learner is None:
         restart_from(0)
         model.load_state_dict(init_state)
-        pool = Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
-                                   stratified=config.stratified_initial)
         learner = ActiveLearner(model, strategy, dataset.x_train, y_pool=y_train,
-                                labelled=pool.labelled_indices, num_classes=dataset.num_classes,
+                                labelled=(initial_for(seed) if initial_for is not None else
+                                         _initial_labelled(config, dataset, y_train, seed, device)),
+                                num_classes=dataset.num_classes,
                                 train_config=train_config, mode=config.mode_for(spec),
                                 subset=config.subset, seed=seed, device=device)
     start = learner.cycle

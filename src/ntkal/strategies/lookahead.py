@@ -49,6 +49,8 @@ __all__ = ["LookaheadStrategy", "LookaheadSession", "MLMOC", "SGDLookahead", "fl
            "output_change", "SCORES"]
 
 SCORES = ("flip", "norm", "expected")
+SELECTIONS = ("topk", "greedy")
+GREEDY_TARGETS = ("most_likely", "expected")
 REFERENCES = ("f0", "base")
 _F64 = torch.float64
 
@@ -171,12 +173,28 @@ class LookaheadStrategy(Strategy):
         (:func:`ntkal.lookahead.choose_engine`).
     engine : {"auto", "dense", "streaming"}
         Force an engine (``"auto"``: :func:`ntkal.lookahead.choose_engine`).
+    selection : {"topk", "greedy"}
+        How a batch is chosen: ``"topk"`` scores every candidate independently against ``L`` and
+        takes the best ``budget`` (the reference's batch mode); ``"greedy"`` takes the best
+        candidate, conditions the linearised network on it with a pseudo-target (see
+        ``greedy_target``) in closed form, rescores, and repeats: the batch analogue of the
+        sequential mode, which stops a batch from spending its budget on near-copies of one point.
+    greedy_target : {"most_likely", "expected"}
+        The pseudo-target a greedy pick is conditioned on: the one-hot most likely class under the
+        reference predictions, or the softmax of the reference outputs (the expected target).
     """
 
     def __init__(self, kernel: str = "pseudo", ridge: float = 0.0, eps: float = 1e-6,
                  chunk_size: Optional[int] = None, memory_budget: int = 256 * 2**20,
                  implementation: str = "auto", eval_size: Any = DEFAULT_EVAL_SIZE,
-                 max_memory: Optional[int] = None, engine: str = "auto") -> None:
+                 max_memory: Optional[int] = None, engine: str = "auto",
+                 selection: str = "topk", greedy_target: str = "most_likely") -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if greedy_target not in GREEDY_TARGETS:
+            raise ValueError(f"greedy_target must be one of {GREEDY_TARGETS}, got {greedy_target!r}")
+        self.selection = selection
+        self.greedy_target = greedy_target
         self.kernel = kernel
         self.ridge = float(ridge)
         self.eps = float(eps)
@@ -248,14 +266,49 @@ class LookaheadStrategy(Strategy):
         t0 = time.perf_counter()
         la = self.lookahead(context)
         t1 = time.perf_counter()
-        primary, secondary = self.score_candidates(la)
+        rng = np.random.default_rng(context.seed)
+        if self.selection == "greedy":
+            chosen, primary, secondary = self.select_greedy(la, budget, rng)
+        else:
+            primary, secondary = self.score_candidates(la)
+            chosen = top_k(primary, budget, rng, secondary=secondary)
         t2 = time.perf_counter()
-        chosen = top_k(primary, budget, np.random.default_rng(context.seed), secondary=secondary)
         info: dict[str, Any] = {
             "kernel": self.kernel, "kernel_seconds": t1 - t0, "score_seconds": t2 - t1,
             "jitter": la.jitter, "num_clamped": la.num_clamped, "secondary_scores": secondary,
+            "selection": self.selection,
         }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
+
+    def pseudo_target(self, la: Lookahead, position: int,
+                      f_bar0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Target ``(k,)`` a greedy pick at ``position`` is conditioned on (``greedy_target``)."""
+        _, ref_cand = self.references(la, f_bar0)
+        ref = ref_cand[int(position)].to(_F64)
+        if self.greedy_target == "expected":
+            return torch.softmax(ref, dim=0)
+        return _onehot(ref.argmax(), ref.shape[0])
+
+    def select_greedy(self, la: Lookahead, budget: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy batch: pick the best candidate, condition ``la`` on its pseudo-target (in place),
+        rescore the rest, repeat ``budget`` times. Returns the picks in order and the first round's
+        (primary, secondary) scores of every candidate."""
+        f_bar0 = la.base_predictions()
+        remaining = np.ones(la.num_candidates, dtype=bool)
+        chosen: list[int] = []
+        primary = secondary = None
+        for step in range(budget):
+            positions = np.flatnonzero(remaining)
+            p, s = self.score_candidates(la, positions, f_bar0)
+            if step == 0:
+                primary, secondary = p, s
+            best = int(positions[top_k(p, 1, rng, secondary=s)[0]])
+            chosen.append(best)
+            remaining[best] = False
+            if step + 1 < budget:
+                la.condition(best, self.pseudo_target(la, best, f_bar0))
+        return np.asarray(chosen, dtype=np.int64), primary, secondary
 
     def begin_sequential(self, context: QueryContext) -> "LookaheadSession":
         """Sequential look-ahead: propose the best unlabelled candidate, observe its true label,
@@ -314,8 +367,9 @@ class LookaheadSession(SequentialSession):
 class MLMOC(LookaheadStrategy):
     """Most Likely Model Output Change, with look-ahead retraining by the empirical NTK.
 
-    Every candidate is scored independently against ``L`` (no greedy conditioning between the
-    ``budget`` picks), as in the reference; :meth:`begin_sequential` gives the sequential variant
+    By default every candidate is scored independently against ``L`` (no greedy conditioning
+    between the ``budget`` picks), as in the reference; ``selection="greedy"`` conditions on each
+    pick's pseudo-label before the next; :meth:`begin_sequential` gives the sequential variant
     that conditions on each true label in closed form, with no SGD between queries.
 
     Parameters
@@ -333,7 +387,8 @@ class MLMOC(LookaheadStrategy):
         query's first pick and later steps count the same kind of flips: those caused by the new
         point and the labels observed so far, not the flips of re-fitting ``L`` itself (``f̄_0``
         vs ``f0``), which ``f̄_t`` adds for every candidate alike.
-    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine
+    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine,
+    selection, greedy_target
         As in :class:`LookaheadStrategy`.
 
     References
@@ -347,11 +402,13 @@ class MLMOC(LookaheadStrategy):
                  ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
                  memory_budget: int = 256 * 2**20, implementation: str = "auto",
                  eval_size: Any = DEFAULT_EVAL_SIZE, max_memory: Optional[int] = None,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", selection: str = "topk",
+                 greedy_target: str = "most_likely") -> None:
         _validate(score, reference)
         super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
                          memory_budget=memory_budget, implementation=implementation,
-                         eval_size=eval_size, max_memory=max_memory, engine=engine)
+                         eval_size=eval_size, max_memory=max_memory, engine=engine,
+                         selection=selection, greedy_target=greedy_target)
         self.score = score
         self.reference = reference
 

@@ -20,6 +20,10 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.badge",
     "ntkal.strategies.coreset",
     "ntkal.strategies.learning_loss",
+    "ntkal.strategies.expected_error",
+    "ntkal.strategies.output_change",
+    "ntkal.strategies.variance_reduction",
+    "ntkal.strategies.typicality",
 )
 _OPTIONAL_MODULES = ("ntkal.strategies.lookahead",)
 _loaded = False
