@@ -1,8 +1,8 @@
 """Behaviour of the baseline strategies on hand-built cases whose right answer is known."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastCon
                               get_strategy, register_strategy)
 from ntkal.strategies.forward_passes import mc_dropout_probabilities
 from ntkal.strategies.learning_loss import margin_ranking_loss
+from ntkal.training import TrainConfig, train
 
 
 class _FixedNet(nn.Module):
@@ -211,8 +212,8 @@ def test_ll4al_loss_module_learns_to_rank_losses():
     torch.manual_seed(0)
     model = _SmallMLP()
     x, y = _noisy_halves(256, 0)
-    config = SimpleNamespace(epochs=30, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                             schedule="cosine", loss="ce", seed=0, device="cpu")
+    config = TrainConfig(epochs=30, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                         schedule="cosine", loss="ce", seed=0, device="cpu")
     strategy = LearningLoss()
     history = strategy.train(model, x, y, config, 2)
     assert history.losses[-1] < history.losses[0]
@@ -225,8 +226,57 @@ def test_ll4al_loss_module_learns_to_rank_losses():
     rho = spearmanr(result.scores, true_loss.numpy()).statistic
     assert rho > 0.2, rho
 
-    strategy.train(model, x, y, SimpleNamespace(**{**vars(config), "epochs": 1}), 2)
+    strategy.train(model, x, y, dataclasses.replace(config, epochs=1), 2)
     assert strategy.loss_module is module  # kept between active-learning cycles
+
+
+def _record_optimiser_steps(monkeypatch):
+    """Record, at every SGD step, each group's learning rate and momentum and the global norm of
+    the gradients about to be applied."""
+    steps = []
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
+                                                           for g in grads])))
+        steps.append(([(g["lr"], g["momentum"]) for g in self.param_groups], norm))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return steps
+
+
+def test_ll4al_trains_through_the_one_training_loop(monkeypatch):
+    # The CIFAR protocol (OneCycle from lr 0.3 to max_lr 1.25, no momentum cycling), with
+    # min_steps lengthening the run (40 examples, batch 16: 3 steps an epoch, 2 epochs -> 4) and
+    # a tight grad_clip: LL4AL must step exactly like plain training.
+    x, y = _noisy_halves(40, 3)
+    config = TrainConfig.reference(epochs=2, batch_size=16, min_steps=12, grad_clip=0.01)
+    steps = _record_optimiser_steps(monkeypatch)
+    torch.manual_seed(0)
+    plain = train(_SmallMLP(), x, y, config, num_classes=2)
+    plain_steps = list(steps)
+    steps.clear()
+    torch.manual_seed(0)
+    joint = LearningLoss().train(_SmallMLP(), x, y, config, 2)
+    assert plain.steps == joint.steps == len(steps) == 12
+    assert [s[0] for s in steps] == [s[0] for s in plain_steps]
+    lrs = [groups[0][0] for groups, _ in steps]
+    assert max(lrs) == pytest.approx(1.25, rel=0.02) and lrs[0] == pytest.approx(0.3)
+    assert {groups[0][1] for groups, _ in steps} == {0.9}
+    assert max(norm for _, norm in steps) <= 0.01 * (1 + 1e-4)  # clipped, loss module included
+    assert len(joint.losses) == len(joint.extra_losses) == 4
+
+
+def test_ll4al_divergence_is_reported():
+    x, y = _noisy_halves(40, 3)
+    config = TrainConfig(epochs=3, batch_size=8, lr=1e6, schedule="constant", loss="mse")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        LearningLoss().train(_SmallMLP(), x, y, config, 2)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        LearningLoss(weight=float("nan")).train(_SmallMLP(), x, y, dataclasses.replace(
+            config, lr=0.01), 2)
 
 
 def test_ll4al_query_before_training_is_an_error():
@@ -291,8 +341,8 @@ def test_ll4al_state_round_trip_gives_the_same_query():
     torch.manual_seed(0)
     model = _SmallMLP()
     x, y = _noisy_halves(64, 0)
-    config = SimpleNamespace(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                             schedule="cosine", loss="ce", seed=0, device="cpu")
+    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                         schedule="cosine", loss="ce", seed=0, device="cpu")
     trained = LearningLoss()
     assert trained.state_dict() is None
     trained.train(model, x, y, config, 2)
