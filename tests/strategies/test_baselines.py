@@ -16,6 +16,7 @@ from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastCon
                               LearningLoss, Margin, QueryContext, RandomSampling, Strategy,
                               get_strategy, register_strategy)
 from ntkal.strategies.forward_passes import mc_dropout_probabilities
+from ntkal.strategies.bald import _sampled_configurations, batchbald_batch, mutual_information
 from ntkal.strategies.learning_loss import margin_ranking_loss
 from ntkal.training import TrainConfig, train
 
@@ -146,7 +147,7 @@ def test_batchbald_avoids_the_duplicates_bald_picks():
                      BatchBALD(num_samples=100, max_configurations=2, num_sampled_configurations=500)):
         batch = strategy.query(_ctx(model, x), 3)
         assert np.sum(batch.indices < 3) == 1, batch.indices
-        assert batch.info["batch_mutual_information"][0] == pytest.approx(bald.scores.max())
+        assert batch.info["mutual_information_estimates"][0] == pytest.approx(bald.scores.max())
 
 
 def _brute_force_joint_mi(probs, subset):
@@ -167,9 +168,12 @@ def test_batchbald_exact_joint_mutual_information_matches_brute_force():
     result = BatchBALD(num_samples=8).query(ctx, 3)
     probs = mc_dropout_probabilities(model, x, num_samples=8, seed=2)
     chosen = result.indices.tolist()
+    assert result.info["exact_steps"] == 3 and result.info["exact_joint_entropy"]
     for step in range(1, 4):
-        assert result.info["batch_mutual_information"][step - 1] == pytest.approx(
+        assert result.info["mutual_information_estimates"][step - 1] == pytest.approx(
             _brute_force_joint_mi(probs, chosen[:step]), rel=1e-8, abs=1e-10)
+    assert result.info["batch_mutual_information"] == pytest.approx(
+        _brute_force_joint_mi(probs, chosen), rel=1e-8)
 
 
 def test_batchbald_sampled_joint_entropy_estimates_the_exact_one():
@@ -180,11 +184,76 @@ def test_batchbald_sampled_joint_entropy_estimates_the_exact_one():
     # Beyond the first pick every step is sampled (3 configurations > max_configurations=2).
     result = BatchBALD(num_samples=8, max_configurations=2,
                        num_sampled_configurations=20000).query(_ctx(model, x, seed=1), 4)
-    assert not result.info["exact_joint_entropy"]
+    assert not result.info["exact_joint_entropy"] and result.info["exact_steps"] == 1
+    assert result.info["batch_mutual_information"] is None  # only estimates: not the batch's MI
     chosen = result.indices.tolist()
     for step in range(2, 5):
-        assert result.info["batch_mutual_information"][step - 1] == pytest.approx(
+        assert result.info["mutual_information_estimates"][step - 1] == pytest.approx(
             _brute_force_joint_mi(probs, chosen[:step]), rel=0.05)
+
+
+def test_batchbald_samples_the_same_number_of_configurations_per_mask():
+    # Mask t predicts class t % 3 for every point with certainty, so each configuration drawn from
+    # mask t is (t % 3, t % 3, ...): the draws per mask are visible in the labels' pattern.
+    t_count, k = 6, 3
+    probs = np.full((t_count, 4, k), 1e-9)
+    for t in range(t_count):
+        probs[t, :, t % k] = 1.0
+    probs /= probs.sum(axis=2, keepdims=True)
+    log_p, ratio = _sampled_configurations(probs, [0, 2, 3], 20, np.random.default_rng(0))
+    assert log_p.shape == (18,) and ratio.shape == (t_count, 18)  # 20 // 6 = 3 per mask
+    # p(y_A = (c, c, c)) = 2/6 for each class c: two masks predict it.
+    np.testing.assert_allclose(np.exp(log_p), 1 / 3, rtol=1e-6)
+    for t in range(t_count):
+        block = ratio[:, 3 * t:3 * t + 3]  # configurations drawn from mask t
+        np.testing.assert_allclose(block[[u for u in range(t_count) if u % k == t % k]], 3.0,
+                                   rtol=1e-6)
+    np.testing.assert_allclose(ratio.mean(axis=0), 1.0)
+
+
+def _monte_carlo_joint_mi(probs, subset, per_mask=3000, seed=11):
+    """I(y_A; w) under the MC-dropout mixture by plain Monte Carlo: H(y_A) = -E log p(y_A) with
+    y_A drawn mask by mask, minus Σ_j E_t H(y_j | w_t). Independent of ntkal's estimator."""
+    rng = np.random.default_rng(seed)
+    t_count, _, k = probs.shape
+    sub = probs[:, subset, :]
+    neg_log_p = []
+    for t in range(t_count):
+        labels = np.stack([rng.choice(k, size=per_mask, p=sub[t, j]) for j in range(len(subset))], 1)
+        log_pt = np.log(sub[:, np.arange(len(subset)), labels]).sum(axis=2)  # (T, per_mask)
+        neg_log_p.append(-np.log(np.exp(log_pt).mean(axis=0)))
+    neg_log_p = np.concatenate(neg_log_p)
+    cond = -(sub * np.log(sub)).sum(axis=2).mean(axis=0).sum()
+    return neg_log_p.mean() - cond, neg_log_p.std() / np.sqrt(neg_log_p.size)
+
+
+def test_batchbald_batch_carries_more_information_than_top_bald():
+    # 20 masks, 4 classes. Points 0-11 are copies of one point that every mask predicts confidently
+    # (a random class per mask: BALD ~ log 4); points 12-41 are distinct, each with its own random
+    # classes per mask, somewhat less confident. Top-10 BALD takes ten copies, whose labels tell
+    # nearly the same thing; a batch of 10 has 4^10 configurations, so BatchBALD samples.
+    rng = np.random.default_rng(0)
+    t_count, k = 20, 4
+
+    def confident(classes, p_top):
+        out = np.full((t_count, k), (1 - p_top) / (k - 1))
+        out[np.arange(t_count), classes] = p_top
+        return out
+
+    copy = confident(rng.integers(k, size=t_count), 0.97)
+    distinct = [confident(rng.integers(k, size=t_count), 0.9) for _ in range(30)]
+    probs = np.stack([copy] * 12 + distinct, axis=1)
+    bald = np.argsort(-mutual_information(probs), kind="stable")[:10]
+    assert set(bald.tolist()) == set(range(10))
+    chosen, estimates, exact_steps = batchbald_batch(probs, 10, rng=np.random.default_rng(1))
+    # The 4^5 = 1024 configurations of the first five picks are summed exactly; then sampled.
+    assert exact_steps == 6 and len(set(chosen)) == 10
+    mi_batch, se_batch = _monte_carlo_joint_mi(probs, chosen)
+    mi_bald, se_bald = _monte_carlo_joint_mi(probs, list(bald))
+    assert mi_batch - mi_bald > 5 * np.hypot(se_batch, se_bald) + 0.5, (mi_batch, mi_bald)
+    assert sum(c < 12 for c in chosen) <= 2
+    # The greedy's sampled estimate is close to the batch's information, but only an estimate.
+    assert estimates[-1] == pytest.approx(mi_batch, abs=0.15)
 
 
 # ----------------------------------------------------------------------------- LL4AL
