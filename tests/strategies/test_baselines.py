@@ -92,6 +92,37 @@ def test_coreset_picks_the_far_away_points():
         assert picked.scores is None
 
 
+def _cdist_k_center_greedy(emb, labelled, budget, first=None):
+    """The k-center greedy written the plain way: pairwise distances from ``torch.cdist``."""
+    chosen = [] if first is None else [first]
+    dist = (torch.cdist(emb, labelled).min(dim=1).values if labelled is not None
+            else torch.cdist(emb, emb[first:first + 1]).squeeze(1))
+    while len(chosen) < budget:
+        masked = dist.clone()
+        masked[chosen] = -1.0
+        chosen.append(int(torch.argmax(masked)))
+        dist = torch.minimum(dist, torch.cdist(emb, emb[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+    return chosen, dist
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coreset_picks_what_the_cdist_greedy_picks(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64) * torch.rand(6, generator=g,
+                                                                          dtype=torch.float64)
+    labelled = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    model = _FixedNet(torch.eye(6))
+    result = Coreset().query(_ctx(model, x, x_lab=labelled, seed=seed), 40)
+    emb, lab = x.float().double(), labelled.float().double()
+    expected, _ = _cdist_k_center_greedy(emb, lab, 40)
+    assert result.indices.tolist() == expected
+    np.testing.assert_allclose(result.scores, torch.cdist(emb, lab).min(dim=1).values.numpy(),
+                               rtol=1e-9, atol=1e-9)
+    first = int(np.random.default_rng(seed).integers(300))
+    no_labels = Coreset().query(_ctx(model, x, seed=seed), 40)
+    assert no_labels.indices.tolist() == _cdist_k_center_greedy(emb, None, 40, first)[0]
+
+
 # ----------------------------------------------------------------------------- BADGE
 def test_badge_batch_is_diverse():
     g = torch.Generator().manual_seed(1)
@@ -113,6 +144,37 @@ def test_badge_scores_are_gradient_embedding_norms():
     g = torch.einsum("nk,nd->nkd", a, torch.cat([x.double(), torch.ones(2, 1)], 1)).flatten(1)
     np.testing.assert_allclose(BADGE().query(_ctx(model, x), 1).scores, g.norm(dim=1).numpy(),
                                rtol=1e-6)
+
+
+def _gradient_embeddings(x):
+    """BADGE's embeddings for _FixedNet(eye): (p - onehot(argmax p)) ⊗ [x, 1], explicitly."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    p = torch.softmax(x, 1)
+    a = p - torch.nn.functional.one_hot(p.argmax(1), x.shape[1])
+    return torch.einsum("nk,nd->nkd", a, torch.cat([x, torch.ones(len(x), 1)], 1)).flatten(1)
+
+
+def test_badge_samples_proportionally_to_squared_distance():
+    # A tight cluster of 40 points and 3 outliers. After the first (largest-norm) centre, k-means++
+    # draws the second with probability ∝ D² (distance to the nearest centre); ∝ D would give the
+    # cluster far more mass. Frequencies over 600 seeds must follow D², not D.
+    g = torch.Generator().manual_seed(2)
+    cluster = torch.tensor([0.2, 0.1, 0.0]) + 0.05 * torch.randn(40, 3, generator=g)
+    outliers = torch.tensor([[3.0, -1.0, 0.5], [-2.0, 2.5, 0.0], [0.5, 0.0, 2.8]])
+    x = torch.cat([cluster, outliers])
+    emb = _gradient_embeddings(x)
+    first = int(emb.norm(dim=1).argmax())
+    d = (emb - emb[first]).norm(dim=1).numpy()
+    p_d2, p_d = d ** 2 / (d ** 2).sum(), d / d.sum()
+    in_cluster = np.arange(len(x)) < 40
+    assert abs(p_d2[in_cluster].sum() - p_d[in_cluster].sum()) > 0.15  # the laws differ (8 s.e.)
+    model = _FixedNet(torch.eye(3))
+    draws = [BADGE().query(_ctx(model, x, seed=seed), 2).indices for seed in range(600)]
+    assert all(int(i[0]) == first for i in draws)
+    freq = np.bincount([int(i[1]) for i in draws], minlength=len(x)) / len(draws)
+    se = np.sqrt(p_d2[in_cluster].sum() * (1 - p_d2[in_cluster].sum()) / len(draws))
+    assert abs(freq[in_cluster].sum() - p_d2[in_cluster].sum()) < 4 * se
+    assert 0.5 * np.abs(freq - p_d2).sum() < 0.5 * np.abs(freq - p_d).sum()
 
 
 # ----------------------------------------------------------------------------- BALD, BatchBALD
