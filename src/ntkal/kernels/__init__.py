@@ -36,7 +36,7 @@ from torch import nn
 
 from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
                                    split_parameters, add_contracted_rows)
-from ntkal.kernels.blocking import default_max_memory, plan_blocks, run_blocked
+from ntkal.kernels.blocking import default_max_memory, free_memory, plan_blocks, run_blocked
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
            "IMPLEMENTATIONS"]
@@ -62,8 +62,8 @@ def _check_inputs(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         if x.ndim == 0:
             raise ValueError(f"{name} must have a leading batch dimension, got a scalar")
         if x.is_floating_point():
-            if torch.isnan(x).any():
-                raise ValueError(f"{name} contains NaN values")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name} contains NaN or infinite values")
             x = x.to(device=device, dtype=mdtype)
         else:
             x = x.to(device)
@@ -87,6 +87,30 @@ def _check_inputs(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model must return 2-D logits (n, k); got {shape}")
     return x1, x2, (out, act, calls)
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _check_output_fits(kind: str, n1: int, n2: int, k: int, dtype: torch.dtype,
+                       device: torch.device) -> None:
+    """The output kernel must fit in the memory free on ``device``; ``max_memory`` bounds only
+    the working set, so an impossible output is refused here, before any work, with the size and
+    the alternatives (a ``full`` kernel is ``k²`` times the others)."""
+    per_pair = k * k if kind == "full" else 1
+    need = n1 * n2 * per_pair * torch.empty((), dtype=dtype).element_size()
+    free = free_memory(device)
+    if need <= free:
+        return
+    hint = (f"kind='pseudo' or 'trace' ({per_pair}x smaller), " if kind == "full" else "")
+    raise MemoryError(f"a kind={kind!r} kernel on {n1} x {n2} inputs with {k} outputs needs "
+                      f"{_format_bytes(need)} but only {_format_bytes(free)} is free on {device}; "
+                      f"use {hint}fewer inputs (e.g. score a subset of the pool) or dtype=float32")
 
 
 def _classifier(model: nn.Module) -> nn.Linear:
@@ -164,8 +188,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         Engine (see the module docstring); all give the same kernel up to rounding. Ignored for
         ``last_layer``, which only needs the classifier's inputs (one forward pass).
     max_memory : int, optional
-        Working-memory budget in bytes that sets the block sizes. Default: half the free host
-        memory (``MemAvailable``), or half the free device memory on CUDA.
+        Working-memory budget in bytes that sets the block sizes (features and contraction
+        intermediates; the output kernel comes on top and is checked against the free memory
+        before any work). Default: half the free host memory (``MemAvailable``), or half the
+        free device memory on CUDA.
     dtype : torch.dtype
         Accumulation dtype of the kernel (the network itself runs in its own dtype).
     progress : bool
@@ -181,8 +207,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     Raises
     ------
     ValueError
-        Unknown kind or implementation, NaN inputs, inputs the model cannot take or of
-        mismatched shapes, a model that does not return 2-D logits.
+        Unknown kind or implementation, NaN or infinite inputs, inputs the model cannot take or
+        of mismatched shapes, a model that does not return 2-D logits.
+    MemoryError
+        The output kernel alone is larger than the memory free on the model's device.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
@@ -204,6 +232,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                     ) if return_outputs else empty
         out0, act_numel, calls = probed
         k = int(out0.shape[1])
+        _check_output_fits(kind, n1, n2, k, dtype, device)
         if max_memory is None:
             max_memory = default_max_memory(device)
         if kind == "last_layer":
@@ -253,11 +282,9 @@ def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel
 
 
 def _choose(implementation, model, params, calls, kind, k, n1, n2):
+    from ntkal.kernels import structured
+
     if implementation == "jacobian":
-        return _run_jacobian
-    try:
-        from ntkal.kernels import structured
-    except ImportError:  # pragma: no cover - structured engine not built yet
         return _run_jacobian
     if implementation == "structured":
         return structured.run_structured

@@ -17,11 +17,14 @@ def mutual_information(probs: np.ndarray) -> np.ndarray:
     return np.maximum(mi, 0.0)  # non-negative in exact arithmetic
 
 
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _check_samples(num_samples: int) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
-            or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    return int(num_samples)
+    return _positive_int("num_samples", num_samples)
 
 
 @register_strategy
@@ -207,10 +210,9 @@ class BatchBALD(Strategy):
     def __init__(self, num_samples: int = 20, max_configurations: int = 1024,
                  num_sampled_configurations: int = 1024) -> None:
         self.num_samples = _check_samples(num_samples)
-        if max_configurations < 1 or num_sampled_configurations < 1:
-            raise ValueError("max_configurations and num_sampled_configurations must be >= 1")
-        self.max_configurations = int(max_configurations)
-        self.num_sampled_configurations = int(num_sampled_configurations)
+        self.max_configurations = _positive_int("max_configurations", max_configurations)
+        self.num_sampled_configurations = _positive_int("num_sampled_configurations",
+                                                        num_sampled_configurations)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Greedy batch of ``budget`` candidates by joint mutual information."""

@@ -1,6 +1,8 @@
 """Learning loss for active learning (LL4AL): query the points whose loss a side module predicts highest."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -140,8 +142,17 @@ class LearningLoss(Strategy):
 
     def __init__(self, feature_layers: Optional[Sequence[str]] = None, hidden: int = 128,
                  weight: float = 1.0, margin: float = 1.0, detach_after: float = 0.6) -> None:
+        for key, value in (("weight", weight), ("margin", margin), ("detach_after", detach_after)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
         if not 0.0 <= detach_after <= 1.0:
             raise ValueError(f"detach_after must lie in [0, 1], got {detach_after}")
+        if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+        if isinstance(feature_layers, str):
+            raise ValueError(f"feature_layers must be a list of module names, got the string "
+                             f"{feature_layers!r}")
         self.feature_layers = tuple(feature_layers or ())
         self.hidden = int(hidden)
         self.weight = float(weight)
