@@ -5,7 +5,7 @@ TORCH     ?= 2.13.0
 STAMP     := $(VENV)/.ntkal-installed
 DEMO_OUT  ?= runs/digits
 
-.PHONY: install datasets demo test test-all bench clean
+.PHONY: install datasets demo test test-all bench mutants clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,14 @@ bench: install datasets
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/lookahead_speed.py
+
+# Mutation testing of lookahead.py, strategies/ and kernels/, each group against its own tests
+# (scripts/mutants.py; MUTANTS_ARGS e.g. "--groups strategies --time-cap 900"). Survivors:
+# benchmarks/results/mutants.txt and .json; explanations in benchmarks/results/mutants.md.
+MUTANTS_ARGS ?=
+mutants: install
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,mutation]'
+	$(PY) scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
