@@ -14,7 +14,7 @@ from torch import nn
 
 from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastConfidence,
                               LearningLoss, Margin, QueryContext, RandomSampling, Strategy,
-                              get_strategy, register_strategy)
+                              available_strategies, get_strategy, register_strategy)
 from ntkal.strategies.forward_passes import mc_dropout_probabilities
 from ntkal.strategies.bald import _sampled_configurations, batchbald_batch, mutual_information
 from ntkal.strategies.learning_loss import margin_ranking_loss
@@ -74,7 +74,33 @@ def test_margin_uses_the_top_two_probabilities_not_the_first_two_classes():
     assert LeastConfidence().query(_logit_ctx(probs), 1).indices.tolist() == [1]
 
 
+def test_margin_works_with_two_classes_and_needs_at_least_two():
+    np.testing.assert_allclose(Margin().score(np.array([[0.7, 0.3], [0.5, 0.5]])), [-0.4, 0.0])
+    with pytest.raises(ValueError, match="at least two classes"):
+        Margin().score(np.ones((3, 1)))
+
+
+@pytest.mark.parametrize("cls", [Entropy, Margin, LeastConfidence, BALD])
+def test_ties_are_broken_by_the_seed(cls):
+    # Every candidate is identical: which ones come first depends on context.seed only.
+    model = _FixedNet(torch.eye(3), dropout=0.5 if cls is BALD else 0.0)
+    x = torch.ones(40, 3)
+    picks = {seed: cls().query(_ctx(model, x, seed=seed), 5).indices.tolist() for seed in (0, 0, 1)}
+    assert picks[0] == cls().query(_ctx(model, x, seed=0), 5).indices.tolist()
+    assert picks[0] != picks[1] and picks[0] != [0, 1, 2, 3, 4]
+
+
 # ----------------------------------------------------------------------------- coreset
+def test_min_squared_distances_in_chunks_of_centres():
+    from ntkal.strategies.coreset import _min_sq_distances
+
+    g = torch.Generator().manual_seed(0)
+    points, centres = torch.randn(50, 4, generator=g).double(), torch.randn(9, 4, generator=g).double()
+    expected = torch.cdist(points, centres).min(dim=1).values ** 2
+    for chunk in (1, 2, 4, 9, 100):
+        got = _min_sq_distances(points, (points * points).sum(1), centres, chunk=chunk)
+        torch.testing.assert_close(got, expected)
+        assert got.dtype == torch.float64
 def test_coreset_picks_the_far_away_points():
     g = torch.Generator().manual_seed(0)
     near = 0.1 * torch.randn(20, 2, generator=g)
@@ -108,12 +134,13 @@ def _cdist_k_center_greedy(emb, labelled, budget, first=None):
 @pytest.mark.parametrize("seed", range(3))
 def test_coreset_picks_what_the_cdist_greedy_picks(seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(300, 6, generator=g, dtype=torch.float64) * torch.rand(6, generator=g,
-                                                                          dtype=torch.float64)
-    labelled = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    scale = torch.rand(6, generator=g, dtype=torch.float64) + 0.5
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64) * scale
+    labelled = torch.randn(7, 6, generator=g, dtype=torch.float64) * scale
     model = _FixedNet(torch.eye(6))
     result = Coreset().query(_ctx(model, x, x_lab=labelled, seed=seed), 40)
     emb, lab = x.float().double(), labelled.float().double()
+    assert len(set(torch.cdist(emb, lab).argmin(dim=1).tolist())) == 7  # every centre matters
     expected, _ = _cdist_k_center_greedy(emb, lab, 40)
     assert result.indices.tolist() == expected
     np.testing.assert_allclose(result.scores, torch.cdist(emb, lab).min(dim=1).values.numpy(),
@@ -445,8 +472,50 @@ def test_registry_errors_name_the_valid_choices():
 
     with pytest.raises(ValueError, match="already taken"):
         register_strategy(Impostor)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="only Strategy subclasses can be registered"):
         register_strategy(int)
+
+
+def test_register_strategy_rules(monkeypatch):
+    from ntkal.strategies import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    class Nameless(Strategy):
+        def query(self, context, budget):  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="Nameless needs a non-empty class attribute `name`"):
+        register_strategy(Nameless)
+
+    def make():
+        class Fresh(Strategy):
+            """First line of the description.
+
+            More."""
+
+            name = "fresh_for_test"
+
+            def query(self, context, budget):  # pragma: no cover - never called
+                raise AssertionError
+        return Fresh
+
+    first = make()
+    assert register_strategy(first) is first and register_strategy(first) is first
+    again = make()  # the same class re-created (a module reload): it replaces the first
+    assert register_strategy(again) is again
+    assert isinstance(get_strategy("fresh_for_test"), again)
+    assert available_strategies()["fresh_for_test"] == "First line of the description."
+
+    class Undocumented(Strategy):
+        name = "undocumented_for_test"
+
+        def query(self, context, budget):  # pragma: no cover - never called
+            raise AssertionError
+
+    Undocumented.__doc__ = "   "  # blank (None would inherit the base class docstring)
+    register_strategy(Undocumented)
+    assert available_strategies()["undocumented_for_test"] == "Undocumented"
 
 
 # ----------------------------------------------------------------------------- scores, modes
@@ -487,3 +556,13 @@ def test_ll4al_state_round_trip_gives_the_same_query():
     np.testing.assert_allclose(a.scores, b.scores)
     with pytest.raises(ValueError, match="hidden"):
         LearningLoss(hidden=8).load_state_dict(trained.state_dict())
+    narrow = LearningLoss(hidden=8)
+    narrow.train(model, x, y, config, 2)
+    restored = LearningLoss(hidden=8)
+    restored.load_state_dict(narrow.state_dict())
+    np.testing.assert_allclose(restored.query(_ctx(model, x_test), 5).scores,
+                               narrow.query(_ctx(model, x_test), 5).scores)
+    restored.load_state_dict(None)
+    assert restored.loss_module is None
+    with pytest.raises(RuntimeError, match="untrained"):
+        restored.query(_ctx(model, x_test), 1)
