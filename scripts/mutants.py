@@ -81,9 +81,17 @@ def _toml_list(items: list[str]) -> str:
 def prepare(group: str) -> Path:
     """A fresh scratch copy for ``group`` with its mutmut configuration."""
     sources, tests = GROUPS[group]
-    missing = [p for p in sources + tests if not (REPO / p).exists()]
+    missing = [p for p in sources if not (REPO / p).exists()]
     if missing:
-        raise SystemExit(f"group {group}: missing {', '.join(missing)}")
+        raise SystemExit(f"group {group}: missing source file(s) {', '.join(missing)}; "
+                         "update GROUPS in scripts/mutants.py")
+    absent = [p for p in tests if not (REPO / p).exists()]
+    tests = [p for p in tests if p not in absent]
+    if absent:
+        print(f"    warning: group {group}: test path(s) {', '.join(absent)} not found, skipped",
+              flush=True)
+    if not tests:
+        raise SystemExit(f"group {group}: none of its test paths exist; update GROUPS")
     work = WORK / group
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
