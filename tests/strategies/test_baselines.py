@@ -110,6 +110,8 @@ def test_coreset_picks_the_far_away_points():
     labelled = 0.1 * torch.randn(5, 2, generator=g)
     result = Coreset().query(_ctx(model, x, x_lab=labelled), 3)
     assert set(result.indices.tolist()) == {10, 11, 12}
+    one = Coreset().query(_ctx(model, x, x_lab=labelled[:1]), 3)  # a single labelled centre
+    np.testing.assert_allclose(one.scores, (x - labelled[0]).norm(dim=1).numpy(), rtol=1e-6)
     assert result.scores[10:13].min() > result.scores[np.r_[0:10, 13:23]].max()
     # No labelled points: the first centre is random, the far points must still be covered.
     for seed in range(3):
@@ -181,6 +183,31 @@ def _gradient_embeddings(x):
     return torch.einsum("nk,nd->nkd", a, torch.cat([x, torch.ones(len(x), 1)], 1)).flatten(1)
 
 
+def test_badge_factorised_distances_equal_explicit_embedding_distances():
+    from ntkal.strategies.badge import _sq_distances_to
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    emb = _gradient_embeddings(x)
+    p = torch.softmax(x, 1)
+    a = (p - torch.nn.functional.one_hot(p.argmax(1), 3)).numpy()
+    h = x.numpy()
+    sq_norm = (a * a).sum(1) * ((h * h).sum(1) + 1.0)
+    for c in (0, 5, 11):
+        np.testing.assert_allclose(_sq_distances_to(c, a, h, sq_norm),
+                                   ((emb - emb[c]) ** 2).sum(1).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_badge_on_identical_candidates_picks_distinct_points_by_seed():
+    # Every gradient embedding coincides: D² is 0 everywhere after the first pick, so the rest
+    # are drawn uniformly among the unchosen (never a NaN probability, never a repeat).
+    model = _FixedNet(torch.eye(3))
+    x = torch.tensor([[0.3, 0.2, 0.1]]).repeat(30, 1)
+    picks = [BADGE().query(_ctx(model, x, seed=s), 6).indices.tolist() for s in (0, 0, 1)]
+    assert picks[0] == picks[1] != picks[2]
+    assert all(len(set(p)) == 6 for p in picks)
+
+
 def test_badge_samples_proportionally_to_squared_distance():
     # A tight cluster of 40 points and 3 outliers. After the first (largest-norm) centre, k-means++
     # draws the second with probability ∝ D² (distance to the nearest centre); ∝ D would give the
@@ -212,6 +239,36 @@ def test_bald_prefers_disagreement_over_noise():
     x = [[0.0, 0.0], [10.0, 0.0], [0.3, 0.0]]
     assert BALD(num_samples=64).query(_ctx(model, x), 1).indices.tolist() == [1]
     assert Entropy().query(_ctx(model, x), 1).indices.tolist() == [0]
+
+
+def test_sample_counts_are_positive_integers():
+    assert BALD(num_samples=1).num_samples == 1
+    assert BatchBALD(max_configurations=1, num_sampled_configurations=1).max_configurations == 1
+    for bad in (0, -3, True, 2.0, "4"):
+        with pytest.raises(ValueError, match=r"num_samples must be a positive integer"):
+            BALD(num_samples=bad)
+    with pytest.raises(ValueError, match=r"max_configurations must be a positive integer, got 0"):
+        BatchBALD(max_configurations=0)
+    with pytest.raises(ValueError, match=r"num_sampled_configurations must be a positive integer"):
+        BatchBALD(num_sampled_configurations=0)
+
+
+def test_batchbald_query_is_batchbald_batch_on_the_seeded_mc_dropout_probabilities():
+    torch.manual_seed(5)
+    model = _FixedNet(torch.randn(3, 5), dropout=0.4)
+    x = torch.randn(9, 5)
+    strategy = BatchBALD(num_samples=6, max_configurations=3, num_sampled_configurations=40)
+    result = strategy.query(_ctx(model, x, seed=3), 5)
+    probs = mc_dropout_probabilities(model, x, num_samples=6, seed=3)
+    chosen, estimates, exact_steps = batchbald_batch(probs, 5, max_configurations=3,
+                                                     num_sampled_configurations=40,
+                                                     rng=np.random.default_rng(3))
+    assert result.indices.tolist() == chosen and exact_steps == 2
+    np.testing.assert_allclose(result.info["mutual_information_estimates"], estimates)
+    np.testing.assert_allclose(result.scores, mutual_information(probs))
+    other = batchbald_batch(probs, 5, max_configurations=3, num_sampled_configurations=40,
+                            rng=np.random.default_rng(0))[1]
+    assert not np.allclose(other, estimates)  # the seed matters once sampling starts
 
 
 def test_bald_without_dropout_tells_the_user_to_add_it():
@@ -291,6 +348,7 @@ def test_batchbald_samples_the_same_number_of_configurations_per_mask():
     probs /= probs.sum(axis=2, keepdims=True)
     log_p, ratio = _sampled_configurations(probs, [0, 2, 3], 20, np.random.default_rng(0))
     assert log_p.shape == (18,) and ratio.shape == (t_count, 18)  # 20 // 6 = 3 per mask
+    assert _sampled_configurations(probs, [1], 4, np.random.default_rng(0))[0].shape == (6,)
     # p(y_A = (c, c, c)) = 2/6 for each class c: two masks predict it.
     np.testing.assert_allclose(np.exp(log_p), 1 / 3, rtol=1e-6)
     for t in range(t_count):
@@ -458,10 +516,12 @@ def test_random_depends_only_on_the_seed():
 
 
 def test_registry_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="entropy"):
+    with pytest.raises(ValueError, match=r"unknown strategy 'no_such_strategy'; available: "
+                                         r"badge, bald, batchbald, coreset, entropy"):
         get_strategy("no_such_strategy")
-    with pytest.raises(TypeError, match="num_samples"):
-        get_strategy("bald", samples=3)
+    with pytest.raises(TypeError, match=r"strategy 'bald' got unknown parameter\(s\) samples, "
+                                        r"size; valid parameters: num_samples$"):
+        get_strategy("bald", samples=3, size=2)
     assert isinstance(get_strategy("batchbald", num_samples=3), BatchBALD)
 
     class Impostor(Strategy):
@@ -517,6 +577,18 @@ def test_register_strategy_rules(monkeypatch):
     register_strategy(Undocumented)
     assert available_strategies()["undocumented_for_test"] == "Undocumented"
 
+    class Open(Strategy):
+        name = "open_for_test"
+
+        def __init__(self, **options):
+            self.options = options
+
+        def query(self, context, budget):  # pragma: no cover - never called
+            raise AssertionError
+
+    register_strategy(Open)
+    assert get_strategy("open_for_test", anything=1).options == {"anything": 1}
+
 
 # ----------------------------------------------------------------------------- scores, modes
 @settings(max_examples=25, deadline=None)
@@ -527,6 +599,16 @@ def test_uncertainty_scores_match_their_definitions(logits):
     np.testing.assert_allclose(Margin().score(probs), ordered[:, -2] - ordered[:, -1], atol=1e-12)
     np.testing.assert_allclose(LeastConfidence().score(probs), 1 - ordered[:, -1], atol=1e-12)
     np.testing.assert_allclose(Entropy().score(probs), -(probs * np.log(probs)).sum(1), atol=1e-9)
+
+
+def test_forward_batches_of_one():
+    probs = [[0.7, 0.2, 0.1], [0.98, 0.01, 0.01], [1 / 3, 1 / 3, 1 / 3]]
+    ctx = _logit_ctx(probs)
+    ctx.batch_size = 1
+    assert Entropy().query(ctx, 3).indices.tolist() == [2, 0, 1]
+    ctx.batch_size = 0
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        Entropy().query(ctx, 1)
 
 
 def test_query_restores_mixed_module_modes():
