@@ -496,6 +496,28 @@ def test_ll4al_divergence_is_reported():
         strategy.train(_SmallMLP(), x, y, dataclasses.replace(config, lr=0.01), 2)
 
 
+def test_ll4al_pools_feature_maps_and_taps_named_layers():
+    from ntkal.strategies.learning_loss import _pool
+
+    maps = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
+    torch.testing.assert_close(_pool(maps), maps.mean(dim=(2, 3)))
+    torch.testing.assert_close(_pool(maps[:, :, 0]), maps[:, :, 0].mean(dim=2))  # (n, C, L)
+    flat = torch.randn(2, 7, dtype=torch.float64)
+    assert _pool(flat) is not None and torch.equal(_pool(flat), flat)
+
+    x, y = _noisy_halves(32, 2)
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.05, schedule="constant", loss="ce")
+    strategy = LearningLoss(feature_layers=["body.0", "body.2"], hidden=4)
+    strategy.train(_SmallMLP(), x, y, config, 2)
+    assert strategy.loss_module.in_dims == (16, 16, 16)  # two tapped layers + the embedding
+    with pytest.raises(ValueError, match="feature_layers: 'nope' is not a submodule of _SmallMLP"):
+        LearningLoss(feature_layers=["nope"]).train(_SmallMLP(), x, y, config, 2)
+    headless = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="Sequential has no `classifier` module; LL4AL reads the "
+                                        "penultimate embedding"):
+        LearningLoss().train(headless, x, y, config, 2)
+
+
 def test_ll4al_query_before_training_is_an_error():
     with pytest.raises(RuntimeError, match="untrained"):
         LearningLoss().query(_ctx(_SmallMLP(), torch.zeros(3, 2)), 1)

@@ -76,7 +76,11 @@ class _FeatureTap:
         self.order = list(layers) + ["__embedding__"]
         self._handles = []
         for name in layers:
-            module = model.get_submodule(name)
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"feature_layers: {name!r} is not a submodule of "
+                                 f"{type(model).__name__}") from None
             self._handles.append(module.register_forward_hook(self._out_hook(name)))
         self._handles.append(classifier.register_forward_pre_hook(self._in_hook("__embedding__")))
 
