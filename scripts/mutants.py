@@ -14,6 +14,10 @@ Usage (from the repository root; ``make mutants`` runs the defaults)::
     python scripts/mutants.py --groups strategies --time-cap 900
     python scripts/mutants.py --list                # the groups and their files
 
+After adding tests, the survivors alone can be re-checked in a group's scratch copy (copy the
+changed test files into ``build/mutants/<group>/tests/``, run ``python -m mutmut run NAME ...``
+there without ``PYTHONPATH``) and the report refreshed with ``--collect-only``.
+
 Results: ``benchmarks/results/mutants.json`` (per group: counts by status, every survivor with
 its diff) and ``benchmarks/results/mutants.txt`` (the survivors' diffs, for reading). Groups not
 run this time keep their earlier entries. A group stopped by ``--time-cap`` reports the mutants
@@ -186,6 +190,9 @@ def main() -> None:
                         help="seconds per group before it is stopped (default 2400)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--list", action="store_true", help="print the groups and exit")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="re-read the results already in build/mutants/<group> (e.g. after "
+                             "`mutmut run NAMES` there re-checked some mutants) without running")
     args = parser.parse_args()
     if args.list:
         for group, (sources, tests) in GROUPS.items():
@@ -202,8 +209,18 @@ def main() -> None:
     path = RESULTS / "mutants.json"
     report = json.loads(path.read_text()) if path.exists() else {"groups": {}}
     for group in groups:
-        print(f"==> {group} (cap {args.time_cap:.0f} s)", flush=True)
-        report["groups"][group] = run_group(group, args.time_cap, args.max_children)
+        if args.collect_only:
+            work = WORK / group
+            if not (work / "mutants").is_dir():
+                print(f"==> {group}: no results in {work}, skipped", flush=True)
+                continue
+            old = report["groups"].get(group, {})
+            print(f"==> {group}: collecting {work}", flush=True)
+            report["groups"][group] = collect(group, work, old.get("seconds", 0.0),
+                                              old.get("stopped_by_time_cap", False), 0)
+        else:
+            print(f"==> {group} (cap {args.time_cap:.0f} s)", flush=True)
+            report["groups"][group] = run_group(group, args.time_cap, args.max_children)
         import mutmut as m
 
         report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),

@@ -544,6 +544,8 @@ def test_registry_errors_name_the_valid_choices():
     with pytest.raises(TypeError, match=r"strategy 'bald' got unknown parameter\(s\) samples, "
                                         r"size; valid parameters: num_samples$"):
         get_strategy("bald", samples=3, size=2)
+    with pytest.raises(TypeError, match=r"valid parameters: \(none\)$"):
+        get_strategy("random", seed=1)
     assert isinstance(get_strategy("batchbald", num_samples=3), BatchBALD)
 
     class Impostor(Strategy):
@@ -586,6 +588,15 @@ def test_register_strategy_rules(monkeypatch):
     assert register_strategy(first) is first and register_strategy(first) is first
     again = make()  # the same class re-created (a module reload): it replaces the first
     assert register_strategy(again) is again
+
+    class Other(Strategy):  # same module, another class: the name is taken
+        name = "fresh_for_test"
+
+        def query(self, context, budget):  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="already taken"):
+        register_strategy(Other)
     assert isinstance(get_strategy("fresh_for_test"), again)
     assert available_strategies()["fresh_for_test"] == "First line of the description."
 

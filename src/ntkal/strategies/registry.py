@@ -67,6 +67,8 @@ def _ensure_loaded() -> None:
 
 
 def _init_parameters(cls: type[Strategy]) -> tuple[list[str], bool]:
+    if cls.__init__ is object.__init__:  # no constructor of its own: it takes no parameters
+        return [], False
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
