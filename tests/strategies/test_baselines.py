@@ -206,6 +206,17 @@ def test_badge_on_identical_candidates_picks_distinct_points_by_seed():
     picks = [BADGE().query(_ctx(model, x, seed=s), 6).indices.tolist() for s in (0, 0, 1)]
     assert picks[0] == picks[1] != picks[2]
     assert all(len(set(p)) == 6 for p in picks)
+    whole = BADGE().query(_ctx(model, x[:8], seed=2), 8).indices.tolist()
+    assert sorted(whole) == list(range(8))
+
+
+def test_badge_tiny_distances_still_sample_by_distance():
+    # Ten copies of one point and a slightly different one with a smaller gradient norm: after
+    # the first pick (a copy), only the odd point is at a distance > 0 (D² = 0.02: a total < 1).
+    model = _FixedNet(torch.eye(3))
+    x = torch.cat([torch.tensor([[0.3, 0.2, 0.1]]).repeat(10, 1), torch.tensor([[0.5, 0.2, 0.1]])])
+    for seed in range(5):
+        assert BADGE().query(_ctx(model, x, seed=seed), 2).indices.tolist()[1] == 10
 
 
 def test_badge_samples_proportionally_to_squared_distance():
@@ -269,6 +280,19 @@ def test_batchbald_query_is_batchbald_batch_on_the_seeded_mc_dropout_probabiliti
     other = batchbald_batch(probs, 5, max_configurations=3, num_sampled_configurations=40,
                             rng=np.random.default_rng(0))[1]
     assert not np.allclose(other, estimates)  # the seed matters once sampling starts
+
+
+def test_batchbald_with_impossible_labels_and_its_default_seed():
+    # Class 2 has probability exactly 0 under every mask: its configurations have zero mass and
+    # must be dropped, not turned into 0 * log 0 = NaN. Without an rng the result is repeatable.
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(2), size=(8, 6))
+    probs = np.concatenate([probs, np.zeros((8, 6, 1))], axis=2)
+    chosen, estimates, exact_steps = batchbald_batch(probs, 5, max_configurations=8,
+                                                     num_sampled_configurations=64)
+    assert np.isfinite(estimates).all() and exact_steps == 3 and len(set(chosen)) == 5
+    assert batchbald_batch(probs, 5, max_configurations=8,
+                           num_sampled_configurations=64)[1] == estimates
 
 
 def test_bald_without_dropout_tells_the_user_to_add_it():
