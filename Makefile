@@ -32,6 +32,7 @@ bench: install datasets
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/lookahead_speed.py
+	$(PY) benchmarks/strategies_speed.py
 
 # Mutation testing of lookahead.py, strategies/ and kernels/, each group against its own tests
 # (scripts/mutants.py; MUTANTS_ARGS e.g. "--groups strategies --time-cap 900"). Survivors:
