@@ -17,7 +17,7 @@ from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastCon
                               available_strategies, get_strategy, register_strategy)
 from ntkal.strategies.forward_passes import mc_dropout_probabilities
 from ntkal.strategies.bald import _sampled_configurations, batchbald_batch, mutual_information
-from ntkal.strategies.learning_loss import margin_ranking_loss
+from ntkal.strategies.learning_loss import LossPredictionModule, margin_ranking_loss
 from ntkal.training import TrainConfig, train
 
 
@@ -499,7 +499,13 @@ def test_ll4al_trains_through_the_one_training_loop(monkeypatch):
     plain_steps = list(steps)
     steps.clear()
     torch.manual_seed(0)
-    joint = LearningLoss().train(_SmallMLP(), x, y, config, 2)
+    strategy = LearningLoss()
+    joint = strategy.train(_SmallMLP(), x, y, config, 2)
+    torch.manual_seed(config.seed)  # the loss module's initialisation, redone
+    initial = LossPredictionModule(strategy.loss_module.in_dims, strategy.hidden)
+    moved = [not torch.equal(a, b) for a, b in zip(initial.state_dict().values(),
+                                                   strategy.loss_module.state_dict().values())]
+    assert all(moved)  # the loss module is optimised with the model
     assert plain.steps == joint.steps == len(steps) == 12
     assert [s[0] for s in steps] == [s[0] for s in plain_steps]
     lrs = [groups[0][0] for groups, _ in steps]
