@@ -5,7 +5,7 @@ TORCH     ?= 2.13.0
 STAMP     := $(VENV)/.ntkal-installed
 DEMO_OUT  ?= runs/digits
 
-.PHONY: install datasets browser demo test test-all bench bench-ray gpu-suite clean
+.PHONY: install datasets browser demo test test-all bench bench-ray gpu-suite mutants clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -36,13 +36,23 @@ bench: install datasets
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/fidelity.py
 	$(PY) benchmarks/lookahead_speed.py
+	$(PY) benchmarks/pool_scale.py
 	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/strategies_speed.py
 
 bench-ray: install
 	$(PY) benchmarks/ray_sweep.py
 
 gpu-suite: install
 	PYTHON=$(PY) bash benchmarks/gpu_suite.sh
+
+# Mutation testing of lookahead/, strategies/ and kernels/, each group against its own tests
+# (scripts/mutants.py; MUTANTS_ARGS e.g. "--groups strategies --time-cap 900"). Survivors:
+# benchmarks/results/mutants.txt and .json; explanations in benchmarks/results/mutants.md.
+MUTANTS_ARGS ?=
+mutants: install
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,mutation]'
+	$(PY) scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

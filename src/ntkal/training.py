@@ -15,7 +15,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from ntkal.models.forward import predict_logits
 from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "predict_logits"]
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
+           "predict_logits"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 LOSSES = ("mse", "ce")
@@ -209,12 +210,15 @@ class TrainResult:
         Wall-clock time of the whole call.
     steps : int
         Optimiser steps taken.
+    extra_losses : list of float
+        Per-epoch example-weighted mean of the :class:`ExtraObjective` term (empty without one).
     """
 
     losses: list[float] = field(default_factory=list)
     train_accuracy: float = float("nan")
     seconds: float = 0.0
     steps: int = 0
+    extra_losses: list[float] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float:
@@ -280,12 +284,6 @@ def _scheduler(optimiser: torch.optim.Optimizer, config: TrainConfig, total_step
     return None
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int) -> torch.Tensor:
-    if kind == "mse":
-        return F.mse_loss(out, F.one_hot(y, num_classes).to(out.dtype))
-    return F.cross_entropy(out, y)
-
-
 @contextlib.contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Any]:
     """A transient rich bar over epochs, or None. Older rich versions allow one live display at a
@@ -309,9 +307,162 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
         bar.stop()
 
 
+@dataclass
+class TrainStep:
+    """What an :class:`ExtraObjective` sees at one optimiser step.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The network being trained (train mode).
+    x, y : Tensor
+        The mini-batch, on the training device.
+    outputs : Tensor
+        The model's logits ``(b, num_classes)`` for ``x``, with their graph.
+    per_example_loss : Tensor
+        The task loss of each example ``(b,)`` (its mean is the task loss of the step).
+    epoch, epochs : int
+        The current epoch (from 0) and the number of epochs of the run.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    outputs: torch.Tensor
+    per_example_loss: torch.Tensor
+    epoch: int
+    epochs: int
+
+
+@dataclass
+class ExtraObjective:
+    """A term added to the task loss of every step, and what it trains besides the model.
+
+    Strategies that train a side module jointly with the network (LL4AL's loss-prediction module)
+    use this hook, so that they train through the one loop of :func:`train` (same schedule,
+    optimiser, ``min_steps``, ``grad_clip`` and divergence check as every other strategy).
+
+    Attributes
+    ----------
+    loss : callable
+        ``loss(step: TrainStep) -> Tensor``: a scalar added to the mean task loss of the step.
+    parameters : sequence of Parameter
+        Extra parameters optimised together with the model's (same optimiser and schedule).
+    modules : sequence of nn.Module
+        Extra modules moved to the training device and put in train mode for the run (their
+        submodules' modes are restored afterwards).
+    """
+
+    loss: Callable[[TrainStep], torch.Tensor]
+    parameters: Sequence[nn.Parameter] = ()
+    modules: Sequence[nn.Module] = ()
+
+
+def _per_example_loss(out: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int) -> torch.Tensor:
+    if kind == "mse":
+        return (out - F.one_hot(y, num_classes).to(out.dtype)).square().mean(dim=1)
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def _training_data(x: Any, y: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _as_inputs(x)
+    n = int(x.shape[0])
+    y = _as_labels(y, n, num_classes)
+    if n == 0:
+        raise ValueError("cannot train on an empty set")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or infinite values")
+    return x, y
+
+
+def _check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        probe = x[: min(int(x.shape[0]), 2)]
+        _check_output(model(probe), int(probe.shape[0]), num_classes)
+
+
+def _check_finite(epoch: int, loss: float, extra: Optional[float], config: TrainConfig) -> None:
+    for what, value in (("loss", loss), ("extra loss term", extra)):
+        if value is not None and not math.isfinite(value):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch + 1}: the {what} is {value}; lower "
+                f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+
+
+@dataclass
+class _Run:
+    """The moving parts of one :func:`train` call."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    config: TrainConfig
+    num_classes: int
+    epochs: int
+    params: list[nn.Parameter]
+    optimiser: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    extra: Optional[ExtraObjective]
+
+    def step(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One optimiser step on the examples ``idx``: (task loss, extra term), detached."""
+        xb, yb = self.x[idx], self.y[idx]
+        out = self.model(xb)
+        per_example = _per_example_loss(out, yb, self.config.loss, self.num_classes)
+        loss = per_example.mean()
+        extra = None
+        if self.extra is not None:
+            extra = self.extra.loss(TrainStep(self.model, xb, yb, out, per_example, epoch,
+                                              self.epochs))
+        total = loss if extra is None else loss + extra
+        self.optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimiser.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach(), (None if extra is None else extra.detach())
+
+    def epoch(self, epoch: int) -> tuple[float, Optional[float], int]:
+        """One pass over the data: example-weighted mean task loss, extra term, steps taken."""
+        n = int(self.x.shape[0])
+        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        extra_total = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        steps = 0
+        for idx in _batches(n, self.config.batch_size, self.generator):
+            idx = idx.to(self.x.device)
+            loss, extra = self.step(idx, epoch)
+            steps += 1
+            total += loss.double() * idx.numel()
+            if extra is not None:
+                extra_total += extra.double() * idx.numel()
+        return float(total) / n, (float(extra_total) / n if self.extra is not None else None), steps
+
+
+def _start_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+               num_classes: int, extra: Optional[ExtraObjective]) -> _Run:
+    """Optimiser, schedule and shuffling for a run; seeds the global RNG (inside a fork)."""
+    n = int(x.shape[0])
+    epochs = config.epochs_for(n)
+    total_steps = epochs * _steps_per_epoch(n, config.batch_size)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = list(model.parameters())
+    if extra is not None:
+        known = {id(p) for p in params}
+        params += [p for p in extra.parameters if id(p) not in known]
+    optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return _Run(model, x, y, config, num_classes, epochs, params, optimiser,
+                _scheduler(optimiser, config, total_steps), generator, extra)
+
+
 # ----------------------------------------------------------------------------- public API
 def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes: int,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, extra: Optional[ExtraObjective] = None) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``, starting from its current weights.
 
     Warm starting is the point: active learning retrains after every cycle from the previous
@@ -332,6 +483,9 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     num_classes : int
     progress : bool, default False
         Show a rich progress bar (never under ``NTKAL_QUIET=1`` or ``CI``).
+    extra : ExtraObjective, optional
+        A term added to every step's loss, with the extra parameters and modules it trains
+        (e.g. LL4AL's loss-prediction module). Its per-epoch mean is in ``TrainResult.extra_losses``.
 
     Returns
     -------
@@ -343,64 +497,44 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         Mismatched lengths, labels out of range, non-finite inputs, an empty set, or a model whose
         output is not ``(n, num_classes)``.
     FloatingPointError
-        If the loss becomes NaN or infinite (lower ``lr``/``max_lr`` or set ``grad_clip``).
+        If the loss (or the extra term) becomes NaN or infinite (lower ``lr``/``max_lr`` or set
+        ``grad_clip``).
     """
     start = time.perf_counter()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; "
                         "TrainConfig.from_dict(...) builds one from a mapping")
+    if extra is not None and not isinstance(extra, ExtraObjective):
+        raise TypeError(f"extra must be an ExtraObjective, got {type(extra).__name__}")
     num_classes = _check_num_classes(num_classes)
-    x = _as_inputs(x)
-    n = int(x.shape[0])
-    y = _as_labels(y, n, num_classes)
-    if n == 0:
-        raise ValueError("cannot train on an empty set")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or infinite values")
+    x, y = _training_data(x, y, num_classes)
     device = _resolve_device(config.device)
     model.to(device)
+    side_modules = list(extra.modules) if extra is not None else []
+    for module in side_modules:
+        module.to(device)
     x = x.to(device=device, dtype=_model_dtype(model))
     y = y.to(device)
 
     result = TrainResult()
-    epochs = config.epochs_for(n)
-    total_steps = epochs * _steps_per_epoch(n, config.batch_size)
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with _modes_restored(model), torch.random.fork_rng(devices=cuda):
-        model.eval()
-        with torch.no_grad():
-            probe = x[: min(n, 2)]
-            _check_output(model(probe), int(probe.shape[0]), num_classes)
-        torch.manual_seed(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)
-        optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        scheduler = _scheduler(optimiser, config, total_steps)
-        model.train()
-        show = progress_allowed(progress)
-        with _progress_bar(show) as bar:
-            task = bar.add_task("train", total=epochs, loss="-") if bar is not None else None
-            for epoch in range(epochs):
-                total = torch.zeros((), dtype=torch.float64, device=device)
-                for idx in _batches(n, config.batch_size, generator):
-                    idx = idx.to(device)
-                    out = model(x[idx])
-                    loss = _loss(out, y[idx], config.loss, num_classes)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    optimiser.step()
-                    if scheduler is not None:
-                        scheduler.step()
-                    result.steps += 1
-                    total += loss.detach().double() * idx.numel()
-                epoch_loss = float(total) / n
-                if not math.isfinite(epoch_loss):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch + 1}: the loss is {epoch_loss}; lower "
-                        f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+    with contextlib.ExitStack() as stack:
+        for module in [model, *side_modules]:
+            stack.enter_context(_modes_restored(module))
+        stack.enter_context(torch.random.fork_rng(devices=cuda))
+        _check_model_output(model, x, num_classes)
+        run = _start_run(model, x, y, config, num_classes, extra)
+        for module in [model, *side_modules]:
+            module.train()
+        with _progress_bar(progress_allowed(progress)) as bar:
+            task = bar.add_task("train", total=run.epochs, loss="-") if bar is not None else None
+            for epoch in range(run.epochs):
+                epoch_loss, epoch_extra, steps = run.epoch(epoch)
+                result.steps += steps
+                _check_finite(epoch, epoch_loss, epoch_extra, config)
                 result.losses.append(epoch_loss)
+                if epoch_extra is not None:
+                    result.extra_losses.append(epoch_extra)
                 if bar is not None:
                     bar.update(task, advance=1, loss=f"{epoch_loss:.4f}")
     result.train_accuracy = evaluate(model, x, y, device=device)

@@ -1,14 +1,13 @@
 """The query contract of ``ntkal.strategies.base``, checked for every registered strategy."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ntkal.strategies import QueryContext, available_strategies, get_strategy
+from ntkal.training import TrainConfig
 
 NUM_CLASSES = 3
 
@@ -31,14 +30,8 @@ class _TinyNet(nn.Module):
 
 
 def _train_config():
-    fields = dict(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0,
-                  schedule="constant", loss="mse", seed=0, device="cpu")
-    try:
-        from ntkal.training import TrainConfig
-
-        return TrainConfig(**fields)
-    except (ImportError, TypeError):
-        return SimpleNamespace(**fields)
+    return TrainConfig(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0,
+                       schedule="constant", loss="mse", seed=0, device="cpu")
 
 
 # Small parameters so the whole contract run stays fast.

@@ -71,6 +71,13 @@ def _float(key: str, value: Any, minimum: float = 0.0, maximum: float = float("i
     return float(value)
 
 
+def _bool(key: str, value: Any) -> bool:
+    # Strict: YAML's true/false only. A quoted "false" is a non-empty string, truthy in Python.
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false (unquoted), got {value!r}")
+    return value
+
+
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> str:
     if value not in options:
         raise ConfigError(f"{key} must be one of {', '.join(options)}; got {value!r}")
@@ -314,20 +321,32 @@ class StrategySpec:
                    resources=resources)
 
     def build(self):
-        """The strategy object (errors in ``params`` name this entry)."""
+        """The strategy object (errors in ``params`` name this entry and the key)."""
         from ntkal.strategies import get_strategy
 
+        _check_kernel_params(self.label, self.params)
         try:
             return get_strategy(self.name, **self.params)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"strategy {self.label!r}: {err}") from err
 
 
-def _trainer_fields() -> Optional[tuple[str, ...]]:
-    try:
-        from ntkal.training import TrainConfig
-    except ImportError:  # pragma: no cover - only before ntkal.training exists
-        return None
+def _check_kernel_params(label: str, params: dict) -> None:
+    """Closed sets of the eNTK options a strategy passes on to :func:`ntkal.kernels.empirical_ntk`
+    (``kernel``, ``implementation``), checked here so that a typo fails at parse time rather than
+    at the first query, after a whole round of training."""
+    from ntkal.kernels import available_implementations, available_kinds
+
+    for key, options in (("kernel", available_kinds()), ("implementation",
+                                                         available_implementations())):
+        if key in params and params[key] not in options:
+            raise ConfigError(f"strategy {label!r}: params.{key} must be one of "
+                              f"{', '.join(options)}; got {params[key]!r}")
+
+
+def _trainer_fields() -> tuple[str, ...]:
+    from ntkal.training import TrainConfig
+
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -391,8 +410,7 @@ class ExperimentConfig:
         from ntkal.training import TrainConfig
 
         raw = dict(self.trainer)
-        if "device" in _trainer_fields():
-            raw["device"] = self.device
+        raw["device"] = self.device
         try:
             return TrainConfig(**raw)
         except (TypeError, ValueError) as err:
@@ -538,9 +556,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
         if key not in raw:
             raise ConfigError(f"missing required key {key!r}")
     trainer = _mapping("trainer", raw.get("trainer"))
-    valid = _trainer_fields()
-    if valid is not None:
-        _no_unknown("trainer", trainer, valid)
+    _no_unknown("trainer", trainer, _trainer_fields())
     strategies_raw = raw["strategies"]
     if not isinstance(strategies_raw, list) or not strategies_raw:
         raise ConfigError("strategies must be a non-empty list of names or {name, params} mappings")
@@ -562,7 +578,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
         mode=_choice("mode", raw.get("mode", "batch"), MODES),
         device=_device(raw.get("device", "cpu")),
         retrain=_choice("retrain", raw.get("retrain", "warm"), RETRAIN),
-        stratified_initial=bool(raw.get("stratified_initial", True)),
+        stratified_initial=_bool("stratified_initial", raw.get("stratified_initial", True)),
         name=str(raw.get("name", "experiment")),
         threads=_int("threads", raw.get("threads"), 1, True),
         resources=Resources.parse(raw.get("resources")),
@@ -581,22 +597,61 @@ def parse_config(raw: Any) -> ExperimentConfig:
         if getattr(strategy, "needs_dropout", False) and cfg.model_for(spec).dropout <= 0:
             raise ConfigError(f"strategy {spec.label!r} uses MC dropout: set model.dropout > 0 "
                               f"(or strategies[{labels.index(spec.label)}].model.dropout)")
-    if valid is not None:
-        cfg.train_config()  # TrainConfig's own validation
+    cfg.train_config()  # TrainConfig's own validation
     return cfg
 
 
+#: Largest config file read (bytes); real configs are a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _yaml_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """``SafeLoader`` that refuses aliases (``*name``): nested aliases expand exponentially
+        ("billion laughs"), and a config has no need for them."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases "
+                                  f"(*{event.anchor}) are not allowed in configs; write the "
+                                  "values out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def load_config(path: Union[str, Path]) -> ExperimentConfig:
-    """Read and validate a YAML experiment config."""
+    """Read and validate a YAML experiment config.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, larger than ``MAX_CONFIG_BYTES``, not UTF-8 text, not valid YAML,
+        uses YAML aliases, or fails validation; the message names the file.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {size} bytes, more than the "
+                          f"{MAX_CONFIG_BYTES} a config may have; is it the right file?")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); is it the "
+                          "right file?") from None
+    try:
+        raw = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     try:
         return parse_config(raw)
     except ConfigError as err:

@@ -10,32 +10,54 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["load_records", "curves", "normalised_auc", "auc_table", "plot_learning_curves",
+__all__ = ["load_records", "check_records", "curves", "normalised_auc", "auc_table", "plot_learning_curves",
            "auc_markdown", "auc_rich_table", "accuracy_rich_table", "write_report"]
 
 _PathLike = Union[str, Path]
 
 
+#: Fields every record needs for curves and AUCs.
+CURVE_FIELDS = ("strategy", "seed", "labelled", "accuracy")
+
+
+def check_records(records: Any, source: str, fields: tuple[str, ...] = CURVE_FIELDS) -> list[dict]:
+    """``records`` if it is a list of mappings holding ``fields``; else a ValueError naming
+    ``source``, the record's position and strategy/seed, and the missing field."""
+    if not isinstance(records, list):
+        raise ValueError(f"{source} has no 'records' list; is it an ntkal results.json?")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{source}: record {i} is a {type(record).__name__}, not a mapping")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            which = ", ".join(f"{k}={record[k]!r}" for k in ("strategy", "seed", "cycle")
+                              if k in record)
+            raise ValueError(f"{source}: record {i}{f' ({which})' if which else ''} lacks "
+                             f"field(s) {', '.join(map(repr, missing))}")
+    return records
+
+
 def load_records(path: _PathLike) -> list[dict]:
-    """Records of a ``results.json`` written by the runner."""
+    """Records of a ``results.json`` written by the runner; every error names the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"results file {path} is not UTF-8 text (byte {err.start}); is it an "
+                         "ntkal results.json?") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-    records = doc.get("records") if isinstance(doc, dict) else None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} has no 'records' list; is it an ntkal results.json?")
-    return records
+    return check_records(doc.get("records") if isinstance(doc, dict) else None, str(path))
 
 
 def _by_run(records: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    check_records(records, "records")
     runs: dict[str, dict[int, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         runs[r["strategy"]][r["seed"]].append((int(r["labelled"]), float(r["accuracy"])))

@@ -83,8 +83,8 @@ class _Results:
 
     def _load_existing(self) -> None:
         try:
-            old = json.loads(self.json_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            old = json.loads(self.json_path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(f"{self.json_path} exists but cannot be read ({err}); use another "
                               "output directory or --overwrite") from err
         if not isinstance(old, dict) or old.get("format") != RESULTS_FORMAT:
@@ -101,7 +101,13 @@ class _Results:
                                   "parameters; give the new entry another label, use another "
                                   "output directory (--out) or --overwrite")
         self.strategy_hashes.update(old_hashes)
-        self.records = list(old.get("records", []))
+        from ntkal.experiments.plots import check_records
+
+        try:
+            self.records = list(check_records(old.get("records", []), str(self.json_path),
+                                              RECORD_FIELDS[:5]))
+        except ValueError as err:
+            raise ConfigError(f"{err}; use another output directory or --overwrite") from None
 
     def finished(self, label: str, seed: int) -> set[int]:
         return {r["cycle"] for r in self.records if r["strategy"] == label and r["seed"] == seed}

@@ -38,11 +38,12 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from ntkal.kernels._common import (KINDS, eval_mode, model_device_dtype, num_outputs, probe,
+from ntkal.kernels._common import (KINDS, model_device_dtype, num_outputs, probe,
                                    split_parameters, add_contracted_rows)
-from ntkal.kernels.blocking import (PRECISIONS, default_max_memory, gram_precision, plan_blocks,
-                                    run_blocked)
+from ntkal.kernels.blocking import (PRECISIONS, default_max_memory, free_memory, gram_precision,
+                                    plan_blocks, run_blocked)
 from ntkal.models.forward import predict_logits
+from ntkal.models.modes import evaluating
 
 __all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
            "IMPLEMENTATIONS", "PRECISIONS", "Featuriser", "make_featuriser", "slice_features"]
@@ -68,8 +69,8 @@ def _check_inputs(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         if x.ndim == 0:
             raise ValueError(f"{name} must have a leading batch dimension, got a scalar")
         if x.is_floating_point():
-            if torch.isnan(x).any():
-                raise ValueError(f"{name} contains NaN values")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name} contains NaN or infinite values")
             x = x.to(device=device, dtype=mdtype)
         else:
             x = x.to(device)
@@ -93,6 +94,30 @@ def _check_inputs(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model must return 2-D logits (n, k); got {shape}")
     return x1, x2, (out, act, calls)
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _check_output_fits(kind: str, n1: int, n2: int, k: int, dtype: torch.dtype,
+                       device: torch.device) -> None:
+    """The output kernel must fit in the memory free on ``device``; ``max_memory`` bounds only
+    the working set, so an impossible output is refused here, before any work, with the size and
+    the alternatives (a ``full`` kernel is ``k²`` times the others)."""
+    per_pair = k * k if kind == "full" else 1
+    need = n1 * n2 * per_pair * torch.empty((), dtype=dtype).element_size()
+    free = free_memory(device)
+    if need <= free:
+        return
+    hint = (f"kind='pseudo' or 'trace' ({per_pair}x smaller), " if kind == "full" else "")
+    raise MemoryError(f"a kind={kind!r} kernel on {n1} x {n2} inputs with {k} outputs needs "
+                      f"{_format_bytes(need)} but only {_format_bytes(free)} is free on {device}; "
+                      f"use {hint}fewer inputs (e.g. score a subset of the pool) or dtype=float32")
 
 
 def _classifier(model: nn.Module) -> nn.Linear:
@@ -177,8 +202,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         Engine (see the module docstring); all give the same kernel up to rounding. Ignored for
         ``last_layer``, which only needs the classifier's inputs (one forward pass).
     max_memory : int, optional
-        Working-memory budget in bytes that sets the block sizes. Default: half the free host
-        memory (``MemAvailable``), or half the free device memory on CUDA.
+        Working-memory budget in bytes that sets the block sizes (features and contraction
+        intermediates; the output kernel comes on top and is checked against the free memory
+        before any work). Default: half the free host memory (``MemAvailable``), or half the
+        free device memory on CUDA.
     dtype : torch.dtype
         Dtype of the kernel. ``float64`` (the default) is float64 throughout: a lower-precision
         model is run as a float64 copy (the caller's model is untouched), so activations,
@@ -208,8 +235,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     Raises
     ------
     ValueError
-        Unknown kind or implementation, NaN inputs, inputs the model cannot take or of
-        mismatched shapes, a model that does not return 2-D logits.
+        Unknown kind or implementation, NaN or infinite inputs, inputs the model cannot take or
+        of mismatched shapes, a model that does not return 2-D logits.
+    MemoryError
+        The output kernel alone is larger than the memory free on the model's device.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
@@ -231,7 +260,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
         model, mdtype = _model_in_dtype(model, mdtype, dtype)
     else:
         model, mdtype = _model_in_float32(model, mdtype, device, precision)
-    with eval_mode(model):
+    with evaluating(model):
         x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
         n1 = int(x1.shape[0])
         n2 = n1 if x2 is None else int(x2.shape[0])
@@ -243,6 +272,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
                     ) if return_outputs else empty
         out0, act_numel, calls = probed
         k = int(out0.shape[1])
+        _check_output_fits(kind, n1, n2, k, dtype, device)
         if max_memory is None:
             max_memory = default_max_memory(device)
         if kind == "last_layer":
@@ -382,8 +412,6 @@ def make_featuriser(model: nn.Module, x_sample: torch.Tensor, *, kind: str = "ps
                     n1: int = 1000, n2: int = 1000) -> Featuriser:
     """A :class:`Featuriser` for ``model`` (inputs shaped like ``x_sample``); ``n1, n2`` are the
     kernel sizes the engine choice ("auto") is costed for."""
-    from ntkal.kernels._common import output_weights  # noqa: F401  (engines import it)
-
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
     if implementation not in IMPLEMENTATIONS:
@@ -461,11 +489,9 @@ def _run_jacobian(model, params, constants, calls, x1, x2, *, kind, k, act_numel
 
 
 def _choose(implementation, model, params, calls, kind, k, n1, n2):
+    from ntkal.kernels import structured
+
     if implementation == "jacobian":
-        return _run_jacobian
-    try:
-        from ntkal.kernels import structured
-    except ImportError:  # pragma: no cover - structured engine not built yet
         return _run_jacobian
     if implementation == "structured":
         return structured.run_structured

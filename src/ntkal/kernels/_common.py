@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from ntkal.models.devices import model_device, model_dtype
-from ntkal.models.modes import evaluating as eval_mode  # noqa: F401  (the one mode helper)
 
 KINDS = ("pseudo", "trace", "full", "last_layer")
 
@@ -47,7 +46,9 @@ def output_weights(kind: str, k: int, dtype: torch.dtype, device: torch.device) 
 
 
 def add_contracted_rows(dest: torch.Tensor, g1, g2, kind: str) -> None:
-    """``dest += Σ_pieces contract_rows(g1_i, g2_i, kind)``.
+    """``dest += Σ_pieces g1_i · g2_iᵀ`` as a kernel block: ``(b1, b2, k, k)`` for ``full``
+    (``J_c(x)·J_c'(x')``), ``(b1, b2)`` otherwise (``pseudo`` has ``k' = 1``; ``trace`` sums the
+    class-diagonal through the flattened rows).
 
     ``g1``/``g2`` are per-example gradient rows ``(b, k', P)`` or lists of such pieces (one per
     layer). Pieces are accumulated with ``addmm_`` in the model's dtype, so no concatenated copy
@@ -78,20 +79,6 @@ def add_contracted_rows(dest: torch.Tensor, g1, g2, kind: str) -> None:
         dest.add_(acc.view(b1, kk, b2, kk).permute(0, 2, 1, 3))
     else:
         dest.add_(acc)
-
-
-def contract_rows(g1: torch.Tensor, g2: torch.Tensor, kind: str) -> torch.Tensor:
-    """Contract per-example gradient rows ``(b1, k', P)`` and ``(b2, k', P)`` into a kernel block.
-
-    ``full``: ``(b1, b2, k, k)``; ``trace`` sums the class-diagonal; ``pseudo`` has ``k' = 1``.
-    One matmul each, so BLAS does the work.
-    """
-    b1, kk, p = g1.shape
-    b2 = g2.shape[0]
-    if kind == "full":
-        out = g1.reshape(b1 * kk, p) @ g2.reshape(b2 * kk, p).T
-        return out.reshape(b1, kk, b2, kk).permute(0, 2, 1, 3)
-    return g1.reshape(b1, kk * p) @ g2.reshape(b2, kk * p).T
 
 
 def probe(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, dict[nn.Module, list]]:

@@ -18,8 +18,8 @@ import torch
 
 from ntkal.progress import progress_allowed
 
-__all__ = ["default_max_memory", "plan_blocks", "BlockPlan", "run_blocked", "PRECISIONS",
-           "gram_precision", "current_gram_precision", "cast_features"]
+__all__ = ["default_max_memory", "free_memory", "plan_blocks", "BlockPlan", "run_blocked",
+           "PRECISIONS", "gram_precision", "current_gram_precision", "cast_features"]
 
 #: Fraction of the free memory a kernel call may use by default.
 MEMORY_FRACTION = 0.5
@@ -39,16 +39,19 @@ def _free_host_memory() -> int:
         return 4 << 30
 
 
-def default_max_memory(device: torch.device) -> int:
-    """Bytes a kernel call may use on ``device``: a fraction of what is free right now.
-
-    On CUDA the free device memory (``torch.cuda.mem_get_info``) bounds the working set; on the
-    host ``MemAvailable`` from ``/proc/meminfo`` (``sysconf`` elsewhere).
-    """
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now: ``torch.cuda.mem_get_info`` on CUDA, else the host's
+    ``MemAvailable`` from ``/proc/meminfo`` (``sysconf`` elsewhere)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * MEMORY_FRACTION)
-    return int(_free_host_memory() * MEMORY_FRACTION)
+        return int(free)
+    return _free_host_memory()
+
+
+def default_max_memory(device: torch.device) -> int:
+    """Bytes a kernel call may use on ``device`` for its working set (features and contraction
+    intermediates, not the output kernel): a fraction of :func:`free_memory`."""
+    return int(free_memory(device) * MEMORY_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
         if bar is not None:
             bar.stop()
     for j in range(len(cols)):
-        if f_cols[j] is None:  # column block never needed features (cannot happen) - forward only
+        if f_cols[j] is None:  # x1 is empty: no row block ran, but f2 is still wanted
             _, f_cols[j] = featurise(xc[cols[j]])
     f1 = torch.cat(f_rows, 0) if f_rows else None
     f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else None)

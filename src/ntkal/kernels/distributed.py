@@ -293,10 +293,11 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
     half of what is free on that worker's device). The kernel is assembled on the model's device.
     """
     from ntkal.kernels import _check_inputs
-    from ntkal.kernels._common import eval_mode, model_device_dtype
+    from ntkal.kernels._common import model_device_dtype
+    from ntkal.models.modes import evaluating
 
     device, mdtype = model_device_dtype(model)
-    with eval_mode(model):
+    with evaluating(model):
         x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
     symmetric = x2 is None
     n1 = int(x1.shape[0])

@@ -24,7 +24,7 @@ eval mode (true for standard layers; BatchNorm uses running statistics).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -74,7 +74,6 @@ class ModelPlan:
     bytes_per_example: float
     bytes_per_pair: float
     generic_params: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _pair_factor(kind: str, kk: int) -> int:
@@ -258,18 +257,13 @@ class _Capture:
         return False
 
 
-#: Use ``is_grads_batched`` (vmap over the backward pass) for the k' vector-Jacobian products.
-#: Off by default: on CPU it measured no faster than a loop of plain backward passes, and not
-#: every operator has a batching rule for its backward.
-_BATCHED_VJP_OK = [False]
-
-
 def _sensitivities(out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Tensor
                    ) -> list[torch.Tensor]:
     """δ for every captured layer: ``(b, k', *layer output shape)``.
 
-    A loop of ``k'`` plain backward passes through one retained graph, or one batched
-    vector-Jacobian product (``is_grads_batched``) when enabled and supported.
+    A loop of ``k'`` plain backward passes through one retained graph (a batched
+    vector-Jacobian product, ``is_grads_batched``, measured no faster on CPU, and not every
+    operator has a batching rule for its backward).
     """
     kk = weights.shape[0]
     b = out.shape[0]
@@ -278,16 +272,6 @@ def _sensitivities(out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Ten
         grads = torch.autograd.grad(out, zs, grad_outputs=cot[0], allow_unused=True)
         return [(g if g is not None else torch.zeros_like(z)).unsqueeze(1)
                 for g, z in zip(grads, zs)]
-    if _BATCHED_VJP_OK[0]:
-        try:
-            grads = torch.autograd.grad(out, zs, grad_outputs=cot.contiguous(),
-                                        is_grads_batched=True, retain_graph=True,
-                                        allow_unused=True)
-            return [(g if g is not None else torch.zeros((kk, *z.shape), dtype=z.dtype,
-                                                         device=z.device)).transpose(0, 1)
-                    for g, z in zip(grads, zs)]
-        except RuntimeError:
-            _BATCHED_VJP_OK[0] = False
     per_row = []
     for r in range(kk):
         g = torch.autograd.grad(out, zs, grad_outputs=cot[r], retain_graph=r < kk - 1,

@@ -11,6 +11,13 @@ from ntkal.strategies.registry import register_strategy
 __all__ = ["BADGE"]
 
 
+def _sq_distances_to(c: int, a: np.ndarray, h: np.ndarray, sq_norm: np.ndarray) -> np.ndarray:
+    """``‖g_i − g_c‖²`` for every ``i``, with ``g_i = a_i ⊗ [h_i, 1]`` never formed:
+    ``<g_i, g_c> = <a_i, a_c> (<h_i, h_c> + 1)``; clamped at 0 against rounding."""
+    d = sq_norm + sq_norm[c] - 2.0 * (a @ a[c]) * (h @ h[c] + 1.0)
+    return np.maximum(d, 0.0)
+
+
 @register_strategy
 class BADGE(Strategy):
     """k-means++ seeding on hallucinated last-layer gradients (Ash et al. 2020).
@@ -49,9 +56,7 @@ class BADGE(Strategy):
         chosen = [int(np.argmax(sq_norm))]
         dist = np.full(n, np.inf)
         for _ in range(1, budget):
-            c = chosen[-1]
-            d = sq_norm + sq_norm[c] - 2.0 * (a @ a[c]) * (h @ h[c] + 1.0)
-            dist = np.minimum(dist, np.maximum(d, 0.0))
+            dist = np.minimum(dist, _sq_distances_to(chosen[-1], a, h, sq_norm))
             dist[chosen] = 0.0
             total = dist.sum()
             if total > 0 and np.isfinite(total):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import numbers
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -14,7 +14,7 @@ from ntkal.strategies.base import QueryContext, QueryResult, Strategy, check_bud
 from ntkal.strategies.forward_passes import evaluating
 from ntkal.strategies.registry import register_strategy
 
-__all__ = ["LearningLoss", "LossPredictionModule", "LossModuleTrainResult", "margin_ranking_loss"]
+__all__ = ["LearningLoss", "LossPredictionModule", "margin_ranking_loss"]
 
 
 class LossPredictionModule(nn.Module):
@@ -63,18 +63,6 @@ def margin_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float 
     return torch.clamp(margin - sign * (p_i - p_j), min=0.0).mean()
 
 
-@dataclass
-class LossModuleTrainResult:
-    """Per-epoch mean target loss and ranking loss of a joint LL4AL training run."""
-
-    losses: list[float] = field(default_factory=list)
-    ranking_losses: list[float] = field(default_factory=list)
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1] if self.losses else float("nan")
-
-
 class _FeatureTap:
     """Forward hooks capturing the classifier's input (the penultimate embedding) and the outputs
     of the named submodules, in a fixed order."""
@@ -88,7 +76,11 @@ class _FeatureTap:
         self.order = list(layers) + ["__embedding__"]
         self._handles = []
         for name in layers:
-            module = model.get_submodule(name)
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"feature_layers: {name!r} is not a submodule of "
+                                 f"{type(model).__name__}") from None
             self._handles.append(module.register_forward_hook(self._out_hook(name)))
         self._handles.append(classifier.register_forward_pre_hook(self._in_hook("__embedding__")))
 
@@ -143,20 +135,28 @@ class LearningLoss(Strategy):
 
     Notes
     -----
-    :meth:`train` replaces the default training; it mirrors ``ntkal.training``'s settings from the
-    ``TrainConfig`` fields (SGD with momentum and weight decay, ``onecycle``/``cosine``/``constant``
-    schedule, ``mse``/``ce`` loss, ``seed``, ``device``). The loss module is kept on the strategy
-    between active-learning cycles (rebuilt only if the feature sizes change). In training mode the
-    embedding is captured after dropout, if the model has any. ``progress`` is accepted for the
-    :meth:`Strategy.train` signature; no progress bar is shown.
+    :meth:`train` trains through :func:`ntkal.training.train` (the same optimiser, schedule,
+    ``min_steps``, ``grad_clip`` and divergence check as every strategy) with the ranking loss as
+    an extra objective; the loss module's parameters share the model's optimiser. The loss module
+    is kept on the strategy between active-learning cycles (rebuilt only if the feature sizes
+    change). In training mode the embedding is captured after dropout, if the model has any.
     """
 
     name = "ll4al"
 
     def __init__(self, feature_layers: Optional[Sequence[str]] = None, hidden: int = 128,
                  weight: float = 1.0, margin: float = 1.0, detach_after: float = 0.6) -> None:
+        for key, value in (("weight", weight), ("margin", margin), ("detach_after", detach_after)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
         if not 0.0 <= detach_after <= 1.0:
             raise ValueError(f"detach_after must lie in [0, 1], got {detach_after}")
+        if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+        if isinstance(feature_layers, str):
+            raise ValueError(f"feature_layers must be a list of module names, got the string "
+                             f"{feature_layers!r}")
         self.feature_layers = tuple(feature_layers or ())
         self.hidden = int(hidden)
         self.weight = float(weight)
@@ -190,98 +190,63 @@ class LearningLoss(Strategy):
         module.load_state_dict(state["weights"])
         self._loss_module = module
 
-    def _module_for(self, dims: Sequence[int], seed: int, device: torch.device) -> LossPredictionModule:
+    def _module_for(self, dims: Sequence[int], seed: int) -> LossPredictionModule:
         if self._loss_module is None or self._loss_module.in_dims != tuple(dims):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self._loss_module = LossPredictionModule(dims, self.hidden)
-        return self._loss_module.to(device)
+        return self._loss_module
 
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Any,
-              num_classes: int, *, progress: bool = False) -> LossModuleTrainResult:
+              num_classes: int, *, progress: bool = False) -> Any:
         """Train ``model`` (warm start, in place) and the loss module jointly on ``(x, y)``.
 
         Objective per batch: ``mean target loss + λ · margin ranking loss`` (Yoo & Kweon 2019,
-        Eq. 3), with the features detached after ``detach_after · epochs`` epochs.
+        Eq. 3), with the features detached after ``detach_after`` of the run's epochs. Training
+        goes through :func:`ntkal.training.train` with the ranking term as its
+        :class:`~ntkal.training.ExtraObjective`, so the schedule, ``min_steps``, ``grad_clip``
+        and the divergence check are exactly those of every other strategy.
+
+        Returns
+        -------
+        ntkal.training.TrainResult
+            ``losses`` are the target loss per epoch, ``extra_losses`` the weighted ranking term.
         """
-        epochs = int(config.epochs)
-        batch_size = int(config.batch_size)
-        loss_kind = str(getattr(config, "loss", "ce")).lower()
-        if loss_kind not in ("ce", "mse"):
-            raise ValueError(f"unknown loss {loss_kind!r}; use 'mse' or 'ce'")
-        schedule = str(getattr(config, "schedule", "constant")).lower()
-        seed = int(getattr(config, "seed", 0))
-        device = getattr(config, "device", None)
-        if device is None or device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
-        n = int(x.shape[0])
-        if n == 0:
-            raise ValueError("cannot train on an empty labelled set")
-        model.to(device)
-        modes = [(module, module.training) for module in model.modules()]
+        from ntkal.training import ExtraObjective, train
+
+        x = torch.as_tensor(x)
         tap = _FeatureTap(model, self.feature_layers)
-        result = LossModuleTrainResult()
         try:
-            with torch.no_grad(), evaluating(model, device):  # feature sizes from one example
-                model(x[:1].to(device))
-                dims = [_pool(f).shape[1] for f in tap.collect()]
-            loss_module = self._module_for(dims, seed, device)
-            params = list(model.parameters()) + list(loss_module.parameters())
-            optimiser = torch.optim.SGD(params, lr=float(config.lr),
-                                        momentum=float(getattr(config, "momentum", 0.0)),
-                                        weight_decay=float(getattr(config, "weight_decay", 0.0)))
-            steps_per_epoch = math.ceil(n / batch_size)
-            total = max(1, epochs * steps_per_epoch)
-            if schedule == "onecycle":
-                scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=float(config.lr),
-                                                                total_steps=total)
-            elif schedule == "cosine":
-                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total)
-            elif schedule == "constant":
-                scheduler = None
-            else:
-                raise ValueError(f"unknown schedule {schedule!r}; use 'onecycle', 'cosine' or 'constant'")
-            generator = torch.Generator().manual_seed(seed)
-            detach_epoch = int(round(self.detach_after * epochs))
-            model.train()
-            loss_module.train()
-            y = y.long()
-            cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-                if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(seed)  # dropout masks
-                for epoch in range(epochs):
-                    order = torch.randperm(n, generator=generator)
-                    sum_loss = sum_rank = 0.0
-                    for start in range(0, n, batch_size):
-                        idx = order[start:start + batch_size]
-                        xb, yb = x[idx].to(device), y[idx].to(device)
-                        logits = model(xb)
-                        if loss_kind == "ce":
-                            per_sample = F.cross_entropy(logits, yb, reduction="none")
-                        else:
-                            onehot = F.one_hot(yb, num_classes).to(logits.dtype)
-                            per_sample = ((logits - onehot) ** 2).mean(dim=1)
-                        feats = tap.collect()
-                        if epoch >= detach_epoch:
-                            feats = [f.detach() for f in feats]
-                        rank = margin_ranking_loss(loss_module(feats), per_sample, self.margin)
-                        loss = per_sample.mean() + self.weight * rank
-                        optimiser.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimiser.step()
-                        if scheduler is not None:
-                            scheduler.step()
-                        sum_loss += float(per_sample.detach().sum())
-                        sum_rank += float(rank.detach()) * idx.numel()
-                    result.losses.append(sum_loss / n)
-                    result.ranking_losses.append(sum_rank / n)
+            dims = self._feature_dims(model, x, tap)
+            loss_module = self._module_for(dims, int(getattr(config, "seed", 0)))
+
+            def ranking_term(step) -> torch.Tensor:
+                feats = tap.collect()
+                if step.epoch >= int(round(self.detach_after * step.epochs)):
+                    feats = [f.detach() for f in feats]
+                rank = margin_ranking_loss(loss_module(feats), step.per_example_loss, self.margin)
+                return self.weight * rank
+
+            extra = ExtraObjective(loss=ranking_term, parameters=list(loss_module.parameters()),
+                                   modules=[loss_module])
+            return train(model, x, y, config, num_classes=num_classes, progress=progress,
+                         extra=extra)
         finally:
             tap.remove()
-            for module, training in modes:
-                module.training = training
-        return result
+
+    @staticmethod
+    def _feature_dims(model: nn.Module, x: torch.Tensor, tap: _FeatureTap) -> list[int]:
+        """Pooled size of every tapped feature, from one example on the model's own device."""
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        sample = x[:1].to(device)
+        if param is not None and sample.is_floating_point():
+            sample = sample.to(param.dtype)
+        if sample.shape[0] == 0:
+            raise ValueError("cannot train on an empty labelled set")
+        with torch.no_grad(), evaluating(model, device):
+            model(sample)
+            return [_pool(f).shape[1] for f in tap.collect()]
 
     @torch.no_grad()
     def predicted_losses(self, model: nn.Module, x: torch.Tensor, *,

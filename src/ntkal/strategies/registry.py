@@ -11,8 +11,7 @@ __all__ = ["register_strategy", "get_strategy", "available_strategies"]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
-#: Modules holding registered strategies; imported on first lookup. Optional modules (written
-#: separately) may be absent: a ``ModuleNotFoundError`` for exactly that module is ignored.
+#: Modules holding registered strategies; imported on first lookup.
 _BUILTIN_MODULES = (
     "ntkal.strategies.random_sampling",
     "ntkal.strategies.uncertainty",
@@ -20,12 +19,12 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.badge",
     "ntkal.strategies.coreset",
     "ntkal.strategies.learning_loss",
+    "ntkal.strategies.lookahead",
     "ntkal.strategies.expected_error",
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
 )
-_OPTIONAL_MODULES = ("ntkal.strategies.lookahead",)
 _loaded = False
 
 S = TypeVar("S", bound=type)
@@ -68,18 +67,12 @@ def _ensure_loaded() -> None:
         return
     for module_name in _BUILTIN_MODULES:
         _register_module_strategies(importlib.import_module(module_name))
-    for module_name in _OPTIONAL_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        _register_module_strategies(module)
     _loaded = True
 
 
 def _init_parameters(cls: type[Strategy]) -> tuple[list[str], bool]:
+    if cls.__init__ is object.__init__:  # no constructor of its own: it takes no parameters
+        return [], False
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
