@@ -569,7 +569,7 @@ def test_random_depends_only_on_the_seed():
 
 def test_registry_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match=r"unknown strategy 'no_such_strategy'; available: "
-                                         r"badge, bald, batchbald, coreset, entropy"):
+                                         r"badge, bald, batchbald, coreset, eer, emoc, entropy"):
         get_strategy("no_such_strategy")
     with pytest.raises(TypeError, match=r"strategy 'bald' got unknown parameter\(s\) samples, "
                                         r"size; valid parameters: num_samples$"):
@@ -670,7 +670,7 @@ def test_forward_batches_of_one():
     ctx.batch_size = 1
     assert Entropy().query(ctx, 3).indices.tolist() == [2, 0, 1]
     ctx.batch_size = 0
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         Entropy().query(ctx, 1)
 
 
