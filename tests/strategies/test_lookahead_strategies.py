@@ -277,3 +277,13 @@ def test_sequential_reference(ctx, reference):
     np.testing.assert_allclose(got, want[live], rtol=0, atol=1e-12)
     pos, score = session.propose()
     assert score == pytest.approx(want.max()) and want[pos] == pytest.approx(want.max())
+
+
+@pytest.mark.parametrize("name", ["mlmoc", "eer", "emoc", "vr"])
+def test_lookahead_strategies_refuse_unknown_kernels_at_construction(name):
+    from ntkal.strategies import get_strategy
+
+    with pytest.raises(ValueError, match=r"kernel must be one of .*'bogus'"):
+        get_strategy(name, kernel="bogus")
+    with pytest.raises(ValueError, match=r"implementation must be one of .*'fast'"):
+        get_strategy(name, implementation="fast")

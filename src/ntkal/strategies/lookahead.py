@@ -189,6 +189,13 @@ class LookaheadStrategy(Strategy):
                  implementation: str = "auto", eval_size: Any = DEFAULT_EVAL_SIZE,
                  max_memory: Optional[int] = None, engine: str = "auto",
                  selection: str = "topk", greedy_target: str = "most_likely") -> None:
+        from ntkal.kernels import IMPLEMENTATIONS, KINDS
+
+        if kernel not in KINDS:
+            raise ValueError(f"kernel must be one of {KINDS}, got {kernel!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                             f"{implementation!r}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if greedy_target not in GREEDY_TARGETS:
