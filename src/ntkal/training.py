@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +24,7 @@ from torch import nn
 from ntkal.data.labels import as_class_labels
 from ntkal.models.devices import model_dtype as _model_dtype
 from ntkal.models.devices import resolve_device as _resolve_device
-from ntkal.models.forward import predict_logits
+from ntkal.models.forward import as_input_batch, predict_logits
 from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
@@ -227,18 +226,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _as_inputs(x: Any) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.dim() < 1:
-        raise ValueError("x must have a leading batch dimension")
-    if not x.is_floating_point():
-        x = x.float()
-    return x
-
-
 def _as_labels(y: Any, n: int, num_classes: int) -> torch.Tensor:
     return torch.from_numpy(as_class_labels(y, num_classes, name="y", expected=n))
 
@@ -365,7 +352,7 @@ def _per_example_loss(out: torch.Tensor, y: torch.Tensor, kind: str, num_classes
 
 
 def _training_data(x: Any, y: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _as_inputs(x)
+    x = as_input_batch(x, floating=True)
     n = int(x.shape[0])
     y = _as_labels(y, n, num_classes)
     if n == 0:
@@ -551,7 +538,7 @@ def evaluate(model: nn.Module, x: Any, y: Any, *, batch_size: int = 1024,
     ValueError
         If ``x`` and ``y`` differ in length or the set is empty.
     """
-    x = _as_inputs(x)
+    x = as_input_batch(x, floating=True)
     n = int(x.shape[0])
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")

@@ -16,16 +16,20 @@ from torch import nn
 from ntkal.models.devices import model_device, model_dtype, resolve_device
 from ntkal.models.modes import evaluating
 
-__all__ = ["predict_logits"]
+__all__ = ["predict_logits", "as_input_batch"]
 
 
-def _as_inputs(x: Any) -> torch.Tensor:
+def as_input_batch(x: Any, *, floating: bool = False) -> torch.Tensor:
+    """``x`` (a tensor or numpy array with a leading batch dimension) as a tensor; with
+    ``floating``, integer inputs become float32 (what training and evaluation feed a network)."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.dim() < 1:
         raise ValueError("x must have a leading batch dimension")
+    if floating and not x.is_floating_point():
+        x = x.float()
     return x
 
 
@@ -56,7 +60,7 @@ def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024, device: 
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    x = _as_inputs(x)
+    x = as_input_batch(x)
     device = model_device(model) if device is None else resolve_device(device)
     dtype = model_dtype(model)
     out_device = device if out_device is None else torch.device(out_device)
