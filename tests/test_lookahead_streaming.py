@@ -257,3 +257,24 @@ def test_streaming_clamps_duplicates_without_nan():
     assert la.num_clamped >= 2
     p, s = MLMOC(score="norm").score_candidates(la)
     assert np.isfinite(p).all() and np.isfinite(s).all()
+
+
+def test_row_buffer_grows_in_place_and_keeps_every_row():
+    """The conditioning factor's row storage: appends past its capacity keep all earlier rows in
+    order (a sequential session longer than the spare rows takes this path)."""
+    from ntkal.lookahead.streaming import _RowBuffer
+
+    g = torch.Generator().manual_seed(0)
+    buf = _RowBuffer(3, 4, torch.device("cpu"), spare=1)
+    want = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    buf.rows.copy_(want)
+    start_capacity = buf.capacity_numel
+    for size in (1, 2, 5, 1, 13):
+        new = torch.randn(size, 4, generator=g, dtype=torch.float64)
+        buf.append(new)
+        want = torch.cat([want, new])
+        assert torch.equal(buf.rows, want)
+    assert buf.rows.shape == (25, 4) and buf.capacity_numel >= 25 * 4 > start_capacity
+    capacity = buf.capacity_numel
+    buf.append(torch.zeros(0, 4, dtype=torch.float64))
+    assert buf.capacity_numel == capacity and torch.equal(buf.rows, want)
