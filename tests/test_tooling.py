@@ -8,6 +8,7 @@ command that installs it (``pip install -e '.[test]'``).
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,26 @@ def test_api_reference_builds_with_warnings_as_errors(tmp_path):
     assert 'id="ntkal.lookahead.Lookahead"' in page
     # Sphinx roles in the docstrings read as code spans (docs/hooks/sphinx_roles.py), not ":func:".
     assert ":func:" not in page and ":class:" not in page and "<code>" in page
+    # The README's links into the pages land on a heading that exists.
+    for target, anchor in _readme_links():
+        if anchor and target.startswith("docs/") and target.endswith(".md"):
+            built = tmp_path / "site" / target[len("docs/") : -len(".md")] / "index.html"
+            assert f'id="{anchor}"' in built.read_text(encoding="utf-8"), (
+                f"README: {target}#{anchor}"
+            )
+
+
+def _readme_links() -> list[tuple[str, str]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [tuple(link.partition("#")[::2]) for link in links if "://" not in link]
+
+
+def test_readme_links_point_at_files_that_exist():
+    links = _readme_links()
+    assert len(links) >= 5  # the figures and the docs pages
+    missing = [target for target, _ in links if target and not (ROOT / target).exists()]
+    assert not missing, f"README links to missing files: {missing}"
 
 
 # ----------------------------------------------------------------------------- the gates themselves
