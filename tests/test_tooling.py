@@ -177,8 +177,16 @@ def test_ruff_format_fails_on_unformatted_code(tmp_path):
     assert proc.returncode != 0 and "pkg/__init__.py" in proc.stdout, _report(proc)
 
 
-def test_mypy_fails_on_a_planted_type_error(tmp_path):
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "TOTAL: int = scale([1.0], 2.0)\n",
+        # inside an unannotated function: reported only under check_untyped_defs = true
+        "def untyped():\n    total: int = scale([1.0], 2.0)\n    return total\n",
+    ],
+)
+def test_mypy_fails_on_a_planted_type_error(tmp_path, planted):
     _need("mypy")
-    project = _project(tmp_path, CLEAN + "\n\nTOTAL: int = scale([1.0], 2.0)\n")
+    project = _project(tmp_path, CLEAN + "\n\n" + planted)
     proc = _run(["mypy", "--cache-dir", str(tmp_path / ".mypy_cache"), "src"], project)
     assert proc.returncode != 0 and "[assignment]" in proc.stdout, _report(proc)
