@@ -349,6 +349,44 @@ def sequential_step_work(n: int, e: int, m: int, k: int, per_pair: float) -> dic
             "bytes": 24.0 * e * m}
 
 
+# ----------------------------------------------------------------------------- shared set-up
+def make_config(epochs, batch_size, lr, loss, seed, momentum=0.9, weight_decay=0.0,
+                schedule="constant"):
+    """A TrainConfig; ``lr=None`` takes the loss's default rate (MSE averages over classes)."""
+    from ntkal.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                       weight_decay=weight_decay, schedule=schedule, loss=loss, seed=seed)
+
+
+def load_split(dataset: str, n_labelled: int, n_candidates: int, n_test: int, seed: int):
+    """Labelled set L, candidate set S (disjoint, from the training split) and a test set."""
+    import numpy as np
+    import torch
+
+    from ntkal.data import load_dataset
+
+    ds = load_dataset(dataset, train_size=n_labelled + n_candidates, test_size=n_test, seed=seed)
+    rng = np.random.default_rng(seed)
+    perm = torch.as_tensor(rng.permutation(ds.x_train.shape[0]))
+    li, si = perm[:n_labelled], perm[n_labelled:n_labelled + n_candidates]
+    return (ds.x_train[li], ds.y_train[li], ds.x_train[si], ds.y_train[si],
+            ds.x_test, ds.y_test, ds.num_classes, tuple(ds.in_shape))
+
+
+def train_network(model_name, in_shape, num_classes, width, x, y, config):
+    """``model_name`` built with the seed of ``config`` and trained on (x, y); in eval mode."""
+    import torch
+
+    from ntkal.models import build_model
+    from ntkal.training import train
+
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, in_shape, num_classes, width=width)
+    train(model, x, y, config, num_classes=num_classes)
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------- output
 def fmt(v, spec: str = ".2f", missing: str = "-") -> str:
     return missing if v is None else format(v, spec)

@@ -51,7 +51,6 @@ BASELINE_BLOCK = 125
 # ----------------------------------------------------------------------------------- networks
 def build(name: str):
     """The benchmark networks (defined here so the benchmark does not depend on model code)."""
-    import torch
     from torch import nn
 
     if name == "mlp":  # 784-512-512-10: 669,706 parameters
