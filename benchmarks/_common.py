@@ -317,12 +317,14 @@ def gram_flops(layers: list[dict], n1: int, n2: int, kind: str, k: int,
 
 
 def featurise_flops(layers: list[dict], n: int, kind: str, k: int) -> float:
-    """A lower bound on featurising n inputs: one forward pass, and one backward pass of the
-    sensitivities per backpropagated output (1 pseudo, k trace / full; none for last_layer), each
-    at least as costly as the forward pass."""
+    """A lower bound on featurising n inputs: one forward pass, and per backpropagated output
+    (1 pseudo, k trace / full; none for last_layer) one backward pass of the sensitivities
+    through every layer but the first (its δ is at its output), each layer's backward at least
+    as costly as its forward."""
     fwd = sum(lay["forward_flops"] for lay in layers)
     back = 0 if kind == "last_layer" else (1 if kind == "pseudo" else k)
-    return float(n * fwd * (1 + back))
+    first = layers[0]["forward_flops"] if layers else 0
+    return float(n * (fwd + back * (fwd - first)))
 
 
 def mlmoc_query_flops(layers: list[dict], n: int, e: int, m: int, k: int) -> dict:
