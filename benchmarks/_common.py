@@ -147,20 +147,30 @@ def results_dir(args) -> Path:
 
 
 # ----------------------------------------------------------------------------- measured rates
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def _median_seconds(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    import torch
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     fn()  # warm-up: allocation, first-call dispatch
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def gemm_rates(threads: Iterable[int] = (1,), sizes: Sequence[int] = (512, 1024, 2048),
-               repeats: int = 5, dtypes: Sequence[str] = ("float64", "float32")) -> dict:
+               repeats: int = 5, dtypes: Sequence[str] = ("float64", "float32"),
+               device: str = "cpu") -> dict:
     """This machine's square-GEMM rate, GFLOP/s (2 n³ per product, median of ``repeats``), per
-    dtype, thread count and size; ``best`` is the fastest size, the rate a floor divides by."""
+    dtype, thread count and size; ``best`` is the fastest size, the rate a floor divides by.
+    On a CUDA ``device`` the thread count is only a label (torch threads do not matter there)."""
     import torch
 
     old = torch.get_num_threads()
@@ -173,10 +183,10 @@ def gemm_rates(threads: Iterable[int] = (1,), sizes: Sequence[int] = (512, 1024,
                 per = {}
                 for n in sizes:
                     g = torch.Generator().manual_seed(n)
-                    a = torch.randn(n, n, generator=g, dtype=dt)
-                    b = torch.randn(n, n, generator=g, dtype=dt)
-                    c = torch.empty(n, n, dtype=dt)
-                    secs = _median_seconds(lambda: torch.mm(a, b, out=c), repeats)
+                    a = torch.randn(n, n, generator=g, dtype=dt).to(device)
+                    b = torch.randn(n, n, generator=g, dtype=dt).to(device)
+                    c = torch.empty(n, n, dtype=dt, device=device)
+                    secs = _median_seconds(lambda: torch.mm(a, b, out=c), repeats, device)
                     per[str(n)] = 2.0 * n ** 3 / secs / 1e9
                 out.setdefault(dtype, {})[str(t)] = {"gflops_by_size": per,
                                                      "best": max(per.values())}
@@ -185,7 +195,8 @@ def gemm_rates(threads: Iterable[int] = (1,), sizes: Sequence[int] = (512, 1024,
     return out
 
 
-def stream_bandwidth(threads: Iterable[int] = (1,), numel: int = 1 << 24, repeats: int = 5) -> dict:
+def stream_bandwidth(threads: Iterable[int] = (1,), numel: int = 1 << 24, repeats: int = 5,
+                     device: str = "cpu") -> dict:
     """Memory bandwidth, GB/s, of the in-place float64 update ``y += a x`` (24 bytes an element:
     read x, read and write y), median of ``repeats``, per thread count."""
     import torch
@@ -195,22 +206,29 @@ def stream_bandwidth(threads: Iterable[int] = (1,), numel: int = 1 << 24, repeat
     try:
         for t in sorted(set(int(t) for t in threads)):
             torch.set_num_threads(t)
-            x = torch.ones(numel, dtype=torch.float64)
-            y = torch.zeros(numel, dtype=torch.float64)
-            secs = _median_seconds(lambda: y.add_(x, alpha=1e-3), repeats)
+            x = torch.ones(numel, dtype=torch.float64, device=device)
+            y = torch.zeros(numel, dtype=torch.float64, device=device)
+            secs = _median_seconds(lambda: y.add_(x, alpha=1e-3), repeats, device)
             out[str(t)] = 24.0 * numel / secs / 1e9
     finally:
         torch.set_num_threads(old)
     return out
 
 
-def measure_rates(threads: int, quick: bool = False) -> dict:
-    """GEMM rates (float64, float32; 1 thread and ``threads``) and stream bandwidth, in one go."""
+def measure_rates(threads: int, quick: bool = False, device: str = "cpu") -> dict:
+    """GEMM rates (float64, float32; 1 thread and ``threads``) and stream bandwidth, in one go;
+    on a CUDA ``device``, the device's (larger sizes)."""
     used = sorted({1, int(threads)})
     if quick:
-        return {"gemm_gflops": gemm_rates(used, sizes=(128, 256), repeats=3),
-                "stream_gbps": stream_bandwidth(used, numel=1 << 18, repeats=3), "quick": True}
-    return {"gemm_gflops": gemm_rates(used), "stream_gbps": stream_bandwidth(used)}
+        return {"gemm_gflops": gemm_rates(used, sizes=(128, 256), repeats=3, device=device),
+                "stream_gbps": stream_bandwidth(used, numel=1 << 18, repeats=3, device=device),
+                "quick": True, "device": device}
+    if device.startswith("cuda"):
+        return {"gemm_gflops": gemm_rates([1], sizes=(2048, 4096, 8192), device=device),
+                "stream_gbps": stream_bandwidth([1], numel=1 << 27, device=device),
+                "device": device}
+    return {"gemm_gflops": gemm_rates(used), "stream_gbps": stream_bandwidth(used),
+            "device": device}
 
 
 def gemm_rate(rates: dict, dtype: str, threads: int) -> float:

@@ -442,7 +442,7 @@ def main(argv=None) -> int:
     info = _common.machine_info(args.device)
     threads = args.threads or info["torch_threads"]
     info["threads_per_case"] = threads
-    rates = _common.measure_rates(threads, quick=args.quick)
+    rates = _common.measure_rates(threads, quick=args.quick, device=args.device)
     rates["threads"] = threads
     cases = plan_cases(args)
     results = []

@@ -85,7 +85,7 @@ def run(model: str, n: int, kind: str, precisions: list[str], device: str, rates
         secs = time.perf_counter() - t0
         row = {"model": model, "n": n, "kind": kind, "precision": precision, "seconds": secs,
                "finite": bool(torch.isfinite(theta).all()), "flops": work["best_flops"]}
-        if not device.startswith("cuda"):
+        if RATE_DTYPE[precision] in rates.get("gemm_gflops", {}):
             rate = _common.gemm_rate(rates, RATE_DTYPE[precision], threads)
             row["floor_seconds"] = _common.floor_seconds(row["flops"], rate)
             row["times_floor"] = _common.times_floor(secs, row["floor_seconds"])
@@ -152,13 +152,12 @@ def main(argv=None) -> int:
         ap.error("tf32 is a CUDA tensor-core format: empirical_ntk refuses it on the CPU")
     n = args.n or (5000 if cuda else 500)
     info = _common.machine_info(args.device)
-    rates = {}
-    if not cuda:
-        rates = _common.measure_rates(args.threads, quick=args.quick)
-        if "bf16" in precisions:
-            sizes = (128, 256) if args.quick else (512, 1024, 2048)
-            rates["gemm_gflops"].update(_common.gemm_rates(sorted({1, args.threads}), sizes=sizes,
-                                                           repeats=3, dtypes=("bfloat16",)))
+    rates = _common.measure_rates(args.threads, quick=args.quick, device=args.device)
+    if "bf16" in precisions:
+        sizes = ((128, 256) if args.quick else (2048, 4096, 8192) if cuda else (512, 1024, 2048))
+        rates["gemm_gflops"].update(_common.gemm_rates(
+            [1] if cuda else sorted({1, args.threads}), sizes=sizes, repeats=3,
+            dtypes=("bfloat16",), device=args.device))
     rows = []
     for model in models:
         for kind in args.kinds.split(","):
