@@ -146,6 +146,32 @@ def results_dir(args) -> Path:
     return Path(getattr(args, "results", None) or RESULTS)
 
 
+_LOCK = None
+
+
+def one_at_a_time(quick: bool = False) -> None:
+    """Hold the machine-wide benchmark lock (a ``flock`` in the temporary folder) until this
+    process exits, waiting while another full benchmark holds it: two benchmarks side by side
+    would each time the other's load. Quick runs, which are never quoted, skip it."""
+    global _LOCK
+    if quick or _LOCK is not None:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    import tempfile
+
+    fh = open(Path(tempfile.gettempdir()) / "ntkal-benchmark.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print("another benchmark is running: waiting for it to finish", file=sys.stderr,
+              flush=True)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    _LOCK = fh
+
+
 # ----------------------------------------------------------------------------- measured rates
 def _median_seconds(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
     import torch

@@ -431,6 +431,7 @@ def main(argv=None) -> int:
     if args._case:
         print(json.dumps(run_case(json.loads(args._case))))
         return 0
+    _common.one_at_a_time(args.quick)
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -132,6 +132,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    _common.one_at_a_time(args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
     xl, yl, xs, _, _, _, k, in_shape = load_split(args.dataset, args.n_labelled,

@@ -266,6 +266,7 @@ def main(argv=None) -> dict:
         return {}
     if args.merge:
         return merge(args)
+    _common.one_at_a_time(args.quick)
     torch.set_num_threads(args.threads)
     rates = _common.measure_rates(args.threads, quick=args.quick)
     print("GEMM GFLOP/s (best size):", {d: {t: round(v["best"], 1) for t, v in per.items()}

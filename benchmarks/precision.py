@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    _common.one_at_a_time(args.quick)
 
     import torch
 

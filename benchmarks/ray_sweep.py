@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/ray_sweep_<hostname>.json)")
     args = ap.parse_args(argv)
+    _common.one_at_a_time(args.quick)
 
     from ntkal.experiments import load_config
 

@@ -81,6 +81,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (quick: 1)")
     args = parser.parse_args(argv)
+    _common.one_at_a_time(args.quick)
     args.repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     from ntkal.strategies import BADGE, Coreset, QueryContext

@@ -202,3 +202,24 @@ def test_markdown_table(common):
     text = common.markdown_table(["a", "b"], [[1, "x"], [2, "y"]])
     assert text.splitlines() == ["| a | b |", "|---|---:|", "| 1 | x |", "| 2 | y |"]
     assert common.fmt(None) == "-" and common.fmt(1.234, ".1f") == "1.2"
+
+
+def test_one_at_a_time_waits_for_the_running_benchmark(common, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    common.one_at_a_time(quick=True)
+    assert common._LOCK is None  # quick runs do not take the lock
+    monkeypatch.setattr(common, "_LOCK", None)
+    common.one_at_a_time()
+    try:
+        assert common._LOCK is not None
+        probe = ("import fcntl, sys; fh = open(sys.argv[1], 'a+')\n"
+                 "try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                 "except OSError: sys.exit(3)")
+        held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "ntkal-benchmark.lock")])
+        assert held.returncode == 3  # another process cannot take it while this one runs
+    finally:
+        common._LOCK.close()
