@@ -129,6 +129,17 @@ def line_name(line) -> str:
     return line if isinstance(line, str) else line["name"]
 
 
+def _yaml(cfg: dict) -> str:
+    """YAML without anchors and aliases (configs refuse them), unicode as is."""
+    import yaml
+
+    class _Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    return yaml.dump(cfg, Dumper=_Plain, sort_keys=False, allow_unicode=True)
+
+
 def registered_lines(lines, registered=None) -> list:
     """The lines whose strategy is registered; each one skipped is named in a warning."""
     if registered is None:
@@ -141,7 +152,7 @@ def registered_lines(lines, registered=None) -> list:
             kept.append(line)
         else:
             warnings.warn(f"strategy {line_name(line)!r} (line {line_label(line)!r}) is not "
-                          f"registered here; skipped", stacklevel=2)
+                          f"registered here; skipped", UserWarning, stacklevel=2)
     return kept
 
 
@@ -159,8 +170,6 @@ def suite_configs() -> dict[str, dict]:
 
 
 def write_configs() -> list[Path]:
-    import yaml
-
     CONFIGS.mkdir(parents=True, exist_ok=True)
     for old in CONFIGS.glob("*.yml"):
         if old.stem not in suite_configs():
@@ -171,7 +180,7 @@ def write_configs() -> list[Path]:
         head = (f"# Written by `python benchmarks/al_suite.py configs` (edit DATASETS, REGIMES, "
                 f"STRATEGIES there).\n# {name}: see benchmarks/al_suite.py for the protocol. "
                 f"Lines whose strategy is not registered are dropped at run time.\n")
-        path.write_text(head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        path.write_text(head + _yaml(cfg))
         paths.append(path)
     return paths
 
@@ -179,13 +188,11 @@ def write_configs() -> list[Path]:
 # ----------------------------------------------------------------------------- running
 def effective_config(cfg: dict, out: Path) -> Path:
     """Write ``cfg`` less its unregistered lines to ``out/config.yml`` (what ``ntkal run`` gets)."""
-    import yaml
-
     cfg = copy.deepcopy(cfg)
     cfg["strategies"] = registered_lines(cfg["strategies"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    path.write_text(_yaml(cfg))
     return path
 
 
@@ -642,31 +649,52 @@ def plan(out_root: Path) -> dict:
            "trainer": TRAINER, "strategies": STRATEGIES}
     out = out_root / "probe"
     path = effective_config(cfg, out)
+    import resource
+
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), NTKAL_QUIET="1")
-    t0 = time.perf_counter()
+
+    def child_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0, t0 = child_cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import ntkal.cli, ntkal.strategies"], env=env, check=True)
+    startup = time.perf_counter() - t0
+    t1 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ntkal.cli", "run", str(path), "--out", str(out),
-                    "--quiet", "--threads", "1"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+                    "--quiet", "--threads", "1"], env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t1
+    # On a quiet machine a one-thread run's wall time is its CPU time; on a busy one it is longer.
+    busy = (time.perf_counter() - t0) / max(1e-9, child_cpu() - cpu0)
     records = load_records(out / "results.json")
     labels = [PROBE["initial_size"] + c * PROBE["budget"] for c in range(PROBE["cycles"] + 1)]
     steps = sum(_steps(n) for n in labels)
-    probe, measured = {}, 0.0
-    for label, qt in query_times(records).items():
-        train = sum(float(r["train_seconds"]) for r in records if r["strategy"] == label)
-        probe[label] = {"step_s": train / steps, "query_s": qt["mean"], "run_s": train + qt["seconds"]}
-        measured += train + qt["seconds"]
-    overhead = max(0.0, (wall - measured) / max(1, len(probe)))
+    times = query_times(records)
+    train = {label: sum(float(r["train_seconds"]) for r in records if r["strategy"] == label)
+             for label in times}
+    # training does not depend on the strategy: the median line (the first pays the warm-up)
+    step_s = float(np.median(list(train.values()))) / steps
+    probe = {label: {"step_s": step_s, "query_s": qt["mean"], "run_s": train[label] + qt["seconds"]}
+             for label, qt in times.items()}
+    measured = sum(train.values()) + sum(qt["seconds"] for qt in times.values())
+    overhead = max(0.0, (wall - startup - measured) / max(1, len(probe)))
     est = estimate(probe, overhead)
-    doc = {"probe": probe, "probe_wall_s": wall, "overhead_per_run_s": overhead, **est,
-           "load_average": _loadavg()}
+    quiet = est["worker_seconds"] / busy + startup / busy * len(suite_configs())
+    doc = {"probe": probe, "probe_wall_s": wall, "startup_s": startup,
+           "overhead_per_run_s": overhead, "wall_per_cpu_second": busy, **est,
+           "quiet_worker_seconds": quiet, "load_average": _loadavg()}
     (out_root / "plan.json").write_text(json.dumps(doc, indent=1))
-    print(f"probe: {len(probe)} lines in {wall:.0f} s (load average {_loadavg()})")
+    print(f"probe: {len(probe)} lines in {wall:.0f} s, start-up {startup:.1f} s, {overhead:.2f} s "
+          f"per run besides training and queries; wall / CPU = {busy:.2f} "
+          f"(load average {_loadavg()})")
     for label, p in probe.items():
         print(f"  {label:14s} run {p['run_s']:6.2f} s   query {p['query_s']:6.3f} s/round   "
               f"suite share {est['per_line'][label] / 60:6.1f} worker-min")
-    print(f"estimate: {est['worker_seconds'] / 60:.0f} worker-minutes, "
-          f"{est['worker_seconds'] / 120:.0f} min wall with --jobs 2")
+    for cell, sec in sorted(est["per_cell"].items(), key=lambda kv: -kv[1]):
+        print(f"  {cell:22s} {sec / 60:6.1f} worker-min")
+    print(f"estimate here: {est['worker_seconds'] / 60:.0f} worker-minutes "
+          f"({est['worker_seconds'] / 120:.0f} min wall with --jobs 2); on a quiet machine "
+          f"(wall = CPU): {quiet / 60:.0f} worker-minutes, {quiet / 120:.0f} min with --jobs 2")
     return doc
 
 
@@ -679,6 +707,8 @@ def _loadavg() -> str:
 
 
 def main(argv=None) -> None:
+    warnings.simplefilter("once", UserWarning)  # one line per skipped strategy, not per cell
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("Plan (cost estimate)")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
