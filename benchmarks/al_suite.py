@@ -40,7 +40,19 @@ wall-clock seconds of one query round, from the records (``query_seconds``).
 
 Plan (cost estimate)
 --------------------
-(measured below; run `plan` to redo it on the machine at hand)
+24 cells (8 datasets x 3 regimes) x 5 seeds x the registered lines. ``plan`` runs every line once
+on a probe cell (digits, 20 -> 60 labels, 150 scored) and extrapolates each cell from the probe's
+training seconds per optimiser step and query seconds per round (scaled by subset size, and by
+budget for sequential and greedy lines; 784-dimensional inputs and the CNN count x2, as in the
+first suite's records). Measured with the 13 lines registered now, on 2 cores at load average 7-9
+(wall / CPU 3.7): 102 worker-minutes there, **28 worker-minutes = 14 min wall with --jobs 2 on a
+quiet machine** (one-thread runs: wall = CPU time). Checked on one real cell: fashion_mnist_high,
+1 seed, 13 lines, took 84 s wall / 23 s CPU against an estimate of 77 s / 21 s. The 7 slot lines
+(EPIG, closed-form EPIG and BALD, the two herdings, ``auto`` batch and sequential), if they cost
+what the heavier look-ahead lines cost, add about 19 worker-minutes: **about 47 worker-minutes,
+24 min wall with --jobs 2**, inside the 40-50 min budget with room for slower new lines. Left out
+for cost: eer, emoc, batchbald, sgd_lookahead, ll4al (see ``BASELINES``). The smoke run
+(``run --quick``) takes about 13 s of CPU (45 s wall at load average 7).
 """
 from __future__ import annotations
 
@@ -710,7 +722,7 @@ def main(argv=None) -> None:
     warnings.simplefilter("once", UserWarning)  # one line per skipped strategy, not per cell
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog=__doc__.split("Plan (cost estimate)")[1],
+                                     epilog="Plan:" + __doc__.split("Plan (cost estimate)\n--------------------")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("configs", help="write configs/suite/*.yml")
