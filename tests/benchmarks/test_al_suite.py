@@ -68,6 +68,14 @@ def test_counts_penalty_matrix_and_query_time_from_records(suite):
     assert s["cells"]["a"]["strategies"]["bad"]["within_noise_of_best"] is False
 
 
+def test_one_seed_is_never_significant(suite):
+    one = {n: acc[:1] for n, acc in _toy(0).items()}
+    s = suite.analyse_cells(_records({"a": one}))
+    assert s["below_random_cells"]["bad"] == 0 and s["above_random_cells"]["good"] == 0
+    assert not np.array(s["penalty_matrix"]).any()
+    assert all(e["within_noise_of_best"] for e in s["cells"]["a"]["strategies"].values())
+
+
 def test_markdown_and_readme_section_carry_the_columns(suite):
     s = suite.analyse_cells(_records({"a": _toy(0), "b": _toy(1)}))
     md = suite._markdown(s)
