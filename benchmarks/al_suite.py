@@ -277,8 +277,8 @@ def run(jobs: int, only: list[str], seeds: str | None, out_root: Path, quick: bo
         cfgs = {k: v for k, v in cfgs.items() if k in only}
     cfgs = {k: v for k, v in cfgs.items() if _dataset_available(v)}
     order = sorted(cfgs, key=_cost_rank)
-    paths = [str(ROOT / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), NTKAL_QUIET="1")
+    pypath = [str(ROOT / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pypath), NTKAL_QUIET="1")
     pending, running, times, codes = list(order), [], {}, {}
     out_root.mkdir(parents=True, exist_ok=True)
     while pending or running:

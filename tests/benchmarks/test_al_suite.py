@@ -38,7 +38,7 @@ def _records(cells: dict) -> dict:
 def _toy(seed: int = 0):
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.3, 0.6, size=(5, 3)).cumsum(axis=1) / 3
-    noise = lambda: rng.normal(scale=0.002, size=(5, 3))  # noqa: E731
+    noise = lambda: rng.normal(scale=0.002, size=(5, 3))
     good = base + 0.05 + noise()
     return {"random": base, "good": good, "bad": base - 0.05 + noise(), "twin": good + noise()}
 

@@ -6,8 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset
-from ntkal.data import packaged
+from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset, packaged
 from ntkal.data.packaged import PACKAGED_LOADERS, long_tail_positions
 
 
