@@ -719,8 +719,6 @@ def _loadavg() -> str:
 
 
 def main(argv=None) -> None:
-    warnings.simplefilter("once", UserWarning)  # one line per skipped strategy, not per cell
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="Plan:" + __doc__.split("Plan (cost estimate)\n--------------------")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -758,4 +756,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    warnings.simplefilter("once", UserWarning)  # one line per skipped strategy, not per cell
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     main()
