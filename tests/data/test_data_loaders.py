@@ -14,8 +14,10 @@ from ntkal.data import loaders
 
 
 def test_available_datasets():
+    from ntkal.data.packaged import PACKAGED_LOADERS
+
     assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic",
-                                  "clustered"]
+                                  "clustered"] + list(PACKAGED_LOADERS)
 
 
 def test_unknown_name_lists_valid_names():

@@ -40,6 +40,7 @@ import numpy as np
 
 from ntkal.data.dataset import Dataset
 from ntkal.data.idx import read_idx
+from ntkal.data.packaged import PACKAGED_LOADERS
 from ntkal.data.sampling import stratified_indices, subset_positions
 
 __all__ = ["DatasetNotFoundError", "load_dataset", "available_datasets", "DATA_ENV_VAR"]
@@ -280,7 +281,8 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3760,)
-_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered")
+_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered") + tuple(
+    PACKAGED_LOADERS)
 _ALIASES = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
@@ -424,6 +426,8 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
         raise ValueError(f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
                          f"built-in dataset {name!r}")
     key = _canonical(name)
+    if key in PACKAGED_LOADERS:  # tables a package ships, long-tailed image sets
+        return PACKAGED_LOADERS[key](root, train_size=train_size, test_size=test_size, seed=seed)
     if key == "synthetic":
         return _synthetic(train_size, test_size, seed)
     if key == "digits":
