@@ -191,6 +191,15 @@ class DatasetConfig:
                 "normalise": self.normalise, "classes": self.classes,
                 "test_fraction": self.test_fraction}
 
+    def resolved_path(self) -> Path:
+        """Where a user's data lies: ``path``, read relative to ``root`` when that is given."""
+        if self.path is None:
+            raise ValueError(f"dataset {self.name!r} is built in; it has no path")
+        path = Path(self.path).expanduser()
+        if self.root is not None and not path.is_absolute():
+            path = Path(self.root).expanduser() / path
+        return path
+
     def load(self, seed: int = 0):
         """The :class:`ntkal.data.Dataset` this section describes."""
         from ntkal.data import load_dataset
@@ -199,10 +208,7 @@ class DatasetConfig:
         if self.path is None:
             return load_dataset(self.name, self.root, train_size=self.train_size,
                                 test_size=self.test_size, seed=seed)
-        path = Path(self.path).expanduser()
-        if self.root is not None and not path.is_absolute():
-            path = Path(self.root).expanduser() / path
-        dataset = load_file_dataset(path, seed=0, **self.file_options())
+        dataset = load_file_dataset(self.resolved_path(), seed=0, **self.file_options())
         if self.train_size is None and self.test_size is None:
             return dataset
         return dataset.subset(self.train_size, self.test_size, seed=seed)
@@ -535,10 +541,9 @@ def _initial_strategy(raw: Any) -> Optional[StrategySpec]:
     if spec.model or spec.mode not in (None, "batch"):
         raise ConfigError("initial_strategy takes only name and params (it runs once, in batch "
                           "mode, on the shared model)")
-    from ntkal.strategies.registry import _init_parameters, _REGISTRY
+    from ntkal.strategies.registry import strategy_parameters
 
-    accepted, _ = _init_parameters(_REGISTRY[spec.name])
-    if "representation" in accepted and "representation" not in spec.params:
+    if "representation" in strategy_parameters(spec.name) and "representation" not in spec.params:
         spec = dataclasses.replace(spec, params={**spec.params, "representation": "pca"})
     strategy = spec.build()
     if getattr(strategy, "needs_dropout", False):

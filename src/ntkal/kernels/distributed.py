@@ -35,6 +35,8 @@ from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
+from ntkal.ray_cluster import RayTaskFailed, as_completed, ray_cluster
+
 __all__ = ["BlockJob", "BlockExecutor", "SerialBlockExecutor", "RayBlockExecutor",
            "KernelStripes", "stripe_bounds", "empirical_ntk_on"]
 
@@ -113,7 +115,7 @@ class RayBlockExecutor:
         CPU share of an actor; its torch thread count is ``max(1, floor(cpus_per_worker))``.
     address : str, optional
         An existing Ray cluster. Without it, and when Ray is not running in this process, a
-        private loopback-only Ray is started (:func:`ntkal.experiments.ray_runner.ray_cluster`,
+        private loopback-only Ray is started (:func:`ntkal.ray_cluster.ray_cluster`,
         ``num_cpus`` CPUs) and stopped by :meth:`close`.
     num_cpus : int, optional
         Size of that private Ray (default: all CPUs).
@@ -128,8 +130,6 @@ class RayBlockExecutor:
                  cpus_per_worker: float = 1.0, address: Optional[str] = None,
                  num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None
                  ) -> None:
-        from ntkal.experiments.ray_runner import ray_cluster
-
         if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0:
@@ -177,24 +177,14 @@ class RayBlockExecutor:
                 inflight[actor.run.remote(ref, index, part)] = (index, actor)
                 return
 
+        for actor in self._actors:
+            submit(actor)
         try:
-            for actor in self._actors:
+            for (index, actor), result in as_completed(ray, inflight):
                 submit(actor)
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                for done in ready:
-                    index, actor = inflight.pop(done)
-                    try:
-                        result = ray.get(done)
-                    except ray.exceptions.RayTaskError as err:
-                        cause = getattr(err, "cause", None) or err
-                        raise RuntimeError(f"block part {index} failed on a Ray worker: "
-                                           f"{type(cause).__name__}: {cause}") from err
-                    submit(actor)
-                    yield result
-        finally:
-            for pending in inflight:
-                ray.cancel(pending)
+                yield result
+        except RayTaskFailed as err:
+            raise RuntimeError(f"block part {err.key[0]} failed on a Ray worker: {err}") from err
 
     def close(self) -> None:
         """Stop the actors, and the private Ray if this executor started it."""

@@ -351,41 +351,7 @@ class ActiveLearner:
             The file is damaged, truncated, of another format or version, incomplete, or saved
             for another architecture than ``model``; the message names the file and the fix.
         """
-        state = persistence.read_learner_state(path)
-        if x_pool is None:
-            x_pool = state["x_pool"]
-            if x_pool is None:
-                raise ValueError(f"{path} was saved without the pool inputs: pass x_pool=")
-        x_pool = as_input_tensor("x_pool", x_pool)
-        if list(x_pool.shape) != list(state["pool_shape"]):
-            raise ValueError(f"x_pool has shape {tuple(x_pool.shape)} but the saved learner's pool "
-                             f"had shape {tuple(state['pool_shape'])}")
-        if y_pool is None:
-            y_pool = state["y_pool"]
-        if strategy is None:
-            spec = state["strategy"]
-            if spec["params"] is None:
-                raise ValueError(f"the saved strategy {spec['name']!r} has parameters that cannot be "
-                                 "stored as plain values: pass strategy=")
-            from ntkal.strategies import get_strategy
-
-            strategy = get_strategy(spec["name"], **spec["params"])
-        if train_config is None:
-            if state["train_config"] is None:
-                raise ValueError("the saved train config is not a plain dataclass: pass train_config=")
-            from ntkal.training import TrainConfig
-
-            train_config = TrainConfig(**state["train_config"])
-        device = persistence.saved_device(state, device, path)
-        persistence.load_model_state(model, state["model_state"], path)
-        pool, labels = persistence.saved_pool(state, path)
-        learner = cls(model, strategy, x_pool, y_pool=y_pool, labelled=pool.labelled_indices,
-                      labels=labels, num_classes=state["num_classes"], train_config=train_config,
-                      mode=state["mode"], subset=state["subset"], seed=state["seed"],
-                      device=device, progress=progress)
-        if state.get("strategy_state") is not None and \
-                callable(getattr(learner.strategy, "load_state_dict", None)):
-            learner.strategy.load_state_dict(state["strategy_state"])
-        learner.cycle = int(state["cycle"])
-        learner.num_queries = int(state["num_queries"])
-        return learner
+        return persistence.restore_learner(cls, path, model=model, strategy=strategy,
+                                           x_pool=x_pool, y_pool=y_pool,
+                                           train_config=train_config, device=device,
+                                           progress=progress)
