@@ -3,8 +3,8 @@ the wait/cancel loop over running tasks.
 
 Two callers use it: the kernel's :class:`ntkal.kernels.distributed.RayBlockExecutor` (actors
 computing kernel stripes) and the experiment driver :mod:`ntkal.experiments.ray_runner` (one task
-per (strategy, seed) run). It sits low in the layer order (it imports nothing from ntkal but the
-package root), so that neither of them has to import the other.
+per (strategy, seed) run). It sits at the bottom of the layer order (it imports nothing from
+ntkal), so that neither of them has to import the other.
 
 Install with ``pip install 'ntkal[ray]'``.
 """
@@ -45,9 +45,7 @@ def import_ray():
 def _ntkal_search_path() -> str:
     """``PYTHONPATH`` for the private Ray's workers: this process's ntkal first, so that they
     unpickle the same classes (it may come from a source tree rather than an installation)."""
-    import ntkal
-
-    here = str(Path(ntkal.__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[1])  # the folder holding the ntkal package
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
     return os.pathsep.join([here, *rest])
 
