@@ -230,17 +230,9 @@ def run_case(spec: dict) -> dict:
 
 
 def _auto_choice(net, x, kind):
-    if kind == "last_layer":
-        return "last_layer"
-    from ntkal.kernels import _choose
-    from ntkal.kernels._common import eval_mode, probe, split_parameters
+    from ntkal.kernels import chosen_implementation
 
-    with eval_mode(net):
-        params, _ = split_parameters(net)
-        _, _, calls = probe(net, x)
-        out = net(x[:1])
-        eng = _choose("auto", net, params, calls, kind, out.shape[1], x.shape[0], x.shape[0])
-    return "structured" if eng.__name__ == "run_structured" else "jacobian"
+    return chosen_implementation(net, x, kind)
 
 
 def _spawn(spec: dict, timeout: float) -> dict:

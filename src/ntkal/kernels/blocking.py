@@ -278,11 +278,11 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
                 if symmetric and j == i:
                     contract(row_feats, row_feats, dest)
                     # Exactly symmetric diagonal blocks (Cholesky downstream relies on it).
-                    dest.copy_(0.5 * (dest + _mirror(dest, len(block_shape))))
+                    dest.copy_(0.5 * (dest + mirror(dest)))
                 else:
                     contract(row_feats, col_features(j), dest)
                     if symmetric:
-                        out[cs, rs] = _mirror(dest, len(block_shape))
+                        out[cs, rs] = mirror(dest)
                 if bar is not None:
                     bar.advance(task)
     finally:
@@ -303,9 +303,8 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     return out, f1, f2
 
 
-def _mirror(blk: torch.Tensor, extra: int) -> torch.Tensor:
-    """Θ(x', x) from Θ(x, x'): swap the example axes and, for k x k blocks, the class axes."""
+def mirror(blk: torch.Tensor) -> torch.Tensor:
+    """Θ(x', x) from Θ(x, x'): swap the example axes and, for ``(b1, b2, k, k)`` blocks, the
+    class axes."""
     blk = blk.transpose(0, 1)
-    if extra == 2:
-        blk = blk.transpose(2, 3)
-    return blk
+    return blk.transpose(2, 3) if blk.ndim == 4 else blk

@@ -35,6 +35,11 @@ from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
+from ntkal.kernels._common import model_device_dtype
+from ntkal.kernels.blocking import mirror
+from ntkal.kernels.inputs import check_inputs
+from ntkal.kernels.local import local_ntk
+from ntkal.models.modes import evaluating
 from ntkal.ray_cluster import RayTaskFailed, as_completed, ray_cluster
 
 __all__ = ["BlockJob", "BlockExecutor", "SerialBlockExecutor", "RayBlockExecutor",
@@ -256,20 +261,12 @@ class KernelStripes:
         return moved
 
     def __call__(self, part: tuple[int, int]):
-        from ntkal.kernels import empirical_ntk
-
         a, b = part
         cols = self.x1[a:] if self.x2 is None else self.x2
-        kern, f1, f2 = empirical_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
-                                     implementation=self.implementation,
-                                     max_memory=self.max_memory, dtype=self.dtype,
-                                     precision=self.precision, return_outputs=True)
+        kern, f1, f2 = local_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
+                                 implementation=self.implementation, max_memory=self.max_memory,
+                                 dtype=self.dtype, progress=False, precision=self.precision)
         return kern.cpu(), f1.cpu(), f2.cpu()
-
-
-def _mirror(block: torch.Tensor) -> torch.Tensor:
-    block = block.transpose(0, 1)
-    return block.transpose(2, 3) if block.ndim == 4 else block
 
 
 def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor,
@@ -282,22 +279,17 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
     ``stripes`` defaults to four per worker. ``max_memory`` is each worker's budget (default:
     half of what is free on that worker's device). The kernel is assembled on the model's device.
     """
-    from ntkal.kernels import _check_inputs
-    from ntkal.kernels._common import model_device_dtype
-    from ntkal.models.modes import evaluating
-
     device, mdtype = model_device_dtype(model)
     with evaluating(model):
-        x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
+        x1, x2, probed = check_inputs(model, x1, x2, device, mdtype)
     symmetric = x2 is None
     n1 = int(x1.shape[0])
     n2 = n1 if symmetric else int(x2.shape[0])
     if probed is None or n1 == 0 or n2 == 0:
-        from ntkal.kernels import empirical_ntk
-
-        return empirical_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                             max_memory=max_memory, dtype=dtype, return_outputs=return_outputs,
-                             precision=precision)
+        kern, f1, f2 = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
+                                 max_memory=max_memory, dtype=dtype, progress=False,
+                                 precision=precision)
+        return (kern, f1, f2) if return_outputs else kern
     k = int(probed[0].shape[1])
     if stripes is None:
         stripes = 4 * max(1, int(getattr(executor, "workers", 1)))
@@ -317,9 +309,9 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
         f1[a:b] = rows_f.to(device)
         if symmetric:
             out[a:b, a:] = stripe
-            out[a:, a:b] = _mirror(stripe)
+            out[a:, a:b] = mirror(stripe)
             diag = stripe[:, :b - a]
-            out[a:b, a:b] = 0.5 * (diag + _mirror(diag))  # exactly symmetric, as run_blocked
+            out[a:b, a:b] = 0.5 * (diag + mirror(diag))  # exactly symmetric, as run_blocked
         else:
             out[a:b] = stripe
             if f2 is None:
