@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkal.arguments import as_float, as_int
 from ntkal.data.labels import as_class_labels
 from ntkal.models.devices import model_dtype as _model_dtype
 from ntkal.models.devices import resolve_device as _resolve_device
@@ -28,7 +28,7 @@ from ntkal.models.forward import as_input_batch, predict_logits
 from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
+__all__ = ["TrainConfig", "TRAIN_CONFIG_KEYS", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
            "predict_logits"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -38,26 +38,12 @@ DEFAULT_LR = {"mse": 0.5, "ce": 0.05}
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return as_int(value, f"TrainConfig.{name}", minimum=minimum, integral_floats=True)
 
 
 def _as_float(name: str, value: Any) -> float:
     # YAML 1.1 reads "1e-4" as a string; accept numeric strings rather than fail far from the file.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
-    return float(value)
+    return as_float(value, f"TrainConfig.{name}", numeric_strings=True)
 
 
 @dataclass
@@ -173,7 +159,7 @@ class TrainConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys are an error naming the valid ones."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
-        valid = [f.name for f in dataclasses.fields(cls)]
+        valid = TRAIN_CONFIG_KEYS
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ValueError(f"unknown training option(s) {', '.join(map(str, unknown))}; "
@@ -192,6 +178,10 @@ class TrainConfig:
                     weight_decay=1e-4, schedule="onecycle", loss="mse")
         base.update(changes)
         return cls(**base)
+
+
+#: The keys of a trainer section (``TrainConfig``'s fields): the one list configs check against.
+TRAIN_CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @dataclass
@@ -231,9 +221,7 @@ def _as_labels(y: Any, n: int, num_classes: int) -> torch.Tensor:
 
 
 def _check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
+    return as_int(num_classes, "num_classes", minimum=1)
 
 
 def _check_output(out: torch.Tensor, n: int, num_classes: int) -> None:

@@ -123,7 +123,7 @@ def test_resources_are_validated_and_left_out_of_the_hashes():
     for bad, message in [({"cpu": 1}, r"unknown key\(s\) cpu in resources; valid keys: cpus, gpus"),
                          ({"cpus": 0}, r"resources.cpus must be > 0"),
                          ({"gpus": -1}, r"resources.gpus must lie in"),
-                         ({"cpus": "two"}, r"resources.cpus must be a number")]:
+                         ({"cpus": "two"}, r"resources.cpus must be a finite number")]:
         with pytest.raises(ConfigError, match=message):
             parse_config(_raw(resources=bad))
     with pytest.raises(ConfigError, match=r"strategies\[0\].resources.cpus must be > 0"):

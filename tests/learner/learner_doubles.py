@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ntkal.learner import ActiveLearner
+from tiny_nets import TinyNet
 from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
 
 
@@ -19,17 +20,9 @@ class Cfg:
     seed: int = 0
 
 
-class Net(nn.Module):
-    def __init__(self, d=2, k=3, h=16):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh())
-        self.classifier = nn.Linear(h, k)
-
-    def embed(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
+def Net(d=2, k=3, h=16) -> TinyNet:
+    """The learner tests' network: one Tanh block (the shared :class:`TinyNet`)."""
+    return TinyNet(d, h, k)
 
 
 class MaxEntropy(Strategy):

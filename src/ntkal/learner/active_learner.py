@@ -9,7 +9,6 @@ to :mod:`ntkal.learner.inputs`.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from typing import Any, Iterable, Optional, Union
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkal.arguments import as_choice, as_int, as_optional_int, is_integer
 from ntkal.data.labels import as_class_labels
 from ntkal.data.pool import Pool, _as_index_array
 from ntkal.learner import persistence
@@ -29,6 +29,8 @@ from ntkal.strategies.base import QueryContext, SequentialSession, Strategy, che
 
 __all__ = ["ActiveLearner", "MODES"]
 
+#: How queries are made: a batch per call, or one at a time with closed-form conditioning. The
+#: one list that configs, the CLI and the learner read.
 MODES = ("batch", "sequential")
 _PathLike = Union[str, os.PathLike]
 
@@ -76,17 +78,9 @@ class ActiveLearner:
                  num_classes: int, train_config: Any, mode: str = "batch",
                  subset: Optional[int] = None, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", progress: bool = False) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
-                or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        self.num_classes = int(num_classes)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
-        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, numbers.Integral)
-                                   or subset < 1):
-            raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
-        self.subset = None if subset is None else int(subset)
+        self.num_classes = as_int(num_classes, "num_classes", minimum=2)
+        self.mode = as_choice(mode, "mode", MODES)
+        self.subset = as_optional_int(subset, "subset", minimum=1)
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.progress = bool(progress)
@@ -200,7 +194,7 @@ class ActiveLearner:
             ``budget`` < 1 or larger than the unlabelled pool (or the scored subset), or, in
             sequential mode, ``budget > 1`` without oracle labels.
         """
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        if not is_integer(budget):
             raise TypeError(f"budget must be an integer, got {type(budget).__name__}")
         budget = int(budget)
         if self.pool.num_unlabelled == 0:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ntkal.arguments import as_int
 from ntkal.models.base import ClassifierNet
 from ntkal.models.cnn import SmallCNN
 from ntkal.models.mlp import MLP
@@ -94,8 +95,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     cls = _MODELS[key]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    num_classes = as_int(num_classes, "num_classes", minimum=1)
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
     extra = _extra_params(cls)
@@ -104,9 +104,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
         raise ValueError(f"model {key!r} does not take {', '.join(unknown)}; its options are: "
                          f"width, dropout{''.join(', ' + p for p in extra)}")
     if width is not None:
-        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
-        kwargs["width"] = int(width)
+        kwargs["width"] = as_int(width, "width", minimum=1)
     return cls(in_shape, int(num_classes), dropout=float(dropout), **kwargs)
 
 
