@@ -20,9 +20,11 @@ class Cfg:
     seed: int = 0
 
 
-def Net(d=2, k=3, h=16) -> TinyNet:
-    """The learner tests' network: one Tanh block (the shared :class:`TinyNet`)."""
-    return TinyNet(d, h, k)
+class Net(TinyNet):
+    """The learner tests' network: the shared :class:`TinyNet` with one Tanh block."""
+
+    def __init__(self, d=2, k=3, h=16):
+        super().__init__(d, h, k)
 
 
 class MaxEntropy(Strategy):
