@@ -365,6 +365,50 @@ def _check_finite(epoch: int, loss: float, extra: Optional[float], config: Train
                 f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
 
 
+#: Weights whose norm grows this many times within one :func:`train` call have diverged: SGD
+#: with a sound rate moves them by a small factor, a too-high rate by orders of magnitude (and a
+#: diverged network can keep a finite loss once its ReLUs die, so the loss alone misses it).
+DIVERGED_GROWTH = 1e4
+
+
+#: An epoch loss this many times a constant zero prediction's (``1/k`` for MSE on one-hot
+#: targets, ``log k`` for cross-entropy) is an exploding loss, not a hard start.
+DIVERGED_LOSS = 1e3
+
+
+def _check_loss_scale(epoch: int, loss: float, config: TrainConfig, num_classes: int) -> None:
+    """FloatingPointError for a finite but exploding epoch loss (see :data:`DIVERGED_LOSS`)."""
+    chance = 1.0 / num_classes if config.loss == "mse" else math.log(max(num_classes, 2))
+    if loss > DIVERGED_LOSS * chance:
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch + 1}: the {config.loss} loss is {loss:.3g}, "
+            f"{loss / chance:.3g} times a constant prediction's ({chance:.3g}); lower lr/max_lr "
+            f"(now {config.lr}/{config.max_lr}), e.g. by 10x, or set grad_clip")
+
+
+def _weight_norm(params: Sequence[nn.Parameter]) -> float:
+    """Euclidean norm of all ``params`` together, in float64 (``inf``/``nan`` when they are)."""
+    with torch.no_grad():
+        total = sum(float(p.detach().double().square().sum()) for p in params)
+    return math.sqrt(total) if math.isfinite(total) else total
+
+
+def _check_weights(epoch: int, start: float, params: Sequence[nn.Parameter],
+                   config: TrainConfig) -> None:
+    """FloatingPointError when the weights became non-finite or grew :data:`DIVERGED_GROWTH`
+    times from ``start`` (their norm when the call began)."""
+    now = _weight_norm(params)
+    if not math.isfinite(now):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch + 1}: the weights are NaN or infinite; lower "
+            f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+    if now > DIVERGED_GROWTH * max(start, 1.0):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch + 1}: the weights grew from norm {start:.3g} to "
+            f"{now:.3g} (the loss, {config.loss}, may still look finite); lower lr/max_lr (now "
+            f"{config.lr}/{config.max_lr}), e.g. by 10x, or set grad_clip")
+
+
 @dataclass
 class _Run:
     """The moving parts of one :func:`train` call."""
@@ -472,7 +516,9 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         Mismatched lengths, labels out of range, non-finite inputs, an empty set, or a model whose
         output is not ``(n, num_classes)``.
     FloatingPointError
-        If the loss (or the extra term) becomes NaN or infinite (lower ``lr``/``max_lr`` or set
+        If the loss (or the extra term) becomes NaN or infinite, or the weights do, or their norm
+        grows :data:`DIVERGED_GROWTH` times within the call, or the loss exceeds
+        :data:`DIVERGED_LOSS` times a constant prediction's (lower ``lr``/``max_lr`` or set
         ``grad_clip``).
     """
     start = time.perf_counter()
@@ -501,12 +547,15 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         run = _start_run(model, x, y, config, num_classes, extra)
         for module in [model, *side_modules]:
             module.train()
+        start_norm = _weight_norm(run.params)
         with _progress_bar(progress_allowed(progress)) as bar:
             task = bar.add_task("train", total=run.epochs, loss="-") if bar is not None else None
             for epoch in range(run.epochs):
                 epoch_loss, epoch_extra, steps = run.epoch(epoch)
                 result.steps += steps
                 _check_finite(epoch, epoch_loss, epoch_extra, config)
+                _check_loss_scale(epoch, epoch_loss, config, num_classes)
+                _check_weights(epoch, start_norm, run.params, config)
                 result.losses.append(epoch_loss)
                 if epoch_extra is not None:
                     result.extra_losses.append(epoch_extra)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import numbers
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -114,6 +115,24 @@ class ModelFactoryError(ValueError):
     classifier of the right shape; the message names the factory."""
 
 
+def _path_hint(module_name: str, err: Exception) -> str:
+    """Why a user's own module is not found, when it is: ``ntkal`` run as a command does not put
+    the working directory on the Python path (``python -m`` and ``python script.py`` do)."""
+    if not isinstance(err, ModuleNotFoundError) or err.name is None:
+        return ""
+    top = module_name.split(".")[0]
+    if err.name != top and not module_name.startswith(err.name + "."):
+        return ""  # a module the user's code imports is missing: the message says which
+    here = Path.cwd()
+    found = [p for p in (here / f"{top}.py", here / top / "__init__.py", here / top) if p.exists()]
+    if found:
+        return (f"; {found[0]} is in the working directory {here}, which is not on the Python "
+                f"path: run with PYTHONPATH={here} (e.g. `PYTHONPATH=. ntkal run ...`) or install "
+                "your package (pip install -e .)")
+    return ("; the module must be importable from the Python path: put its folder on PYTHONPATH "
+            "(e.g. `PYTHONPATH=path/to/folder ntkal run ...`) or install it")
+
+
 def load_factory(spec: str) -> Callable[..., Any]:
     """Import ``"package.module:function"`` (dots after the colon walk attributes)."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
@@ -123,7 +142,8 @@ def load_factory(spec: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure inside the user's module
         raise ModelFactoryError(f"model factory {spec!r}: cannot import module {module_name!r} "
-                                f"({type(err).__name__}: {err})") from err
+                                f"({type(err).__name__}: {err}){_path_hint(module_name, err)}"
+                                ) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ModelFactoryError(f"model factory {spec!r}: {module_name!r} has no attribute "
