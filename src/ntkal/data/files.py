@@ -232,7 +232,8 @@ def _warn_small_classes(path: Path, y: np.ndarray, y_test: Optional[np.ndarray],
 
 
 # ----------------------------------------------------------------------------- .npz
-def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource:
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, with ``x`` present, numeric and finite, and no stray names."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
@@ -260,20 +261,31 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
         raise ValueError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
     if not np.isfinite(x.astype(np.float64)).all():
         raise ValueError(f"{path}: 'x' contains NaN or infinite values")
+    return arrays
+
+
+def _npz_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> np.ndarray:
+    """Array ``key`` as ``n`` int64 labels (all unknown when absent)."""
+    if key not in arrays:
+        return np.full(n, UNLABELLED, dtype=np.int64)
+    v = arrays[key]
+    if v.ndim != 1 or v.shape[0] != n or not np.issubdtype(v.dtype, np.integer):
+        raise ValueError(f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
+                         f"dtype {v.dtype} shape {v.shape}")
+    if (v < UNLABELLED).any():
+        raise ValueError(f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown")
+    return v.astype(np.int64)
+
+
+def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource:
+    arrays = _npz_arrays(path)
+    x = arrays["x"]
     names = _class_names(path, classes)
     if names is None and "classes" in arrays:
         names = _class_names(path, arrays["classes"].tolist())
 
     def labels(key: str, n: int) -> np.ndarray:
-        if key not in arrays:
-            return np.full(n, UNLABELLED, dtype=np.int64)
-        v = arrays[key]
-        if v.ndim != 1 or v.shape[0] != n or not np.issubdtype(v.dtype, np.integer):
-            raise ValueError(f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
-                             f"dtype {v.dtype} shape {v.shape}")
-        if (v < UNLABELLED).any():
-            raise ValueError(f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown")
-        return v.astype(np.int64)
+        return _npz_labels(path, arrays, key, n)
 
     y = labels("y", x.shape[0])
     x_test = arrays.get("x_test")

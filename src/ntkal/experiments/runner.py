@@ -145,6 +145,25 @@ def _initial_labelled(config: ExperimentConfig, dataset, y_train, seed: int, dev
     return np.sort(chosen)
 
 
+def _saved_learner(config: ExperimentConfig, dataset, model, strategy, state_path: Path,
+                   device: str):
+    """The learner saved at ``state_path``, or ``None`` when there is none, it is unreadable, or
+    its labelled count does not fit its cycle (the run is then redone from the start)."""
+    from ntkal.learner import ActiveLearner
+
+    if not state_path.exists():
+        return None
+    try:
+        learner = ActiveLearner.load(state_path, model=model, strategy=strategy,
+                                     x_pool=dataset.x_train, y_pool=dataset.y_train.numpy(),
+                                     train_config=config.train_config(), device=device)
+    except (ValueError, RuntimeError, KeyError):
+        return None
+    if learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
+        return None
+    return learner
+
+
 def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, *,
                       device: str, finished: set[int], state_path: Path,
                       restart_from: Callable[[int], None], add_record: Callable[[dict], None],
@@ -189,17 +208,8 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
     model = _build_model(config, spec, dataset, seed)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     strategy = spec.build()
-    learner = None
-    if done and state_path.exists():
-        try:
-            learner = ActiveLearner.load(state_path, model=model, strategy=strategy,
-                                         x_pool=dataset.x_train, y_pool=y_train,
-                                         train_config=train_config, device=device)
-        except (ValueError, RuntimeError, KeyError):
-            learner = None  # unreadable state: redo this run from the start
-        if learner is not None and \
-                learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
-            learner = None
+    learner = _saved_learner(config, dataset, model, strategy, state_path, device) if done \
+        else None
     if learner is None:
         restart_from(0)
         model.load_state_dict(init_state)

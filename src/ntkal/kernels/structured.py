@@ -156,6 +156,12 @@ def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, 
     Returns
     -------
     ModelPlan
+
+    Notes
+    -----
+    One pass over the layers that adds each layer's cost, memory and gradient rows into the
+    totals as it decides; it stays one function because every branch updates those same six
+    accumulators, which a split would pass back and forth.
     """
     kk = num_outputs(kind, k)
     c = _pair_factor(kind, kk)
