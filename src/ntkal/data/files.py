@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ntkal.arguments import as_float
 from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.data.sampling import stratified_indices
 
@@ -95,8 +96,8 @@ def is_file_source(name: Any) -> bool:
 def _check_options(path: Path, normalise: str, test_fraction: float) -> None:
     if normalise not in NORMALISE:
         raise ValueError(f"normalise must be one of {', '.join(NORMALISE)}, got {normalise!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 <= float(test_fraction) < 1.0:  # bool is refused: a fraction, not a flag
+    fraction = as_float(test_fraction, "test_fraction", minimum=0.0)
+    if fraction >= 1.0:
         raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
 
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import numbers
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ntkal.arguments import as_int
+from ntkal.arguments import as_float, as_int
 from ntkal.models.base import ClassifierNet
 from ntkal.models.cnn import SmallCNN
 from ntkal.models.mlp import MLP
@@ -97,7 +96,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     cls = _MODELS[key]
     num_classes = as_int(num_classes, "num_classes", minimum=1)
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+    if as_float(dropout, "dropout", minimum=0.0) >= 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
     extra = _extra_params(cls)
     unknown = sorted(set(kwargs) - set(extra))
