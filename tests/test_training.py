@@ -303,9 +303,10 @@ def test_an_exploding_finite_loss_stops_training(tmp_path):
     """An MLP on an image folder with MSE and a far too high rate: the loss stays finite (the
     ReLUs die) while the weights reach ~1e8 and the accuracy is at chance; the NaN check alone
     let such a run finish silently."""
-    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1: the mse loss is .* times a "
-                                                 r"constant prediction's .* lower lr/max_lr "
-                                                 r"\(now 4.0/None\)"):
+    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the mse loss is .* "
+                                                 r"times a constant prediction's .* training "
+                                                 r"accuracy is 0.345 \(chance 0.333\); lower "
+                                                 r"lr/max_lr \(now 4.0/None\)"):
         _folder_run(tmp_path, 4.0, "constant")
 
 
@@ -313,9 +314,25 @@ def test_weights_that_grow_by_orders_of_magnitude_stop_training(tmp_path, monkey
     """At lr 0.5 this run ends at chance with its weight norm 21x the start and a loss below
     the loss threshold: with the growth limit at 10x, the weight check alone catches it."""
     monkeypatch.setattr(ntkal.training, "DIVERGED_GROWTH", 10.0)
-    with pytest.raises(FloatingPointError, match=r"diverged at epoch \d+: the weights grew from "
-                                                 r"norm 4.72 to .* lower lr/max_lr \(now 0.5/"):
+    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the weights grew from "
+                                                 r"norm 4.72 to .* accuracy is 0.345 .* lower "
+                                                 r"lr/max_lr \(now 0.5/"):
         _folder_run(tmp_path, 0.5)
+
+
+def test_huge_logits_of_the_right_sign_are_not_divergence():
+    """A run whose MSE is far above a constant prediction's but which classifies its whole set
+    (logits large and of the right sign) has not diverged: the accuracy clears it."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 3)
+    y = (x[:, 0] > 0).long()
+    net = nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[-1e3, 0.0, 0.0], [1e3, 0.0, 0.0]]))
+        net.bias.zero_()
+    result = train(net, x, y, TrainConfig(epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0,
+                                          schedule="constant"), num_classes=2)
+    assert result.final_loss > 100 * 0.5 and result.train_accuracy == 1.0
 
 
 def test_a_sound_rate_on_the_same_folder_trains(tmp_path):
