@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.arguments import as_int
+from ntkal.arguments import is_integer
 from ntkal.models.devices import model_device, model_dtype, resolve_device
 from ntkal.models.modes import evaluating
 
@@ -58,7 +58,8 @@ def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024, device: 
     Tensor
         ``(n, num_outputs)``; ``(0, 0)`` for no inputs.
     """
-    as_int(batch_size, "batch_size", minimum=1)
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = as_input_batch(x)
     device = model_device(model) if device is None else resolve_device(device)
     dtype = model_dtype(model)
