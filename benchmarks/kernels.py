@@ -298,18 +298,9 @@ def case_work(net, x, kind: str) -> dict:
 
 
 def _auto_choice(net, x, kind):
-    if kind == "last_layer":
-        return "last_layer"
-    from ntkal.kernels import _choose
-    from ntkal.kernels._common import probe, split_parameters
-    from ntkal.models.modes import evaluating
+    from ntkal.kernels import chosen_implementation
 
-    with evaluating(net):
-        params, _ = split_parameters(net)
-        _, _, calls = probe(net, x)
-        out = net(x[:1])
-        eng = _choose("auto", net, params, calls, kind, out.shape[1], x.shape[0], x.shape[0])
-    return "structured" if eng.__name__ == "run_structured" else "jacobian"
+    return chosen_implementation(net, x, kind)
 
 
 def _spawn(spec: dict, timeout: float) -> dict:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from ntkal.strategies.base import Strategy
 
-__all__ = ["register_strategy", "get_strategy", "available_strategies"]
+__all__ = ["register_strategy", "get_strategy", "available_strategies", "strategy_parameters"]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -109,3 +109,13 @@ def available_strategies() -> dict[str, str]:
         doc = inspect.getdoc(_REGISTRY[name]) or ""
         out[name] = doc.strip().splitlines()[0] if doc.strip() else _REGISTRY[name].__name__
     return out
+
+
+def strategy_parameters(name: str) -> tuple[str, ...]:
+    """Keyword parameters the strategy registered under ``name`` takes (a config checks or fills
+    them before building it). Unknown ``name``: ValueError listing the available names."""
+    _ensure_loaded()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return tuple(_init_parameters(cls)[0])
