@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import DenseLookahead
 from ntkal.strategies import QueryContext, get_strategy
 from ntkal.strategies.expected_error import EER
 from ntkal.strategies.lookahead import MLMOC
+from ntkal.strategies.selection import select_greedy
 from ntkal.strategies.output_change import EMOC
 from ntkal.strategies.variance_reduction import VarianceReduction
 
@@ -36,7 +37,7 @@ def _problem(n=6, m=9, k=3, block=False, seed=0):
 
 def _lookahead(theta, f0, y, n, k):
     onehot = torch.nn.functional.one_hot(y, k).to(F64)
-    return Lookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
+    return DenseLookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
 
 
 def _flat(theta, rows, cols, k, block):
@@ -138,7 +139,7 @@ def test_greedy_second_pick_equals_a_from_scratch_model_conditioned_on_the_first
     theta, f0, y, n, m, k = _problem(seed=2, m=12)
     lab, cand = list(range(n)), list(range(n, n + m))
     strategy = VarianceReduction(selection="greedy")
-    chosen, first_scores, _ = strategy.select_greedy(_lookahead(theta, f0, y, n, k), 3,
+    chosen, first_scores, _ = select_greedy(strategy, _lookahead(theta, f0, y, n, k), 3,
                                                      np.random.default_rng(0))
     assert chosen[0] == int(np.argmax(first_scores))
     picked = [chosen[0]]
@@ -159,14 +160,14 @@ def test_greedy_mlmoc_conditions_on_the_pseudo_label():
     strategy = MLMOC(selection="greedy", score="norm")
     la = _lookahead(theta, f0, y, n, k)
     f_bar0 = la.base_predictions()
-    chosen, _, _ = strategy.select_greedy(la, 2, np.random.default_rng(0))
+    chosen, _, _ = select_greedy(strategy, la, 2, np.random.default_rng(0))
     j1 = int(chosen[0])
     pseudo = int(f0[n + j1].argmax())
     train = list(range(n)) + [n + j1]
     targets = torch.cat([torch.nn.functional.one_hot(y, k).to(F64),
                          torch.nn.functional.one_hot(torch.tensor([pseudo]), k).to(F64)])
     with pytest.warns(RuntimeWarning, match="clamped"):   # x_j1 is in L now: Σ_j1j1 = 0
-        fresh = Lookahead(_flat(theta, train, train, k, False), theta[n:, train],
+        fresh = DenseLookahead(_flat(theta, train, train, k, False), theta[n:, train],
                           theta[n:, n:], f0[train], f0[n:], targets)
     rest = np.array([j for j in range(m) if j != j1])
     scores, _ = strategy.score_candidates(fresh, rest, f_bar0)

@@ -65,7 +65,7 @@ def test_query_contract_and_finite_scores(ctx, score):
 
 
 def test_flip_score_is_brute_force_lookahead(ctx):
-    strat = MLMOC(score="flip", chunk_size=5)
+    strat = MLMOC(score="flip", block_size=5)
     res = strat.query(ctx, 3)
     la = strat.lookahead(ctx)
     f0 = la.f0_candidates
@@ -198,7 +198,7 @@ def _block(cov, f_bar_eval, f_bar_cand, pivots):
 
 
 def test_margin_screen_equals_explicit_argmax_random():
-    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+    from ntkal.strategies.lookahead_scores import EvalMargins, flips_and_norms
 
     g = torch.Generator().manual_seed(0)
     for k in (1, 2, 5):
@@ -214,7 +214,7 @@ def test_margin_screen_equals_explicit_argmax_random():
         # rows (b, e) as gathered, or a transposed view of a held (e, m) Σ
         for cov in (block.cov, block.cov.T.contiguous().T):
             block.cov = cov
-            got = _flips_and_norms(block, targets, ref_cls,
+            got = flips_and_norms(block, targets, ref_cls,
                                    EvalMargins(block.f_bar_eval, ref_cls))
             assert torch.equal(got[0], want[0])
             torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
@@ -223,7 +223,7 @@ def test_margin_screen_equals_explicit_argmax_random():
 def test_margin_screen_exact_on_ties_and_boundaries():
     """Points exactly on the decision boundary (f' ties the reference class: argmax takes the
     first index) and base predictions that already tie must go to the exact test."""
-    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+    from ntkal.strategies.lookahead_scores import EvalMargins, flips_and_norms
 
     # one candidate, coefficient (y - f̄_j) / Σ_jj = [1, 0, 0] - [0, 0, 0] -> coef = [1, 0, 0]
     f_cand = torch.zeros(1, 3, dtype=torch.float64)
@@ -237,7 +237,7 @@ def test_margin_screen_exact_on_ties_and_boundaries():
     cov = torch.tensor([[0.5, 0.25, 0.0, 0.0, -0.5]], dtype=torch.float64)
     ref_cls = torch.tensor([1, 1, 1, 0, 1])
     block = _block(cov, f_eval, f_cand, torch.ones(1, dtype=torch.float64))
-    got = _flips_and_norms(block, targets, ref_cls, EvalMargins(f_eval, ref_cls))
+    got = flips_and_norms(block, targets, ref_cls, EvalMargins(f_eval, ref_cls))
     want = _explicit_flips_and_norms(block, targets, ref_cls)
     assert float(want[0][0]) == pytest.approx(2 / 5)
     assert torch.equal(got[0], want[0])

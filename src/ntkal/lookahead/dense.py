@@ -2,7 +2,7 @@
 
 The fastest route while ``(n + m)²`` kernel entries fit in memory and the evaluation set is every
 candidate (see :func:`ntkal.lookahead.choose_engine`); :class:`ntkal.lookahead.StreamingLookahead`
-covers the rest with the same interface.
+covers the rest with the same interface, :class:`ntkal.lookahead.Lookahead`.
 """
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead.block import (_DTYPE, DEFAULT_EVAL_SIZE, EvalSize, LabelLike,
-                                   LookaheadBlock, LookaheadState, as_f64, contiguous_span,
-                                   eval_positions_for, flatten_blocks, labelled_factor)
+from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, as_f64, contiguous_span,
+                                   eval_positions_for, flatten_blocks)
+from ntkal.lookahead.cholesky import labelled_factor
+from ntkal.lookahead.engine import Lookahead, onehot_targets
+from ntkal.lookahead.settings import LookaheadSettings
+from ntkal.models.devices import model_device
 
-__all__ = ["Lookahead"]
+__all__ = ["DenseLookahead"]
 
 
-class Lookahead(LookaheadState):
+class DenseLookahead(Lookahead):
     """The network linearised at its trained weights, with closed-form look-ahead retraining.
 
-    Build it with :meth:`fit` (computes the empirical NTK of a model) or :meth:`from_kernels`
-    (precomputed kernels). All linear algebra is done in float64.
+    Build it with :meth:`Lookahead.fit` (computes the empirical NTK of a model) or
+    :meth:`Lookahead.from_kernels` (precomputed kernels). All linear algebra is done in float64.
 
     Parameters
     ----------
@@ -42,8 +45,8 @@ class Lookahead(LookaheadState):
         Relative floor for ``Σ_jj``: values (eigenvalues, for blocks) below
         ``eps · mean(diag Σ)`` are clamped there, so near-duplicate candidates give finite,
         small look-ahead changes instead of NaN.
-    chunk_size : int, optional
-        Candidates per chunk in batched look-ahead; default from a 256 MiB budget.
+    block_size : int, optional
+        Candidates per block in batched look-ahead; default from a 256 MiB budget.
 
     Attributes
     ----------
@@ -59,9 +62,11 @@ class Lookahead(LookaheadState):
     Mohamadi, Bae & Sutherland, NeurIPS 2022, Sec. 3 (look-ahead via the linearised network).
     """
 
+    engine_name = "dense"
+
     def __init__(self, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
                  y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                 chunk_size: Optional[int] = None, kernel: Optional[str] = None,
+                 block_size: Optional[int] = None, kernel: Optional[str] = None,
                  eval_positions=None, _owned: bool = False) -> None:
         theta_ll = torch.as_tensor(theta_ll)
         device = theta_ll.device
@@ -74,7 +79,7 @@ class Lookahead(LookaheadState):
         n = int(f0_l.shape[0])
         self._init_state(f0_s, None if eval_positions is None
                          else eval_positions_for(m, positions=eval_positions),
-                         block, eps, chunk_size, device)
+                         block, eps, block_size, device)
         self.kernel = kernel if kernel is not None else ("full" if block else "scalar")
         self.num_labelled = n
         self.ridge = float(ridge)
@@ -125,19 +130,19 @@ class Lookahead(LookaheadState):
     def _own_flat(self, theta: torch.Tensor, owned: bool) -> torch.Tensor:
         """Θ as a ``(a p, b p)`` matrix this object may modify: the caller's memory when it handed
         it over (``owned``, scalar kernels), else one copy."""
-        flat = flatten_blocks(theta) if self.block else theta
+        flat = flatten_blocks(theta) if self.full_kernel else theta
         return flat if owned or not _shares_memory(flat, theta) else flat.clone()
 
     def _condition_on_labelled(self, theta_ll, theta_sl, f0_l, y_l) -> None:
         """f̄ = f0 + Θ_SL K⁻¹ R and Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS, in place on Σ (one ``(n p, m p)``
         temporary, ``V = L⁻¹ Θ_LS``; no other ``(m p)²`` matrix)."""
         n, (m, k) = int(f0_l.shape[0]), self.f0_candidates.shape
-        tll = flatten_blocks(theta_ll) if self.block else theta_ll
+        tll = flatten_blocks(theta_ll) if self.full_kernel else theta_ll
         tll = tll.clone() if _shares_memory(tll, theta_ll) else tll
-        tsl = flatten_blocks(theta_sl) if self.block else theta_sl
+        tsl = flatten_blocks(theta_sl) if self.full_kernel else theta_sl
         chol, self.jitter = labelled_factor(tll, self.ridge)
         resid = y_l - f0_l                                            # (n, k)
-        resid = resid.reshape(n * k, 1) if self.block else resid       # (n p, k / p)
+        resid = resid.reshape(n * k, 1) if self.full_kernel else resid       # (n p, k / p)
         v = torch.linalg.solve_triangular(chol, tsl.T, upper=False)   # L⁻¹ Θ(L, S)
         w = torch.linalg.solve_triangular(chol, resid, upper=False)   # L⁻¹ R
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
@@ -147,68 +152,32 @@ class Lookahead(LookaheadState):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_kernels(cls, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
-                     y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                     chunk_size: Optional[int] = None, eval_positions=None) -> "Lookahead":
-        """Build from precomputed kernel blocks (see the class docstring for shapes)."""
-        return cls(theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates, y_labelled_onehot,
-                   ridge=ridge, eps=eps, chunk_size=chunk_size, eval_positions=eval_positions)
+    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
+                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
+                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
+                   ) -> "DenseLookahead":
+        """One symmetric kernel call on ``[L; C]`` (see :meth:`Lookahead.fit`)."""
+        from ntkal.kernels import empirical_ntk
 
-    @classmethod
-    def fit(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled: torch.Tensor,
-            x_candidates: torch.Tensor, *, num_classes: Optional[int] = None,
-            kernel: str = "pseudo", ridge: float = 0.0, implementation: str = "auto",
-            chunk_size: Optional[int] = None, progress: bool = False, eps: float = 1e-6,
-            max_memory: Optional[int] = None, eval_size: EvalSize = DEFAULT_EVAL_SIZE,
-            eval_seed: int = 0, eval_positions=None, engine: str = "auto"):
-        """Linearise ``model`` at its current weights on ``L ∪ C`` and prepare look-ahead.
-
-        Parameters
-        ----------
-        model : nn.Module
-            Trained network returning logits ``(n, k)``; its kernel is taken in eval mode (on a
-            float64 copy when the model is float32: all kernel arithmetic is float64).
-        x_labelled, y_labelled : Tensor
-            Labelled inputs and int64 class labels (or ``(n, k)`` float regression targets).
-        x_candidates : Tensor
-            Candidates ``C`` to look ahead on (every unlabelled pool point, typically).
-        num_classes : int, optional
-            Checked against the model's output width (inferred from it when omitted).
-        kernel : {"pseudo", "trace", "full", "last_layer"}
-            eNTK variant; the pseudo-NTK is the paper's default.
-        ridge, eps, chunk_size
-            As in the class docstring.
-        eval_size : int or "all"
-            Size of the evaluation set E, where output change is measured: a uniform random
-            sample of the candidates drawn with ``eval_seed`` (all of them when ``"all"`` or
-            when the pool is smaller). ``eval_positions`` (positions into the candidates) wins.
-        engine : {"auto", "dense", "streaming"}
-            ``"auto"``: :func:`ntkal.lookahead.choose_engine` (dense when the dense kernel fits
-            ``max_memory`` and E is not much smaller than C, else streaming).
-        max_memory : int, optional
-            Bytes the look-ahead engine may hold (see :func:`ntkal.lookahead.choose_engine` and
-            :class:`ntkal.lookahead.StreamingLookahead`); default half of the free memory of the
-            model's device at call time.
-        implementation, progress
-            Passed to the kernel engines (:func:`ntkal.kernels.empirical_ntk`).
-
-        Returns
-        -------
-        Lookahead or StreamingLookahead
-        """
-        from ntkal.lookahead.engine import fit_lookahead
-
-        return fit_lookahead(model, x_labelled, y_labelled, x_candidates,
-                             num_classes=num_classes, kernel=kernel, ridge=ridge,
-                             implementation=implementation, chunk_size=chunk_size,
-                             progress=progress, eps=eps, max_memory=max_memory,
-                             eval_size=eval_size, eval_seed=eval_seed,
-                             eval_positions=eval_positions, engine=engine)
+        dev = model_device(model)
+        n, m = int(x_labelled.shape[0]), int(x_candidates.shape[0])
+        x = torch.cat([x_labelled.to(dev), x_candidates.to(dev, dtype=x_labelled.dtype)], dim=0)
+        kw = dict(kind=settings.kernel, implementation=settings.implementation, dtype=_DTYPE,
+                  return_outputs=True, max_memory=max_memory)
+        if progress:
+            kw["progress"] = True
+        theta, f, _ = empirical_ntk(model, x, **kw)
+        f = f.detach().to(_DTYPE)
+        y = onehot_targets(y_labelled, int(f.shape[1]), f.device)
+        pos = None if len(eval_positions) == m else eval_positions
+        return cls(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y,
+                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
+                   kernel=settings.kernel, eval_positions=pos, _owned=True)
 
     # ------------------------------------------------------------------ pivots (Σ_jj)
     def _refresh_pivots(self) -> None:
         m, p = self.num_candidates, self._p
-        if not self.block:
+        if not self.full_kernel:
             raw = self._sigma.diagonal().clone()
         else:
             idx = torch.arange(m, device=self.device)
@@ -219,85 +188,40 @@ class Lookahead(LookaheadState):
     @property
     def sigma(self) -> torch.Tensor:
         """Current Σ: ``(m, m)`` for scalar kernels, ``(m, m, k, k)`` for full blocks."""
-        if not self.block:
+        if not self.full_kernel:
             return self._sigma
         m, p = self.num_candidates, self._p
         return self._sigma.view(m, p, m, p).permute(0, 2, 1, 3)
 
-    def posterior_variance(self) -> torch.Tensor:
-        """Diagonal of Σ: ``(m,)`` for scalar kernels, the ``(m, k, k)`` blocks for full ones."""
-        if not self.block:
-            return self._sigma.diagonal().clone()
+    def posterior_variance(self, positions=None) -> torch.Tensor:
+        """Diagonal of Σ on candidate ``positions`` (default: all): ``(b,)`` for scalar kernels,
+        the ``(b, k, k)`` blocks for full ones."""
         m, p = self.num_candidates, self._p
-        idx = torch.arange(m, device=self.device)
+        idx = torch.arange(m, device=self.device) if positions is None \
+            else self._positions(positions)
+        if not self.full_kernel:
+            return self._sigma.diagonal()[idx].clone()
         return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
-
-    def _delta(self, js: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Look-ahead change of the predictions on S, ``(b, m, k)``."""
-        m, k, p = self.num_candidates, self.num_classes, self._p
-        coef = self._pivot_solve(js, y - self._f_bar[js])                # (b, k)
-        if not self.block:
-            rows = self._sigma.index_select(0, js)                        # (b, m) = Σ[J, S]
-            return rows.unsqueeze(2) * coef.unsqueeze(1)
-        rows = self._sigma.view(m, p, m * p)[js]                          # (b, k, m k)
-        return (coef.unsqueeze(1) @ rows).reshape(js.shape[0], m, k)
-
-    def retrained_predictions(self, j: int, y: LabelLike) -> torch.Tensor:
-        """f^{(j,y)}(S) ``(m, k)`` on every candidate: predictions after retraining with
-        ``(x_j, y)`` added.
-
-        Parameters
-        ----------
-        j : int
-            Candidate position.
-        y : int or array of shape (k,)
-            Class index (one-hot target) or a target vector.
-        """
-        jj, target = self._single_target(j, y)
-        return self.retrained_predictions_batch([jj], target)[0]
-
-    def iter_retrained(self, js, ys, chunk_size: Optional[int] = None
-                       ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(slice into js, f^{(j,y)}(S) for that chunk, shape (c, m, k))`` chunk by chunk,
-        keeping memory bounded; ``ys`` are class indices ``(b,)`` or target vectors ``(b, k)``."""
-        js = self._positions(js)
-        b = int(js.shape[0])
-        y = self._targets(ys, b)
-        step = max(1, int(chunk_size)) if chunk_size else self.default_chunk_size()
-        for start in range(0, b, step):
-            sl = slice(start, min(b, start + step))
-            yield sl, self._f_bar.unsqueeze(0) + self._delta(js[sl], y[sl])
 
     def iter_blocks(self, positions=None, block_size: Optional[int] = None
                     ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
-        ``block_size`` at a time (default :meth:`default_chunk_size`), with Σ[E, J] read from the
+        ``block_size`` at a time (default :meth:`default_block_size`), with Σ[E, J] read from the
         held Σ (symmetric, so the block's rows are gathered)."""
         js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
-        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
+        step = max(1, int(block_size)) if block_size else self.default_block_size()
         m, p = self.num_candidates, self._p
-        f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
+        f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
             span = contiguous_span(jb)
-            if not self.block:
+            if not self.full_kernel:
                 rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
                 cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
             else:
                 rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
-                cov = self._on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
+                cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
             yield self._make_block(jb, cov, f_bar_eval, f0_eval)
-
-    def retrained_predictions_batch(self, js, ys, chunk_size: Optional[int] = None
-                                    ) -> torch.Tensor:
-        """Batched :meth:`retrained_predictions`: ``(b, m, k)`` for candidates ``js`` (b,) with
-        targets ``ys`` (class indices (b,) or vectors (b, k)), computed in chunks."""
-        js = self._positions(js)
-        out = torch.empty(js.shape[0], self.num_candidates, self.num_classes,
-                          dtype=_DTYPE, device=self.device)
-        for sl, preds in self.iter_retrained(js, ys, chunk_size):
-            out[sl] = preds
-        return out
 
     # ------------------------------------------------------------------ sequential update
     def condition(self, j: int, y: LabelLike) -> None:
@@ -315,7 +239,7 @@ class Lookahead(LookaheadState):
         cols = self._sigma[:, jj * p:(jj + 1) * p].clone()                 # (m p, p)
         coef = self._pivot_solve(torch.tensor([jj], device=self.device),
                                  target - self._f_bar[jj:jj + 1])[0]        # (k,)
-        if not self.block:
+        if not self.full_kernel:
             self._f_bar.addr_(cols[:, 0], coef)
             self._sigma.addr_(cols[:, 0], cols[:, 0], alpha=-1.0 / float(self._pivot[jj]))
         else:
@@ -330,7 +254,7 @@ class Lookahead(LookaheadState):
         self._refresh_pivots()
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (f"Lookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
+        return (f"DenseLookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
                 f"k={self.num_classes}, ridge={self.ridge}, jitter={self.jitter:.3g}, "
                 f"conditioned={len(self.conditioned)}, clamped={self.num_clamped})")
 

@@ -20,9 +20,13 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ntkal.lookahead.block import (_DTYPE, DEFAULT_CHUNK_BYTES, LabelLike, LookaheadBlock,
-                                   LookaheadState, contiguous_span, flatten_blocks,
-                                   labelled_factor)
+from torch import nn
+
+from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, contiguous_span,
+                                   flatten_blocks)
+from ntkal.lookahead.cholesky import labelled_factor
+from ntkal.lookahead.engine import Lookahead, onehot_targets
+from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, LookaheadSettings
 
 __all__ = ["StreamingLookahead"]
 
@@ -63,12 +67,11 @@ class _RowBuffer:
         self._used = need
 
 
-class StreamingLookahead(LookaheadState):
+class StreamingLookahead(Lookahead):
     """The linearised network with closed-form look-ahead, streamed over candidate blocks.
 
-    Same interface as :class:`ntkal.lookahead.Lookahead` for what criteria and sessions use
-    (``iter_blocks``, ``condition``, ``base_predictions``, ``eval_positions``, ``num_clamped``,
-    ``jitter``), built by :meth:`ntkal.lookahead.Lookahead.fit` when the dense Σ would not fit.
+    Implements :class:`ntkal.lookahead.Lookahead`; built by :meth:`ntkal.lookahead.Lookahead.fit`
+    when the dense Σ would not fit or E is much smaller than C.
 
     Parameters
     ----------
@@ -82,10 +85,11 @@ class StreamingLookahead(LookaheadState):
         Candidates ``(m, ...)`` (kept as given; moved to the model's device one block at a time).
     eval_positions : array of int
         Positions of E in the candidates.
-    ridge, eps, chunk_size
-        As in :class:`ntkal.lookahead.Lookahead`.
-    max_memory : int
-        Bytes this engine may hold: what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
+    ridge, eps, block_size
+        As in :class:`ntkal.lookahead.LookaheadSettings`.
+    max_memory : int, optional
+        Bytes this engine may hold (default: half the free memory of the featuriser's device,
+        as :class:`ntkal.lookahead.LookaheadSettings` documents): what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
         of every candidate, and the optional caches ``V_C`` / Σ[E, C]) plus one block's working
         set. Caches are kept only within their share of it (``EVAL_FEATURE_SHARE``,
         ``V_CACHE_SHARE``, ``COV_CACHE_SHARE``, ``CAND_FEATURE_SHARE``); otherwise their content
@@ -98,10 +102,16 @@ class StreamingLookahead(LookaheadState):
         ``candidate_features``.
     """
 
+    engine_name = "streaming"
+
     def __init__(self, featuriser, x_labelled: torch.Tensor, y_labelled_onehot: torch.Tensor,
                  x_candidates: torch.Tensor, *, eval_positions, ridge: float = 0.0,
-                 eps: float = 1e-6, chunk_size: Optional[int] = None, max_memory: int = 2**31,
-                 kernel: str = "pseudo") -> None:
+                 eps: float = 1e-6, block_size: Optional[int] = None,
+                 max_memory: Optional[int] = None, kernel: str = "pseudo") -> None:
+        if max_memory is None:
+            from ntkal.kernels.blocking import default_max_memory
+
+            max_memory = default_max_memory(featuriser.device)
         if ridge < 0 or not math.isfinite(ridge):
             raise ValueError(f"ridge must be finite and >= 0, got {ridge}")
         if not eps > 0:
@@ -116,7 +126,7 @@ class StreamingLookahead(LookaheadState):
         k = featuriser.num_classes
         block = featuriser.block_shape != ()
         self._p = k if block else 1
-        self.block = block
+        self.full_kernel = block
         self.num_classes = k
         self.num_candidates = int(x_candidates.shape[0])
         self.cached = {"eval_features": False, "v_candidates": False, "cov": False,
@@ -125,10 +135,26 @@ class StreamingLookahead(LookaheadState):
         self._feature_rows = self._featurise_rows()
         self._fit_labelled(x_labelled, y_labelled_onehot.to(device=dev, dtype=_DTYPE))
         f0_c, raw_pivots = self._candidate_pass()
-        self._init_state(f0_c, eval_positions, block, eps, chunk_size, dev)
+        self._init_state(f0_c, eval_positions, block, eps, block_size, dev)
         self.num_labelled = int(x_labelled.shape[0])
         self._fit_eval()
         self._set_pivots(raw_pivots)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
+                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
+                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
+                   ) -> "StreamingLookahead":
+        """Per-example kernel factors of the model (see :meth:`Lookahead.fit`)."""
+        from ntkal.kernels import make_featuriser
+
+        fz = make_featuriser(model, x_candidates[:1], kind=settings.kernel,
+                             implementation=settings.implementation, dtype=_DTYPE,
+                             n1=len(eval_positions), n2=int(x_candidates.shape[0]))
+        y = onehot_targets(y_labelled, fz.num_classes, fz.device)
+        return cls(fz, x_labelled, y, x_candidates, eval_positions=eval_positions,
+                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
+                   max_memory=max_memory, kernel=settings.kernel)
 
     # ------------------------------------------------------------------ kernel pieces
     def _featurise_rows(self) -> int:
@@ -162,7 +188,7 @@ class StreamingLookahead(LookaheadState):
                 out[ra:ra + na, rb:rb + nb] = fz.kernel(xa, xb)
                 rb += nb
             ra += na
-        return flatten_blocks(out) if self.block else out
+        return flatten_blocks(out) if self.full_kernel else out
 
     def _diagonal(self, fa) -> torch.Tensor:
         return torch.cat([self.featuriser.diagonal(x) for _, x, _ in fa], 0)
@@ -204,7 +230,7 @@ class StreamingLookahead(LookaheadState):
         self._chol, self.jitter = labelled_factor(self._kernel(self._lab_feats, self._lab_feats),
                                                   self.ridge)
         resid = y_l - f0_l
-        resid = resid.reshape(n * k, 1) if self.block else resid
+        resid = resid.reshape(n * k, 1) if self.full_kernel else resid
         self._w = self._solve(resid)
 
     def _candidate_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +243,7 @@ class StreamingLookahead(LookaheadState):
         self.cached["v_candidates"] = keep_v
         f0 = torch.empty(m, k, dtype=_DTYPE, device=dev)
         self._f_bar = torch.empty(m, k, dtype=_DTYPE, device=dev)
-        raw = torch.empty((m, *((p, p) if self.block else ())), dtype=_DTYPE, device=dev)
+        raw = torch.empty((m, *((p, p) if self.full_kernel else ())), dtype=_DTYPE, device=dev)
         step = max(1, self._feature_rows)
         diag_sum = 0.0
         for s in range(0, m, step):
@@ -225,7 +251,7 @@ class StreamingLookahead(LookaheadState):
             fj = self._features(self._x_c[sl])
             f0[sl] = torch.cat([lg for _, _, lg in fj], 0)
             dj = self._diagonal(fj)
-            diag_sum += float(dj.sum() if not self.block else dj.diagonal(dim1=1, dim2=2).sum())
+            diag_sum += float(dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum())
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
             if keep_v and n_rows:
@@ -241,7 +267,7 @@ class StreamingLookahead(LookaheadState):
             raw[sl] = dj
             return
         self._f_bar[sl] = f0 + (v.T @ self._w).reshape(b, k)
-        if not self.block:
+        if not self.full_kernel:
             raw[sl] = dj - (v * v).sum(0)
         else:
             vb = v.reshape(v.shape[0], b, p).transpose(0, 1)               # (b, N, p)
@@ -297,13 +323,13 @@ class StreamingLookahead(LookaheadState):
         per += 8 * e * k * (p + 2)
         return float(per)
 
-    def default_chunk_size(self, memory_budget: int = DEFAULT_CHUNK_BYTES) -> int:
-        """Candidates per block: ``chunk_size`` if set, else the most whose working set
-        (:meth:`block_bytes_per_candidate`) fits both ``memory_budget`` and what ``max_memory``
+    def default_block_size(self, block_memory: int = DEFAULT_BLOCK_MEMORY) -> int:
+        """Candidates per block: ``block_size`` if set, else the most whose working set
+        (:meth:`block_bytes_per_candidate`) fits both ``block_memory`` and what ``max_memory``
         leaves after the resident state (:meth:`resident_bytes`)."""
-        if self.chunk_size is not None:
-            return max(1, int(self.chunk_size))
-        room = min(float(memory_budget), self.max_memory - self.resident_bytes())
+        if self.block_size is not None:
+            return max(1, int(self.block_size))
+        room = min(float(block_memory), self.max_memory - self.resident_bytes())
         return int(max(1, min(self.num_candidates, room // self.block_bytes_per_candidate())))
 
     # ------------------------------------------------------------------ blocks
@@ -326,7 +352,7 @@ class StreamingLookahead(LookaheadState):
         return cov
 
     def _as_block_cov(self, cov: torch.Tensor, b: int) -> torch.Tensor:
-        if not self.block:
+        if not self.full_kernel:
             return cov.T                                                   # (b, e)
         e, p = self.num_eval, self._p
         return cov.view(e, p, b, p).permute(2, 0, 1, 3)                    # (b, e, c, d)
@@ -334,22 +360,15 @@ class StreamingLookahead(LookaheadState):
     def iter_blocks(self, positions=None, block_size: Optional[int] = None
                     ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
-        ``block_size`` at a time (default :meth:`default_chunk_size`); each block's Σ[E, J] is
+        ``block_size`` at a time (default :meth:`default_block_size`); each block's Σ[E, J] is
         computed when it is reached and dropped after."""
         js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
-        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
-        f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
+        step = max(1, int(block_size)) if block_size else self.default_block_size()
+        f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
             cov = self._as_block_cov(self._cov_block(jb), int(jb.shape[0]))
             yield self._make_block(jb, cov, f_bar_eval, f0_eval)
-
-    def retrained_predictions(self, j: int, y: LabelLike) -> torch.Tensor:
-        """f^{(j,y)}(E) ``(e, k)``: predictions on the evaluation set after retraining with
-        ``(x_j, y)`` added."""
-        jj, target = self._single_target(j, y)
-        block = next(self.iter_blocks([jj], 1))
-        return block.retrained(target)[0]
 
     # ------------------------------------------------------------------ sequential
     def cache_covariance(self) -> bool:
@@ -362,7 +381,7 @@ class StreamingLookahead(LookaheadState):
         if 8.0 * e * m * p * p > COV_CACHE_SHARE * self.max_memory:
             return False
         cache = torch.empty(e * p, m * p, dtype=_DTYPE, device=self.device)
-        step = self.default_chunk_size()
+        step = self.default_block_size()
         for s in range(0, m, step):
             jb = torch.arange(s, min(m, s + step), device=self.device)
             cache[:, s * p:(s + jb.shape[0]) * p] = self._cov_block(jb)
@@ -392,7 +411,7 @@ class StreamingLookahead(LookaheadState):
             torch.zeros(0, p, dtype=_DTYPE, device=self.device)              # V_j (N, p)
         d = self._pivot_root(jj)                                            # D Dᵀ = Σ_jj
         resid = target - self._f_bar[jj:jj + 1]                             # (1, k)
-        resid = resid.reshape(p, 1) if self.block else resid
+        resid = resid.reshape(p, 1) if self.full_kernel else resid
         w_new = torch.linalg.solve_triangular(d, resid, upper=False)        # (p, k / p)
         # Σ[j, E] → new rows of V_E; Σ[j, C] → f̄, Σ_cc (and the caches) of every candidate.
         sig_je = self._kernel(fj, self._eval_feats) if self._eval_feats is not None else \
@@ -416,7 +435,7 @@ class StreamingLookahead(LookaheadState):
             r_c[:, s * p:sl.stop * p] = r
             b = sl.stop - sl.start
             self._f_bar[sl] += (r.T @ w_new).reshape(b, self.num_classes)
-            if not self.block:
+            if not self.full_kernel:
                 raw[sl] -= r[0] * r[0]
             else:
                 rb = r.reshape(p, b, p).transpose(0, 1)                     # (b, p, p)
@@ -437,6 +456,13 @@ class StreamingLookahead(LookaheadState):
     def _raw_pivots(self) -> torch.Tensor:
         """Unclamped Σ_cc kept since the last update (``(m,)`` or ``(m, k, k)``)."""
         return self._raw
+
+    def posterior_variance(self, positions=None) -> torch.Tensor:
+        """Σ_jj (unclamped) of candidate ``positions`` (default: all), kept for every candidate:
+        ``(b,)`` or ``(b, k, k)``."""
+        if positions is None:
+            return self._raw.clone()
+        return self._raw[self._positions(positions)].clone()
 
     def _set_pivots(self, raw: torch.Tensor) -> None:
         self._raw = raw

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import DenseLookahead, Lookahead
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -83,7 +83,7 @@ def test_batch_matches_single_and_chunking(block):
     js = np.array([3, 0, 8, 3, 5])
     ys = np.array([2, 1, 0, 0, 1])
     full = la.retrained_predictions_batch(js, ys)
-    chunked = la.retrained_predictions_batch(js, ys, chunk_size=2)
+    chunked = la.retrained_predictions_batch(js, ys, block_size=2)
     assert full.shape == (5, 9, 3)
     torch.testing.assert_close(full, chunked, rtol=0, atol=1e-12)
     for b, (j, c) in enumerate(zip(js, ys)):
@@ -362,7 +362,7 @@ def test_dense_sigma_built_and_conditioned_in_place(block):
     la.condition(5, 0)
     assert la._sigma.data_ptr() == ptr
     if not block:
-        owned = Lookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
+        owned = DenseLookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
         assert owned._sigma.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
         torch.testing.assert_close(owned.sigma, Lookahead.from_kernels(
             tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma, rtol=0, atol=1e-12)
