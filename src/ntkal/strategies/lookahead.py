@@ -114,9 +114,11 @@ class LookaheadStrategy(Strategy):
 
     def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference predictions ``(on E, on the candidates)``: the trained network's outputs,
-        moved by what labels conditioned on since ``f_bar0`` (f̄ when the session started) taught
-        the linearised network. Before any conditioning this is ``f0``."""
+        """Reference predictions ``(on E, on the candidates)``: the trained network's outputs
+        ``f0``; within a greedy batch (``f_bar0``: f̄ when the batch started) moved by what the
+        batch's pseudo-labels taught the linearised network, ``f0 + (f̄_t − f̄_0)``. A sequential
+        session passes no ``f_bar0``: its reference is a function of the weights alone, so a
+        session rebuilt with the observed points in L proposes what the continuing one does."""
         ref = la.f0_candidates
         if f_bar0 is not None:
             ref = ref + (la.base_predictions() - f_bar0)
@@ -201,7 +203,6 @@ class LookaheadSession(SequentialSession):
         # The streaming engine keeps Σ[E, C] between steps when it fits its memory budget, so a
         # step re-scores from it (updated rank-p in place) instead of recomputing kernel blocks.
         self.covariance_cached = bool(self.lookahead.cache_covariance())
-        self._f_bar0 = self.lookahead.base_predictions()
         self._chosen = np.zeros(self.lookahead.num_candidates, dtype=bool)
         self._step = 0
 
@@ -213,8 +214,7 @@ class LookaheadSession(SequentialSession):
         positions = np.flatnonzero(~self._chosen)
         if positions.size == 0:
             raise ValueError("every candidate has been labelled: nothing left to propose")
-        primary, secondary = self.strategy.score_candidates(self.lookahead, positions,
-                                                            self._f_bar0)
+        primary, secondary = self.strategy.score_candidates(self.lookahead, positions)
         best = top_k(primary, 1, np.random.default_rng(self.context.seed + self._step),
                      secondary=secondary)[0]
         return int(positions[best]), float(primary[best])
@@ -249,12 +249,13 @@ class MLMOC(LookaheadStrategy):
     reference : {"f0", "base"}
         Predictions the flips are counted against and pseudo-labels taken from: the trained
         network (the reference's choice) or the linearised network retrained on ``L``. In a
-        sequential session ``"f0"`` means ``f0 + (f̄_t − f̄_0)`` (the network moved by the observed
-        labels) and ``"base"`` means ``f̄_t`` (what the reference code's sequential mode uses).
-        ``"f0"`` stays the default in both modes so that a session's first proposal is the batch
-        query's first pick and later steps count the same kind of flips: those caused by the new
-        point and the labels observed so far, not the flips of re-fitting ``L`` itself (``f̄_0``
-        vs ``f0``), which ``f̄_t`` adds for every candidate alike.
+        sequential session ``"f0"`` stays the trained network's outputs and ``"base"`` means
+        ``f̄_t``, the linearised network retrained on L and the labels observed so far (what the
+        reference code's sequential mode uses). Both are functions of the weights and the labels
+        only, so a session rebuilt with the observed points in L (the learner does so when a
+        taught point lies outside its session) proposes what the continuing session would.
+        Within a greedy batch, ``"f0"`` is moved by the batch's pseudo-labels
+        (``f0 + (f̄_t − f̄_0)``; see :func:`ntkal.strategies.selection.pseudo_target`).
     settings, selection, greedy_target, **settings_params
         As in :class:`LookaheadStrategy` (``kernel``, ``eval_size``, ... flat or in
         ``settings``).
