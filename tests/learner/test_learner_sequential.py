@@ -116,3 +116,36 @@ def test_issue_repro_with_sequential_mlmoc():
     assert learner.session is second
     nxt = learner.query(1)
     assert not np.isin(nxt, learner.labelled_indices).any()
+
+
+def test_a_pending_point_taught_another_label_ends_the_session():
+    """query(2) conditions the session on both oracle labels; the user then teaches one of them
+    a different label: the session, conditioned on the overruled label, must not be used again
+    (the next query starts a new one over L with the taught label, still conditioned on the
+    other pending point's oracle label)."""
+    strategy = Sequential()
+    learner = make_learner(strategy, mode="sequential", subset=6, labelled=np.arange(100))
+    _, y = blobs()
+    a = learner.query(2)
+    first = strategy.sessions[0]
+    assert [label for _, label in first.observed] == [int(y[i]) for i in a]
+    wrong = (int(y[a[0]]) + 1) % 3
+    learner.teach(a[:1], np.array([wrong]))
+    learner.query(1)
+    assert len(strategy.sessions) == 2, "a session conditioned on an overruled label was reused"
+    second = strategy.sessions[1]
+    x_pool, _ = blobs()
+    cand = second.context.x_candidates
+    pos = int(np.flatnonzero((cand == x_pool[a[1]]).all(dim=1))[0])
+    assert (pos, int(y[a[1]])) in second.observed      # the other pending label carried over
+    assert not (cand == x_pool[a[0]]).all(dim=1).any()  # the taught point is labelled now
+
+
+def test_a_pending_point_taught_its_oracle_label_keeps_the_session():
+    strategy = Sequential()
+    learner = make_learner(strategy, mode="sequential", subset=6, labelled=np.arange(100))
+    _, y = blobs()
+    a = learner.query(2)
+    learner.teach(a[:1], y[a[:1]])
+    learner.query(1)
+    assert len(strategy.sessions) == 1
