@@ -85,9 +85,13 @@ class LookaheadBlock:
     """What a look-ahead criterion needs about a block ``J`` of candidates, and nothing more.
 
     The engines (:class:`ntkal.lookahead.DenseLookahead`,
-    :class:`ntkal.lookahead.StreamingLookahead`) yield these from ``iter_blocks``; acquisition criteria (MLMOC's flip / norm / expected scores,
-    EER, EMOC, variance reduction) are functions of one block, so they do not depend on how the
-    engine stores or streams Σ.
+    :class:`ntkal.lookahead.StreamingLookahead`) yield these from ``iter_blocks``; acquisition
+    criteria (MLMOC's flip / norm / expected scores, EER, EMOC, variance reduction) are functions
+    of one block, so they do not depend on how the engine stores or streams Σ.
+
+    The look-ahead step is minimum-norm least-squares retraining (see
+    :mod:`ntkal.lookahead.span`): ``delta = Σ[E, j] α + G[E, j] β`` with ``α = step_a r`` and
+    ``β = step_b r``; for a candidate outside the labelled span ``β = 0`` and ``α = Σ_jj⁻¹ r``.
 
     ``E`` is the evaluation set, where output change is measured (a sample of the candidates or
     all of them; see ``eval_size``).
@@ -101,8 +105,15 @@ class LookaheadBlock:
         blocks (``cov[t, i]`` is the ``k × k`` block Σ[x_i, x_{J_t}]). May be a (possibly
         transposed) view of the engine's held Σ: read it, never modify it in place.
     pivot_evals, pivot_evecs : Tensor
-        Σ_jj after the floor clamp: scalar kernels give ``(b,)`` values and ``pivot_evecs=None``;
-        full blocks give eigenvalues ``(b, k)`` and eigenvectors ``(b, k, k)``.
+        Σ_jj clamped from below at ``eps`` times the prior Θ_jj (for variance-based criteria):
+        scalar kernels give ``(b,)`` values and ``pivot_evecs=None``; full blocks give
+        eigenvalues ``(b, k)`` and eigenvectors ``(b, k, k)``.
+    step_a, step_b : Tensor
+        Maps from the residual ``r = y − f̄(x_j)`` to the step along Σ[E, j] and G[E, j]:
+        ``(b,)`` factors (scalar kernels) or ``(b, k, k)`` matrices.
+    lev : Tensor or None
+        ``G[E, J]`` (layout of ``cov``), the leverage kernel of the labelled span; ``None`` when no
+        candidate of the block lies (partly) in the span.
     f_bar_eval, f_bar_cand : Tensor
         f̄ on E ``(e, k)`` and on the block ``(b, k)`` (current, after any conditioning).
     f0_eval, f0_cand : Tensor
@@ -117,6 +128,17 @@ class LookaheadBlock:
     f_bar_cand: torch.Tensor
     f0_eval: torch.Tensor
     f0_cand: torch.Tensor
+    step_a: Optional[torch.Tensor] = None
+    step_b: Optional[torch.Tensor] = None
+    lev: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.step_a is None:           # the classic step: Σ_jj⁻¹ r
+            if self.pivot_evecs is None:
+                self.step_a = 1.0 / self.pivot_evals
+            else:
+                v = self.pivot_evecs
+                self.step_a = (v / self.pivot_evals[:, None, :]) @ v.transpose(1, 2)
 
     @property
     def size(self) -> int:
@@ -142,17 +164,38 @@ class LookaheadBlock:
         coef = (v.transpose(1, 2) @ rhs.unsqueeze(2)).squeeze(2) / self.pivot_evals
         return (v @ coef.unsqueeze(2)).squeeze(2)
 
+    def _residuals(self, targets: torch.Tensor) -> torch.Tensor:
+        return targets.to(self.f_bar_cand.dtype) - self.f_bar_cand
+
     def coefficients(self, targets: torch.Tensor) -> torch.Tensor:
-        """``Σ_jj⁻¹ (y_j − f̄(x_j))`` ``(b, k)``: the look-ahead step per candidate."""
-        return self.solve(targets.to(self.f_bar_cand.dtype) - self.f_bar_cand)
+        """Scalar kernels: the step ``(b, k)`` along :attr:`direction` per candidate, so that
+        ``delta = direction ⊗ coefficients``; full kernels: ``α = step_a r``."""
+        r = self._residuals(targets)
+        if self.pivot_evecs is None:
+            factor = self.step_a if self.step_b is None else self.step_a + self.step_b
+            return r * factor.unsqueeze(1)
+        return (self.step_a @ r.unsqueeze(2)).squeeze(2)
+
+    @property
+    def direction(self) -> torch.Tensor:
+        """Scalar kernels: the column each candidate's step runs along on E ``(b, e)``:
+        Σ[E, j], or G[E, j] for a candidate in the labelled span (a copy only then)."""
+        if self.lev is None:
+            return self.cov
+        dep = (self.step_b != 0).unsqueeze(1)
+        return torch.where(dep, self.lev, self.cov)
 
     def delta(self, targets: torch.Tensor) -> torch.Tensor:
         """Change of f̄ on E, ``(b, e, k)``, after retraining with ``(x_j, targets_j)`` added;
         ``targets`` ``(b, k)`` (one-hot rows for class labels)."""
         coef = self.coefficients(targets)                                      # (b, k)
         if self.pivot_evecs is None:
-            return self.cov.unsqueeze(2) * coef.unsqueeze(1)
-        return (self.cov @ coef[:, None, :, None]).squeeze(3)
+            return self.direction.unsqueeze(2) * coef.unsqueeze(1)
+        out = (self.cov @ coef[:, None, :, None]).squeeze(3)
+        if self.lev is not None:
+            beta = (self.step_b @ self._residuals(targets).unsqueeze(2)).squeeze(2)
+            out = out + (self.lev @ beta[:, None, :, None]).squeeze(3)
+        return out
 
     def retrained(self, targets: torch.Tensor) -> torch.Tensor:
         """f^{(j,y)}(E) ``(b, e, k)``: f̄ on E plus :meth:`delta`."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, as_f64, contiguous_span,
                                    eval_positions_for, flatten_blocks)
-from ntkal.lookahead.cholesky import labelled_factor
+from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
 from ntkal.lookahead.settings import LookaheadSettings
 from ntkal.models.devices import model_device
@@ -85,10 +85,12 @@ class DenseLookahead(Lookahead):
         self.ridge = float(ridge)
         self.f0_labelled = f0_l
         self._sigma = self._own_flat(tensors["theta_ss"], _owned)
-        self._kss_mean_diag = float(self._sigma.diagonal().mean()) if m > 0 else 0.0
+        self._prior = self._diagonal_blocks()                     # Θ_jj, before conditioning
         self.jitter = 0.0
         if n == 0:
             self._f_bar = f0_s.clone()
+            self._v = torch.zeros(0, m * self._p, dtype=_DTYPE, device=device)
+            self._gram = torch.zeros(0, 0, dtype=_DTYPE, device=device)
         else:
             self._condition_on_labelled(tensors["theta_ll"], tensors["theta_sl"], f0_l, y_l)
         _symmetrise_(self._sigma)
@@ -140,12 +142,13 @@ class DenseLookahead(Lookahead):
         tll = flatten_blocks(theta_ll) if self.full_kernel else theta_ll
         tll = tll.clone() if _shares_memory(tll, theta_ll) else tll
         tsl = flatten_blocks(theta_sl) if self.full_kernel else theta_sl
-        chol, self.jitter = labelled_factor(tll, self.ridge)
+        factor = LabelledFactor(tll, self.ridge, self.eps)
         resid = y_l - f0_l                                            # (n, k)
         resid = resid.reshape(n * k, 1) if self.full_kernel else resid       # (n p, k / p)
-        v = torch.linalg.solve_triangular(chol, tsl.T, upper=False)   # L⁻¹ Θ(L, S)
-        w = torch.linalg.solve_triangular(chol, resid, upper=False)   # L⁻¹ R
+        v = factor.coordinates(tsl.T)                                 # V_S = R_B⁻¹ Θ(B, S)
+        w = factor.coefficients(resid)                                # least-squares β
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
+        self._v, self._gram = v, factor.gram
         rows = self._sigma.shape[0]
         for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
             self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
@@ -175,14 +178,25 @@ class DenseLookahead(Lookahead):
                    kernel=settings.kernel, eval_positions=pos, _owned=True)
 
     # ------------------------------------------------------------------ pivots (Σ_jj)
-    def _refresh_pivots(self) -> None:
+    def _diagonal_blocks(self) -> torch.Tensor:
+        """Diagonal of the held Σ: ``(m,)``, or the ``(m, k, k)`` blocks."""
         m, p = self.num_candidates, self._p
         if not self.full_kernel:
-            raw = self._sigma.diagonal().clone()
-        else:
-            idx = torch.arange(m, device=self.device)
-            raw = self._sigma.view(m, p, m, p)[idx, :, idx, :]                # (m, k, k)
-        self._set_pivots(raw)
+            return self._sigma.diagonal().clone()
+        idx = torch.arange(m, device=self.device)
+        return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
+
+    def _refresh_pivots(self) -> None:
+        self._set_pivots(self._diagonal_blocks())
+
+    def _coords_eval(self) -> torch.Tensor:
+        if self._eval_all:
+            return self._v
+        return self._v.index_select(1, self._cols(self.eval_positions))
+
+    def _cols(self, js: torch.Tensor) -> torch.Tensor:
+        p = self._p
+        return (js[:, None] * p + torch.arange(p, device=js.device)).reshape(-1)
 
     # ------------------------------------------------------------------ predictions
     @property
@@ -221,32 +235,39 @@ class DenseLookahead(Lookahead):
             else:
                 rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
                 cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval)
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
+                                   lambda jb=jb: self._v.index_select(1, self._cols(jb)))
 
     # ------------------------------------------------------------------ sequential update
     def condition(self, j: int, y: LabelLike) -> None:
         """Add ``(x_j, y)`` to the training set of the linearised network, in closed form.
 
-        ``f̄ ← f̄ + Σ[:, j] Σ_jj⁻¹ (y − f̄_j)`` and ``Σ ← Σ − Σ[:, j] Σ_jj⁻¹ Σ[j, :]``
-        (``O(m² k²)`` with blocks, ``O(m²)`` otherwise), in place on Σ (one ``(m p, p)``
-        column copy): sequential active learning with no SGD between queries (Mohamadi et al.,
-        2022, Sec. 3.2).
+        ``f̄ ← f̄ + Σ[:, j] α + G[:, j] β`` (:mod:`ntkal.lookahead.span`) and, for the directions
+        of ``x_j`` outside the labelled span, ``Σ ← Σ − Σ[:, j] V_i Λ⁻¹ V_iᵀ Σ[j, :]``
+        (``O(m² k²)`` with blocks, ``O(m²)`` otherwise), in place on Σ; the span coordinates
+        and design Gram grow by those directions: sequential active learning with no SGD between
+        queries (Mohamadi et al., 2022, Sec. 3.2), least-squares retraining at any rank.
         """
         jj, target = self._single_target(j, y)
         if bool(self._conditioned_mask[jj]):
             raise ValueError(f"candidate {jj} has already been conditioned on")
-        m, p = self.num_candidates, self._p
+        m, p, k = self.num_candidates, self._p, self.num_classes
+        jcols = self._cols(torch.tensor([jj], device=self.device))
+        v_j = self._v.index_select(1, jcols)                                # (r, p)
+        step = self._step(jj, target, v_j)
         cols = self._sigma[:, jj * p:(jj + 1) * p].clone()                 # (m p, p)
-        coef = self._pivot_solve(torch.tensor([jj], device=self.device),
-                                 target - self._f_bar[jj:jj + 1])[0]        # (k,)
-        if not self.full_kernel:
-            self._f_bar.addr_(cols[:, 0], coef)
-            self._sigma.addr_(cols[:, 0], cols[:, 0], alpha=-1.0 / float(self._pivot[jj]))
-        else:
-            self._f_bar.add_((cols @ coef).reshape(m, p))
-            half = cols @ (self._pivot_evecs[jj] / self._pivot[jj].sqrt())  # Σ[:, j] Σ_jj^{-1/2}
-            self._sigma.addmm_(half, half.T, alpha=-1.0)
-            _symmetrise_(self._sigma)
+        self._f_bar.add_((cols @ step.alpha).reshape(m, k))
+        if step.beta is not None:
+            g_cols = torch.linalg.solve_triangular(self._span_factor(), self._v,
+                                                   upper=False).T @ step.w_j  # G[:, j]
+            self._f_bar.add_((g_cols @ step.beta).reshape(m, k))
+        t = step.new_rows(cols.T)                                           # (k_i, m p)
+        if t.shape[0]:
+            self._sigma.addmm_(t.T, t, alpha=-1.0)
+            if self.full_kernel:
+                _symmetrise_(self._sigma)
+        self._grow_span(v_j, step)
+        self._v = torch.cat([self._v, t], 0)
         self._sigma[jj * p:(jj + 1) * p, :] = 0.0
         self._sigma[:, jj * p:(jj + 1) * p] = 0.0
         self._conditioned_mask[jj] = True

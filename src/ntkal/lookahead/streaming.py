@@ -24,7 +24,7 @@ from torch import nn
 
 from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, contiguous_span,
                                    flatten_blocks)
-from ntkal.lookahead.cholesky import labelled_factor
+from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
 from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, LookaheadSettings
 
@@ -133,6 +133,7 @@ class StreamingLookahead(Lookahead):
                        "candidate_features": False}
         self._cand_feats = None
         self._feature_rows = self._featurise_rows()
+        self.eps = float(eps)
         self._fit_labelled(x_labelled, y_labelled_onehot.to(device=dev, dtype=_DTYPE))
         f0_c, raw_pivots = self._candidate_pass()
         self._init_state(f0_c, eval_positions, block, eps, block_size, dev)
@@ -204,10 +205,12 @@ class StreamingLookahead(Lookahead):
         return torch.cat(parts, 0)
 
     def _labelled_kernel(self, fj) -> torch.Tensor:
-        """Θ(L⁺, J) ``(N, b p)``: the labelled set, then the conditioned candidates."""
-        parts = [self._kernel(self._lab_feats, fj)]
+        """Θ(B⁺, J) ``(N, b p)``: the basis rows of the labelled set, then the conditioned
+        candidates' rows projected on their directions outside the span at the time."""
+        lab = self._kernel(self._lab_feats, fj)
+        parts = [lab if self._basis is None else lab.index_select(0, self._basis)]
         if self._cond_feats:
-            parts.append(self._kernel(self._cond_feats, fj))
+            parts.append(self._cond_proj @ self._kernel(self._cond_feats, fj))
         return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
     def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
@@ -215,23 +218,28 @@ class StreamingLookahead(Lookahead):
 
     # ------------------------------------------------------------------ construction
     def _fit_labelled(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
-        """Features of L, the factor ``R`` of ``K`` (+ ridge) and ``w = R⁻¹ (Y − f0(L))``."""
+        """Features of L, the span factor ``R`` of ``K`` (+ ridge; :class:`LabelledFactor`), the
+        design Gram ``M`` and the least-squares coefficients ``w``."""
         n, k = int(x_l.shape[0]), self.num_classes
         self._lab_feats = self._features(x_l) if n else []
         self._cond_feats: list = []
+        self._cond_proj = torch.zeros(0, 0, dtype=_DTYPE, device=self.featuriser.device)
         dev = self.featuriser.device
+        self._basis = None
         if n == 0:
             self._chol = torch.zeros(0, 0, dtype=_DTYPE, device=dev)
+            self._gram = torch.zeros(0, 0, dtype=_DTYPE, device=dev)
             self._w = torch.zeros(0, k // self._p, dtype=_DTYPE, device=dev)
             self.f0_labelled = torch.zeros(0, k, dtype=_DTYPE, device=dev)
             return
         f0_l = torch.cat([lg for _, _, lg in self._lab_feats], 0)
         self.f0_labelled = f0_l
-        self._chol, self.jitter = labelled_factor(self._kernel(self._lab_feats, self._lab_feats),
-                                                  self.ridge)
+        factor = LabelledFactor(self._kernel(self._lab_feats, self._lab_feats), self.ridge,
+                                self.eps)
+        self._chol, self._basis, self._gram = factor.chol, factor.basis, factor.gram
         resid = y_l - f0_l
         resid = resid.reshape(n * k, 1) if self.full_kernel else resid
-        self._w = self._solve(resid)
+        self._w = factor.coefficients(resid)
 
     def _candidate_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over every candidate: f0, f̄ and raw Σ_cc; ``V_C`` kept if it fits."""
@@ -244,6 +252,7 @@ class StreamingLookahead(Lookahead):
         f0 = torch.empty(m, k, dtype=_DTYPE, device=dev)
         self._f_bar = torch.empty(m, k, dtype=_DTYPE, device=dev)
         raw = torch.empty((m, *((p, p) if self.full_kernel else ())), dtype=_DTYPE, device=dev)
+        prior = torch.empty_like(raw)
         step = max(1, self._feature_rows)
         diag_sum = 0.0
         for s in range(0, m, step):
@@ -251,12 +260,14 @@ class StreamingLookahead(Lookahead):
             fj = self._features(self._x_c[sl])
             f0[sl] = torch.cat([lg for _, _, lg in fj], 0)
             dj = self._diagonal(fj)
+            prior[sl] = dj
             diag_sum += float(dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum())
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
             if keep_v and n_rows:
                 self._v_cand[:, s * p:sl.stop * p] = v
         self._kss_mean_diag = diag_sum / max(1, m * p)
+        self._prior = prior
         return f0, raw
 
     def _update_from_v(self, sl: slice, v: Optional[torch.Tensor], f0: torch.Tensor,
@@ -368,7 +379,21 @@ class StreamingLookahead(Lookahead):
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
             cov = self._as_block_cov(self._cov_block(jb), int(jb.shape[0]))
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval)
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
+                                   lambda jb=jb: self._coords(jb))
+
+    def _coords(self, jb: torch.Tensor) -> torch.Tensor:
+        """Span coordinates ``V_J`` ``(r, b p)`` (from the cache, or recomputed)."""
+        p = self._p
+        if self._v_cand is not None:
+            cols = (jb[:, None] * p + torch.arange(p, device=jb.device)).reshape(-1)
+            return self._v_cand.index_select(1, cols)
+        if not self._chol.shape[0]:
+            return torch.zeros(0, int(jb.shape[0]) * p, dtype=_DTYPE, device=self.device)
+        return self._solve(self._labelled_kernel(self._features(self._x_c[jb.cpu()])))
+
+    def _coords_eval(self) -> torch.Tensor:
+        return self._v_eval
 
     # ------------------------------------------------------------------ sequential
     def cache_covariance(self) -> bool:
@@ -396,9 +421,11 @@ class StreamingLookahead(Lookahead):
     def condition(self, j: int, y: LabelLike) -> None:
         """Add ``(x_j, y)`` to the training set of the linearised network, in closed form.
 
-        Extends the Cholesky factor of L⁺'s kernel by one (``p``-row) block, appends to ``w`` and
-        ``V_E`` (and ``V_C`` when cached), and updates f̄ and Σ_cc of every candidate (and the
-        cached Σ[E, C]) from ``Σ[j, C]``: one featurisation pass over the candidates and
+        Updates f̄ of every candidate by ``Σ[C, j] α + G[C, j] β`` (:mod:`ntkal.lookahead.span`);
+        the directions of ``x_j`` outside the labelled span join it: one row block
+        ``[V_iᵀ V_jᵀ, Λ^{1/2}]`` appended to the factor, new coordinate rows
+        ``Λ^{-1/2} V_iᵀ Σ[j, ·]`` appended to ``V_E`` (and ``V_C`` when cached), Σ_cc and the
+        cached Σ[E, C] downdated by them. One featurisation pass over the candidates and
         ``O((n + q) m p²)`` arithmetic; no ``m × m`` matrix.
         """
         jj, target = self._single_target(j, y)
@@ -409,36 +436,38 @@ class StreamingLookahead(Lookahead):
         n_rows = int(self._chol.shape[0])
         l_col = self._solve(self._labelled_kernel(fj)) if n_rows else \
             torch.zeros(0, p, dtype=_DTYPE, device=self.device)              # V_j (N, p)
-        d = self._pivot_root(jj)                                            # D Dᵀ = Σ_jj
-        resid = target - self._f_bar[jj:jj + 1]                             # (1, k)
-        resid = resid.reshape(p, 1) if self.full_kernel else resid
-        w_new = torch.linalg.solve_triangular(d, resid, upper=False)        # (p, k / p)
+        step = self._step(jj, target, l_col)
+        use_lev = step.beta is not None and n_rows > 0
+        lm = self._span_factor() if use_lev else None
         # Σ[j, E] → new rows of V_E; Σ[j, C] → f̄, Σ_cc (and the caches) of every candidate.
         sig_je = self._kernel(fj, self._eval_feats) if self._eval_feats is not None else \
             self._kernel_eval(fj).T
         if n_rows:
             sig_je = sig_je - l_col.T @ self._v_eval
-        r_e = torch.linalg.solve_triangular(d, sig_je, upper=False)         # (p, e p)
-        r_c = torch.empty(p, m * p, dtype=_DTYPE, device=self.device)
-        raw = self._raw_pivots()
-        step = max(1, self._feature_rows)
-        for s in range(0, m, step):
-            sl = slice(s, min(m, s + step))
-            fb = [self._cand_feats[s // step]] if self._cand_feats is not None else \
+        r_e = step.new_rows(sig_je)                                         # (k_i, e p)
+        r_c = torch.empty(r_e.shape[0], m * p, dtype=_DTYPE, device=self.device)
+        raw = self._raw
+        feature_step = max(1, self._feature_rows)
+        for s in range(0, m, feature_step):
+            sl = slice(s, min(m, s + feature_step))
+            fb = [self._cand_feats[s // feature_step]] if self._cand_feats is not None else \
                 self._features(self._x_c[sl])
             sig = self._kernel(fj, fb)                                      # (p, b p)
+            b = sl.stop - sl.start
             if n_rows:
                 v = self._v_cand[:, s * p:sl.stop * p] if self._v_cand is not None \
                     else self._solve(self._labelled_kernel(fb))
                 sig.addmm_(l_col.T, v, alpha=-1.0)
-            r = torch.linalg.solve_triangular(d, sig, upper=False)          # (p, b p)
+                if use_lev:                                                 # G[C, j] β
+                    g = torch.linalg.solve_triangular(lm, v, upper=False).T @ step.w_j
+                    self._f_bar[sl] += (g @ step.beta).reshape(b, self.num_classes)
+            self._f_bar[sl] += (sig.T @ step.alpha).reshape(b, self.num_classes)
+            r = step.new_rows(sig)                                          # (k_i, b p)
             r_c[:, s * p:sl.stop * p] = r
-            b = sl.stop - sl.start
-            self._f_bar[sl] += (r.T @ w_new).reshape(b, self.num_classes)
             if not self.full_kernel:
-                raw[sl] -= r[0] * r[0]
+                raw[sl] -= (r * r).sum(0)
             else:
-                rb = r.reshape(p, b, p).transpose(0, 1)                     # (b, p, p)
+                rb = r.reshape(r.shape[0], b, p).transpose(0, 1)            # (b, k_i, p)
                 raw[sl] -= rb.transpose(1, 2) @ rb
         if self._cov_cache is not None:
             self._cov_cache.addmm_(r_e.T, r_c, alpha=-1.0)
@@ -447,15 +476,11 @@ class StreamingLookahead(Lookahead):
             if hit.numel():
                 i = int(hit[0, 0])
                 self._cov_cache[i * p:(i + 1) * p, :] = 0.0
-        self._extend_factor(l_col, d, w_new, r_e, r_c, fj)
+        self._extend_factor(l_col, step, r_e, r_c, fj)
         self._conditioned_mask[jj] = True
         self.conditioned.append(jj)
         raw[jj] = 0.0
         self._set_pivots(raw)
-
-    def _raw_pivots(self) -> torch.Tensor:
-        """Unclamped Σ_cc kept since the last update (``(m,)`` or ``(m, k, k)``)."""
-        return self._raw
 
     def posterior_variance(self, positions=None) -> torch.Tensor:
         """Σ_jj (unclamped) of candidate ``positions`` (default: all), kept for every candidate:
@@ -464,18 +489,24 @@ class StreamingLookahead(Lookahead):
             return self._raw.clone()
         return self._raw[self._positions(positions)].clone()
 
-    def _set_pivots(self, raw: torch.Tensor) -> None:
-        self._raw = raw
-        super()._set_pivots(raw)
-
-    def _extend_factor(self, l_col, d, w_new, r_e, r_c, fj) -> None:
+    def _extend_factor(self, l_col, step, r_e, r_c, fj) -> None:
+        """The conditioned point's independent directions join the span (factor, projections,
+        coordinates, features); the design Gram grows in any case."""
+        self._grow_span(l_col, step)
+        ki = int(step.root.shape[0])
+        if not ki:
+            return
         n_rows, p = int(self._chol.shape[0]), self._p
-        chol = torch.zeros(n_rows + p, n_rows + p, dtype=_DTYPE, device=self.device)
+        chol = torch.zeros(n_rows + ki, n_rows + ki, dtype=_DTYPE, device=self.device)
         chol[:n_rows, :n_rows] = self._chol
-        chol[n_rows:, :n_rows] = l_col.T
-        chol[n_rows:, n_rows:] = d
+        chol[n_rows:, :n_rows] = (l_col @ step.vind).T
+        chol[n_rows:, n_rows:] = torch.diag(step.root)
         self._chol = chol
-        self._w = torch.cat([self._w, w_new], 0)
+        rows, cols = self._cond_proj.shape
+        proj = torch.zeros(rows + ki, cols + p, dtype=_DTYPE, device=self.device)
+        proj[:rows, :cols] = self._cond_proj
+        proj[rows:, cols:] = step.vind.T
+        self._cond_proj = proj
         self._v_eval_buf.append(r_e)
         if self._v_cand_buf is not None:
             self._v_cand_buf.append(r_c)

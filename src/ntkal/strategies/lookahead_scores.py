@@ -72,7 +72,7 @@ def flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch
         preds = block.retrained(targets)
         return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
     coef = block.coefficients(targets)                                          # (b, k)
-    cov = block.cov                                                             # (b, e)
+    cov = block.direction                               # (b, e): Σ[E, j], or G[E, j] in span
     e = cov.shape[1]
     # Work in the layout Σ[E, J] arrived in ((b, e) rows, or a transposed (e, b) view of a held
     # Σ): reductions then run along memory. ``ax`` is the E axis; ``per_t`` / ``per_i`` shape
