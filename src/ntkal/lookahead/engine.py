@@ -9,9 +9,7 @@ so this module imports neither of them.
 """
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Optional
 
 import numpy as np
@@ -21,7 +19,7 @@ from torch import nn
 from ntkal.data.labels import as_class_labels
 from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, eval_positions_for)
 from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, ENGINES, LookaheadSettings
-from ntkal.lookahead.span import step_maps
+from ntkal.lookahead.span import LabelledSpan
 from ntkal.models.devices import model_device, model_dtype
 from ntkal.models.modes import evaluating
 
@@ -92,7 +90,7 @@ def _output_width(model: nn.Module, x_s: torch.Tensor, num_classes: Optional[int
     return k_out
 
 
-class Lookahead(ABC):
+class Lookahead(LabelledSpan, ABC):
     """The trained network linearised at its weights, with closed-form look-ahead retraining.
 
     The interface both look-ahead engines implement. Build one with :meth:`fit` (the empirical NTK
@@ -235,6 +233,10 @@ class Lookahead(ABC):
         scalar kernels, ``(b, k, k)`` blocks for full ones. On E:
         ``posterior_variance(eval_positions)``. Conditioned candidates have 0."""
 
+    @abstractmethod
+    def _coords_eval(self) -> torch.Tensor:
+        """Span coordinates ``V_E`` ``(r, e p)`` of the evaluation set."""
+
     def cache_covariance(self) -> bool:
         """Hold Σ[E, C] between sequential steps if the engine can; returns whether it is held
         (the dense engine always holds Σ)."""
@@ -288,132 +290,6 @@ class Lookahead(ABC):
         """f̄ on the candidates ``(m, k)``: the linearised network retrained on L (and on every
         conditioned point)."""
         return self._f_bar.clone()
-
-    # -- pivots (Σ_jj) and the labelled span
-    def _raw_pivots(self) -> torch.Tensor:
-        """Unclamped Σ_jj of every candidate (``(m,)`` or ``(m, k, k)``)."""
-        return self._raw
-
-    def _set_pivots(self, raw: torch.Tensor) -> None:
-        """Keep raw Σ_jj, mark candidates in the labelled span (Σ_jj ≤ eps · Θ_jj, per direction
-        for blocks) and clamp Σ_jj from below at ``eps · Θ_jj`` for variance-based criteria; warn
-        once per object when a candidate lies in the span."""
-        self._raw = raw
-        live = ~self._conditioned_mask
-        full = self.full_kernel
-        floor = self.eps * (self._prior if not full else
-                            self._prior.diagonal(dim1=1, dim2=2).mean(dim=1))
-        if not full:
-            clamped = raw <= floor
-            self._pivot = torch.maximum(raw, floor)
-            self._pivot_evecs = None
-        else:
-            evals, evecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
-            clamped = (evals <= floor[:, None]).any(dim=1)
-            self._pivot = torch.maximum(evals, floor[:, None])
-            self._pivot_evecs = evecs
-        self._clamped = clamped & live
-        count = int(self._clamped.sum())
-        if count and not self._clamp_warned:
-            self._clamp_warned = True
-            warnings.warn(
-                f"{count} candidate(s) lie in the span of the labelled features (Σ_jj <= "
-                f"{self.eps:g} × Θ_jj): their look-ahead is least-squares retraining, not "
-                "interpolation, and their Σ_jj is clamped to that floor for variance-based "
-                "scores", RuntimeWarning, stacklevel=4)
-
-    @property
-    def num_clamped(self) -> int:
-        """Unconditioned candidates with a direction in the labelled span (Σ_jj clamped)."""
-        return int(self._clamped.sum())
-
-    @property
-    def rank(self) -> int:
-        """Dimension of the span of the labelled (and conditioned) features (rows of Θ's
-        flattened ``(point, class)`` index for full kernels)."""
-        return int(self._gram.shape[0])
-
-    def _span_factor(self) -> torch.Tensor:
-        """Cholesky factor of the design Gram ``M`` (cached until the next conditioning)."""
-        if self._gram_chol is None:
-            self._gram_chol = torch.linalg.cholesky(0.5 * (self._gram + self._gram.T))
-        return self._gram_chol
-
-    @abstractmethod
-    def _coords_eval(self) -> torch.Tensor:
-        """Span coordinates ``V_E`` ``(r, e p)`` of the evaluation set."""
-
-    def _leverage(self, v_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``G[E, J]`` in block layout and ``G_jj`` from the coordinates ``V_J`` ``(r, b p)``."""
-        lm = self._span_factor()
-        if self._w_eval is None:
-            self._w_eval = torch.linalg.solve_triangular(lm, self._coords_eval(), upper=False)
-        w_j = torch.linalg.solve_triangular(lm, v_j, upper=False)
-        flat = self._w_eval.T @ w_j                                        # (e p, b p)
-        p = self._p
-        b = v_j.shape[1] // p
-        if not self.full_kernel:
-            return flat.T, (w_j * w_j).sum(0)
-        wb = w_j.reshape(w_j.shape[0], b, p).permute(1, 2, 0)              # (b, p, r)
-        return flat.view(self.num_eval, p, b, p).permute(2, 0, 1, 3), wb @ wb.transpose(1, 2)
-
-    def _make_block(self, jb: torch.Tensor, cov: torch.Tensor, f_bar_eval: torch.Tensor,
-                    f0_eval: torch.Tensor, v_j=None) -> LookaheadBlock:
-        """The block for candidates ``jb``; ``v_j``: their coordinates ``(r, b p)`` or a callable
-        giving them (needed only when a candidate lies in the span)."""
-        evecs = None if not self.full_kernel else self._pivot_evecs[jb]
-        step_a = step_b = lev = None
-        if bool(self._clamped[jb].any()):
-            coords = v_j() if callable(v_j) else v_j
-            lev, g = self._leverage(coords)
-            maps = step_maps(self._raw[jb], self._prior[jb], self.eps, g)
-            step_a, step_b = maps.a, maps.b
-        return LookaheadBlock(positions=jb, cov=cov, pivot_evals=self._pivot[jb],
-                              pivot_evecs=evecs, f_bar_eval=f_bar_eval,
-                              f_bar_cand=self._f_bar[jb], f0_eval=f0_eval,
-                              f0_cand=self.f0_candidates[jb], step_a=step_a, step_b=step_b,
-                              lev=lev)
-
-    def _step(self, jj: int, target: torch.Tensor, v_j: torch.Tensor) -> "_Step":
-        """Everything :meth:`condition` needs about candidate ``jj`` with ``target`` ``(1, k)``
-        and coordinates ``v_j`` ``(r, p)``."""
-        raw, prior = self._raw[jj:jj + 1], self._prior[jj:jj + 1]
-        g = w_j = None
-        if bool(self._clamped[jj]):
-            w_j = torch.linalg.solve_triangular(self._span_factor(), v_j, upper=False)
-            g = (w_j * w_j).sum(0) if not self.full_kernel else (w_j.T @ w_j).unsqueeze(0)
-        maps = step_maps(raw, prior, self.eps, g)
-        resid = (target - self._f_bar[jj:jj + 1])[0]                      # (k,)
-        k = self.num_classes
-        if not self.full_kernel:
-            alpha = (maps.a[0] * resid).reshape(1, k)
-            beta = (maps.b[0] * resid).reshape(1, k)
-            keep = maps.independent[0]
-            vind = torch.ones(1, 1, dtype=_DTYPE, device=self.device)[:, keep]
-            root = raw[0].clamp_min(0).sqrt().reshape(1)[keep]
-        else:
-            alpha = (maps.a[0] @ resid).reshape(k, 1)
-            beta = (maps.b[0] @ resid).reshape(k, 1)
-            keep = maps.independent[0]
-            vind = maps.evecs[0][:, keep]                                  # (p, k_i)
-            root = maps.evals[0][keep].sqrt()
-        dep = bool(maps.dependent[0])
-        return _Step(alpha, beta if dep else None, vind, root, w_j)
-
-    def _grow_span(self, v_j: torch.Tensor, step: "_Step") -> torch.Tensor:
-        """``M ← blockdiag(M, 0) + φ̃ φ̃ᵀ`` with ``φ̃ = [v_j; diag(root) vindᵀ]`` (the conditioned
-        point's coordinates after its independent directions join the span); returns φ̃'s new
-        rows ``(k_i, p)``."""
-        r, ki = int(self._gram.shape[0]), int(step.root.shape[0])
-        new_rows = step.root[:, None] * step.vind.T                        # (k_i, p)
-        phi = torch.cat([v_j, new_rows], 0)
-        gram = torch.zeros(r + ki, r + ki, dtype=_DTYPE, device=self.device)
-        gram[:r, :r] = self._gram
-        gram.add_(phi @ phi.T)
-        self._gram = gram
-        self._gram_chol = None
-        self._w_eval = None
-        return new_rows
 
     # -- inputs
     def _targets(self, ys, b: int) -> torch.Tensor:
@@ -485,20 +361,3 @@ def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, **kwar
     """Old name of :meth:`Lookahead.fit`."""
     return Lookahead.fit(model, x_labelled, y_labelled, x_candidates, **kwargs)
 
-
-@dataclass
-class _Step:
-    """One conditioning step: ``alpha`` / ``beta`` ``(p, k / p)`` (the step along Σ[:, j] and
-    G[:, j]; ``beta`` None when no direction is in the span), the independent directions of Σ_jj
-    ``vind`` ``(p, k_i)`` with ``root = sqrt(λ)`` ``(k_i,)``, and ``w_j = L_M⁻¹ v_j`` (or None)."""
-
-    alpha: torch.Tensor
-    beta: Optional[torch.Tensor]
-    vind: torch.Tensor
-    root: torch.Tensor
-    w_j: Optional[torch.Tensor]
-
-    def new_rows(self, sigma_rows: torch.Tensor) -> torch.Tensor:
-        """Coordinates along the new span directions, ``Λ^{-1/2} V_indᵀ Σ[j, X]`` ``(k_i, c)``,
-        from ``Σ[j, X]`` ``(p, c)``."""
-        return (self.vind / self.root).T @ sigma_rows
