@@ -8,6 +8,7 @@ from torch import nn
 
 from ntkal.kernels import empirical_ntk
 from ntkal.lookahead import Lookahead
+from ntkal.lookahead.span import step_maps
 
 F64 = torch.float64
 ENGINES = ["dense", "streaming"]
@@ -118,3 +119,41 @@ def test_narrow_network_look_ahead_equals_pinv_resolve(kernel, engine):
                              lab + [n + j], cand, k, full)
         torch.testing.assert_close(la.retrained_predictions(j, label), want, rtol=1e-6,
                                    atol=1e-8)
+
+
+def test_full_kernel_candidate_partly_in_the_span():
+    """Full k × k kernel from explicit features: L's six rows span 4 dimensions; candidate 0 has
+    one output row in that span and one outside it (the mixed case of the step maps). Look-ahead
+    and conditioning equal pinv re-solves."""
+    g = torch.Generator().manual_seed(4)
+    d, k, n, m = 9, 2, 3, 5
+    basis = torch.randn(4, d, generator=g, dtype=F64)
+    lab = torch.randn(n * k, 4, generator=g, dtype=F64) @ basis          # rows (point, class)
+    cand = torch.randn(m * k, d, generator=g, dtype=F64)
+    cand[0] = torch.randn(4, generator=g, dtype=F64) @ basis             # candidate 0, class 0
+    phi = torch.cat([lab, cand]).reshape(n + m, k, d)
+    theta = torch.einsum("icx,jdx->ijcd", phi, phi)
+    f = 0.3 * torch.randn(n + m, k, generator=g, dtype=F64)
+    y = _onehot(torch.tensor([0, 1, 1]), k)
+    la = Lookahead.from_kernels(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y)
+    lab_idx, cand_idx = list(range(n)), list(range(n, n + m))
+    torch.testing.assert_close(la.base_predictions(),
+                               _pinv_resolve(theta, f, y, lab_idx, cand_idx, k, True),
+                               rtol=1e-7, atol=1e-9)
+    block = next(la.iter_blocks([0]))
+    assert block.lev is not None and la.rank == 4
+    maps = step_maps(la.posterior_variance([0]), theta[n, n].unsqueeze(0), la.eps, None)
+    assert maps.independent.tolist() == [[False, True]]                 # in the span, partly
+    for label in (0, 1):
+        want = _pinv_resolve(theta, f, torch.cat([y, _onehot(label, k)]), lab_idx + [n],
+                             cand_idx, k, True)
+        torch.testing.assert_close(la.retrained_predictions(0, label), want, rtol=1e-7,
+                                   atol=1e-9)
+    la.condition(0, 1)
+    y1 = torch.cat([y, _onehot(1, k)])
+    torch.testing.assert_close(la.base_predictions(),
+                               _pinv_resolve(theta, f, y1, lab_idx + [n], cand_idx, k, True),
+                               rtol=1e-7, atol=1e-9)
+    want = _pinv_resolve(theta, f, torch.cat([y1, _onehot(0, k)]), lab_idx + [n, n + 3],
+                         cand_idx, k, True)
+    torch.testing.assert_close(la.retrained_predictions(3, 0), want, rtol=1e-7, atol=1e-9)

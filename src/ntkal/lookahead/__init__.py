@@ -10,10 +10,16 @@ infinite-time MSE gradient flow on a labelled set ``L`` is kernel regression wit
 network predict if it were retrained with this point?" costs ``O(e k)`` per candidate instead of
 one SGD run per candidate::
 
-    K      = Θ(L, L) (+ ridge · mean(diag K) · I, + jitter if Cholesky fails)
-    f̄(X)   = f0(X) + Θ(X, L) K⁻¹ (Y_L − f0(L))
-    Σ[E, J] = Θ(E, J) − Θ(E, L) K⁻¹ Θ(L, J)
+    K      = Θ(L, L) (+ ridge · mean(diag K) · I)
+    f̄(X)   = f0(X) + Θ(X, L) K⁺ (Y_L − f0(L))
+    Σ[E, J] = Θ(E, J) − Θ(E, L) K⁺ Θ(L, J)
     f^{(j,y)}(E) = f̄(E) + Σ[E, j] Σ_jj⁻¹ (y − f̄(x_j))
+
+with ``K⁺`` the pseudo-inverse: gradient flow converges to the minimum-norm least-squares fit, so
+when ``L`` outnumbers the kernel's rank (``kernel="last_layer"`` once n > width + 1, narrow
+networks) a candidate whose features lie in L's span is not interpolated: it moves the
+predictions by ``G[E, j] (1 + G_jj)⁻¹ (y − f̄(x_j))`` instead, with the leverage kernel
+``G = Θ(·, L) K⁺² Θ(L, ·)`` (:mod:`ntkal.lookahead.span`, :mod:`ntkal.lookahead.cholesky`).
 
 ``C`` are the candidates (what can be queried: every unlabelled pool point by default) and ``E``
 the evaluation set where output change is measured (``eval_size``: a seeded random sample of the

@@ -40,22 +40,26 @@ class DenseLookahead(Lookahead):
         Regression targets of L, ``(n, k)`` (one-hot for classification).
     ridge : float
         Relative ridge: ``K = Θ(L, L) + ridge · mean(diag Θ(L, L)) · I``. It regularises the
-        labelled-set solve only; a look-ahead point is fitted exactly, as gradient flow would.
+        labelled-set solve only; a look-ahead point's directions outside the labelled span are
+        fitted exactly, as gradient flow would.
     eps : float
-        Relative floor for ``Σ_jj``: values (eigenvalues, for blocks) below
-        ``eps · mean(diag Σ)`` are clamped there, so near-duplicate candidates give finite,
-        small look-ahead changes instead of NaN.
+        Relative rank tolerance: a labelled row, or a candidate direction, whose posterior
+        variance is at most ``eps`` times its prior Θ_jj lies in the labelled span (it is
+        retrained by least squares, and its Σ_jj clamped to that floor for variance-based
+        criteria, so duplicates give finite scores, never NaN).
     block_size : int, optional
         Candidates per block in batched look-ahead; default from a 256 MiB budget.
 
     Attributes
     ----------
     jitter : float
-        Absolute diagonal jitter added to ``K`` for its Cholesky factorisation (0.0 if none).
+        Always 0.0: a singular Θ(L, L) is factorised on a basis of its span, never jittered.
+    rank : int
+        Dimension of the labelled (and conditioned) features' span.
     conditioned : list of int
         Candidates conditioned on so far by :meth:`condition`, in order.
     num_clamped : int
-        Unconditioned candidates whose ``Σ_jj`` is currently clamped.
+        Unconditioned candidates with a direction in the labelled span.
 
     References
     ----------

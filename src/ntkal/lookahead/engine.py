@@ -116,7 +116,10 @@ class Lookahead(LabelledSpan, ABC):
     block_size : int or None
         Candidates per block (``None``: from a memory budget, :meth:`default_block_size`).
     jitter : float
-        Absolute diagonal jitter added to ``K`` for its factorisation (0.0 if none).
+        Always 0.0 (kept for old callers): a singular Θ(L, L) is factorised on a basis of its
+        span (:class:`ntkal.lookahead.cholesky.LabelledFactor`), never jittered.
+    rank : int
+        Dimension of the labelled (and conditioned) features' span.
     conditioned : list of int
         Candidates conditioned on so far by :meth:`condition`, in order.
 

@@ -173,7 +173,8 @@ class LookaheadStrategy(Strategy):
         t2 = time.perf_counter()
         info: dict[str, Any] = {
             "kernel": self.kernel, "kernel_seconds": t1 - t0, "score_seconds": t2 - t1,
-            "jitter": la.jitter, "num_clamped": la.num_clamped, "secondary_scores": secondary,
+            "jitter": la.jitter, "rank": la.rank, "num_clamped": la.num_clamped,
+            "secondary_scores": secondary,
             "selection": self.selection,
         }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
