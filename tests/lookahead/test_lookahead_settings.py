@@ -56,7 +56,8 @@ def test_old_names_are_accepted_with_a_deprecation_warning():
 
 
 def test_settings_are_frozen_and_normalised():
-    s = LookaheadSettings(ridge=1, max_memory=2**20)
+    s = LookaheadSettings(ridge=1, max_memory=2.0**20)     # YAML writes 1048576.0
     assert isinstance(s.ridge, float) and s.max_memory == 2**20
+    assert isinstance(s.max_memory, int)
     with pytest.raises(Exception):
         s.ridge = 2.0  # type: ignore[misc]

@@ -254,6 +254,10 @@ class Lookahead(LabelledSpan, ABC):
         per = 8 * max(1, self.num_eval) * self.num_classes * (self._p + 2)
         return max(1, int(block_memory) // per)
 
+    def default_chunk_size(self, memory_budget: int = DEFAULT_BLOCK_MEMORY) -> int:
+        """Old name of :meth:`default_block_size`."""
+        return self.default_block_size(memory_budget)
+
     # ------------------------------------------------------------------ shared state
     def _init_state(self, f0_candidates: torch.Tensor, eval_positions, block: bool, eps: float,
                     block_size: Optional[int], device) -> None:
@@ -283,6 +287,8 @@ class Lookahead(LabelledSpan, ABC):
     def on_eval(self, values: torch.Tensor) -> torch.Tensor:
         """Rows on E of a per-candidate tensor ``(m, ...)`` (no copy when E is every candidate)."""
         return values if self._eval_all else values.index_select(0, self.eval_positions)
+
+    _on_eval = on_eval   # old name, for callers outside the package
 
     @property
     def f0_eval(self) -> torch.Tensor:

@@ -87,9 +87,11 @@ class LookaheadSettings:
                 raise ValueError(f"eval_size must be a positive integer or 'all', "
                                  f"got {self.eval_size!r}")
             put(self, "eval_size", as_int(self.eval_size, "eval_size", minimum=1))
-        put(self, "max_memory", as_optional_int(self.max_memory, "max_memory", minimum=1))
+        put(self, "max_memory", as_optional_int(self.max_memory, "max_memory", minimum=1,
+                                                integral_floats=True))
         put(self, "block_size", as_optional_int(self.block_size, "block_size", minimum=1))
-        put(self, "block_memory", as_int(self.block_memory, "block_memory", minimum=1))
+        put(self, "block_memory", as_int(self.block_memory, "block_memory", minimum=1,
+                                         integral_floats=True))
         put(self, "engine", as_choice(self.engine, "engine", ENGINES))
 
     @classmethod
