@@ -149,3 +149,30 @@ def test_a_pending_point_taught_its_oracle_label_keeps_the_session():
     learner.teach(a[:1], y[a[:1]])
     learner.query(1)
     assert len(strategy.sessions) == 1
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_rebuilt_session_proposes_what_the_continuing_one_does():
+    """Same weights, same labels: a learner whose session observed a taught point and one that
+    starts its session after that point was taught propose the same next point (default
+    reference "f0"; on the old code, whose reference depended on the session's start, they
+    disagreed)."""
+    from ntkal.strategies import get_strategy
+
+    _, y = blobs()
+    agree = 0
+    for start in range(4):
+        labelled = np.arange(6 * start, 6 * start + 9)
+        nxt = []
+        for rebuild in (False, True):
+            strategy = get_strategy("mlmoc")
+            strategy.train = lambda *a, **k: None
+            learner = make_learner(strategy, mode="sequential", labelled=labelled)
+            if not rebuild:
+                first = learner.query(1)
+                learner.teach(first, y[first])
+            else:
+                learner.teach(first, y[first])      # no session yet: the next one is new
+            nxt.append(int(learner.query(1)[0]))
+        agree += int(nxt[0] == nxt[1])
+    assert agree == 4
