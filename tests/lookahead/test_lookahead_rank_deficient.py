@@ -2,6 +2,7 @@
 retraining of the linearised network (gradient flow's limit), in every engine and kernel."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +158,21 @@ def test_full_kernel_candidate_partly_in_the_span():
     want = _pinv_resolve(theta, f, torch.cat([y1, _onehot(0, k)]), lab_idx + [n, n + 3],
                          cand_idx, k, True)
     torch.testing.assert_close(la.retrained_predictions(3, 0), want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlmoc", "vr", "emoc", "eer"])
+def test_candidate_with_zero_prior_variance_scores_finite(name):
+    """A candidate whose features are all zero (Θ_jj = 0) lies in any span: its look-ahead
+    moves nothing and every criterion scores it finitely (no division by a zero floor)."""
+    from ntkal.strategies import get_strategy
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(10, 4, generator=g, dtype=F64)
+    feats[7] = 0.0
+    theta = feats @ feats.T
+    f = 0.3 * torch.randn(10, 3, generator=g, dtype=F64)
+    la = Lookahead.from_kernels(theta[:5, :5], theta[5:, :5], theta[5:, 5:], f[:5], f[5:],
+                                _onehot(torch.tensor([0, 1, 2, 0, 1])))
+    torch.testing.assert_close(la.retrained_predictions(2, 1), la.base_predictions())
+    primary, secondary = get_strategy(name).score_candidates(la)
+    assert np.isfinite(primary).all() and np.isfinite(secondary).all()

@@ -116,8 +116,12 @@ class LabelledSpan:
         self._raw = raw
         live = ~self._conditioned_mask
         full = self.full_kernel
-        floor = self.eps * (self._prior if not full else
-                            self._prior.diagonal(dim1=1, dim2=2).mean(dim=1))
+        prior = self._prior if not full else self._prior.diagonal(dim1=1, dim2=2).mean(dim=1)
+        floor = self.eps * prior
+        # a candidate with zero prior variance (e.g. all features 0) still gets a positive floor,
+        # so variance-based scores divide by something: eps times the mean prior, or eps
+        fallback = float(prior.mean()) if prior.numel() else 0.0
+        floor = torch.where(floor > 0, floor, self.eps * (fallback if fallback > 0 else 1.0))
         if not full:
             clamped = raw <= floor
             self._pivot = torch.maximum(raw, floor)
