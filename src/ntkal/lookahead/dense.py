@@ -152,7 +152,7 @@ class DenseLookahead(Lookahead):
         v = factor.coordinates(tsl.T)                                 # V_S = R_B⁻¹ Θ(B, S)
         w = factor.coefficients(resid)                                # least-squares β
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
-        self._v, self._gram = v, factor.gram
+        self._v, self._gram = v, factor          # M formed when first needed
         rows = self._sigma.shape[0]
         for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
             self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)

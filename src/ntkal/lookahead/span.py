@@ -150,12 +150,22 @@ class LabelledSpan:
     def rank(self) -> int:
         """Dimension of the span of the labelled (and conditioned) features (rows of Θ's
         flattened ``(point, class)`` index for full kernels)."""
-        return int(self._gram.shape[0])
+        gram = self._gram
+        return int(gram.shape[0]) if isinstance(gram, torch.Tensor) else int(gram.rank)
+
+    def _design_gram(self) -> torch.Tensor:
+        """The design Gram ``M`` ``(r, r)``; an engine may set ``_gram`` to its
+        :class:`ntkal.lookahead.cholesky.LabelledFactor`, whose ``M`` is then formed only when
+        first needed (a candidate in the span, or conditioning)."""
+        if not isinstance(self._gram, torch.Tensor):
+            self._gram = self._gram.gram
+        return self._gram
 
     def _span_factor(self) -> torch.Tensor:
         """Cholesky factor of the design Gram ``M`` (cached until the next conditioning)."""
         if self._gram_chol is None:
-            self._gram_chol = torch.linalg.cholesky(0.5 * (self._gram + self._gram.T))
+            gram = self._design_gram()
+            self._gram_chol = torch.linalg.cholesky(0.5 * (gram + gram.T))
         return self._gram_chol
 
     def _leverage(self, v_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,11 +229,12 @@ class LabelledSpan:
         """``M ← blockdiag(M, 0) + φ̃ φ̃ᵀ`` with ``φ̃ = [v_j; diag(root) vindᵀ]`` (the conditioned
         point's coordinates after its independent directions join the span); returns φ̃'s new
         rows ``(k_i, p)``."""
-        r, ki = int(self._gram.shape[0]), int(step.root.shape[0])
+        old = self._design_gram()
+        r, ki = int(old.shape[0]), int(step.root.shape[0])
         new_rows = step.root[:, None] * step.vind.T                        # (k_i, p)
         phi = torch.cat([v_j, new_rows], 0)
         gram = torch.zeros(r + ki, r + ki, dtype=_DTYPE, device=self.device)
-        gram[:r, :r] = self._gram
+        gram[:r, :r] = old
         gram.add_(phi @ phi.T)
         self._gram = gram
         self._gram_chol = None

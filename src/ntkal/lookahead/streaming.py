@@ -152,7 +152,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         self.f0_labelled = f0_l
         factor = LabelledFactor(self._kernel(self._lab_feats, self._lab_feats), self.ridge,
                                 self.eps)
-        self._chol, self._basis, self._gram = factor.chol, factor.basis, factor.gram
+        self._chol, self._basis, self._gram = factor.chol, factor.basis, factor
         resid = y_l - f0_l
         resid = resid.reshape(n * k, 1) if self.full_kernel else resid
         self._w = factor.coefficients(resid)
