@@ -18,6 +18,7 @@ from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, as_f64, co
 from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
 from ntkal.lookahead.settings import LookaheadSettings
+from ntkal.lookahead.streamed import _RowBuffer
 from ntkal.models.devices import model_device
 
 __all__ = ["DenseLookahead"]
@@ -93,7 +94,7 @@ class DenseLookahead(Lookahead):
         self.jitter = 0.0
         if n == 0:
             self._f_bar = f0_s.clone()
-            self._v = torch.zeros(0, m * self._p, dtype=_DTYPE, device=device)
+            self._v_buf = _RowBuffer(0, m * self._p, device)
             self._gram = torch.zeros(0, 0, dtype=_DTYPE, device=device)
         else:
             self._condition_on_labelled(tensors["theta_ll"], tensors["theta_sl"], f0_l, y_l)
@@ -152,7 +153,9 @@ class DenseLookahead(Lookahead):
         v = factor.coordinates(tsl.T)                                 # V_S = R_B⁻¹ Θ(B, S)
         w = factor.coefficients(resid)                                # least-squares β
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
-        self._v, self._gram = v, factor          # M formed when first needed
+        self._v_buf = _RowBuffer(int(v.shape[0]), int(v.shape[1]), v.device)
+        self._v_buf.rows.copy_(v)
+        self._gram = factor                        # M formed when first needed
         rows = self._sigma.shape[0]
         for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
             self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
@@ -197,6 +200,11 @@ class DenseLookahead(Lookahead):
         if self._eval_all:
             return self._v
         return self._v.index_select(1, self._cols(self.eval_positions))
+
+    @property
+    def _v(self) -> torch.Tensor:
+        """Span coordinates of the candidates ``(r, m p)`` (grown in place by conditioning)."""
+        return self._v_buf.rows
 
     def _cols(self, js: torch.Tensor) -> torch.Tensor:
         p = self._p
@@ -271,7 +279,7 @@ class DenseLookahead(Lookahead):
             if self.full_kernel:
                 _symmetrise_(self._sigma)
         self._grow_span(v_j, step)
-        self._v = torch.cat([self._v, t], 0)
+        self._v_buf.append(t)
         self._sigma[jj * p:(jj + 1) * p, :] = 0.0
         self._sigma[:, jj * p:(jj + 1) * p] = 0.0
         self._conditioned_mask[jj] = True
