@@ -324,27 +324,20 @@ class StrategySpec:
                    resources=resources)
 
     def build(self):
-        """The strategy object (errors in ``params`` name this entry and the key)."""
+        """The strategy object (errors in ``params`` name this entry and the key). A look-ahead
+        strategy validates its :class:`ntkal.lookahead.LookaheadSettings` here, so a bad value
+        (``eval_size: -3``, ``engine: fast``) fails when the config is parsed."""
+        from ntkal.lookahead import LookaheadSettings
         from ntkal.strategies import get_strategy
 
-        _check_kernel_params(self.label, self.params)
         try:
             return get_strategy(self.name, **self.params)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"strategy {self.label!r}: {err}") from err
-
-
-def _check_kernel_params(label: str, params: dict) -> None:
-    """Closed sets of the eNTK options a strategy passes on to :func:`ntkal.kernels.empirical_ntk`
-    (``kernel``, ``implementation``), checked here so that a typo fails at parse time rather than
-    at the first query, after a whole round of training."""
-    from ntkal.kernels import available_implementations, available_kinds
-
-    for key, options in (("kernel", available_kinds()), ("implementation",
-                                                         available_implementations())):
-        if key in params and params[key] not in options:
-            raise ConfigError(f"strategy {label!r}: params.{key} must be one of "
-                              f"{', '.join(options)}; got {params[key]!r}")
+            text = str(err)
+            key = text.split(" ", 1)[0]
+            if key in self.params and key in LookaheadSettings.names():
+                text = f"params.{text}"   # "eval_size must be ..." -> "params.eval_size must ..."
+            raise ConfigError(f"strategy {self.label!r}: {text}") from err
 
 
 def _trainer_fields() -> tuple[str, ...]:

@@ -20,6 +20,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.coreset",
     "ntkal.strategies.learning_loss",
     "ntkal.strategies.lookahead",
+    "ntkal.strategies.sgd_lookahead",
     "ntkal.strategies.expected_error",
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
