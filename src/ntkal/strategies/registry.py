@@ -24,6 +24,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
+    "ntkal.strategies.herding",
 )
 _loaded = False
 
