@@ -25,6 +25,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
     "ntkal.strategies.herding",
+    "ntkal.strategies.epig",
 )
 _loaded = False
 
