@@ -26,6 +26,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.typicality",
     "ntkal.strategies.herding",
     "ntkal.strategies.epig",
+    "ntkal.strategies.information",
 )
 _loaded = False
 
