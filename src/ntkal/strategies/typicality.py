@@ -188,31 +188,30 @@ class TypiClust(Strategy):
         # fewest labelled first, then the largest cluster, then the lowest cluster id
         order = clusters[np.lexsort((clusters, -size, covered))]
         size_of = dict(zip(clusters.tolist(), size.tolist()))
-        kept = [c for c in order if size_of[c] > self.min_cluster_size]
-        dropped = [c for c in order if size_of[c] <= self.min_cluster_size]
+        kept = [c for c in order.tolist() if size_of[c] > self.min_cluster_size]
+        dropped = [c for c in order.tolist() if size_of[c] <= self.min_cluster_size]
+        members_of = {c: np.flatnonzero(cand_cluster == c) for c in clusters.tolist()}
+        left = {c: int(v.size) for c, v in members_of.items()}       # candidates not yet picked
         scores = np.zeros(m)
-        for c in clusters:
-            members = np.flatnonzero(cand_cluster == c)
+        for members in members_of.values():
             if members.size:
                 scores[members] = _cluster_typicality(cand[members], self.neighbours)
         remaining = np.ones(m, dtype=bool)
         chosen: list[int] = []
         for cycle in (kept, dropped):
             turn = 0
-            while len(chosen) < budget and cycle:
-                live = [c for c in cycle if remaining[cand_cluster == c].any()]
-                if not live:
-                    break
+            while len(chosen) < budget and any(left[c] for c in cycle):
                 # round robin over the fixed order, skipping clusters without candidates left
                 c = cycle[turn % len(cycle)]
                 turn += 1
-                members = np.flatnonzero((cand_cluster == c) & remaining)
-                if members.size == 0:
+                if not left[c]:
                     continue
+                members = members_of[c][remaining[members_of[c]]]
                 typ = _cluster_typicality(cand[members], self.neighbours)
                 pick = int(members[np.argmax(typ)])
                 chosen.append(pick)
                 remaining[pick] = False
+                left[c] -= 1
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=scores,
                            info={"clusters": int(clusters.size), "kept_clusters": len(kept)})
 
