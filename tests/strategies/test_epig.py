@@ -99,3 +99,14 @@ def test_needs_dropout_and_checks_its_parameters():
         get_strategy("epig", num_targets=0)
     with pytest.raises(ValueError, match="num_samples"):
         get_strategy("epig", num_samples=True)
+
+
+def test_epig_never_exceeds_bald():
+    # data processing: y → θ → y*, so I(y; y*) <= I(y; θ) for every target, hence on average
+    from ntkal.strategies.bald import mutual_information
+
+    rng = np.random.default_rng(5)
+    pool = _random_probs(rng, 10, 40, 4)
+    scores = epig_from_probs(pool, pool[:, :15])
+    assert (scores <= mutual_information(pool) + 1e-12).all()
+    assert scores.max() > 0
