@@ -155,7 +155,7 @@ class MaxHerding(_Herding):
     Notes
     -----
     ``scores`` are the coverage gains before the first pick. Memory is quadratic in the number of
-    candidates: score a subset of a large pool.
+    candidates and time ``O(budget · m²)``: score a subset of a large pool.
     """
 
     name = "maxherding"
@@ -168,10 +168,11 @@ class UncertaintyHerding(_Herding):
     Budgets", ICLR 2025. Each pick maximises the gain in the uncertainty coverage
     ``Σ_i U(x_i) max_{s ∈ L ∪ S} k(x_i, x_s)``, with ``U`` the margin uncertainty
     ``1 - (p_(1) - p_(2))`` of the temperature-scaled softmax of the network and the Gaussian
-    kernel of :class:`MaxHerding`. The kernel adapts to the labelled set: σ is the smallest
-    non-zero distance between labelled points, so that as labels accumulate the kernel narrows and
-    the criterion moves from coverage (MaxHerding) towards uncertainty sampling. With fewer than
-    two distinct labelled points σ is the median distance between candidates.
+    kernel of :class:`MaxHerding`. The kernel adapts to the labelled set (the paper's
+    self-adaptive bandwidth, as scikit-activeml's implementation of it reads it): σ is the
+    smallest non-zero distance between labelled points, so that as labels accumulate the kernel
+    narrows and the criterion moves from coverage (MaxHerding) towards uncertainty sampling. With
+    fewer than two distinct labelled points σ is the median distance between candidates.
 
     Parameters
     ----------
