@@ -1,4 +1,5 @@
 """EPIG with MC dropout: the estimator against loops, behaviour, and the no-dropout error."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ def test_estimator_matches_loops_in_and_across_chunks():
     pool, targ = _random_probs(rng, 6, 9, 3), _random_probs(rng, 6, 4, 3)
     expected = _brute_epig(pool, targ)
     np.testing.assert_allclose(epig_from_probs(pool, targ), expected, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(epig_from_probs(pool, targ, max_elements=40), expected,
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        epig_from_probs(pool, targ, max_elements=40), expected, rtol=1e-10, atol=1e-14
+    )
     assert (expected > 0).all()
     with pytest.raises(ValueError, match="disagree"):
         epig_from_probs(pool, targ[:5])
@@ -48,15 +50,15 @@ def test_epig_is_zero_without_epistemic_disagreement_and_high_for_shared_disagre
     rng = np.random.default_rng(1)
     t = 8
     flip = rng.integers(0, 2, t).astype(float)
-    agree = np.stack([flip, 1 - flip], axis=1)                    # (T, 2): confident, disagreeing
-    targ = np.repeat(agree[:, None, :], 3, axis=1)                # targets follow the same masks
-    noisy = np.full((t, 1, 2), 0.5)                               # uncertain in every mask: noise
+    agree = np.stack([flip, 1 - flip], axis=1)  # (T, 2): confident, disagreeing
+    targ = np.repeat(agree[:, None, :], 3, axis=1)  # targets follow the same masks
+    noisy = np.full((t, 1, 2), 0.5)  # uncertain in every mask: noise
     unrelated = np.repeat(np.stack([1 - np.roll(flip, 1), np.roll(flip, 1)], 1)[:, None], 1, 1)
     pool = np.concatenate([agree[:, None, :], noisy, unrelated], axis=1)
     scores = epig_from_probs(pool, targ)
     assert scores[1] == pytest.approx(0.0, abs=1e-12)
     assert scores[0] > scores[2] and scores[0] > 0.5
-    one_mask = epig_from_probs(pool[:1], targ[:1])                # a single network: no information
+    one_mask = epig_from_probs(pool[:1], targ[:1])  # a single network: no information
     np.testing.assert_allclose(one_mask, 0.0, atol=1e-12)
 
 
@@ -73,9 +75,14 @@ class _DropNet(nn.Module):
 
 def _context(model, m=15, seed=0):
     g = torch.Generator().manual_seed(4)
-    return QueryContext(model=model, x_candidates=torch.randn(m, 3, generator=g),
-                        x_labelled=torch.randn(4, 3, generator=g),
-                        y_labelled=torch.arange(4) % 3, num_classes=3, seed=seed)
+    return QueryContext(
+        model=model,
+        x_candidates=torch.randn(m, 3, generator=g),
+        x_labelled=torch.randn(4, 3, generator=g),
+        y_labelled=torch.arange(4) % 3,
+        num_classes=3,
+        seed=seed,
+    )
 
 
 def test_strategy_scores_are_the_estimator_on_its_targets():

@@ -1,4 +1,5 @@
 """MaxHerding and uncertainty herding: the greedy coverage against brute force, and behaviour."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,12 @@ import pytest
 import torch
 
 from ntkal.strategies import QueryContext, get_strategy
-from ntkal.strategies.herding import (MaxHerding, UncertaintyHerding, coverage_gains,
-                                      margin_uncertainty)
+from ntkal.strategies.herding import (
+    MaxHerding,
+    UncertaintyHerding,
+    coverage_gains,
+    margin_uncertainty,
+)
 
 
 class _Logits(torch.nn.Module):
@@ -29,9 +34,14 @@ class _Logits(torch.nn.Module):
 def _context(x_c, x_l=None, model=None, seed=0):
     x_l = x_c[:0] if x_l is None else x_l
     model = torch.nn.Identity() if model is None else model
-    return QueryContext(model=model, x_candidates=x_c, x_labelled=x_l,
-                        y_labelled=torch.zeros(x_l.shape[0], dtype=torch.long), num_classes=2,
-                        seed=seed)
+    return QueryContext(
+        model=model,
+        x_candidates=x_c,
+        x_labelled=x_l,
+        y_labelled=torch.zeros(x_l.shape[0], dtype=torch.long),
+        num_classes=2,
+        seed=seed,
+    )
 
 
 def _coverage(points, chosen, sigma, weights):
@@ -40,7 +50,7 @@ def _coverage(points, chosen, sigma, weights):
     for i, xi in enumerate(points):
         best = 0.0
         for s in chosen:
-            best = max(best, float(np.exp(-np.sum((xi - s) ** 2) / sigma ** 2)))
+            best = max(best, float(np.exp(-np.sum((xi - s) ** 2) / sigma**2)))
         total += weights[i] * best
     return total
 
@@ -49,8 +59,11 @@ def _brute_greedy(cand, lab, sigma, weights, budget):
     chosen, left = [], list(range(len(cand)))
     for _ in range(budget):
         base = _coverage(cand, list(lab) + [cand[c] for c in chosen], sigma, weights)
-        gains = [_coverage(cand, list(lab) + [cand[c] for c in chosen] + [cand[j]], sigma,
-                           weights) - base for j in left]
+        gains = [
+            _coverage(cand, list(lab) + [cand[c] for c in chosen] + [cand[j]], sigma, weights)
+            - base
+            for j in left
+        ]
         chosen.append(left.pop(int(np.argmax(gains))))
     return chosen
 
@@ -60,21 +73,24 @@ def test_maxherding_is_the_greedy_maximiser_of_kernel_coverage():
     x_c, x_l = torch.randn(25, 2, generator=g), torch.randn(3, 2, generator=g)
     sigma = 0.7
     result = MaxHerding(representation="inputs", bandwidth=sigma, normalize=False).query(
-        _context(x_c, x_l), 6)
+        _context(x_c, x_l), 6
+    )
     cand, lab = x_c.double().numpy(), x_l.double().numpy()
     assert result.indices.tolist() == _brute_greedy(cand, lab, sigma, np.ones(25), 6)
     # scores: each candidate's coverage gain before the first pick, divided by m
     base = _coverage(cand, list(lab), sigma, np.ones(25))
-    expected = [(_coverage(cand, list(lab) + [cand[j]], sigma, np.ones(25)) - base) / 25
-                for j in range(25)]
+    expected = [
+        (_coverage(cand, list(lab) + [cand[j]], sigma, np.ones(25)) - base) / 25 for j in range(25)
+    ]
     np.testing.assert_allclose(result.scores, expected, rtol=1e-10, atol=1e-14)
 
 
 def test_coverage_gains_match_an_explicit_sum():
     rng = np.random.default_rng(1)
     kernel, covered, w = rng.random((7, 7)), rng.random(7), rng.random(7)
-    expected = [sum(w[i] * max(kernel[i, j] - covered[i], 0.0) for i in range(7)) / 7
-                for j in range(7)]
+    expected = [
+        sum(w[i] * max(kernel[i, j] - covered[i], 0.0) for i in range(7)) / 7 for j in range(7)
+    ]
     np.testing.assert_allclose(coverage_gains(kernel, covered, w), expected, rtol=1e-12)
 
 
@@ -91,7 +107,7 @@ def test_maxherding_spreads_over_clusters_and_skips_covered_ones():
     x, blob = _clusters()
     strategy = MaxHerding(representation="inputs", bandwidth=1.0, normalize=False)
     chosen = strategy.query(_context(x), 3).indices
-    assert blob[chosen[0]] == 0                       # the densest clump first
+    assert blob[chosen[0]] == 0  # the densest clump first
     assert sorted(blob[chosen].tolist()) == [0, 1, 2]  # never two in one clump
     covered = strategy.query(_context(x, x[blob == 0][:1]), 2).indices
     assert sorted(blob[covered].tolist()) == [1, 2]
@@ -108,16 +124,16 @@ def test_uherding_moves_toward_uncertain_points():
     x_l = x[blob == 0][:1]
     assert blob[plain.query(_context(x, x_l, model), 1).indices[0]] != 0
     picks = weighted.query(_context(x, x_l, model), 1).indices
-    assert blob[picks[0]] == 0                        # the uncertain clump despite its label
+    assert blob[picks[0]] == 0  # the uncertain clump despite its label
 
 
 def test_uherding_weights_are_margins_and_its_bandwidth_follows_the_labelled_set():
-    x, blob = _clusters()
+    x, _blob = _clusters()
     model = _Logits(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
     strategy = UncertaintyHerding(representation="inputs", normalize=False)
     x_l = torch.tensor([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0]])
     result = strategy.query(_context(x, x_l, model), 2)
-    assert result.info["bandwidth"] == pytest.approx(0.5)   # smallest labelled distance
+    assert result.info["bandwidth"] == pytest.approx(0.5)  # smallest labelled distance
     logits = model(x).detach().double().numpy()
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(margin_uncertainty(logits), 1 - np.abs(p[:, 0] - p[:, 1]))
@@ -128,8 +144,10 @@ def test_uherding_weights_are_margins_and_its_bandwidth_follows_the_labelled_set
     cand = x.double().numpy()
     w = margin_uncertainty(logits)
     base = _coverage(cand, list(lab), sigma, w)
-    expected = [(_coverage(cand, list(lab) + [cand[j]], sigma, w) - base) / len(cand)
-                for j in range(len(cand))]
+    expected = [
+        (_coverage(cand, list(lab) + [cand[j]], sigma, w) - base) / len(cand)
+        for j in range(len(cand))
+    ]
     np.testing.assert_allclose(result.scores, expected, rtol=1e-9, atol=1e-14)
 
 

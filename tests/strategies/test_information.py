@@ -1,4 +1,5 @@
 """Closed-form EPIG and BALD on the linearised network, against explicit kernels and solves."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,14 +31,14 @@ class _Net(nn.Module):
 
 
 def _context(x_c, x_l, y_l, model, seed=0):
-    return QueryContext(model=model, x_candidates=x_c, x_labelled=x_l, y_labelled=y_l,
-                        num_classes=K, seed=seed)
+    return QueryContext(
+        model=model, x_candidates=x_c, x_labelled=x_l, y_labelled=y_l, num_classes=K, seed=seed
+    )
 
 
 def _data(n=5, m=9, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(m, 3, generator=g), torch.randn(n, 3, generator=g),
-            torch.arange(n) % K)
+    return (torch.randn(m, 3, generator=g), torch.randn(n, 3, generator=g), torch.arange(n) % K)
 
 
 def _flat(theta, kind):
@@ -50,11 +51,12 @@ def _flat(theta, kind):
 def _posterior(model, x_c, x_l, kind):
     """Σ over the candidates by a direct solve on explicit kernels, as (m, m) or (m, m, k, k)."""
     n, m = x_l.shape[0], x_c.shape[0]
-    theta = empirical_ntk(model, torch.cat([x_l, x_c]).double(), kind=kind,
-                          implementation="jacobian").to(F64)
+    theta = empirical_ntk(
+        model, torch.cat([x_l, x_c]).double(), kind=kind, implementation="jacobian"
+    ).to(F64)
     p = K if kind == "full" else 1
     flat = _flat(theta, kind)
-    tll, tcl, tcc = flat[:n * p, :n * p], flat[n * p:, :n * p], flat[n * p:, n * p:]
+    tll, tcl, tcc = flat[: n * p, : n * p], flat[n * p :, : n * p], flat[n * p :, n * p :]
     sigma = tcc - tcl @ torch.linalg.solve(tll, tcl.T)
     if kind != "full":
         return sigma
@@ -73,8 +75,9 @@ def _brute_scores(sigma, eval_pos, noise, kind):
             total = 0.0
             for i in eval_pos:
                 a = sigma[i, i] + noise * torch.eye(K, dtype=F64)
-                joint = torch.cat([torch.cat([a, sigma[i, j]], 1),
-                                   torch.cat([sigma[j, i], b], 1)], 0)
+                joint = torch.cat(
+                    [torch.cat([a, sigma[i, j]], 1), torch.cat([sigma[j, i], b], 1)], 0
+                )
                 total += 0.5 * float(torch.logdet(a) + torch.logdet(b) - torch.logdet(joint))
         else:
             sjj = float(sigma[j, j])
@@ -82,7 +85,7 @@ def _brute_scores(sigma, eval_pos, noise, kind):
             total = 0.0
             for i in eval_pos:
                 sii, sij = float(sigma[i, i]), float(sigma[i, j])
-                det_joint = (sii + noise) * (sjj + noise) - sij ** 2
+                det_joint = (sii + noise) * (sjj + noise) - sij**2
                 total += 0.5 * K * np.log((sii + noise) * (sjj + noise) / det_joint)
         epig[j] = total / len(eval_pos)
     return epig, bald
@@ -119,7 +122,7 @@ def test_default_noise_is_the_labelled_residual_rule(engine):
         f0 = model(x_l).double()
     resid = torch.nn.functional.one_hot(y_l, K).double() - f0
     sigma = _posterior(model, x_c, x_l, "pseudo")
-    expected = max(float((resid ** 2).mean()), 1e-3 * float(sigma.diagonal().mean()))
+    expected = max(float((resid**2).mean()), 1e-3 * float(sigma.diagonal().mean()))
     assert result.info["noise"] == pytest.approx(expected, rel=1e-9)
     # an interpolating fit (zero residuals) falls back to the floor; so does an empty L
     var = torch.tensor([2.0, 4.0], dtype=F64)
@@ -147,8 +150,8 @@ def test_epig_is_density_aware_and_bald_is_not():
     ctx = _context(x_c, x_l, y_l, model)
     epig = NTKEPIG(noise=1e-3, eval_size="all").query(ctx, 1)
     bald = NTKBALD(noise=1e-3, eval_size="all").query(ctx, 1)
-    assert group[epig.indices[0]] == 0                  # the clump stands for most of E
-    assert group[bald.indices[0]] != 0                  # BALD: the largest own variance
+    assert group[epig.indices[0]] == 0  # the clump stands for most of E
+    assert group[bald.indices[0]] != 0  # BALD: the largest own variance
     sigma = _posterior(model, x_c, x_l, "pseudo").diagonal()
     assert int(bald.indices[0]) == int(torch.argmax(sigma))
 
@@ -161,8 +164,8 @@ def test_greedy_epig_does_not_spend_a_batch_on_near_copies():
     ctx = _context(x_c, x_l, y_l, model)
     topk = NTKEPIG(noise=1e-3, eval_size="all").query(ctx, 3)
     greedy = NTKEPIG(noise=1e-3, eval_size="all", selection="greedy").query(ctx, 3)
-    assert (group[topk.indices] == 0).all()             # independent scores: all from the clump
-    assert (group[greedy.indices] == 0).sum() == 1      # conditioned: one copy is enough
+    assert (group[topk.indices] == 0).all()  # independent scores: all from the clump
+    assert (group[greedy.indices] == 0).sum() == 1  # conditioned: one copy is enough
     np.testing.assert_allclose(greedy.scores, topk.scores)  # first round is the same
 
 
@@ -187,7 +190,7 @@ def test_parameters_are_checked_and_settings_forwarded():
     with pytest.raises(ValueError, match="noise"):
         get_strategy("ntk_bald", noise=True)
     strategy = get_strategy("ntk_bald", kernel="full", selection="greedy", noise=0.1)
-    settings = getattr(strategy, "settings", strategy)     # flat today, a settings object later
+    settings = getattr(strategy, "settings", strategy)  # flat today, a settings object later
     assert settings.kernel == "full" and strategy.selection == "greedy"
     with pytest.raises(TypeError):
         get_strategy("ntk_epig", no_such_setting=1)

@@ -1,4 +1,5 @@
 """TypiClust and ProbCover against the rules of their authors' code, by brute force."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,14 @@ from ntkal.strategies.typicality import ProbCover, TypiClust, _purity_radius, ty
 def _context(x_c, x_l=None, k=3, seed=0):
     if x_l is None:
         x_l = x_c[:0]
-    return QueryContext(model=torch.nn.Identity(), x_candidates=x_c, x_labelled=x_l,
-                        y_labelled=torch.zeros(x_l.shape[0], dtype=torch.long), num_classes=k,
-                        seed=seed)
+    return QueryContext(
+        model=torch.nn.Identity(),
+        x_candidates=x_c,
+        x_labelled=x_l,
+        y_labelled=torch.zeros(x_l.shape[0], dtype=torch.long),
+        num_classes=k,
+        seed=seed,
+    )
 
 
 def _brute_typicality(feats, k):
@@ -28,8 +34,9 @@ def _brute_typicality(feats, k):
 def test_typicality_is_the_inverse_mean_squared_distance_to_other_points():
     feats = np.random.default_rng(0).normal(size=(15, 3))
     for k in (1, 4, 14, 30):
-        np.testing.assert_allclose(typicality(feats, k), _brute_typicality(feats, min(k, 14)),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            typicality(feats, k), _brute_typicality(feats, min(k, 14)), rtol=1e-10
+        )
     # a duplicate pair: each is the other's nearest neighbour at distance 0, not itself
     dup = np.concatenate([feats[:1], feats])
     np.testing.assert_allclose(typicality(dup, 1)[:2], [1e5, 1e5], rtol=1e-12)
@@ -42,10 +49,11 @@ def test_one_cluster_picks_follow_the_reference_rule_recomputed_after_each_pick(
     # K = min(neighbours, |unlabelled| // 2), over the points not yet picked
     g = torch.Generator().manual_seed(1)
     x_c = torch.cat([torch.randn(20, 2, generator=g), 3 + 0.3 * torch.randn(9, 2, generator=g)])
-    x_l = 3 + 0.01 * torch.randn(6, 2, generator=g)          # labelled points inside the clump
+    x_l = 3 + 0.01 * torch.randn(6, 2, generator=g)  # labelled points inside the clump
     budget = 8
-    got = TypiClust(representation="inputs", max_clusters=1).query(
-        _context(x_c, x_l), budget).indices
+    got = (
+        TypiClust(representation="inputs", max_clusters=1).query(_context(x_c, x_l), budget).indices
+    )
     feats = x_c.double().numpy()
     left = list(range(len(feats)))
     expected = []
@@ -57,8 +65,9 @@ def test_one_cluster_picks_follow_the_reference_rule_recomputed_after_each_pick(
 
 def _three_blobs(sizes, centres=((10.0, 0.0), (0.0, 10.0), (-10.0, -10.0)), spread=0.5):
     g = torch.Generator().manual_seed(0)
-    parts = [torch.tensor(c) + spread * torch.randn(s, 2, generator=g)
-             for c, s in zip(centres, sizes)]
+    parts = [
+        torch.tensor(c) + spread * torch.randn(s, 2, generator=g) for c, s in zip(centres, sizes)
+    ]
     blob = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
     return torch.cat(parts), blob
 
@@ -84,7 +93,7 @@ def test_exhausted_and_small_clusters_are_used_only_when_the_kept_ones_run_out()
     x, blob = _three_blobs((3, 4, 20))
     result = TypiClust(representation="inputs", max_clusters=3).query(_context(x), 27)
     assert sorted(result.indices.tolist()) == list(range(27))
-    assert set(blob[result.indices[:20]].tolist()) == {2}      # the one kept cluster first
+    assert set(blob[result.indices[:20]].tolist()) == {2}  # the one kept cluster first
     assert result.info["kept_clusters"] == 1
 
 
@@ -100,14 +109,16 @@ def test_probcover_radius_is_the_largest_grid_radius_that_is_pure_enough():
     pseudo = _kmeans(feats, 3, 0)
     purity = []
     for delta in grid:
-        pure = [all(pseudo[j] == pseudo[i] for j in range(len(feats)) if dist[i, j] < delta)
-                for i in range(len(feats))]
+        pure = [
+            all(pseudo[j] == pseudo[i] for j in range(len(feats)) if dist[i, j] < delta)
+            for i in range(len(feats))
+        ]
         purity.append(np.mean(pure))
     for alpha in (1.0, purity[5], purity[12]):
         ok = [p >= alpha for p in purity]
         last = (ok.index(False) if False in ok else len(ok)) - 1
         expected = grid[max(last, 0)]
         assert _purity_radius(feats, dist, 3, alpha, 0) == expected
-    assert _purity_radius(feats, dist, 3, 1.0, 0) > grid[0]     # purity 1 is reached
+    assert _purity_radius(feats, dist, 3, 1.0, 0) > grid[0]  # purity 1 is reached
     chosen = ProbCover(representation="inputs", purity=1.0).query(_context(x), 3)
     assert chosen.info["radius"] > grid[0]

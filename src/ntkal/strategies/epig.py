@@ -9,6 +9,7 @@ AISTATS 2023 (and baal's ``EPIG`` heuristic): with ``T`` consistent dropout mask
 ``p(y, y*) = (1/T) Σ_t p_t(y | x) p_t(y* | x*)`` and EPIG is the mean over target inputs of the
 KL divergence from ``p(y) p(y*)`` to that joint.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ from ntkal.strategies.forward_passes import mc_dropout_probabilities
 __all__ = ["EPIG", "epig_from_probs"]
 
 
-def epig_from_probs(probs_pool: np.ndarray, probs_target: np.ndarray,
-                    max_elements: int = 2**24) -> np.ndarray:
+def epig_from_probs(
+    probs_pool: np.ndarray, probs_target: np.ndarray, max_elements: int = 2**24
+) -> np.ndarray:
     """EPIG of every pool point from MC samples, ``(n,)`` nats.
 
     Parameters
@@ -36,19 +38,21 @@ def epig_from_probs(probs_pool: np.ndarray, probs_target: np.ndarray,
     """
     t_count, n, k = probs_pool.shape
     if probs_target.shape[0] != t_count or probs_target.shape[2] != k:
-        raise ValueError(f"pool samples {probs_pool.shape} and target samples "
-                         f"{probs_target.shape} disagree in masks or classes")
+        raise ValueError(
+            f"pool samples {probs_pool.shape} and target samples "
+            f"{probs_target.shape} disagree in masks or classes"
+        )
     e_count = probs_target.shape[1]
-    marg_target = probs_target.mean(axis=0)                                   # (E, k)
+    marg_target = probs_target.mean(axis=0)  # (E, k)
     chunk = max(1, max_elements // max(1, e_count * k * k))
     out = np.empty(n)
     for start in range(0, n, chunk):
-        pool = probs_pool[:, start:start + chunk]                             # (T, c, k)
+        pool = probs_pool[:, start : start + chunk]  # (T, c, k)
         joint = np.einsum("tja,teb->jeab", pool, probs_target, optimize=True) / t_count
         indep = pool.mean(axis=0)[:, None, :, None] * marg_target[None, :, None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = xlogy(joint, joint) - xlogy(joint, indep)
-        out[start:start + chunk] = kl.sum(axis=(2, 3)).mean(axis=1)
+        out[start : start + chunk] = kl.sum(axis=(2, 3)).mean(axis=1)
     return np.maximum(out, 0.0)  # a mutual information: non-negative in exact arithmetic
 
 
@@ -82,9 +86,14 @@ class EPIG(Strategy):
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
-        probs = mc_dropout_probabilities(context.model, context.x_candidates,
-                                         num_samples=self.num_samples, seed=context.seed,
-                                         device=context.device, batch_size=context.batch_size)
+        probs = mc_dropout_probabilities(
+            context.model,
+            context.x_candidates,
+            num_samples=self.num_samples,
+            seed=context.seed,
+            device=context.device,
+            batch_size=context.batch_size,
+        )
         rng = np.random.default_rng(context.seed)
         m = context.num_candidates
         targets = np.sort(rng.choice(m, size=min(self.num_targets, m), replace=False))
@@ -92,5 +101,6 @@ class EPIG(Strategy):
         if not np.isfinite(scores).all():
             raise FloatingPointError("EPIG scores are not finite")
         indices = top_k(scores, budget, rng=rng)
-        return QueryResult(indices=indices.astype(np.int64), scores=scores,
-                           info={"targets": targets})
+        return QueryResult(
+            indices=indices.astype(np.int64), scores=scores, info={"targets": targets}
+        )

@@ -13,9 +13,8 @@ References: Bae, Noh & Sutherland, "Generalized Coverage for More Robust Low-Bud
 Learning", ECCV 2024; Bae, Oliveira & Sutherland, "Uncertainty Herding: One Active Learning Method
 for All Label Budgets", ICLR 2025.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -23,18 +22,28 @@ import torch
 from ntkal.arguments import as_float, as_int
 from ntkal.models.forward import predict_logits
 from ntkal.strategies.base import QueryContext, QueryResult, Strategy, check_budget
-from ntkal.strategies.typicality import (Representation, _check_representation, _cdist,
-                                        representation_features)
+from ntkal.strategies.typicality import (
+    Representation,
+    _cdist,
+    _check_representation,
+    representation_features,
+)
 
-__all__ = ["MaxHerding", "UncertaintyHerding", "coverage_gains", "herding_select",
-           "gaussian_kernel", "margin_uncertainty"]
+__all__ = [
+    "MaxHerding",
+    "UncertaintyHerding",
+    "coverage_gains",
+    "herding_select",
+    "gaussian_kernel",
+    "margin_uncertainty",
+]
 
 
 def gaussian_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     """``exp(-‖a_i - b_j‖² / σ²)``, ``(len(a), len(b))`` float64."""
     if a.shape[0] == 0 or b.shape[0] == 0:
         return np.zeros((a.shape[0], b.shape[0]))
-    return np.exp(-(_cdist(a, b) ** 2) / bandwidth ** 2)
+    return np.exp(-(_cdist(a, b) ** 2) / bandwidth**2)
 
 
 def coverage_gains(kernel: np.ndarray, covered: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -46,15 +55,16 @@ def coverage_gains(kernel: np.ndarray, covered: np.ndarray, weights: np.ndarray)
     return (weights @ np.maximum(kernel - covered[:, None], 0.0)) / kernel.shape[0]
 
 
-def herding_select(kernel: np.ndarray, covered: np.ndarray, weights: np.ndarray,
-                   budget: int) -> tuple[np.ndarray, np.ndarray]:
+def herding_select(
+    kernel: np.ndarray, covered: np.ndarray, weights: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy maximisation of the weighted coverage: ``budget`` positions in choice order, and the
     gains before the first pick. Ties go to the lowest position; once nothing more can be covered
     the remaining picks follow the same rule (gain 0), never repeating a point."""
     covered = covered.astype(np.float64).copy()
     remaining = np.ones(kernel.shape[0], dtype=bool)
     chosen: list[int] = []
-    first = None
+    first: np.ndarray | None = None
     for _ in range(budget):
         gain = coverage_gains(kernel, covered, weights)
         if first is None:
@@ -64,6 +74,7 @@ def herding_select(kernel: np.ndarray, covered: np.ndarray, weights: np.ndarray,
         chosen.append(pick)
         remaining[pick] = False
         covered = np.maximum(covered, kernel[:, pick])
+    assert first is not None  # budget >= 1
     return np.asarray(chosen, dtype=np.int64), first
 
 
@@ -92,20 +103,28 @@ def margin_uncertainty(logits: np.ndarray, temperature: float = 1.0) -> np.ndarr
 class _Herding(Strategy):
     """Shared representation, bandwidth and greedy loop of the herding strategies."""
 
-    def __init__(self, representation: Representation = "embedding",
-                 bandwidth: Optional[float] = None, normalize: bool = True,
-                 pca_components: int = 50) -> None:
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        bandwidth: float | None = None,
+        normalize: bool = True,
+        pca_components: int = 50,
+    ) -> None:
         self.representation = _check_representation(representation)
-        self.bandwidth = None if bandwidth is None else as_float(
-            bandwidth, "bandwidth", minimum=0.0, strict_minimum=True)
+        self.bandwidth = (
+            None
+            if bandwidth is None
+            else as_float(bandwidth, "bandwidth", minimum=0.0, strict_minimum=True)
+        )
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be True or False, got {normalize!r}")
         self.normalize = normalize
         self.pca_components = as_int(pca_components, "pca_components", minimum=1)
 
     def _features(self, context: QueryContext) -> tuple[np.ndarray, np.ndarray]:
-        cand, lab = representation_features(context, self.representation, self.pca_components,
-                                            context.seed)
+        cand, lab = representation_features(
+            context, self.representation, self.pca_components, context.seed
+        )
         if self.normalize:
             cand = _normalise(cand)
             lab = _normalise(lab) if lab.shape[0] else lab
@@ -122,11 +141,17 @@ class _Herding(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
         cand, lab = self._features(context)
-        sigma = self.bandwidth if self.bandwidth is not None else \
-            self._auto_bandwidth(cand, lab, context.seed)
+        sigma = (
+            self.bandwidth
+            if self.bandwidth is not None
+            else self._auto_bandwidth(cand, lab, context.seed)
+        )
         kernel = gaussian_kernel(cand, cand, sigma)
-        covered = gaussian_kernel(cand, lab, sigma).max(axis=1) if lab.shape[0] else \
-            np.zeros(cand.shape[0])
+        covered = (
+            gaussian_kernel(cand, lab, sigma).max(axis=1)
+            if lab.shape[0]
+            else np.zeros(cand.shape[0])
+        )
         weights = self._weights(context)
         chosen, gains = herding_select(kernel, covered, weights, budget)
         return QueryResult(indices=chosen, scores=gains, info={"bandwidth": sigma})
@@ -193,11 +218,20 @@ class UncertaintyHerding(_Herding):
 
     name = "uherding"
 
-    def __init__(self, representation: Representation = "embedding",
-                 bandwidth: Optional[float] = None, temperature: float = 1.0,
-                 normalize: bool = True, pca_components: int = 50) -> None:
-        super().__init__(representation=representation, bandwidth=bandwidth,
-                         normalize=normalize, pca_components=pca_components)
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        bandwidth: float | None = None,
+        temperature: float = 1.0,
+        normalize: bool = True,
+        pca_components: int = 50,
+    ) -> None:
+        super().__init__(
+            representation=representation,
+            bandwidth=bandwidth,
+            normalize=normalize,
+            pca_components=pca_components,
+        )
         self.temperature = as_float(temperature, "temperature", minimum=0.0, strict_minimum=True)
 
     def _auto_bandwidth(self, cand: np.ndarray, lab: np.ndarray, seed: int) -> float:
@@ -207,8 +241,13 @@ class UncertaintyHerding(_Herding):
         return super()._auto_bandwidth(cand, lab, seed)
 
     def _weights(self, context: QueryContext) -> np.ndarray:
-        logits = predict_logits(context.model, context.x_candidates, device=context.device,
-                                batch_size=context.batch_size, out_dtype=torch.float64).numpy()
+        logits = predict_logits(
+            context.model,
+            context.x_candidates,
+            device=context.device,
+            batch_size=context.batch_size,
+            out_dtype=torch.float64,
+        ).numpy()
         u = margin_uncertainty(logits, self.temperature)
         if not np.isfinite(u).all():
             raise FloatingPointError("the network's outputs give non-finite uncertainties")

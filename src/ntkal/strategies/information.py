@@ -17,9 +17,10 @@ Both are label-free; EPIG is density-aware (a candidate correlated with many poi
 much, an outlier little) and prediction-oriented (it ignores what a label says about directions
 of the network that do not affect E). They are streamed block by block like variance reduction.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +61,9 @@ def _psd_blocks(var: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp_min(0.0).unsqueeze(1)) @ evecs.transpose(1, 2)
 
 
-def noise_variance(residuals: Optional[torch.Tensor], eval_variance: torch.Tensor,
-                   floor: float = NOISE_FLOOR) -> float:
+def noise_variance(
+    residuals: torch.Tensor | None, eval_variance: torch.Tensor, floor: float = NOISE_FLOOR
+) -> float:
     """σ² by the documented rule: the mean squared residual ``(y − f0(x))²`` of the trained
     network on the labelled set (per output, one-hot targets), but at least ``floor`` × the mean
     posterior variance on E (per output), so that an interpolating network or an empty labelled
@@ -69,8 +71,11 @@ def noise_variance(residuals: Optional[torch.Tensor], eval_variance: torch.Tenso
     var = eval_variance.to(_F64)
     per_output = var.mean() if var.ndim == 1 else var.diagonal(dim1=1, dim2=2).mean()
     lower = floor * float(per_output.clamp_min(0.0))
-    mse = float((residuals.to(_F64) ** 2).mean()) if residuals is not None and \
-        residuals.numel() else 0.0
+    mse = (
+        float((residuals.to(_F64) ** 2).mean())
+        if residuals is not None and residuals.numel()
+        else 0.0
+    )
     noise = max(mse, lower)
     return noise if noise > 0 else 1.0
 
@@ -94,34 +99,36 @@ def epig_scores(block: LookaheadBlock, eval_var: torch.Tensor, noise: float) -> 
     cov = block.cov.to(_F64)
     if block.pivot_evecs is None:
         k = block.f_bar_cand.shape[1]
-        a = eval_var.to(_F64) + noise                                            # (e,)
-        b = block.pivot_evals.to(_F64).clamp_min(0.0) + noise                    # (b,)
-        ratio = (cov ** 2) / (b[:, None] * a[None, :])
+        a = eval_var.to(_F64) + noise  # (e,)
+        b = block.pivot_evals.to(_F64).clamp_min(0.0) + noise  # (b,)
+        ratio = (cov**2) / (b[:, None] * a[None, :])
         # Cauchy-Schwarz keeps ratio < 1 for σ² > 0; the clamp only guards rounding.
         ratio = ratio.clamp(0.0, 1.0 - 1e-15)
         return -0.5 * k * torch.log1p(-ratio).mean(dim=1)
     # B_j^{-1/2} = V diag((λ + σ²)^{-1/2}) Vᵀ; A_i^{-1/2} likewise from an eigendecomposition.
     v = block.pivot_evecs.to(_F64)
-    b_root = (v * (block.pivot_evals.to(_F64).clamp_min(0.0) + noise).rsqrt().unsqueeze(1)) \
-        @ v.transpose(1, 2)                                                     # (b, k, k)
+    b_root = (
+        v * (block.pivot_evals.to(_F64).clamp_min(0.0) + noise).rsqrt().unsqueeze(1)
+    ) @ v.transpose(1, 2)  # (b, k, k)
     ea, ev = torch.linalg.eigh(eval_var.to(_F64))
     a_root = (ev * (ea.clamp_min(0.0) + noise).rsqrt().unsqueeze(1)) @ ev.transpose(1, 2)
     # cov[t, i] = Σ[x_i, x_jt]; M = A_i^{-1/2} Σ_ij B_j^{-1/2}, I(y_j; y*_i) = −½ log det(I − M Mᵀ)
-    mat = a_root.unsqueeze(0) @ cov @ b_root.unsqueeze(1)                       # (b, e, k, k)
+    mat = a_root.unsqueeze(0) @ cov @ b_root.unsqueeze(1)  # (b, e, k, k)
     sv = torch.linalg.svdvals(mat).clamp(0.0, 1.0 - 1e-8)
-    return -0.5 * torch.log1p(-(sv ** 2)).sum(dim=2).mean(dim=1)
+    return -0.5 * torch.log1p(-(sv**2)).sum(dim=2).mean(dim=1)
 
 
 class _Information(LookaheadStrategy):
     """Shared σ² rule and Σ_ii bookkeeping of the closed-form information criteria."""
 
-    def __init__(self, noise: Optional[float] = None, **settings: Any) -> None:
+    def __init__(self, noise: float | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self.noise = None if noise is None else as_float(noise, "noise", minimum=0.0,
-                                                         strict_minimum=True)
+        self.noise = (
+            None if noise is None else as_float(noise, "noise", minimum=0.0, strict_minimum=True)
+        )
         # set for the duration of one scoring pass (read by score_block)
-        self._noise_used: Optional[float] = None
-        self._eval_var: Optional[torch.Tensor] = None
+        self._noise_used: float | None = None
+        self._eval_var: torch.Tensor | None = None
 
     def lookahead(self, context: QueryContext):
         """The linearised network, with σ² fixed on it (:meth:`noise_for`) from the labelled
@@ -129,25 +136,31 @@ class _Information(LookaheadStrategy):
         sequential session keeps one σ² throughout."""
         la = super().lookahead(context)
         residuals = None
-        if self.noise is None and context.x_labelled is not None \
-                and context.x_labelled.shape[0]:
-            f0 = predict_logits(context.model, context.x_labelled, device=context.device,
-                                batch_size=context.batch_size, out_dtype=_F64).cpu()
-            onehot = torch.nn.functional.one_hot(context.y_labelled.long().cpu(),
-                                                 f0.shape[1]).to(_F64)
+        if self.noise is None and context.x_labelled is not None and context.x_labelled.shape[0]:
+            f0 = predict_logits(
+                context.model,
+                context.x_labelled,
+                device=context.device,
+                batch_size=context.batch_size,
+                out_dtype=_F64,
+            ).cpu()
+            onehot = torch.nn.functional.one_hot(context.y_labelled.long().cpu(), f0.shape[1]).to(
+                _F64
+            )
             residuals = onehot - f0
-        la._information_noise = self.noise_for(la, residuals)
+        la._information_noise = self.noise_for(la, residuals)  # type: ignore[attr-defined]
         return la
 
-    def noise_for(self, la: Any, residuals: Optional[torch.Tensor] = None) -> float:
+    def noise_for(self, la: Any, residuals: torch.Tensor | None = None) -> float:
         """σ²: the ``noise`` parameter if given, else :func:`noise_variance` of the labelled
         ``residuals`` and the current Σ_ii on E of ``la``."""
         if self.noise is not None:
             return self.noise
         return noise_variance(residuals, _eval_variance(la))
 
-    def score_candidates(self, la: Any, positions: Optional[np.ndarray] = None,
-                         f_bar0: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_candidates(
+        self, la: Any, positions: np.ndarray | None = None, f_bar0: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Σ_ii on E changes with every conditioning (greedy batches, sequential sessions): read
         # it afresh for each scoring pass; σ² stays the one fixed when the network was built.
         noise = getattr(la, "_information_noise", None)
@@ -193,8 +206,10 @@ class NTKEPIG(_Information):
 
     name = "ntk_epig"
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self._eval_var is not None and self._noise_used is not None
         scores = epig_scores(block, self._eval_var, self._noise_used)
         return scores.cpu().numpy(), own_variance(block).cpu().numpy()
 
@@ -219,8 +234,9 @@ class NTKBALD(_Information):
 
     name = "ntk_bald"
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self._noise_used is not None
         scores = bald_scores(block, self._noise_used)
         return scores.cpu().numpy(), own_variance(block).cpu().numpy()
-

@@ -8,9 +8,10 @@ representation that needs no trained network: use it to pick the *initial* label
 ``initial_strategy`` in :mod:`ntkal.experiments.config`), or any callable the user gives (e.g. a
 self-supervised encoder: ``representation=lambda x: encoder(x)``).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,27 +23,29 @@ from ntkal.strategies.forward_passes import eval_embeddings
 __all__ = ["TypiClust", "ProbCover", "REPRESENTATIONS", "representation_features", "typicality"]
 
 REPRESENTATIONS = ("embedding", "pca", "inputs")
-Representation = Union[str, Callable[[torch.Tensor], object]]
+Representation = str | Callable[[torch.Tensor], object]
 
 
 def _check_representation(representation: Representation) -> Representation:
     if callable(representation):
         return representation
     if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS} or a callable "
-                         f"mapping inputs to (n, d) features; got {representation!r}")
+        raise ValueError(
+            f"representation must be one of {REPRESENTATIONS} or a callable "
+            f"mapping inputs to (n, d) features; got {representation!r}"
+        )
     return representation
 
 
-def _flat(x: Optional[torch.Tensor]) -> np.ndarray:
+def _flat(x: torch.Tensor | None) -> np.ndarray:
     if x is None or x.shape[0] == 0:
         return np.zeros((0, 0))
     return x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy()
 
 
-def representation_features(context: QueryContext, representation: Representation,
-                            pca_components: int = 50, seed: int = 0
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def representation_features(
+    context: QueryContext, representation: Representation, pca_components: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(candidates (m, d), labelled (n, d))`` of the context's points, float64.
 
     ``"pca"`` fits the PCA on candidates and labelled points together (deterministic under
@@ -50,25 +53,36 @@ def representation_features(context: QueryContext, representation: Representatio
     """
     n_lab = 0 if context.x_labelled is None else int(context.x_labelled.shape[0])
     if callable(representation):
+
         def encode(x):
             if x is None or x.shape[0] == 0:
                 return None
             with torch.no_grad():
                 out = representation(x)
-            out = np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out,
-                             dtype=np.float64)
+            out = np.asarray(
+                out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64
+            )
             if out.ndim != 2 or out.shape[0] != x.shape[0]:
-                raise ValueError(f"the representation callable must return (n, d) features for n "
-                                 f"inputs; got shape {out.shape} for n = {x.shape[0]}")
+                raise ValueError(
+                    f"the representation callable must return (n, d) features for n "
+                    f"inputs; got shape {out.shape} for n = {x.shape[0]}"
+                )
             return out
+
         cand = encode(context.x_candidates)
         lab = encode(context.x_labelled)
         lab = np.zeros((0, cand.shape[1])) if lab is None else lab
     elif representation == "embedding":
-        kw = dict(device=context.device, batch_size=context.batch_size)
-        cand = eval_embeddings(context.model, context.x_candidates, **kw).numpy()
-        lab = (eval_embeddings(context.model, context.x_labelled, **kw).numpy() if n_lab
-               else np.zeros((0, cand.shape[1])))
+
+        def embed(x: torch.Tensor) -> np.ndarray:
+            out = eval_embeddings(
+                context.model, x, device=context.device, batch_size=context.batch_size
+            )
+            assert isinstance(out, torch.Tensor)
+            return out.numpy()
+
+        cand = embed(context.x_candidates)
+        lab = embed(context.x_labelled) if n_lab else np.zeros((0, cand.shape[1]))
     else:
         cand = _flat(context.x_candidates)
         lab = _flat(context.x_labelled) if n_lab else np.zeros((0, cand.shape[1]))
@@ -78,7 +92,7 @@ def representation_features(context: QueryContext, representation: Representatio
             both = np.concatenate([cand, lab])
             comps = int(min(pca_components, both.shape[0], both.shape[1]))
             both = PCA(n_components=comps, random_state=seed).fit_transform(both)
-            cand, lab = both[:cand.shape[0]], both[cand.shape[0]:]
+            cand, lab = both[: cand.shape[0]], both[cand.shape[0] :]
     if not (np.isfinite(cand).all() and np.isfinite(lab).all()):
         raise ValueError("the representation has NaN or infinite features")
     return cand, lab
@@ -92,8 +106,9 @@ def _kmeans(features: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     if clusters <= 50:
         model = KMeans(n_clusters=clusters, n_init=1, random_state=seed)
     else:  # as in the reference implementation: many clusters, mini-batch k-means
-        model = MiniBatchKMeans(n_clusters=clusters, n_init=1, random_state=seed,
-                                batch_size=max(1024, 3 * clusters))
+        model = MiniBatchKMeans(
+            n_clusters=clusters, n_init=1, random_state=seed, batch_size=max(1024, 3 * clusters)
+        )
     # k-means++ makes many tiny BLAS calls: one thread is several times faster than a pool
     # (and far faster on busy cores); the clustering is the same.
     with threadpool_limits(limits=1):
@@ -167,8 +182,14 @@ class TypiClust(Strategy):
 
     name = "typiclust"
 
-    def __init__(self, representation: Representation = "embedding", pca_components: int = 50,
-                 neighbours: int = 20, min_cluster_size: int = 5, max_clusters: int = 500) -> None:
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        pca_components: int = 50,
+        neighbours: int = 20,
+        min_cluster_size: int = 5,
+        max_clusters: int = 500,
+    ) -> None:
         self.representation = _check_representation(representation)
         self.pca_components = as_int(pca_components, "pca_components", minimum=1)
         self.neighbours = as_int(neighbours, "neighbours", minimum=1)
@@ -177,11 +198,13 @@ class TypiClust(Strategy):
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
-        cand, lab = representation_features(context, self.representation, self.pca_components,
-                                            context.seed)
+        cand, lab = representation_features(
+            context, self.representation, self.pca_components, context.seed
+        )
         m, n = cand.shape[0], lab.shape[0]
-        labels = _kmeans(np.concatenate([cand, lab]), min(n + budget, self.max_clusters),
-                         context.seed)
+        labels = _kmeans(
+            np.concatenate([cand, lab]), min(n + budget, self.max_clusters), context.seed
+        )
         cand_cluster = labels[:m]
         clusters, size = np.unique(labels, return_counts=True)
         covered = np.array([np.sum(labels[m:] == c) for c in clusters])
@@ -191,7 +214,7 @@ class TypiClust(Strategy):
         kept = [c for c in order.tolist() if size_of[c] > self.min_cluster_size]
         dropped = [c for c in order.tolist() if size_of[c] <= self.min_cluster_size]
         members_of = {c: np.flatnonzero(cand_cluster == c) for c in clusters.tolist()}
-        left = {c: int(v.size) for c, v in members_of.items()}       # candidates not yet picked
+        left = {c: int(v.size) for c, v in members_of.items()}  # candidates not yet picked
         scores = np.zeros(m)
         for members in members_of.values():
             if members.size:
@@ -212,17 +235,24 @@ class TypiClust(Strategy):
                 chosen.append(pick)
                 remaining[pick] = False
                 left[c] -= 1
-        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=scores,
-                           info={"clusters": int(clusters.size), "kept_clusters": len(kept)})
+        return QueryResult(
+            indices=np.asarray(chosen, dtype=np.int64),
+            scores=scores,
+            info={"clusters": int(clusters.size), "kept_clusters": len(kept)},
+        )
 
 
-def _purity_radius(feats: np.ndarray, dist: np.ndarray, num_classes: int, alpha: float,
-                   seed: int) -> float:
+def _purity_radius(
+    feats: np.ndarray, dist: np.ndarray, num_classes: int, alpha: float, seed: int
+) -> float:
     """Largest δ (on a grid of distance quantiles) whose balls are ``alpha``-pure with respect to a
     k-means clustering into ``num_classes`` clusters (Yehuda et al., Sec. 4)."""
     pseudo = _kmeans(feats, num_classes, seed)
-    off = dist[~np.eye(dist.shape[0], dtype=bool)] if dist.shape[0] <= 4000 else \
-        dist[np.random.default_rng(seed).integers(0, dist.shape[0], 4000)].ravel()
+    off = (
+        dist[~np.eye(dist.shape[0], dtype=bool)]
+        if dist.shape[0] <= 4000
+        else dist[np.random.default_rng(seed).integers(0, dist.shape[0], 4000)].ravel()
+    )
     grid = np.quantile(off, np.geomspace(1e-3, 0.3, 24))
     best = float(grid[0])
     differs = pseudo[:, None] != pseudo[None, :]
@@ -266,26 +296,35 @@ class ProbCover(Strategy):
 
     name = "probcover"
 
-    def __init__(self, representation: Representation = "embedding",
-                 radius: Optional[float] = None, purity: float = 0.95,
-                 pca_components: int = 50) -> None:
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        radius: float | None = None,
+        purity: float = 0.95,
+        pca_components: int = 50,
+    ) -> None:
         self.representation = _check_representation(representation)
-        self.radius = None if radius is None else as_float(radius, "radius", minimum=0.0,
-                                                           strict_minimum=True)
+        self.radius = (
+            None if radius is None else as_float(radius, "radius", minimum=0.0, strict_minimum=True)
+        )
         self.purity = as_float(purity, "purity", minimum=0.0, maximum=1.0, strict_minimum=True)
         self.pca_components = as_int(pca_components, "pca_components", minimum=1)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
-        cand, lab = representation_features(context, self.representation, self.pca_components,
-                                            context.seed)
+        cand, lab = representation_features(
+            context, self.representation, self.pca_components, context.seed
+        )
         m = cand.shape[0]
         feats = np.concatenate([cand, lab])
         feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         dist = _cdist(feats, feats)
-        radius = self.radius if self.radius is not None else _purity_radius(
-            feats, dist, context.num_classes, self.purity, context.seed)
-        ball = dist[:m] < radius                                         # (m, m + n)
+        radius = (
+            self.radius
+            if self.radius is not None
+            else _purity_radius(feats, dist, context.num_classes, self.purity, context.seed)
+        )
+        ball = dist[:m] < radius  # (m, m + n)
         covered = (dist[m:] < radius).any(axis=0) if lab.shape[0] else np.zeros(len(feats), bool)
         rng = np.random.default_rng(context.seed)
         remaining = np.ones(m, dtype=bool)
@@ -307,5 +346,6 @@ class ProbCover(Strategy):
             chosen.append(pick)
             remaining[pick] = False
             covered |= ball[pick]
-        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=scores,
-                           info={"radius": radius})
+        return QueryResult(
+            indices=np.asarray(chosen, dtype=np.int64), scores=scores, info={"radius": radius}
+        )
