@@ -25,6 +25,9 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
+    "ntkal.strategies.herding",
+    "ntkal.strategies.epig",
+    "ntkal.strategies.information",
 )
 _loaded = False
 
