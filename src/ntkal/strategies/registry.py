@@ -21,6 +21,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.learning_loss",
     "ntkal.strategies.lookahead",
     "ntkal.strategies.expected_error",
+    "ntkal.strategies.auto",
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
