@@ -22,6 +22,7 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.lookahead",
     "ntkal.strategies.sgd_lookahead",
     "ntkal.strategies.expected_error",
+    "ntkal.strategies.auto",
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
