@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import DenseLookahead
 from ntkal.strategies import get_strategy
 from ntkal.strategies.auto import Auto, loo_reliability, uncertainty_weights
 
@@ -75,7 +75,7 @@ def _problem(n=5, m=8, k=3, seed=1):
 def test_score_equals_the_weighted_variance_reduction_from_a_direct_solve(beta):
     theta, f0, y, n, m, k = _problem()
     onehot = torch.nn.functional.one_hot(y, k).to(F64)
-    la = Lookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
+    la = DenseLookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
     strategy = Auto()
     strategy.reliability = beta
     ref_eval, ref_cand = strategy.references(la)
@@ -104,7 +104,7 @@ def test_reliable_network_prefers_the_candidate_that_informs_uncertain_points():
     f0[1:7, 0] = 3.0                    # cluster A: a wide margin
     f0[7:10, 0] = 0.1                   # cluster B: nearly tied
     f0[10, 0], f0[11, 0] = 3.0, 0.1
-    la = Lookahead(theta[:1, :1], theta[1:, :1], theta[1:, 1:], f0[:1], f0[1:],
+    la = DenseLookahead(theta[:1, :1], theta[1:, :1], theta[1:, 1:], f0[:1], f0[1:],
                    torch.tensor([[0.0, 1.0]], dtype=F64))
     picks = {}
     for beta in (0.0, 1.0):

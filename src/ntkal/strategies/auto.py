@@ -20,7 +20,11 @@ network, steered by an estimate of how reliable the network already is:
   predicts its own labels well gets uncertainty-weighted selection.
 * **Selection**: greedy by default (each pick conditions the linearised network before the next, so
   a batch does not spend itself on one dense region); in sequential mode every true label conditions
-  it, and the weights follow the updated predictions.
+  it. The weights come from the reference predictions (the trained network's outputs; greedy
+  batches add what the pseudo-labels taught), and β is computed once per query or session.
+
+The LOO solve uses its own Θ(L, L) (the pseudo-NTK unless the strategy's kernel is scalar), about
+``n² P`` work next to the look-ahead's ``(n + e) m P``.
 
 References
 ----------
