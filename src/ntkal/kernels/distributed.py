@@ -30,7 +30,7 @@ import copy
 import math
 import os
 from contextlib import ExitStack
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
