@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Hashable, Iterator, MutableMapping, Optional
+from typing import Any, Iterator, MutableMapping, Optional
 
 __all__ = ["ray_cluster", "import_ray", "as_completed", "RayTaskFailed", "LOOPBACK",
            "LOCAL_OBJECT_STORE_BYTES"]
@@ -126,14 +126,14 @@ class RayTaskFailed(RuntimeError):
     """A task of :func:`as_completed` raised; ``key`` is its caller's key, ``cause`` the task's
     own exception (Ray's wrapper unwrapped)."""
 
-    def __init__(self, key: Hashable, cause: BaseException) -> None:
+    def __init__(self, key: Any, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.key = key
         self.cause = cause
 
 
-def as_completed(ray, pending: MutableMapping[Any, Hashable], *,
-                 force_cancel: bool = False) -> Iterator[tuple[Hashable, Any]]:
+def as_completed(ray, pending: MutableMapping[Any, Any], *,
+                 force_cancel: bool = False) -> Iterator[tuple[Any, Any]]:
     """Yield ``(key, result)`` for the object refs in ``pending`` (ref -> key) as they finish.
 
     ``pending`` may grow while this runs (a caller handing a freed worker its next part). A

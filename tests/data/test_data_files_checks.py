@@ -23,8 +23,8 @@ def _csv(path, labels, d=2):
 @pytest.mark.parametrize("a, b", [("Cat", "cat"), ("1", "1.0"), ("dog ", "DOG")])
 def test_labels_spelt_two_ways_are_refused(tmp_path, a, b):
     path = _csv(tmp_path / "pets.csv", [a, b, "other"] * 4)
-    with pytest.raises(ValueError, match=rf"pets.csv: labels .* differ only in case or number "
-                                         rf"format .* pass classes="):
+    with pytest.raises(ValueError, match=r"pets.csv: labels .* differ only in case or number "
+                                         r"format .* pass classes="):
         load_file_dataset(path)
 
 

@@ -30,7 +30,7 @@ import copy
 import math
 import os
 from contextlib import ExitStack
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -286,10 +286,9 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
     n1 = int(x1.shape[0])
     n2 = n1 if symmetric else int(x2.shape[0])
     if probed is None or n1 == 0 or n2 == 0:
-        kern, f1, f2 = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                                 max_memory=max_memory, dtype=dtype, progress=False,
-                                 precision=precision)
-        return (kern, f1, f2) if return_outputs else kern
+        empty = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
+                          max_memory=max_memory, dtype=dtype, progress=False, precision=precision)
+        return empty if return_outputs else empty[0]
     k = int(probed[0].shape[1])
     if stripes is None:
         stripes = 4 * max(1, int(getattr(executor, "workers", 1)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -141,8 +141,8 @@ def build_featuriser(model: nn.Module, params: dict, constants: dict, calls: dic
     costed for an ``n1 x n2`` kernel). ``params`` / ``constants`` and ``calls`` come from
     :func:`~ntkal.kernels._common.split_parameters` and the probe forward pass."""
     item = torch.empty((), dtype=input_dtype).element_size()
-    common = dict(kind=kind, num_classes=k, model=model, device=device, input_dtype=input_dtype,
-                  dtype=dtype)
+    common: dict[str, Any] = dict(kind=kind, num_classes=k, model=model, device=device,
+                                  input_dtype=input_dtype, dtype=dtype)
     if kind == "last_layer":
         featurise, contract, width = last_layer_pair(model)
         return Featuriser(block_shape=(), bytes_per_example=width * item,
