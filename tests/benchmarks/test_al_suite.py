@@ -113,7 +113,7 @@ def test_suite_configs_are_valid_and_regimes_scale_with_classes(suite):
             parse_config({**cfg, "strategies": suite.registered_lines(cfg["strategies"])})
     labels = [suite.line_label(s) for s in suite.STRATEGIES]
     assert len(labels) == len(set(labels))
-    assert {"epig", "ntk_epig", "ntk_bald", "maxherding", "uherding", "auto"} <= set(labels)
+    assert {"epig", "ntk_epig_greedy", "ntk_bald", "maxherding", "uherding", "auto"} <= set(labels)
     assert {"mlmoc", "mlmoc_seq", "mlmoc_greedy", "vr_greedy", "random"} <= set(labels)
 
 
