@@ -12,7 +12,7 @@ torch.manual_seed(0)
 model = build_model("mlp", data.in_shape, data.num_classes, width=128)
 
 learner = ActiveLearner(
-    model, "mlmoc", data.x_train,            # any registered strategy name, or a Strategy object
+    model, "auto", data.x_train,             # any registered strategy name, or a Strategy object
     num_classes=data.num_classes,
     train_config=TrainConfig(epochs=60, batch_size=32),
     subset=500,                              # score a random 500 of the unlabelled pool per query
