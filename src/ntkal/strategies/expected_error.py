@@ -57,9 +57,9 @@ class EER(LookaheadStrategy):
     temperature : float
         Softmax temperature ``T`` of both the label distribution and the error estimate;
         MSE-trained networks output near one-hot vectors whose plain softmax is nearly flat.
-    settings, selection, greedy_target, **settings_params
-        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy` (``kernel``,
-        ``eval_size``, ... flat or in ``settings``).
+    **lookahead : Any
+        ``settings``, ``selection``, ``greedy_target`` and flat settings (``kernel``,
+        ``eval_size``, ...), as in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
 
     References
     ----------

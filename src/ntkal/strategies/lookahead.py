@@ -257,9 +257,9 @@ class MLMOC(LookaheadStrategy):
         taught point lies outside its session) proposes what the continuing session would.
         Within a greedy batch, ``"f0"`` is moved by the batch's pseudo-labels
         (``f0 + (f̄_t − f̄_0)``; see :func:`ntkal.strategies.selection.pseudo_target`).
-    settings, selection, greedy_target, **settings_params
-        As in :class:`LookaheadStrategy` (``kernel``, ``eval_size``, ... flat or in
-        ``settings``).
+    **lookahead : Any
+        ``settings``, ``selection``, ``greedy_target`` and flat settings (``kernel``,
+        ``eval_size``, ...), as in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
 
     References
     ----------

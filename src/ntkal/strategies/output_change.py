@@ -68,9 +68,9 @@ class EMOC(LookaheadStrategy):
         The norm's order ``p``; 1 as in Freytag et al.
     temperature : float
         Softmax temperature of the label distribution.
-    settings, selection, greedy_target, **settings_params
-        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy` (``kernel``,
-        ``eval_size``, ... flat or in ``settings``).
+    **lookahead : Any
+        ``settings``, ``selection``, ``greedy_target`` and flat settings (``kernel``,
+        ``eval_size``, ...), as in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
 
     References
     ----------
