@@ -26,7 +26,10 @@ def _client(dataset, tmp_path, token=None, source=None, store="l.sqlite", **kwar
     session = LabellingSession(dataset, str(tmp_path / store), model, train_config=QUICK,
                                subset=100, source=source, use_dataset_labels=source is not None,
                                **kwargs)
-    return TestClient(create_app(session, token=token)), session
+    app = create_app(session, token=token)
+    client = TestClient(app, base_url="http://127.0.0.1:8765",
+                        headers={"X-Ntkal-Csrf": app.state.csrf})
+    return client, session
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,8 @@ def test_label_flow_duplicates_conflicts_undo_and_errors(digits, tmp_path):
                            ({"index": 1, "label": "zebra"}, "unknown class")]:
         bad = client.post("/api/labels", json=payload)
         assert bad.status_code == 400 and match in bad.json()["detail"]
-    assert client.post("/api/labels", content=b"{not json").status_code == 400
+    assert client.post("/api/labels", content=b"{not json",
+                       headers={"content-type": "application/json"}).status_code == 400
     assert len(session.store) == 1
     undo = client.post("/api/undo", json={"client": "t1"}).json()
     assert undo["undone"]["index"] == item["index"] and len(session.store) == 0
@@ -100,7 +104,7 @@ def test_export_import_round_trip(digits, tmp_path):
         [(3, 1, "1"), (8, 2, "2"), (21, 9, "9")]
     assert client.get("/api/export", params={"format": "xml"}).status_code == 400
     other, other_session = _client(digits, tmp_path, store="other.sqlite")
-    res = other.post("/api/import", content=csv_text, headers={"content-type": "text/csv"})
+    res = other.post("/api/import", json={"csv": csv_text})
     assert res.json() == {"added": 3, "skipped": 0}
     res = other.post("/api/import", json={"labels": [{"index": 3, "label": 1},
                                                      {"index": 4, "class": "7"}]})
@@ -111,8 +115,7 @@ def test_export_import_round_trip(digits, tmp_path):
     assert bad.status_code == 400 and "already labelled 1" in bad.json()["detail"]
     assert other_session.store.label_of(5) is None
     assert other_session.learner.labelled_indices.size == 4   # the learner follows the store
-    assert other.post("/api/import", content=b"index,label\nx,1\n",
-                      headers={"content-type": "text/csv"}).status_code == 400
+    assert other.post("/api/import", json={"csv": "index,label\nx,1\n"}).status_code == 400
 
 
 def test_retrain_endpoint_and_table_items(tmp_path):
@@ -127,8 +130,8 @@ def test_retrain_endpoint_and_table_items(tmp_path):
     assert item["kind"] == "table" and set(item["row"]) == {"a", "b"}
     raw = source.raw_train[item["index"]]
     assert item["row"] == {"a": raw[0], "b": raw[1]}               # values as in the file
-    assert client.post("/api/retrain").status_code == 202
-    assert client.post("/api/retrain").status_code in (409, 202)  # 409 while it runs
+    assert client.post("/api/retrain", json={}).status_code == 202
+    assert client.post("/api/retrain", json={}).status_code in (409, 202)  # 409 while it runs
     assert session.wait_for_retrain(60)
     stats = client.get("/api/stats").json()
     assert stats["retrain"]["state"] == "done" and stats["curve"][0]["labels"] == 24

@@ -13,7 +13,7 @@ from ntkal.labelling import LabelConflict, LabellingSession
 from ntkal.labelstore import LabelStore
 from ntkal.models import build_model
 from ntkal.strategies.base import QueryContext
-from ntkal.strategies.lookahead import MLMOC
+from ntkal.strategies import get_strategy
 from ntkal.training import TrainConfig
 
 QUICK = TrainConfig(epochs=15, batch_size=32, schedule="constant", loss="mse", seed=0)
@@ -39,27 +39,29 @@ def _label_first(session, truth, n, client="a"):
     return item
 
 
-def test_picks_are_sequential_mlmoc_conditioned_on_each_label(digits, tmp_path):
+@pytest.mark.parametrize("name", ["vr", "mlmoc"])
+def test_picks_are_the_strategys_sequential_session_conditioned_on_each_label(digits, tmp_path,
+                                                                               name):
     truth = digits.y_train.numpy()
-    s = _session(digits, tmp_path / "l.sqlite", warmup=12)
+    s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy=name)
     held = _label_first(s, truth, 12)["index"]
     assert s.wait_for_retrain(60) and s.phase == "look-ahead"
     assert s.release(held, "a")  # the warm-up item it held goes back to the pool
-    # The reference: MLMOC's own sequential session on the same network, labelled set and
+    # The reference: the strategy's own sequential session on the same network, labelled set and
     # candidates (the whole unlabelled pool: subset >= pool), driven by hand.
     idx, lab = s.store.labelled()
     unl = np.setdiff1d(np.arange(digits.num_train), idx)
     ctx = QueryContext(model=copy.deepcopy(s.model), x_candidates=digits.x_train[unl],
                        x_labelled=digits.x_train[idx], y_labelled=torch.from_numpy(lab),
                        num_classes=10)
-    reference = MLMOC().begin_sequential(ctx)
+    reference = get_strategy(name).begin_sequential(ctx)
     item = s.next_item("a")
     picks, expected = [], []
     for _ in range(6):
         pos, _ = reference.propose()
         expected.append(int(unl[pos]))
         picks.append(item["index"])
-        assert item["source"].startswith("look-ahead")
+        assert item["source"] == f"look-ahead (sequential {name})"
         reference.observe(pos, int(truth[unl[pos]]))
         res = s.add_label(item["index"], int(truth[item["index"]]), "a")
         assert res["latency"]["condition_ms"] >= 0 and res["latency"]["total_ms"] > 0
@@ -91,7 +93,7 @@ def test_duplicates_are_idempotent_conflicts_refused_bad_input_named(digits, tmp
     with pytest.raises(LabelConflict, match=f"item {i} is already labelled '3'"):
         s.add_label(i, 4, "a")
     for index, label, match in [(10_000, 1, "out of range for a pool of size 150"),
-                                ("x", 1, "index must be an integer"),
+                                ("x", 1, "index must be a whole number"),
                                 (5, 10, r"label 10 is out of range \[0, 10\)"),
                                 (5, "cat", "unknown class 'cat'")]:
         with pytest.raises(ValueError, match=match):

@@ -2,6 +2,7 @@
 "use strict";
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
+const csrf = document.querySelector('meta[name="ntkal-csrf"]').content;
 const client = sessionStorage.getItem("ntkalClient") ||
   (() => { const id = "tab-" + Math.random().toString(36).slice(2, 10);
            sessionStorage.setItem("ntkalClient", id); return id; })();
@@ -19,9 +20,10 @@ async function api(method, url, body, contentType) {
   const headers = {};
   if (token) headers["X-Ntkal-Token"] = token;
   let payload;
-  if (body !== undefined) {
-    headers["Content-Type"] = contentType || "application/json";
-    payload = contentType ? body : JSON.stringify(body);
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    headers["X-Ntkal-Csrf"] = csrf;
+    payload = JSON.stringify(body === undefined ? {} : body);
   }
   const res = await fetch(url, { method, headers, body: payload });
   const data = await res.json().catch(() => ({}));
@@ -180,9 +182,8 @@ async function importFile(ev) {
   const file = ev.target.files[0];
   if (!file) return;
   const text = await file.text();
-  const type = file.name.endsWith(".json") ? "application/json" : "text/csv";
   try {
-    const res = await api("POST", "/api/import", text, type);
+    const res = await api("POST", "/api/import", file.name.endsWith(".json") ? JSON.parse(text) : { csv: text });
     say(`imported ${res.added} labels (${res.skipped} already there)`);
     refreshStats();
     loadNext();
