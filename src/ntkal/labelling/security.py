@@ -92,8 +92,8 @@ def parse_json(body: bytes) -> dict:
         raise ValueError("the request body is not UTF-8 text") from None
     except RecursionError:
         raise ValueError(f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the request body is not valid JSON ({err})") from None
+    except ValueError as err:  # bad syntax, NaN/Infinity, an integer of > 4300 digits
+        raise ValueError(f"the request body is not valid JSON ({str(err)[:160]})") from None
     _check_depth(doc)
     if not isinstance(doc, dict):
         raise ValueError("the request body must be a JSON object")
