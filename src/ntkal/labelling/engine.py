@@ -52,15 +52,12 @@ from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.labelling.items import ItemView
 from ntkal.labelling.leases import Leases
 from ntkal.labelling.picks import DEFAULT_STRATEGY, PickPolicy
+from ntkal.labelling.queue import ItemQueue
 from ntkal.labelling.retrain import RetrainStatus, Retrainer, default_train_config
-from ntkal.labelling.validation import as_client, as_index, as_label
+from ntkal.labelling.validation import LabelConflict, as_client, as_index, as_label
 from ntkal.labelstore import LabelStore
 
 __all__ = ["LabellingSession", "LabelConflict", "default_train_config", "DEFAULT_STRATEGY"]
-
-
-class LabelConflict(ValueError):
-    """A label for a pool point that already has a different label."""
 
 
 class LabellingSession:
@@ -130,6 +127,7 @@ class LabellingSession:
         self._last_latency: Optional[dict] = None
         self._retrainer = Retrainer(self.train_config, self.num_classes, self.x_pool, dataset)
         self.trained = False
+        self.queue = ItemQueue(self)
         if use_dataset_labels:
             known = np.flatnonzero(dataset.y_train.numpy() != UNLABELLED)
             if known.size:
@@ -186,97 +184,27 @@ class LabellingSession:
                            model_changed=False)
 
     # ------------------------------------------------------------------ choosing items
-    def _free(self) -> Any:
-        labelled = np.zeros(self.pool_size, dtype=bool)
-        labelled[self.learner.labelled_indices] = True
-        leases, skipped = self.leases, self.leases.skipped
-        return labelled, (lambda i: not labelled[i] and i not in leases and i not in skipped)
-
     def release(self, index: Any, client: Any = None, *, skip: bool = False) -> bool:
-        """Give back an item handed to ``client``; True if it was leased to it. ``skip=True``
-        also puts it on the skipped list (not handed out again until opened from there) and
-        drops the cached pick, so the next item differs."""
-        index = as_index(index, self.pool_size)
-        client = as_client(client)
-        with self._lock:
-            released = self.leases.release(index, client)
-            if skip and self.store.label_of(index) is None:
-                self.leases.skip(index, client)
-                self.picks.forget_pick()
-            return released
+        """See :meth:`ItemQueue.release`."""
+        return self.queue.release(index, client, skip=skip)
 
     def next_item(self, client: Any = "default") -> dict:
-        """The item for ``client``: the one it holds, else a new one leased to it."""
-        client = as_client(client)
-        with self._lock:
-            self.leases.expire()
-            held = self.leases.held(client)
-            if held is not None and self.store.label_of(held) is None:
-                self.leases.lease(held, client)
-                return self.describe(held, source="held")
-            labelled, is_free = self._free()
-            if labelled.all():
-                return {"index": None, "done": True, "reason": "done"}
-            index, source, seconds = self.picks.choose(self.trained, is_free)
-            if index is None:
-                reason = ("every remaining item is skipped or with another annotator"
-                          if self.leases.skipped else
-                          "all remaining items are with other annotators")
-                return {"index": None, "done": False, "reason": reason}
-            self.leases.lease(index, client)
-            item = self.describe(index, source=source)
-            item["query_ms"] = 1000 * seconds
-            return item
+        """See :meth:`ItemQueue.next_item`."""
+        return self.queue.next_item(client)
 
     def open_item(self, index: Any, client: Any = "default") -> dict:
-        """Hand a chosen item to ``client`` (from the skipped list, the grid or the history):
-        labelled items are shown with their label; one held by another annotator is refused."""
-        index = as_index(index, self.pool_size)
-        client = as_client(client)
-        with self._lock:
-            holder = self.leases.holder(index)
-            if holder is not None and holder != client:
-                raise LabelConflict(f"item {index} is being labelled by another annotator")
-            stored = self.store.label_of(index)
-            self.leases.unskip(index)
-            if stored is None:
-                self.leases.lease(index, client)
-            item = self.describe(index, source="opened")
-            item["label"] = stored
-            return item
+        """See :meth:`ItemQueue.open_item`."""
+        return self.queue.open_item(index, client)
 
     def skipped(self) -> list[dict]:
-        """The skipped items, oldest first, with where they came from."""
-        with self._lock:
-            return [dict(index=i, skipped_by=who, **self.items.origin(i))
-                    for i, who in self.leases.skipped.items()]
+        return self.queue.skipped()
 
     def grid(self, n: Any, client: Any = "default") -> list[dict]:
-        """Up to ``n`` upcoming free items (not leased) for fast triage on one screen."""
-        from ntkal.arguments import as_int
-
-        n = as_int(n, "n", minimum=1, maximum=100)
-        with self._lock:
-            _, is_free = self._free()
-            held = self.leases.held(as_client(client))
-            picks = self.picks.upcoming(self.trained, lambda i: i != held and is_free(i), n)
-            return self._describe_many(picks, source="grid")
-
-    def _describe_many(self, indices: Sequence[int], source: str) -> list[dict]:
-        if not indices:
-            return []
-        logits = self.learner.predict_logits(self.x_pool[torch.as_tensor(list(indices))]).double()
-        probs = torch.softmax(logits, dim=1).numpy()
-        out = []
-        for index, p in zip(indices, probs):
-            item = self.items.describe(index, p, self.classes, self.trained)
-            item["source"] = source
-            out.append(item)
-        return out
+        """See :meth:`ItemQueue.grid`."""
+        return self.queue.grid(n, client)
 
     def describe(self, index: int, source: str = "") -> dict:
-        """What the page shows about pool point ``index`` (see :meth:`ItemView.describe`)."""
-        return self._describe_many([int(index)], source)[0]
+        return self.queue.describe(index, source)
 
     # ------------------------------------------------------------------ labels
     def add_label(self, index: Any, label: Any, client: Any = "default") -> dict:

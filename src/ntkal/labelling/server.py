@@ -211,8 +211,9 @@ def _page_routes(app: Any, session: Any, csrf: str) -> None:
     @app.get("/")
     def index():
         return Response(_page(csrf), media_type="text/html; charset=utf-8", headers={
+            # scripts only from this server; inline style attributes are fine (bar widths)
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                                       "frame-ancestors 'none'",
+                                       "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             "X-Frame-Options": "DENY", "Cache-Control": "no-store"})
 
     @app.get("/static/{name}")

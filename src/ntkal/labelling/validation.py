@@ -12,10 +12,15 @@ from typing import Any, Sequence
 
 from ntkal.arguments import is_integer
 
-__all__ = ["as_index", "as_label", "as_client", "MAX_CLIENT_LENGTH"]
+__all__ = ["as_index", "as_label", "as_client", "LabelConflict", "MAX_CLIENT_LENGTH"]
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 MAX_CLIENT_LENGTH = 100
+
+
+class LabelConflict(ValueError):
+    """A label for a pool point that already has a different label, or an item another
+    annotator holds (answered 409)."""
 
 
 def as_index(value: Any, pool_size: int, name: str = "index", *, text: bool = False) -> int:

@@ -142,7 +142,7 @@ function applyZoom() {
   img.style.width = Math.round(img.naturalWidth * z) + "px";
   img.style.height = Math.round(img.naturalHeight * z) + "px";
   document.getElementById("zoom-level").textContent =
-    `${Math.round(100 * z)}% of ${img.naturalWidth}×${img.naturalHeight}`;
+    `${z >= 1 ? "×" + +z.toFixed(2) : Math.round(100 * z) + "%"} of ${img.naturalWidth}×${img.naturalHeight} px`;
   document.body.dataset.zoom = String(z);
 }
 
@@ -346,7 +346,8 @@ async function refreshStats() {
   const phase = document.getElementById("phase");
   phase.textContent = s.phase;
   phase.className = "pill" + (s.phase === "warm-up" ? " warm" : "");
-  document.getElementById("strategy").textContent = "strategy: " + s.strategy_text;
+  document.getElementById("strategy").textContent = "strategy: " + s.strategy;
+  document.getElementById("strategy").title = s.strategy_text;
   document.getElementById("progress-text").textContent =
     `${s.labelled} / ${s.pool_size} labelled` + (s.phase === "warm-up" ? ` · the strategy takes over after ${s.warmup} labels and a retrain` : ` · scoring ${s.scored} candidates`);
   const lat = s.latency;
