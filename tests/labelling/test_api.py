@@ -150,6 +150,8 @@ def test_cli_label_refuses_remote_bind_and_bad_data(tmp_path):
     assert res.exit_code == 2 and "refusing to listen on 0.0.0.0" in res.output
     res = runner.invoke(app, ["label", "digits", "--host", "0.0.0.0", "--allow-remote"])
     assert res.exit_code == 2 and "needs --token" in res.output
+    res = runner.invoke(app, ["label", "digits", "--strategy", "mlmocc"])
+    assert res.exit_code == 2 and "unknown strategy 'mlmocc'" in res.output and "vr" in res.output
     (tmp_path / "bad.csv").write_text("a,label\n1,x\nfoo,y\n")
     res = runner.invoke(app, ["label", str(tmp_path / "bad.csv"), "--store",
                               str(tmp_path / "s.sqlite")])
