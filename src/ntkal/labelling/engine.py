@@ -47,13 +47,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.atomic_files import atomic_torch_save
 from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.labelling.items import ItemView
 from ntkal.labelling.leases import Leases
 from ntkal.labelling.picks import DEFAULT_STRATEGY, PickPolicy
-from ntkal.labelling.queue import ItemQueue
-from ntkal.labelling.retrain import RetrainStatus, Retrainer, default_train_config
+from ntkal.labelling.queue import ItemQueue, dashboard
+from ntkal.labelling.retrain import RetrainStatus, Retrainer, adopt, default_train_config
 from ntkal.labelling.validation import LabelConflict, as_client, as_index, as_label
 from ntkal.labelstore import LabelStore
 
@@ -344,50 +343,11 @@ class LabellingSession:
 
     def _adopt(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
                status: RetrainStatus) -> None:
-        """After SGD (in the retrain thread): record the accuracy, save the weights, build the
-        new look-ahead session here rather than in a request, teach it every label given
-        meanwhile, and swap it in."""
-        if status.accuracy is not None:
-            self.store.add_evaluation(int(idx.size), status.accuracy)
-        if self.weights_path is not None:
-            atomic_torch_save({"model_state": {k: v.detach().cpu() for k, v in
-                                               model.state_dict().items()},
-                               "num_labels": int(idx.size)}, self.weights_path)
-        learner = self.picks.build(model, idx, lab)
-        if learner.unlabelled_indices.size:
-            learner.query(1)
-        with self._lock:
-            now_idx, now_lab = self.store.labelled()
-            stored = dict(zip(now_idx.tolist(), now_lab.tolist()))
-            if all(stored.get(i) == y for i, y in zip(idx.tolist(), lab.tolist())):
-                self.store.sync(learner)  # labels given meanwhile, conditioned in closed form
-            else:  # a label was undone or changed meanwhile: rebuild from the store
-                learner = self.picks.build(model, now_idx, now_lab)
-            self.model = model
-            self.picks.install(learner, model_changed=True)
-            self.trained = True
+        """See :func:`ntkal.labelling.retrain.adopt`."""
+        adopt(self, model, idx, lab, status)
 
     # ------------------------------------------------------------------ dashboard
     def stats(self) -> dict:
         """Counts, phase, strategy, latencies, retraining progress and the learning curve."""
         with self._lock:
-            counts = self.store.counts().tolist()
-            total = [entry["total_ms"] for entry in self._latencies]
-            labelled = int(sum(counts))
-            return {
-                "pool_size": self.pool_size, "labelled": labelled,
-                "unlabelled": self.pool_size - labelled,
-                "classes": list(self.classes),
-                "per_class": dict(zip(self.classes, counts)),
-                "phase": self.phase, "trained": self.trained, "warmup": self.warmup,
-                "strategy": self.strategy, "strategy_text": self.picks.description,
-                "subset": self.subset, "scored": self.picks.scored(), "kind": self.kind,
-                "latency": {"last": self._last_latency,
-                            "median_total_ms": float(np.median(total)) if total else None,
-                            "max_total_ms": float(np.max(total)) if total else None,
-                            "count": len(total)},
-                "retrain": dict(vars(self._retrainer.status)),
-                "curve": [{"labels": n, "accuracy": a} for n, a in self.store.evaluations()],
-                "test_size": self.dataset.num_test,
-                "leased": len(self.leases), "skipped": len(self.leases.skipped),
-            }
+            return dashboard(self)

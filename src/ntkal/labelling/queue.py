@@ -12,7 +12,7 @@ import torch
 
 from ntkal.labelling.validation import LabelConflict, as_client, as_index
 
-__all__ = ["ItemQueue"]
+__all__ = ["ItemQueue", "dashboard"]
 
 
 class ItemQueue:
@@ -114,3 +114,27 @@ class ItemQueue:
         :meth:`~ntkal.labelling.items.ItemView.describe`)."""
         return self._describe_many([int(index)], source)[0]
 
+
+def dashboard(session: Any) -> dict:
+    """The page's dashboard for ``session``: counts, phase, strategy, the real number of scored
+    candidates, latencies, retraining progress and the learning curve (caller holds the lock)."""
+    counts = session.store.counts().tolist()
+    total = [entry["total_ms"] for entry in session._latencies]
+    labelled = int(sum(counts))
+    return {
+        "pool_size": session.pool_size, "labelled": labelled,
+        "unlabelled": session.pool_size - labelled,
+        "classes": list(session.classes),
+        "per_class": dict(zip(session.classes, counts)),
+        "phase": session.phase, "trained": session.trained, "warmup": session.warmup,
+        "strategy": session.strategy, "strategy_text": session.picks.description,
+        "subset": session.subset, "scored": session.picks.scored(), "kind": session.kind,
+        "latency": {"last": session._last_latency,
+                    "median_total_ms": float(np.median(total)) if total else None,
+                    "max_total_ms": float(np.max(total)) if total else None,
+                    "count": len(total)},
+        "retrain": dict(vars(session._retrainer.status)),
+        "curve": [{"labels": n, "accuracy": a} for n, a in session.store.evaluations()],
+        "test_size": session.dataset.num_test,
+        "leased": len(session.leases), "skipped": len(session.leases.skipped),
+    }

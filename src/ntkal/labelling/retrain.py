@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Retrainer", "RetrainStatus", "default_train_config"]
+from ntkal.atomic_files import atomic_torch_save
+
+__all__ = ["Retrainer", "RetrainStatus", "adopt", "default_train_config"]
 
 
 def default_train_config(epochs: int = 30):
@@ -111,3 +113,29 @@ class Retrainer:
         finally:
             status.finished = time.time()
             status.seconds = status.finished - (status.started or status.finished)
+
+
+def adopt(session: Any, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
+          status: RetrainStatus) -> None:
+    """After SGD (in the retrain thread): record the accuracy, save the weights, build the
+    new look-ahead session here rather than in a request, teach it every label given
+    meanwhile, and swap it into ``session`` (a :class:`LabellingSession`)."""
+    if status.accuracy is not None:
+        session.store.add_evaluation(int(idx.size), status.accuracy)
+    if session.weights_path is not None:
+        atomic_torch_save({"model_state": {k: v.detach().cpu() for k, v in
+                                           model.state_dict().items()},
+                           "num_labels": int(idx.size)}, session.weights_path)
+    learner = session.picks.build(model, idx, lab)
+    if learner.unlabelled_indices.size:
+        learner.query(1)
+    with session._lock:
+        now_idx, now_lab = session.store.labelled()
+        stored = dict(zip(now_idx.tolist(), now_lab.tolist()))
+        if all(stored.get(i) == y for i, y in zip(idx.tolist(), lab.tolist())):
+            session.store.sync(learner)  # labels given meanwhile, conditioned in closed form
+        else:  # a label was undone or changed meanwhile: rebuild from the store
+            learner = session.picks.build(model, now_idx, now_lab)
+        session.model = model
+        session.picks.install(learner, model_changed=True)
+        session.trained = True
