@@ -213,3 +213,21 @@ def test_table_exports_carry_the_data_row(tmp_path):
         raw = source.raw_train[int(row["index"])]
         assert lines[int(row["row"])].split(",")[:2] == [str(int(raw[0])), str(int(raw[1]))]
     assert any(int(r["row"]) != int(r["index"]) + 1 for r in rows)  # held-out rows shift it
+
+
+def test_release_by_api_advances_four_times_in_a_row(digits, tmp_path):
+    """The reported sequence: next, release, next ... gave the same item every time."""
+    client, session = _client(digits, tmp_path)
+    seen = []
+    for _ in range(4):
+        item = client.get("/api/next", params={"client": "s"}).json()
+        seen.append(item["index"])
+        assert client.post("/api/release", json={"index": item["index"], "client": "s"}
+                           ).json() == {"released": True}
+    assert len(set(seen)) == 4
+    assert [r["index"] for r in client.get("/api/skipped").json()] == seen
+    back = client.post("/api/open", json={"index": seen[0], "client": "s"}).json()
+    assert back["index"] == seen[0] and client.get("/api/next?client=s").json()["index"] == seen[0]
+    plain = client.post("/api/release", json={"index": seen[0], "client": "s", "skip": False})
+    assert plain.json() == {"released": True}
+    assert seen[0] not in [r["index"] for r in client.get("/api/skipped").json()]

@@ -14,7 +14,8 @@ JSON API (writes: ``POST`` with ``Content-Type: application/json`` and ``X-Ntkal
 ``POST /api/labels``            ``{"index", "label" (class name or index), "client"}``; stored
                                 before the answer; 409 if the item has a different label
 ``POST /api/relabel``           ``{"index", "label", "client"}``: change an earlier label
-``POST /api/release``           ``{"index", "client", "skip": true}``: give an item back (skip)
+``POST /api/release``           ``{"index", "client"}``: skip an item (it goes to the skipped list
+                                and the next item differs); ``"skip": false`` only gives it back
 ``POST /api/open``              ``{"index", "client"}``: take a skipped / grid / history item
 ``POST /api/undo``              ``{"client"}``: remove that client's last label, show it again
 ``GET /api/history``            ``?limit=N``: the latest labels, newest first
@@ -135,7 +136,7 @@ def _item_routes(app: Any, session: Any) -> None:
     @app.post("/api/release")
     async def release(request: Request):
         doc = request.state.json
-        skip = doc.get("skip", False)
+        skip = doc.get("skip", True)   # a release from the page is a skip: the next item differs
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be true or false, got {skip!r}")
         released = await pool(session.release, doc.get("index"), doc.get("client"), skip=skip)
