@@ -89,6 +89,9 @@ class LabellingSession:
         Its options (e.g. ``{"kernel": "pseudo"}``).
     source : FileSource, optional
         How the user's file was read (renderings, file names, data rows).
+    speculate : bool
+        Compute the next pick while the annotator looks, under the predicted label
+        (:mod:`ntkal.labelling.speculation`; exact, costs a second copy of the session state).
     """
 
     def __init__(self, dataset: Dataset, store: Union[LabelStore, str, Path], model: nn.Module, *,
@@ -96,7 +99,7 @@ class LabellingSession:
                  lease_seconds: float = 300.0, weights_path: Union[str, Path, None] = None,
                  seed: int = 0, use_dataset_labels: bool = False, strategy: str = DEFAULT_STRATEGY,
                  strategy_params: Optional[dict] = None, auto_retrain: bool = True,
-                 source: Any = None) -> None:
+                 source: Any = None, speculate: bool = True) -> None:
         from ntkal.arguments import as_float, as_int
 
         subset = as_int(subset, "subset", minimum=1)
@@ -118,7 +121,7 @@ class LabellingSession:
         self.auto_retrain = bool(auto_retrain)
         self.leases = Leases(as_float(lease_seconds, "lease_seconds", minimum=0))
         self.picks = PickPolicy(strategy, strategy_params, self.x_pool, self.num_classes,
-                                self.train_config, subset, self.seed)
+                                self.train_config, subset, self.seed, speculate=speculate)
         self.weights_path = Path(weights_path) if weights_path is not None else \
             (Path(self.store.path + ".weights.pt") if self.store.path != ":memory:" else None)
         self._lock = threading.RLock()
@@ -232,14 +235,13 @@ class LabellingSession:
             t1 = time.perf_counter()
             self.leases.drop(index)
             self.leases.unskip(index)
-            self.learner.teach([index], [value])                 # closed-form conditioning
-            self.picks.taught()
+            speculated = self.picks.teach(index, value)          # closed-form conditioning
             t2 = time.perf_counter()
             nxt = self.next_item(client)                         # the next query, reflecting it
             t3 = time.perf_counter()
             latency = {"store_ms": 1000 * (t1 - t0), "condition_ms": 1000 * (t2 - t1),
                        "next_ms": 1000 * (t3 - t2), "total_ms": 1000 * (t3 - t0),
-                       "phase": self.phase}
+                       "phase": self.phase, "speculated": speculated}
             self._latencies.append(latency)
             self._last_latency = latency
             start = (self.auto_retrain and not self.trained and self._retrainer.status.state

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkal.labelling.speculation import Speculator
+
 __all__ = ["PickPolicy", "DEFAULT_STRATEGY", "is_lookahead"]
 
 #: The strategy ``ntkal label`` uses unless told otherwise (greedy/sequential variance reduction:
@@ -46,7 +48,8 @@ class PickPolicy:
     """
 
     def __init__(self, strategy: str, params: Optional[dict], x_pool: torch.Tensor,
-                 num_classes: int, train_config: Any, subset: int, seed: int) -> None:
+                 num_classes: int, train_config: Any, subset: int, seed: int,
+                 speculate: bool = True) -> None:
         from ntkal.strategies import get_strategy
 
         self.strategy_name = str(strategy)
@@ -63,6 +66,7 @@ class PickPolicy:
         self._version = 0
         self._proposal: Optional[int] = None
         self._margin_order: Optional[np.ndarray] = None
+        self.speculator = Speculator(self._twin) if (speculate and self.sequential) else None
 
     @property
     def description(self) -> str:
@@ -70,28 +74,57 @@ class PickPolicy:
         return f"{self.strategy_name} ({'sequential, closed form' if self.sequential else 're-queried after each label'})"
 
     # ------------------------------------------------------------------ learners
-    def build(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray):
-        """An ActiveLearner over the pool with labels ``(idx, lab)``: a fresh session."""
+    def build(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
+              seed: Optional[int] = None):
+        """An ActiveLearner over the pool with labels ``(idx, lab)``: a fresh session (a new
+        seed unless ``seed`` is given)."""
         from ntkal.learner import ActiveLearner
         from ntkal.strategies import get_strategy
 
-        self._version += 1
+        if seed is None:
+            self._version += 1
+            seed = self.seed + 1000 * self._version
         return ActiveLearner(model, get_strategy(self.strategy_name, **self.params), self.x_pool,
                              labelled=idx, labels=lab, num_classes=self.num_classes,
                              train_config=self.train_config,
                              mode="sequential" if self.sequential else "batch",
-                             subset=self.subset, seed=self.seed + 1000 * self._version)
+                             subset=self.subset, seed=seed)
+
+    def _twin(self, idx: np.ndarray, lab: np.ndarray, num_queries: int):
+        """A learner in the current one's lineage (its model, seed and query count) with labels
+        ``(idx, lab)``: the :class:`Speculator`'s twin."""
+        twin = self.build(self.learner.model, idx, lab, seed=self.learner.seed)
+        twin.num_queries = num_queries
+        return twin
 
     def install(self, learner: Any, model_changed: bool) -> None:
-        """Use ``learner`` from now on (cached picks are dropped)."""
+        """Use ``learner`` from now on (cached picks and speculation are dropped)."""
         self.learner = learner
         self._proposal = None
         if model_changed:
             self._margin_order = None
+        if self.speculator is not None:
+            self.speculator.reset()
 
-    def taught(self) -> None:
-        """A label was taught to the learner: the cached pick is stale."""
+    def teach(self, index: int, label: int) -> bool:
+        """Teach the learner ``(index, label)``; True if the speculated twin had it already (and
+        took over, its next pick ready)."""
+        if self.speculator is not None:
+            taken = self.speculator.take(self.learner, index, label)
+            if taken is not None:
+                self.learner, self._proposal = taken
+                self.speculator.queried(self.learner, same_lineage=True)
+                return True
+        self.learner.teach([index], [label])
         self._proposal = None
+        if self.speculator is not None:
+            self.speculator.taught(index, label)
+        return False
+
+    def speculate(self, index: int, label: int) -> None:
+        """``index`` (the strategy's pick) is on screen and the model expects ``label``."""
+        if self.speculator is not None:
+            self.speculator.speculate(index, label)
 
     def forget_pick(self) -> None:
         """Drop the cached pick (e.g. it was skipped: the next item must differ)."""
@@ -115,6 +148,8 @@ class PickPolicy:
                     self.install(self.build(self.learner.model, self.learner.labelled_indices,
                                             self.learner.labels), model_changed=False)
                     self._proposal = int(self.learner.query(1)[0])
+                if self.speculator is not None:
+                    self.speculator.queried(self.learner)
             return self._proposal if is_free(self._proposal) else None
         unlabelled = self.pool_size - int(self.learner.labelled_indices.size)
         budget = min(unlabelled, self.subset, 8)

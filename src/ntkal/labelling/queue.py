@@ -61,6 +61,8 @@ class ItemQueue:
             self.s.leases.lease(index, client)
             item = self.describe(index, source=source)
             item["query_ms"] = 1000 * seconds
+            if source.startswith("look-ahead") and "prediction" in item:
+                self.s.picks.speculate(index, item["prediction"]["label"])
             return item
 
     def open_item(self, index: Any, client: Any = "default") -> dict:
