@@ -78,7 +78,7 @@ def _dataset(pool: int, seed: int):
 
 
 def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Path,
-             epochs: int = 30) -> dict:
+             epochs: int = 30, think: float = 1.0, speculate: bool = True) -> dict:
     import uvicorn
 
     from ntkal.labelling import DEFAULT_STRATEGY, LabellingSession, default_train_config
@@ -92,7 +92,7 @@ def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Pa
     model = build_model("mlp", data.in_shape, data.num_classes, width=width)
     store = folder / f"{dataset_name}-{pool}-{subset}.sqlite"
     session = LabellingSession(data, str(store), model, subset=subset, warmup=10**9, seed=seed,
-                               train_config=default_train_config(epochs))
+                               train_config=default_train_config(epochs), speculate=speculate)
     rng = np.random.default_rng(seed)
     first = rng.choice(pool, size=warm, replace=False)
     session.import_labels(first.tolist(), truth[first].tolist())
@@ -117,6 +117,7 @@ def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Pa
         rows = []
         for _ in range(steps):
             assert item["source"].startswith("look-ahead"), item["source"]
+            time.sleep(think)                      # the annotator looks at the item
             t = time.perf_counter()
             res = _post(url + "/api/labels", {"index": item["index"],
                                               "label": int(truth[item["index"]]),
@@ -128,8 +129,9 @@ def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Pa
         thread.join(30)
     session.store.close()
 
-    def med(key):
-        return float(np.median([r[key] for r in rows]))
+    def med(key, which=None):
+        values = [r[key] for r in rows if which is None or r.get("speculated") == which]
+        return float(np.median(values)) if values else None
 
     return {"dataset": dataset_name, "pool": pool, "subset": subset, "warm_labels": warm,
             "strategy": DEFAULT_STRATEGY, "measured": True,
@@ -137,9 +139,17 @@ def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Pa
             "store_ms": med("store_ms"), "condition_ms": med("condition_ms"),
             "next_ms": med("next_ms"), "server_ms": med("total_ms"),
             "round_trip_ms": med("round_trip_ms"),
+            "think_seconds": think, "speculate": speculate,
+            "speculated_steps": int(sum(bool(r.get("speculated")) for r in rows)),
+            "round_trip_hit_ms": med("round_trip_ms", True),
+            "round_trip_miss_ms": med("round_trip_ms", False),
             "max_round_trip_ms": float(max(r["round_trip_ms"] for r in rows)),
             "retrain_seconds": float(retrain["seconds"]),
             "retrain_and_new_session_seconds": total_retrain, "per_step": rows}
+
+
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:.1f} ms"
 
 
 def _load() -> float:
@@ -158,8 +168,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-load", type=float, default=2.0,
                         help="skip a case when the 1-minute load average is above this")
+    parser.add_argument("--think", type=float, default=None,
+                        help="seconds the annotator looks at each item (default 1, quick 0.2)")
+    parser.add_argument("--no-speculate", action="store_true",
+                        help="choose the next item only after the label arrives")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    think = args.think if args.think is not None else (0.2 if args.quick else 1.0)
     torch.set_num_threads(args.threads)
     steps = args.steps or (3 if args.quick else 20)
     pools = args.pools or ([300] if args.quick else [1000, 10_000, 50_000])
@@ -174,24 +189,30 @@ def main() -> None:
                 continue
             row = run_case(pool, warm=20 if args.quick else 50, steps=steps,
                            width=32 if args.quick else 128, seed=0, folder=Path(tmp),
-                           epochs=5 if args.quick else 30)
+                           epochs=5 if args.quick else 30, think=think,
+                           speculate=not args.no_speculate)
             row["loadavg"] = load
             results.append(row)
             print(f"{row['dataset']:>13} |pool|={pool:>6} (all scored): round trip "
                   f"{row['round_trip_ms']:8.1f} ms (server {row['server_ms']:.1f}: store "
                   f"{row['store_ms']:.1f}, condition {row['condition_ms']:.1f}, next "
-                  f"{row['next_ms']:.1f}); retrain + new session "
+                  f"{row['next_ms']:.1f}); {row['speculated_steps']}/{row['steps']} speculated "
+                  f"(hit {_ms(row['round_trip_hit_ms'])}, miss {_ms(row['round_trip_miss_ms'])}); "
+                  "retrain + new session "
                   f"{row['retrain_and_new_session_seconds']:.1f} s", flush=True)
     print()
-    print("| data | pool (all scored) | round trip (median / max) | server | store | condition "
-          "| next query | retrain + new session | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| data | pool (all scored) | round trip (median / max) | speculated: round trip "
+          "| not speculated: round trip | server | store | condition | next query "
+          "| retrain + new session | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if not r["measured"]:
-            print(f"| | {r['pool']} | not measured (load {r['loadavg']:.1f}) | | | | | | |")
+            print(f"| | {r['pool']} | not measured (load {r['loadavg']:.1f}) | | | | | | | | |")
             continue
         print(f"| {r['dataset']} | {r['pool']} | {r['round_trip_ms']:.1f} / "
-              f"{r['max_round_trip_ms']:.1f} ms | {r['server_ms']:.1f} ms | {r['store_ms']:.1f} ms"
+              f"{r['max_round_trip_ms']:.1f} ms | {_ms(r['round_trip_hit_ms'])} "
+              f"({r['speculated_steps']}/{r['steps']}) | {_ms(r['round_trip_miss_ms'])} | "
+              f"{r['server_ms']:.1f} ms | {r['store_ms']:.1f} ms"
               f" | {r['condition_ms']:.1f} ms | {r['next_ms']:.1f} ms | "
               f"{r['retrain_and_new_session_seconds']:.1f} s | {r['loadavg']:.1f} |")
     out = args.out or RESULTS / f"label_latency{'_quick' if args.quick else ''}.json"
