@@ -38,6 +38,7 @@ class Speculator:
         self._build = build
         self.hits = 0
         self.misses = 0
+        self.disabled: Optional[str] = None   # why speculation stopped for good, if it did
         self._generation = 0
         self._thread: Optional[threading.Thread] = None
         self.reset()
@@ -75,7 +76,7 @@ class Speculator:
     # ------------------------------------------------------------------ speculating
     def speculate(self, index: int, label: int) -> None:
         """Start computing the pick after ``(index, label)`` in the background (if idle)."""
-        if self._base is None or self.busy:
+        if self._base is None or self.busy or self.disabled:
             return
         self._generation += 1                       # a new speculation voids any older one
         self._current = (len(self._log), int(index), int(label))
@@ -96,6 +97,12 @@ class Speculator:
                 twin = self._build(idx, lab, num_queries)
                 twin.query(1)                       # the session starts as the learner's did
                 twin_count = 0
+                engines = [type(getattr(x, "lookahead", None)).__name__
+                           for x in (base[0], twin.session)]
+                if engines[0] != engines[1]:        # less memory left for the second copy
+                    self.disabled = (f"the twin got the {engines[1]} engine, the learner the "
+                                     f"{engines[0]}: picks could differ, so no speculation")
+                    return
             for i, y in log[twin_count:count]:
                 twin.teach([i], [y])
             twin.teach([index], [label])
