@@ -61,6 +61,9 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     spec = fast.picks.speculator
     assert spec.hits >= 3 and sum(on) == spec.hits    # predicted labels came from the twin
     assert spec.hits + spec.misses <= len(got)
+    assert fast.stats()["speculation"] == {"hits": spec.hits, "misses": spec.misses,
+                                           "disabled": None}
+    assert plain.stats()["speculation"] is None
     lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
     lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
     assert lab_plain == lab_fast                       # the learner taking over holds every label

@@ -123,6 +123,7 @@ def dashboard(session: Any) -> dict:
     counts = session.store.counts().tolist()
     total = [entry["total_ms"] for entry in session._latencies]
     labelled = int(sum(counts))
+    spec = session.picks.speculator
     return {
         "pool_size": session.pool_size, "labelled": labelled,
         "unlabelled": session.pool_size - labelled,
@@ -139,4 +140,6 @@ def dashboard(session: Any) -> dict:
         "curve": [{"labels": n, "accuracy": a} for n, a in session.store.evaluations()],
         "test_size": session.dataset.num_test,
         "leased": len(session.leases), "skipped": len(session.leases.skipped),
+        "speculation": None if spec is None else {"hits": spec.hits, "misses": spec.misses,
+                                                  "disabled": spec.disabled},
     }
