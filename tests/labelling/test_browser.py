@@ -102,6 +102,7 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
             index = int(body.get_attribute("data-index"))
             body.send_keys(str(int(truth[index])))
             wait.until(lambda d: body.get_attribute("data-index") not in ("", str(index)))
+        driver.set_window_size(1280, 1240)  # room for the history and skipped panels
         time.sleep(2.0)  # the dashboard refreshes every 1.5 s
         shot = tmp_path / "label_app.png"
         driver.save_screenshot(str(shot))
