@@ -241,3 +241,34 @@ def test_unknown_strategy_and_its_options_fail_at_start(tmp_path):
     with pytest.raises(TypeError, match="unknown parameter"):
         LabellingSession(data, ":memory:", model, strategy="vr", strategy_params={"bogus": 1})
     assert json.loads(json.dumps(np.int64(3).item())) == 3
+
+
+def test_a_slow_import_does_not_stall_other_requests(served, monkeypatch):
+    """The import runs in the thread pool: while it is stuck, /api/stats still answers."""
+    import threading
+
+    client, session, _ = served
+    release, entered = threading.Event(), threading.Event()
+    real = session.import_labels
+
+    def slow(indices, labels):
+        entered.set()
+        release.wait(30)
+        return real(indices, labels)
+
+    monkeypatch.setattr(session, "import_labels", slow)
+    results = {}
+    client.__enter__()          # one event loop for every request, as under uvicorn
+    importer = threading.Thread(target=lambda: results.setdefault(
+        "import", client.post("/api/import", json={"labels": [{"index": 1, "label": 0}]})))
+    importer.start()
+    assert entered.wait(30)
+    stats = threading.Thread(target=lambda: results.setdefault("stats", client.get("/api/stats")))
+    stats.start()
+    stats.join(20)
+    answered = not stats.is_alive()
+    release.set()
+    importer.join(30)
+    client.__exit__(None, None, None)
+    assert answered and results["stats"].status_code == 200   # answered while the import waited
+    assert results["import"].json() == {"added": 1, "skipped": 0}
