@@ -78,6 +78,10 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
             wait.until(lambda d: body.get_attribute("data-index") not in ("", str(index)))
         shown = int(body.get_attribute("data-index"))
         assert shown not in given                 # the queue moved on to an unlabelled item
+        perceived = driver.execute_script("return window.ntkalLatencies")
+        assert len(perceived) == 20 and all(ms > 0 for ms in perceived)
+        print(f"key -> next item drawn (warm-up, 20 labels): median "
+              f"{sorted(perceived)[10]:.0f} ms, max {max(perceived):.0f} ms")
 
         with LabelStore(store) as s:
             idx, lab = s.labelled()
