@@ -5,7 +5,7 @@ TORCH     ?= 2.13.0
 STAMP     := $(VENV)/.ntkal-installed
 DEMO_OUT  ?= runs/digits
 
-.PHONY: install datasets browser demo test test-all bench bench-ray gpu-suite mutants clean
+.PHONY: install datasets browser demo test test-all docs lint lint-fix bench bench-ray gpu-suite mutants clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,24 @@ test: install datasets browser
 test-all: install datasets browser
 	$(PY) -m pytest -q -m ""
 
+# The API reference from the numpydoc docstrings, into site/ (warnings are errors, as in make test).
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# ruff (lint + format check) and mypy with the settings in pyproject.toml, as make test runs them.
+lint: install
+	@status=0; \
+	$(VENV)/bin/ruff check src tests || status=1; \
+	$(VENV)/bin/ruff format --check src tests || status=1; \
+	$(VENV)/bin/mypy src || status=1; \
+	exit $$status
+
+# The mechanical fixes: ruff's formatter, then its automatic fixes (make lint lists what is left).
+lint-fix: install
+	$(VENV)/bin/ruff format src tests
+	-$(VENV)/bin/ruff check --fix --unsafe-fixes src tests
+	$(VENV)/bin/ruff format src tests
+
 bench: install datasets
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/fidelity.py
@@ -55,4 +73,4 @@ mutants: install
 	$(PY) scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist site src/*.egg-info .mypy_cache .ruff_cache

@@ -15,75 +15,24 @@ MLMOC flip score), the top-k overlap of the two rankings, and the cosine between
 and the real change vectors; for several network widths, ridge values, kernel variants
 (pseudo / trace / full) and MSE vs cross-entropy training.
 
-Run ``python benchmarks/fidelity.py --quick`` (about a minute on 2 CPU cores) or without
-``--quick`` for the larger setting. Writes ``benchmarks/results/fidelity_<tag>.json`` and
-``fidelity_<tag>.png``.
+Run ``python benchmarks/fidelity.py`` for the full setting, ``--small`` for the former quick one
+(3 widths, both losses, every kernel; about a minute on 2 CPU cores) or ``--quick`` for a smoke run
+(seconds). Every row records the load average before and after it, and its eNTK kernel time
+beside its floor (``_common``: the symmetric kernel's GEMM FLOPs on ``[L; S]`` at this run's
+float64 GEMM rate). Writes ``benchmarks/results/fidelity_<tag>.json`` and ``fidelity_<tag>.png``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# ----------------------------------------------------------------------------- shared set-up
-def machine_info() -> dict:
-    """What the numbers were measured on (the machine may be shared: load averages included)."""
-    info = {"platform": platform.platform(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor()}
-    try:
-        info["loadavg"] = list(os.getloadavg())
-    except OSError:  # pragma: no cover
-        pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:  # pragma: no cover
-        pass
-    return info
-
-
-def make_config(epochs, batch_size, lr, loss, seed, momentum=0.9, weight_decay=0.0,
-                schedule="constant"):
-    """A TrainConfig; ``lr=None`` takes the loss's default rate (MSE averages over classes)."""
-    from ntkal.training import TrainConfig
-
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                       weight_decay=weight_decay, schedule=schedule, loss=loss, seed=seed)
-
-
-def load_split(dataset: str, n_labelled: int, n_candidates: int, n_test: int, seed: int):
-    """Labelled set L, candidate set S (disjoint, from the training split) and a test set."""
-    from ntkal.data import load_dataset
-
-    ds = load_dataset(dataset, train_size=n_labelled + n_candidates, test_size=n_test, seed=seed)
-    rng = np.random.default_rng(seed)
-    perm = torch.as_tensor(rng.permutation(ds.x_train.shape[0]))
-    li, si = perm[:n_labelled], perm[n_labelled:n_labelled + n_candidates]
-    return (ds.x_train[li], ds.y_train[li], ds.x_train[si], ds.y_train[si],
-            ds.x_test, ds.y_test, ds.num_classes, tuple(ds.in_shape))
-
-
-def train_network(model_name, in_shape, num_classes, width, x, y, config):
-    from ntkal.models import build_model
-    from ntkal.training import train
-
-    torch.manual_seed(config.seed)
-    model = build_model(model_name, in_shape, num_classes, width=width)
-    train(model, x, y, config, num_classes=num_classes)
-    return model.eval()
+import _common
+from _common import RESULTS, load_split, machine_info, make_config, train_network  # noqa: F401
+# (RESULTS and machine_info stay importable from here for the scripts that import them so.)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -171,7 +120,8 @@ def ntk_lookahead(model, xl, yl, xs, num_classes, kernel, ridge) -> dict:
     from ntkal.strategies.lookahead import flip_fraction
 
     t0 = time.perf_counter()
-    la = Lookahead.fit(model, xl, yl, xs, num_classes=num_classes, kernel=kernel, ridge=ridge)
+    la = Lookahead.fit(model, xl, yl, xs, num_classes=num_classes, kernel=kernel, ridge=ridge,
+                       engine="dense", eval_size="all")  # change on all of S, batched
     t1 = time.perf_counter()
     m = xs.shape[0]
     f0 = la.f0_candidates
@@ -195,6 +145,7 @@ def run(args) -> dict:
                                                     args.n_candidates, args.n_test, args.seed)
     print(f"{args.dataset}: |L| = {len(xl)}, |S| = {len(xs)}, k = {k}, model {args.model}, "
           f"widths {args.widths}, losses {args.losses}", flush=True)
+    rates = _common.measure_rates(args.threads or 1, quick=args.quick)
     runs = []
     for loss in args.losses:
         for width in args.widths:
@@ -207,7 +158,9 @@ def run(args) -> dict:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             ft = make_config(args.finetune_epochs, args.finetune_batch, args.finetune_lr, loss,
                              args.seed)
+            before = _common.loadavg()
             sgd = sgd_ground_truth(model, xl, yl, xs, k, ft, progress=args.verbose)
+            layers = _common.model_layers(model, xl[0])
             print(f"[{loss} width={width} params={n_params}] trained {train_seconds:.1f}s "
                   f"test acc {acc:.3f}; SGD look-ahead {sgd['seconds']:.1f}s; new-point residual "
                   f"{sgd['new_point_residual_before']:.3f} -> {sgd['new_point_residual_after']:.3f}; "
@@ -228,6 +181,15 @@ def run(args) -> dict:
                        "sgd_norm": sgd["delta"].norm(dim=-1).sum(-1).tolist(),
                        "sgd_flip": sgd["flip"].tolist(), "sgd_flip_base": sgd["flip_base"].tolist(),
                        **metrics}
+                nk = len(xl) + len(xs)
+                flops = (_common.gram_flops(layers, nk, nk, kern, k, symmetric=True)["best"]
+                         + _common.featurise_flops(layers, nk, kern, k))
+                floor = _common.floor_seconds(flops, _common.gemm_rate(rates, "float64",
+                                                                       args.threads))
+                row.update(kernel_flops=flops, kernel_floor_seconds=floor,
+                           kernel_times_floor=_common.times_floor(ntk["kernel_seconds"], floor),
+                           **_common.case_load(before, args.threads))
+                before = _common.loadavg()
                 runs.append(row)
                 print(f"    {kern:6s} ridge={ridge:<6g} norm r={_fmt(metrics['norm']['pearson'])} "
                       f"rho={_fmt(metrics['norm']['spearman'])} | flip r={_fmt(metrics['flip']['pearson'])} "
@@ -237,8 +199,11 @@ def run(args) -> dict:
                       f"(vs-base {metrics['topk_overlap_mlmoc_flip_base']:.2f}) "
                       f"norm={metrics['topk_overlap_norm']:.2f} | cos={metrics['median_cosine_change']:.2f} "
                       f"scale={metrics['median_scale_ratio_ntk_over_sgd']:.2f} | "
-                      f"kernel {ntk['kernel_seconds']:.2f}s", flush=True)
-    return {"benchmark": "fidelity", "args": vars(args), "machine": machine_info(), "runs": runs}
+                      f"kernel {ntk['kernel_seconds']:.2f}s "
+                      f"({_common.fmt(row['kernel_times_floor'], '.1f')}× floor) | load "
+                      f"{_common.load_mark(row)}", flush=True)
+    return {"benchmark": "fidelity", "args": vars(args), "machine": machine_info(),
+            "rates": rates, "runs": runs}
 
 
 def _fmt(v) -> str:
@@ -273,7 +238,9 @@ def plot(result: dict, path: Path) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small CPU-sized setting (~1 min)")
+    _common.add_common_args(ap, "smoke run: one width, MSE, pseudo, 20 + 10 points (seconds)")
+    ap.add_argument("--small", action="store_true",
+                    help="small CPU-sized setting (3 widths, both losses, every kernel; ~1 min)")
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--widths", type=int, nargs="+")
@@ -282,7 +249,7 @@ def parse_args(argv=None):
     ap.add_argument("--ridges", type=float, nargs="+")
     ap.add_argument("--n-labelled", type=int)
     ap.add_argument("--n-candidates", type=int)
-    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--n-test", type=int, default=None, help="default 300")
     ap.add_argument("--train-epochs", type=int)
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--train-lr", type=float, default=None, help="default: the loss's default")
@@ -291,24 +258,29 @@ def parse_args(argv=None):
     ap.add_argument("--finetune-batch", type=int, default=32)
     ap.add_argument("--finetune-lr", type=float, default=None,
                     help="default: the loss's default rate (no weight decay, constant schedule)")
-    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--top-k", type=int, default=None, help="default 10")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: small networks on a shared CPU run fastest so)")
     ap.add_argument("--tag", default=None, help="results file tag (default quick/full)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
-    quick = {"widths": [32, 128, 512], "losses": ["mse", "ce"], "kernels": ["pseudo", "trace", "full"],
+    quick = {"widths": [32], "losses": ["mse"], "kernels": ["pseudo"], "ridges": [0.0],
+             "n_labelled": 20, "n_candidates": 10, "n_test": 50, "train_epochs": 3,
+             "finetune_epochs": 1, "top_k": 5}
+    small = {"widths": [32, 128, 512], "losses": ["mse", "ce"], "kernels": ["pseudo", "trace", "full"],
              "ridges": [0.0, 1e-3, 1e-1], "n_labelled": 60, "n_candidates": 50,
              "train_epochs": 60, "finetune_epochs": 20}
     full = {"widths": [32, 128, 512, 2048], "losses": ["mse", "ce"],
             "kernels": ["pseudo", "trace", "full"], "ridges": [0.0, 1e-3, 1e-1],
             "n_labelled": 150, "n_candidates": 100, "train_epochs": 100, "finetune_epochs": 30}
-    for key, val in (quick if args.quick else full).items():
+    for preset in (small, full):
+        preset.update(n_test=300, top_k=10)
+    for key, val in (quick if args.quick else small if args.small else full).items():
         if getattr(args, key) is None:
             setattr(args, key, val)
     if args.tag is None:
-        args.tag = "quick" if args.quick else "full"
+        args.tag = "smoke" if args.quick else "quick" if args.small else "full"
     if args.n_candidates < args.top_k:
         ap.error("--n-candidates must be >= --top-k")
     return args
@@ -316,17 +288,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    _common.one_at_a_time(args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args)
     result["total_seconds"] = time.perf_counter() - t0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"fidelity_{args.tag}.json"
-    png_path = RESULTS / f"fidelity_{args.tag}.png"
-    json_path.write_text(json.dumps(result, indent=1))
+    folder = _common.results_dir(args)
+    json_path = _common.write_result(folder / f"fidelity_{args.tag}.json", result, result["runs"],
+                                     quick=args.quick)
+    png_path = json_path.with_suffix(".png")
     plot(result, png_path)
-    print(f"total {result['total_seconds']:.1f}s; wrote {json_path} and {png_path}")
+    print(f"total {result['total_seconds']:.1f}s; wrote {png_path}")
     return result
 
 

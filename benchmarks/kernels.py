@@ -6,12 +6,22 @@ parameter with ``einsum``, blocks of 125 inputs, every block pair computed), the
 with seconds, peak memory and the speed-up over that baseline, and writes JSON with machine info.
 
 Each case runs in its own subprocess, so peak memory is clean (``VmHWM`` of that process minus its
-resident size before the kernel; ``torch.cuda.max_memory_allocated`` on CUDA).
+resident size before the kernel; ``torch.cuda.max_memory_allocated`` on CUDA); ``--quick`` runs its
+few tiny cases in this process instead (no memory figures).
+
+Floors, measured in the same run (``_common.gemm_rates``): every case states its GEMM FLOPs, the
+Gram of explicit per-example gradients (2·N²·P per output pair, the floor of any Jacobian route)
+and the per-layer cheapest route (dense layers factorised as (a·a' + 1)(δ·δ'), Novak et al., ICML
+2022), both for the symmetric Θ(X, X) plus one featurisation pass, and prints time / floor at the
+float64 (or float32, for the float32 baseline) GEMM rate of the threads it uses. Beside ntkal's
+engines run the plain torch.func route, float64 per-example Jacobians computed once and one Gram
+(``torchfunc``), and the tutorial's route that recomputes Jacobians for every block pair
+(``baseline``, float32 as the tutorial).
 
 Usage::
 
     python benchmarks/kernels.py                       # full run (CPU: MLP/CNN N=1000, ResNet18 N=64)
-    python benchmarks/kernels.py --quick               # smoke run, small N, about a minute
+    python benchmarks/kernels.py --quick               # smoke run: CNN, N = 8, seconds
     python benchmarks/kernels.py --skip-slow-baseline  # baseline timed on two block pairs, scaled
     python benchmarks/kernels.py --device cuda         # GPU run (ResNet18 N=5000)
     python benchmarks/kernels.py --models mlp,cnn --kinds pseudo,full --out my.json
@@ -24,22 +34,23 @@ import argparse
 import json
 import math
 import os
-import platform
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import _common
+
 KINDS = ("pseudo", "trace", "full", "last_layer")
-IMPLS = ("structured", "jacobian", "auto")
+IMPLS = ("structured", "jacobian", "auto", "torchfunc")
+QUICK_IMPLS = "auto,torchfunc"
 BASELINE_BLOCK = 125
 
 
 # ----------------------------------------------------------------------------------- networks
 def build(name: str):
     """The benchmark networks (defined here so the benchmark does not depend on model code)."""
-    import torch
     from torch import nn
 
     if name == "mlp":  # 784-512-512-10: 669,706 parameters
@@ -112,11 +123,9 @@ def _setup(model_name: str, n: int, device: str, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- baseline
-def baseline_ntk(net, x, kind, block=BASELINE_BLOCK, max_pairs=None):
-    """The tutorial's route: ``vmap(jacrev)`` Jacobians, per-parameter ``einsum``, all block
-    pairs (no symmetry, no caching). With ``max_pairs`` only that many pairs are computed and the
-    number of pairs of the whole kernel is returned for extrapolation."""
-    import torch
+def _jacobian_fn(net, kind):
+    """``jac(xb)``: per-example Jacobians of the kernel's function by ``vmap(jacrev)``, one
+    flattened ``(b, [k,] P_param)`` tensor per parameter, and the einsum that contracts them."""
     from torch.func import functional_call, jacrev, vmap
 
     params = {n: p.detach() for n, p in net.named_parameters()}
@@ -141,6 +150,16 @@ def baseline_ntk(net, x, kind, block=BASELINE_BLOCK, max_pairs=None):
 
     eq = {"full": "Naf,Mbf->NMab", "trace": "Naf,Maf->NM", "pseudo": "Nf,Mf->NM",
           "last_layer": "Nf,Mf->NM"}[kind]
+    return jac, eq
+
+
+def baseline_ntk(net, x, kind, block=BASELINE_BLOCK, max_pairs=None):
+    """The tutorial's route: ``vmap(jacrev)`` Jacobians, per-parameter ``einsum``, all block
+    pairs (no symmetry, no caching). With ``max_pairs`` only that many pairs are computed and the
+    number of pairs of the whole kernel is returned for extrapolation."""
+    import torch
+
+    jac, eq = _jacobian_fn(net, kind)
     n = x.shape[0]
     blocks = [slice(s, min(s + block, n)) for s in range(0, n, block)]
     pairs = [(a, b) for a in blocks for b in blocks]
@@ -154,6 +173,32 @@ def baseline_ntk(net, x, kind, block=BASELINE_BLOCK, max_pairs=None):
             if max_pairs is None:
                 out[a, b] = blk
     return out, len(pairs), len(todo)
+
+
+def torchfunc_bytes(net, n, kind) -> int:
+    """Bytes of the float64 Jacobians of n inputs that :func:`torchfunc_ntk` holds at once."""
+    p = sum(q.numel() for q in net.parameters())
+    if kind == "last_layer":
+        p = sum(q.numel() for name, q in net.named_parameters()
+                if name.startswith(_last_linear_prefix(net)))
+    return 8 * n * p * (10 if kind in ("full", "trace") else 1)
+
+
+def torchfunc_ntk(net, x, kind, block=BASELINE_BLOCK):
+    """The plain torch.func route in float64: per-example Jacobians (``vmap(jacrev)``, blocks of
+    ``block`` inputs) computed once, concatenated, and contracted in one Gram."""
+    import copy
+
+    import torch
+
+    net64 = copy.deepcopy(net).double()
+    jac, eq = _jacobian_fn(net64, kind)
+    x64 = x.double()
+    with torch.no_grad():
+        parts = [torch.cat(jac(x64[s:s + block]), dim=-1) for s in range(0, x.shape[0], block)]
+        j = torch.cat(parts)
+        del parts
+        return torch.einsum(eq, j, j)
 
 
 def _last_linear_prefix(net):
@@ -186,23 +231,29 @@ def run_case(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     device = spec["device"]
     net, x = _setup(spec["model"], spec["n"], device)
-    impl = spec["impl"]
+    impl, kind = spec["impl"], spec["kind"]
+    result = dict(spec)
+    result.update(case_work(net, x, kind))
+    if impl == "torchfunc" and torchfunc_bytes(net, x.shape[0], kind) > spec["torchfunc_max_bytes"]:
+        gib = torchfunc_bytes(net, x.shape[0], kind) / 2**30
+        return dict(result, error=f"skipped: its Jacobians need {gib:.1f} GiB at once")
     # Warm-up on 2 examples (first-call dispatch, vmap tracing) so one-time costs are not timed.
     from ntkal.kernels import empirical_ntk
 
     if impl == "baseline":
-        baseline_ntk(net, x[:2], spec["kind"], block=2)
+        baseline_ntk(net, x[:2], kind, block=2)
+    elif impl == "torchfunc":
+        torchfunc_ntk(net, x[:2], kind)
     else:
-        empirical_ntk(net, x[:2], kind=spec["kind"], implementation=impl)
+        empirical_ntk(net, x[:2], kind=kind, implementation=impl)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     rss0 = _rss_kib("VmRSS")
-    result = dict(spec)
     t0 = time.perf_counter()
     if impl == "baseline":
-        _, total_pairs, done = baseline_ntk(net, x, spec["kind"], block=spec["block"],
+        _, total_pairs, done = baseline_ntk(net, x, kind, block=spec["block"],
                                             max_pairs=spec.get("max_pairs"))
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -213,34 +264,43 @@ def run_case(spec: dict) -> dict:
             result["measured_pairs"] = done
             secs = secs * total_pairs / done
     else:
-        empirical_ntk(net, x, kind=spec["kind"], implementation=impl)
+        if impl == "torchfunc":
+            torchfunc_ntk(net, x, kind)
+        else:
+            empirical_ntk(net, x, kind=kind, implementation=impl)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         result["extrapolated"] = False
         if impl == "auto":
-            result["auto_choice"] = _auto_choice(net, x, spec["kind"])
+            result["auto_choice"] = _auto_choice(net, x, kind)
     result["seconds"] = secs
     if device.startswith("cuda"):
         result["peak_mib"] = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+    elif spec.get("in_process"):
+        result["peak_mib"] = None  # the process's high-water mark is not this case's
     else:
         result["peak_mib"] = max(0, _rss_kib("VmHWM") - rss0) / 1024
     result["params"] = sum(p.numel() for p in net.parameters())
     return result
 
 
-def _auto_choice(net, x, kind):
-    if kind == "last_layer":
-        return "last_layer"
-    from ntkal.kernels import _choose
-    from ntkal.kernels._common import eval_mode, probe, split_parameters
+def case_work(net, x, kind: str) -> dict:
+    """The GEMM FLOPs the kernel Θ(X, X) needs (``_common.gram_flops``, symmetric) plus one
+    featurisation pass: ``explicit_flops`` for the Gram of explicit per-example gradients,
+    ``best_flops`` for the cheapest route per layer."""
+    layers = _common.model_layers(net, x[0])
+    k = 10
+    n = x.shape[0]
+    gram = _common.gram_flops(layers, n, n, kind, k, symmetric=True)
+    feat = _common.featurise_flops(layers, n, kind, k)
+    return {"explicit_flops": gram["explicit"] + feat, "best_flops": gram["best"] + feat}
 
-    with eval_mode(net):
-        params, _ = split_parameters(net)
-        _, _, calls = probe(net, x)
-        out = net(x[:1])
-        eng = _choose("auto", net, params, calls, kind, out.shape[1], x.shape[0], x.shape[0])
-    return "structured" if eng.__name__ == "run_structured" else "jacobian"
+
+def _auto_choice(net, x, kind):
+    from ntkal.kernels import chosen_implementation
+
+    return chosen_implementation(net, x, kind)
 
 
 def _spawn(spec: dict, timeout: float) -> dict:
@@ -258,39 +318,10 @@ def _spawn(spec: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-# ----------------------------------------------------------------------------------- machine
-def machine_info(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "hostname": socket.gethostname(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "device": device,
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def plan_cases(args) -> list[dict]:
     cuda = args.device.startswith("cuda")
     if args.quick:
-        sizes = {"mlp": 200, "cnn": 200, "resnet18": 8}
+        sizes = {"mlp": 8, "cnn": 8, "resnet18": 4}
     elif cuda:
         sizes = {"mlp": 5000, "cnn": 5000, "resnet18": 5000}
     else:
@@ -299,7 +330,10 @@ def plan_cases(args) -> list[dict]:
         sizes = {m: args.n for m in sizes}
     models = args.models.split(",")
     kinds = args.kinds.split(",")
-    impls = [i for i in args.impls.split(",") if i and i != "none"]
+    impls = [i for i in (args.impls or QUICK_IMPLS if args.quick else args.impls or
+                         ",".join(IMPLS)).split(",") if i and i != "none"]
+    common = dict(device=args.device, threads=args.threads, in_process=args.quick,
+                  torchfunc_max_bytes=int(args.torchfunc_max_gib * 2**30))
     cases = []
     for model in models:
         n = sizes[model]
@@ -307,14 +341,12 @@ def plan_cases(args) -> list[dict]:
             if kind == "full" and model == "resnet18" and n > 1000:
                 continue  # n^2 k^2 float64 entries would not fit anywhere
             for impl in impls:
-                cases.append(dict(model=model, n=n, kind=kind, impl=impl, device=args.device,
-                                  threads=args.threads))
+                cases.append(dict(model=model, n=n, kind=kind, impl=impl, **common))
             if not args.no_baseline:
                 block = BASELINE_BLOCK
                 if model == "resnet18" and kind in ("full", "trace") and not cuda:
                     block = 4  # 125 x 10 x 11.2M float32 Jacobians would need 56 GB
-                spec = dict(model=model, n=n, kind=kind, impl="baseline", device=args.device,
-                            threads=args.threads, block=block)
+                spec = dict(model=model, n=n, kind=kind, impl="baseline", block=block, **common)
                 nb = math.ceil(n / block)
                 slow = args.skip_slow_baseline and nb * nb > 2
                 if slow:
@@ -323,12 +355,26 @@ def plan_cases(args) -> list[dict]:
     return cases
 
 
+def add_floors(row: dict, rates: dict) -> dict:
+    """``floor_seconds`` (cheapest route per layer) and ``gram_floor_seconds`` (explicit
+    per-example gradients' Gram) at the GEMM rate of the row's dtype and threads, and the
+    ``× floor`` ratios of its time."""
+    if "best_flops" not in row:
+        return row
+    dtype = "float32" if row["impl"] == "baseline" else "float64"  # the tutorial runs float32
+    rate = _common.gemm_rate(rates, dtype, row.get("threads") or rates["threads"])
+    row["floor_dtype"], row["floor_gflops"] = dtype, rate
+    row["floor_seconds"] = _common.floor_seconds(row["best_flops"], rate)
+    row["gram_floor_seconds"] = _common.floor_seconds(row["explicit_flops"], rate)
+    row["times_floor"] = _common.times_floor(row.get("seconds"), row["floor_seconds"])
+    row["times_gram_floor"] = _common.times_floor(row.get("seconds"), row["gram_floor_seconds"])
+    return row
+
+
 def table(results: list[dict]) -> str:
     base = {(r["model"], r["kind"]): r for r in results
             if r["impl"] == "baseline" and "seconds" in r}
-    head = f"{'model':9} {'N':>5} {'kind':10} {'implementation':14} {'seconds':>9} " \
-           f"{'peak MiB':>9} {'speed-up':>9}  note"
-    rows = [head, "-" * len(head)]
+    rows = []
     for r in results:
         note = r.get("error", "")
         if r.get("extrapolated"):
@@ -336,70 +382,87 @@ def table(results: list[dict]) -> str:
                     f"({r['measured_seconds']:.1f} s)")
         if r["impl"] == "auto" and "auto_choice" in r:
             note = f"auto -> {r['auto_choice']}"
-        if "seconds" not in r:
-            rows.append(f"{r['model']:9} {r['n']:>5} {r['kind']:10} {r['impl']:14} "
-                        f"{'-':>9} {'-':>9} {'-':>9}  {note}")
-            continue
         b = base.get((r["model"], r["kind"]))
-        sp = f"{b['seconds'] / r['seconds']:.1f}x" if b and r["impl"] != "baseline" else ""
-        rows.append(f"{r['model']:9} {r['n']:>5} {r['kind']:10} {r['impl']:14} "
-                    f"{r['seconds']:9.2f} {r['peak_mib']:9.0f} {sp:>9}  {note}")
-    return "\n".join(rows)
+        sp = (f"{b['seconds'] / r['seconds']:.1f}×" if b and "seconds" in r
+              and r["impl"] != "baseline" else "")
+        rows.append([r["model"], r["n"], r["kind"], r["impl"], _common.fmt(r.get("seconds")),
+                     _common.fmt(r.get("times_floor"), ".1f"),
+                     _common.fmt(r.get("times_gram_floor"), ".2f"),
+                     _common.fmt(r.get("peak_mib"), ".0f"), sp, _common.load_mark(r), note])
+    return _common.markdown_table(
+        ["model", "N", "kind", "implementation", "seconds", "× floor", "× Gram floor",
+         "peak MiB", "vs baseline", "load 1-min before/after", "note"], rows,
+        align="lrllrrrrrll")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small N smoke run")
+    _common.add_common_args(ap, "smoke run: the CNN, N = 8, pseudo, in this process")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--models", default="mlp,cnn,resnet18")
-    ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--impls", default=",".join(IMPLS),
-                    help="comma-separated engines; 'none' runs only the baseline")
+    ap.add_argument("--models", default=None, help="default mlp,cnn,resnet18 (--quick: cnn)")
+    ap.add_argument("--kinds", default=None, help=f"default {','.join(KINDS)} (--quick: pseudo)")
+    ap.add_argument("--impls", default=None,
+                    help=f"comma-separated engines, default {','.join(IMPLS)} (--quick: "
+                         f"{QUICK_IMPLS}); 'none' runs only the baseline")
     ap.add_argument("--n", type=int, default=None, help="override N for every model")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per case")
     ap.add_argument("--skip-slow-baseline", action="store_true",
                     help="time the baseline on 2 block pairs and scale to all pairs (marked "
                          "'extrapolated' in the table and JSON)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--torchfunc-max-gib", type=float, default=4.0,
+                    help="skip the torchfunc route when its Jacobians exceed this (default 4)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case")
     ap.add_argument("--out", default=None,
-                    help="JSON path (default benchmarks/results/kernels_<hostname>.json)")
+                    help="JSON path (default <results>/kernels_<hostname>.json)")
     ap.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._case:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         print(json.dumps(run_case(json.loads(args._case))))
         return 0
-    if args.device.startswith("cuda"):
-        import torch
+    _common.one_at_a_time(args.quick)
+    import torch
 
-        if not torch.cuda.is_available():
-            ap.error("--device cuda requested but torch.cuda.is_available() is False")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda requested but torch.cuda.is_available() is False")
+    args.models = args.models or ("cnn" if args.quick else "mlp,cnn,resnet18")
+    args.kinds = args.kinds or ("pseudo" if args.quick else ",".join(KINDS))
     out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "results" / f"kernels_{socket.gethostname()}.json")
-    info = machine_info(args.device)
-    info["threads_per_case"] = args.threads or info["torch_threads"]
+        _common.results_dir(args) / f"kernels_{socket.gethostname()}{'_quick' if args.quick else ''}.json")
+    info = _common.machine_info(args.device)
+    threads = args.threads or info["torch_threads"]
+    info["threads_per_case"] = threads
+    rates = _common.measure_rates(threads, quick=args.quick, device=args.device)
+    rates["threads"] = threads
     cases = plan_cases(args)
     results = []
     for i, spec in enumerate(cases, 1):
         label = f"[{i}/{len(cases)}] {spec['model']} N={spec['n']} {spec['kind']} {spec['impl']}"
         print(label, "...", end=" ", flush=True)
-        res = _spawn(spec, args.timeout)
-        results.append(res)
-        print(res.get("error") or f"{res['seconds']:.2f} s", flush=True)
-    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        before = _common.loadavg()
+        if args.quick:
+            res = run_case(spec)
+            torch.set_num_threads(info["torch_threads"])
+        else:
+            res = _spawn(spec, args.timeout)
+        res.update(_common.case_load(before, threads))
+        results.append(add_floors(res, rates))
+        print(res.get("error") or f"{res['seconds']:.2f} s, {res['times_floor']:.1f}× floor",
+              flush=True)
     text = table(results)
     print()
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "quick": args.quick,
-               "baseline": "torch.func vmap(jacrev) + per-parameter einsum, blocks of "
+    payload = {"benchmark": "kernels", "machine": info, "quick": args.quick, "rates": rates,
+               "baseline": "torch.func vmap(jacrev) + per-parameter einsum, float32, blocks of "
                            f"{BASELINE_BLOCK} (4 for ResNet18 full/trace on CPU), all pairs",
+               "torchfunc": "float64 per-example Jacobians by vmap(jacrev), once, one Gram",
+               "floors": "GEMM FLOPs of the symmetric kernel plus one featurisation pass at the "
+                         "measured best GEMM rate: cheapest route per layer (× floor) and the "
+                         "Gram of explicit per-example gradients (× Gram floor)",
                "results": results, "table": text}
-    out.write_text(json.dumps(payload, indent=1))
-    print(f"\nwrote {out}")
+    _common.write_result(out, payload, results, quick=args.quick, device=args.device)
     return 0
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import RESULTS, machine_info  # noqa: E402
+from _common import RESULTS, machine_info  # noqa: E402
 
 
 def _free_port() -> int:

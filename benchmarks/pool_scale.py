@@ -11,18 +11,26 @@ briefly on L once, and each case runs in its own subprocess (clean peak RSS, ``r
   where it fits (``m <= --dense-max``);
 * sequential MLMOC steps (propose + observe) at ``--seq-m``, streaming, Σ[E, C] cached.
 
+Every case states its arithmetic and is printed with ``× floor`` against this machine's GEMM rate,
+measured in the same run (``_common``): the batch query must do the GEMMs Θ(E, C), V_Eᵀ V_C and
+Θ(L, C) (plus the smaller Θ(L, L), Cholesky, triangular solve and featurisation), counted from the
+model's layer shapes (``_common.mlmoc_query_flops``; about 2.7 TFLOP for the MLP at m = 60 000,
+|L| = 1 000, E = 5 000); a sequential step must do one rank-one update of Σ[E, C] and one rescoring
+pass over it, a memory-bound floor at the measured stream bandwidth
+(``_common.sequential_step_work``). The load average is recorded before and after every case;
+a run with loaded cases is written as ``pool_scale_<tag>_loaded.json``, not as the README's file.
+
 Fits the growth exponent of time in ``m`` per model and engine; prints a table and writes
-``benchmarks/results/pool_scale_<tag>.json`` with machine information. The machine may be shared
-(load averages are recorded before each case). Run::
+``benchmarks/results/pool_scale_<tag>.json`` with machine information. Run::
 
     python benchmarks/pool_scale.py                       # MLP and CNN, m in 2k..60k
-    python benchmarks/pool_scale.py --models mlp --sizes 2000 5000 --tag quick
+    python benchmarks/pool_scale.py --models mlp --sizes 2000 5000 --tag small
+    python benchmarks/pool_scale.py --quick               # digits, m = 300, in this process
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -33,16 +41,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import RESULTS, machine_info, make_config  # noqa: E402
+import _common
+from _common import make_config
 
 SIZES = (2000, 5000, 10_000, 20_000, 60_000)
+QUICK = {"dataset": "digits", "models": ["mlp"], "sizes": [300], "dense_max": 300, "seq_m": 300,
+         "seq_steps": 2, "seq_models": ["mlp"], "eval_size": "100", "n_labelled": 40,
+         "budget": 5, "train_epochs": 1}
 
 
-def load_data(seed: int, n_labelled: int):
+def load_data(seed: int, n_labelled: int, dataset: str = "fashion_mnist"):
     from ntkal.data import load_dataset
 
-    ds = load_dataset("fashion_mnist", seed=seed)
+    ds = load_dataset(dataset, seed=seed)
     perm = torch.as_tensor(np.random.default_rng(seed).permutation(ds.x_train.shape[0]))
     test = torch.as_tensor(np.random.default_rng(seed + 1).permutation(ds.x_test.shape[0]))
     li = test[:n_labelled]
@@ -53,7 +64,7 @@ def train_models(args, path: Path) -> dict:
     from ntkal.models import build_model
     from ntkal.training import train
 
-    xl, yl, _, k, in_shape = load_data(args.seed, args.n_labelled)
+    xl, yl, _, k, in_shape = load_data(args.seed, args.n_labelled, args.dataset)
     info = {}
     for name in args.models:
         torch.manual_seed(args.seed)
@@ -74,7 +85,7 @@ def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Pat
     from ntkal.strategies.lookahead import MLMOC
 
     torch.set_num_threads(args.threads)
-    xl, yl, pool, k, in_shape = load_data(args.seed, args.n_labelled)
+    xl, yl, pool, k, in_shape = load_data(args.seed, args.n_labelled, args.dataset)
     xs = pool[:m].clone()
     del pool
     model = build_model(model_name, in_shape, k)
@@ -95,7 +106,6 @@ def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Pat
     else:
         session = strat.begin_sequential(ctx)
         setup = time.perf_counter() - t0
-        la = session.lookahead
         steps = []
         rng = np.random.default_rng(args.seed)
         for _ in range(args.seq_steps):
@@ -113,23 +123,54 @@ def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Pat
 
 
 def spawn(args, model_name, m, engine, mode, weights) -> dict:
+    """One case in its own process (clean peak RSS), or in this one with ``--quick``; with its
+    load before and after."""
+    load = _common.loadavg()
+    t0 = time.perf_counter()
+    if args.quick:
+        row = run_case(args, model_name, m, engine, mode, weights)
+        row["peak_rss_bytes"] = None  # this process's high-water mark is not the case's
+        row.update(_common.case_load(load, args.threads), wall_seconds=time.perf_counter() - t0)
+        return row
     cmd = [sys.executable, __file__, "--case", model_name, str(m), engine, mode,
            "--weights", str(weights), "--seed", str(args.seed), "--threads", str(args.threads),
            "--eval-size", str(args.eval_size), "--max-memory", str(int(args.max_memory)),
            "--n-labelled", str(args.n_labelled), "--budget", str(args.budget),
-           "--seq-steps", str(args.seq_steps)]
-    load = list(os.getloadavg())
-    t0 = time.perf_counter()
+           "--seq-steps", str(args.seq_steps), "--dataset", args.dataset]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"model": model_name, "m": m, "engine": engine, "mode": mode,
                 "failed": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
-                "loadavg_before": load, "wall_seconds": wall}
+                "wall_seconds": wall, **_common.case_load(load, args.threads)}
     row = json.loads(lines[-1])
-    row.update(loadavg_before=load, wall_seconds=wall)
+    row.update(wall_seconds=wall, **_common.case_load(load, args.threads))
     return row
+
+
+def case_floor(args, layers: list, k: int, row: dict, rates: dict) -> dict:
+    """The row's arithmetic and floor: the whole-pool query's GEMM FLOPs at the float64 GEMM
+    rate (batch; the set-up of a sequential run), and for a sequential step the roofline of one
+    rank-one update plus one rescoring pass (bytes at the stream bandwidth, FLOPs at GEMM rate)."""
+    m = row["m"]
+    e = m if args.eval_size == "all" else min(int(args.eval_size), m)
+    rate = _common.gemm_rate(rates, "float64", args.threads)
+    query = _common.mlmoc_query_flops(layers, args.n_labelled, e, m, k)
+    out = {"eval_points": e, "query_flops": query, "query_floor_seconds":
+           _common.floor_seconds(query["total"], rate), "floor_gflops": rate}
+    if row.get("mode") == "batch":
+        out["times_floor"] = _common.times_floor(row.get("seconds"), out["query_floor_seconds"])
+    else:
+        per_pair = _common.gram_flops(layers, 1, 1, "pseudo", k)["best"]
+        step = _common.sequential_step_work(args.n_labelled, e, m, k, per_pair)
+        floor = _common.floor_seconds(step["flops"], rate, step["bytes"],
+                                      _common.bandwidth(rates, args.threads))
+        out.update(step_work=step, step_floor_seconds=floor,
+                   setup_times_floor=_common.times_floor(row.get("setup_seconds"),
+                                                         out["query_floor_seconds"]),
+                   step_times_floor=_common.times_floor(row.get("step_seconds_mean"), floor))
+    return out
 
 
 def growth_exponent(rows, model, engine) -> float | None:
@@ -141,51 +182,78 @@ def growth_exponent(rows, model, engine) -> float | None:
     return float(np.polyfit(ms, ts, 1)[0])
 
 
+def _gib(v) -> str:
+    return "-" if v is None else f"{v / 2**30:.2f}"
+
+
 def table(rows) -> str:
-    lines = ["| model | m | engine | time (s) | kernel+setup (s) | scoring (s) | peak RSS (GiB) |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    body = []
     for r in rows:
         if r.get("mode") != "batch":
             continue
+        tf = r.get("query_flops", {}).get("total")
         if "failed" in r:
-            lines.append(f"| {r['model']} | {r['m']} | {r['engine']} | failed | | | |")
+            body.append([r["model"], r["m"], r["engine"], "failed", "", "", "", "", "",
+                         _common.load_mark(r)])
             continue
-        lines.append(f"| {r['model']} | {r['m']} | {r['engine']} | {r['seconds']:.1f} | "
-                     f"{r['kernel_seconds']:.1f} | {r['score_seconds']:.1f} | "
-                     f"{r['peak_rss_bytes'] / 2**30:.2f} |")
+        body.append([r["model"], r["m"], r["engine"], f"{r['seconds']:.1f}",
+                     _common.fmt(tf and tf / 1e12, ".3f"),
+                     _common.fmt(r.get("query_floor_seconds"), ".3g"),
+                     _common.fmt(r.get("times_floor"), ".2f"), f"{r['kernel_seconds']:.1f}",
+                     f"{r['score_seconds']:.1f}", _gib(r.get("peak_rss_bytes")),
+                     _common.load_mark(r)])
+    lines = [_common.markdown_table(
+        ["model", "m", "engine", "time (s)", "TFLOP", "floor (s)", "× floor", "kernel+setup (s)",
+         "scoring (s)", "peak RSS (GiB)", "load 1-min before/after"], body, align="lrlrrrrrrrl")]
     for r in rows:
         if r.get("mode") == "sequential" and "failed" not in r:
-            lines.append(f"\nsequential ({r['model']}, m = {r['m']}, {r['engine']}): setup "
-                         f"{r['setup_seconds']:.1f}s, then {r['step_seconds_mean']:.2f}s per step "
-                         f"(propose + observe, mean of {len(r['step_seconds'])}), peak RSS "
-                         f"{r['peak_rss_bytes'] / 2**30:.2f} GiB")
+            lines.append(f"\nsequential ({r['model']}, m = {r['m']}, E = {r.get('eval_points')}, "
+                         f"{r['engine']}): setup {r['setup_seconds']:.1f}s "
+                         f"({_common.fmt(r.get('setup_times_floor'), '.2f')}× the query floor), "
+                         f"then {r['step_seconds_mean']:.3f}s per step (propose + observe, mean of "
+                         f"{len(r['step_seconds'])}; floor {r['step_floor_seconds']:.3g}s = one "
+                         f"rank-one update of Σ[E, C] + one rescoring pass, "
+                         f"{_common.fmt(r.get('step_times_floor'), '.1f')}× floor), peak RSS "
+                         f"{_gib(r.get('peak_rss_bytes'))} GiB, load {_common.load_mark(r)}")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    ap.add_argument("--sizes", nargs="*", type=int, default=list(SIZES))
-    ap.add_argument("--dense-max", type=int, default=10_000,
-                    help="largest m also run with the dense engine")
-    ap.add_argument("--seq-m", type=int, default=10_000, help="pool size of the sequential case")
-    ap.add_argument("--seq-steps", type=int, default=3)
-    ap.add_argument("--seq-models", nargs="*", default=["mlp"])
-    ap.add_argument("--eval-size", default="5000")
-    ap.add_argument("--n-labelled", type=int, default=1000)
-    ap.add_argument("--budget", type=int, default=100)
+    _common.add_common_args(ap, "digits, m = 300, E = 100, cases in this process (seconds)")
+    ap.add_argument("--dataset", default=None, help="default fashion_mnist (--quick: digits)")
+    ap.add_argument("--models", nargs="+", default=None, help="default mlp cnn")
+    ap.add_argument("--sizes", nargs="*", type=int, default=None,
+                    help=f"pool sizes m (default {' '.join(map(str, SIZES))})")
+    ap.add_argument("--dense-max", type=int, default=None,
+                    help="largest m also run with the dense engine (default 10000)")
+    ap.add_argument("--seq-m", type=int, default=None,
+                    help="pool size of the sequential case (default 10000)")
+    ap.add_argument("--seq-steps", type=int, default=None, help="default 3")
+    ap.add_argument("--seq-models", nargs="*", default=None, help="default mlp")
+    ap.add_argument("--eval-size", default=None, help="E (default 5000) or all")
+    ap.add_argument("--n-labelled", type=int, default=None, help="default 1000")
+    ap.add_argument("--budget", type=int, default=None, help="default 100")
     ap.add_argument("--max-memory", type=float, default=3 * 2**30,
                     help="look-ahead engine memory budget in bytes (default 3 GiB)")
-    ap.add_argument("--train-epochs", type=int, default=15)
+    ap.add_argument("--train-epochs", type=int, default=None, help="default 15")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--case-timeout", type=float, default=3600)
-    ap.add_argument("--tag", default="full")
+    ap.add_argument("--tag", default=None, help="results file tag (default full / quick)")
     ap.add_argument("--case", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--merge", nargs="+", default=None,
                     help="only rebuild the JSON and table from the printed rows of these logs")
     args = ap.parse_args(argv)
+    full = {"dataset": "fashion_mnist", "models": ["mlp", "cnn"], "sizes": list(SIZES),
+            "dense_max": 10_000, "seq_m": 10_000, "seq_steps": 3, "seq_models": ["mlp"],
+            "eval_size": "5000", "n_labelled": 1000, "budget": 100, "train_epochs": 15}
+    for key, val in (QUICK if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, val)
+    if args.tag is None:
+        args.tag = "quick" if args.quick else "full"
     args.eval_size = args.eval_size if args.eval_size == "all" else int(args.eval_size)
     return args
 
@@ -198,29 +266,49 @@ def main(argv=None) -> dict:
         return {}
     if args.merge:
         return merge(args)
+    _common.one_at_a_time(args.quick)
     torch.set_num_threads(args.threads)
+    rates = _common.measure_rates(args.threads, quick=args.quick)
+    print("GEMM GFLOP/s (best size):", {d: {t: round(v["best"], 1) for t, v in per.items()}
+                                        for d, per in rates["gemm_gflops"].items()},
+          "stream GB/s:", {t: round(v, 1) for t, v in rates["stream_gbps"].items()}, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
         trained = train_models(args, weights)
         print(f"trained on |L| = {args.n_labelled}: {trained}", flush=True)
-        for name in args.models:
-            for m in args.sizes:
-                engines = ["streaming"] + (["dense"] if m <= args.dense_max else [])
-                for engine in engines:
-                    row = spawn(args, name, m, engine, "batch", weights)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    write(args, rows, trained)
-        for name in args.seq_models:
-            row = spawn(args, name, args.seq_m, "streaming", "sequential", weights)
+        shapes = model_shapes(args)
+
+        def case(name, m, engine, mode):
+            row = spawn(args, name, m, engine, mode, weights)
+            layers, k = shapes[name]
+            row.update(case_floor(args, layers, k, row, rates))
             rows.append(row)
             print(json.dumps(row), flush=True)
-        write(args, rows, trained)
-    return write(args, rows, trained, final=True)
+            write(args, rows, trained, rates)
+
+        for name in args.models:
+            for m in args.sizes:
+                for engine in ["streaming"] + (["dense"] if m <= args.dense_max else []):
+                    case(name, m, engine, "batch")
+        for name in args.seq_models:
+            case(name, args.seq_m, "streaming", "sequential")
+    return write(args, rows, trained, rates, final=True)
 
 
-def write(args, rows, trained, final: bool = False) -> dict:
+def model_shapes(args) -> dict:
+    """Per model, its parameterised layers (``_common.model_layers``) and class count."""
+    from ntkal.models import build_model
+
+    xl, _, _, k, in_shape = load_data(args.seed, args.n_labelled, args.dataset)
+    out = {}
+    for name in sorted(set(args.models) | set(args.seq_models)):
+        torch.manual_seed(args.seed)
+        out[name] = (_common.model_layers(build_model(name, in_shape, k), xl[0]), k)
+    return out
+
+
+def write(args, rows, trained, rates=None, final: bool = False) -> dict:
     """The result JSON (rewritten after every case, so an interrupted run keeps what it did)."""
     models = sorted({r["model"] for r in rows})
     exponents = {f"{name}/{engine}": growth_exponent(rows, name, engine)
@@ -242,17 +330,24 @@ def write(args, rows, trained, final: bool = False) -> dict:
         print("growth exponents (time ~ m^a):", exponents)
     result = {"benchmark": "pool_scale", "args": {k: v for k, v in vars(args).items()
                                                   if k not in ("case", "weights")},
-              "machine": machine_info(), "trained": trained, "rows": rows,
-              "growth_exponents": exponents, "streaming_vs_dense": agree, "table": text,
-              "complete": final,
-              "note": "L = 1000 test-split images, pool = the Fashion-MNIST training split; "
-                      "pseudo-NTK, flip score, E = eval_size seeded candidates; each case in its "
-                      "own process; the machine may have been shared (loadavg_before per row)."}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"pool_scale_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=1))
-    if final:
-        print(f"wrote {path}")
+              "machine": _common.machine_info(), "rates": rates, "trained": trained,
+              "rows": rows, "growth_exponents": exponents, "streaming_vs_dense": agree,
+              "table": text, "complete": final,
+              "note": f"L = {args.n_labelled} test-split images, pool = the {args.dataset} "
+                      "training split; pseudo-NTK, flip score, E = eval_size seeded candidates; "
+                      "each case in its own process (--quick: in this one); load average before "
+                      "and after every case; floors at the GEMM rate and stream bandwidth "
+                      "measured in this run."}
+    path = _common.results_dir(args) / f"pool_scale_{args.tag}.json"
+    if not final:  # progress file: overwritten after every case, so an interrupted run keeps it
+        partial = path.with_name(path.stem + "_partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, indent=1, default=str))
+        return result
+    _common.write_result(path, result, rows, quick=args.quick)
+    partial = path.with_name(path.stem + "_partial.json")
+    if partial.exists():
+        partial.unlink()
     return result
 
 

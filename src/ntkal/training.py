@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkal.arguments import as_float, as_int
 from ntkal.data.labels import as_class_labels
 from ntkal.models.devices import model_dtype as _model_dtype
 from ntkal.models.devices import resolve_device as _resolve_device
@@ -28,7 +28,7 @@ from ntkal.models.forward import as_input_batch, predict_logits
 from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
+__all__ = ["TrainConfig", "TRAIN_CONFIG_KEYS", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
            "predict_logits"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -38,26 +38,12 @@ DEFAULT_LR = {"mse": 0.5, "ce": 0.05}
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return as_int(value, f"TrainConfig.{name}", minimum=minimum, integral_floats=True)
 
 
 def _as_float(name: str, value: Any) -> float:
     # YAML 1.1 reads "1e-4" as a string; accept numeric strings rather than fail far from the file.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}")
-    return float(value)
+    return as_float(value, f"TrainConfig.{name}", numeric_strings=True)
 
 
 @dataclass
@@ -173,7 +159,7 @@ class TrainConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys are an error naming the valid ones."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
-        valid = [f.name for f in dataclasses.fields(cls)]
+        valid = TRAIN_CONFIG_KEYS
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ValueError(f"unknown training option(s) {', '.join(map(str, unknown))}; "
@@ -192,6 +178,10 @@ class TrainConfig:
                     weight_decay=1e-4, schedule="onecycle", loss="mse")
         base.update(changes)
         return cls(**base)
+
+
+#: The keys of a trainer section (``TrainConfig``'s fields): the one list configs check against.
+TRAIN_CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @dataclass
@@ -231,9 +221,7 @@ def _as_labels(y: Any, n: int, num_classes: int) -> torch.Tensor:
 
 
 def _check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
+    return as_int(num_classes, "num_classes", minimum=1)
 
 
 def _check_output(out: torch.Tensor, n: int, num_classes: int) -> None:
@@ -377,6 +365,55 @@ def _check_finite(epoch: int, loss: float, extra: Optional[float], config: Train
                 f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
 
 
+#: Weights whose norm grows this many times within one :func:`train` call have diverged: SGD
+#: with a sound rate moves them by a small factor, a too-high rate by orders of magnitude (and a
+#: diverged network can keep a finite loss once its ReLUs die, so the NaN check alone misses it).
+DIVERGED_GROWTH = 1e4
+
+#: A last-epoch loss this many times a constant zero prediction's (``1/k`` for MSE on one-hot
+#: targets, ``log k`` for cross-entropy) has exploded.
+DIVERGED_LOSS = 100.0
+
+
+def _weight_norm(params: Sequence[nn.Parameter]) -> float:
+    """Euclidean norm of all ``params`` together, in float64 (``inf``/``nan`` when they are)."""
+    with torch.no_grad():
+        total = sum(float(p.detach().double().square().sum()) for p in params)
+    return math.sqrt(total) if math.isfinite(total) else total
+
+
+def _check_weights_finite(epoch: int, params: Sequence[nn.Parameter], config: TrainConfig) -> None:
+    if not math.isfinite(_weight_norm(params)):
+        raise FloatingPointError(
+            f"training diverged at epoch {epoch + 1}: the weights are NaN or infinite; lower "
+            f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+
+
+def _check_outcome(result: "TrainResult", start: float, params: Sequence[nn.Parameter],
+                   config: TrainConfig, num_classes: int) -> None:
+    """FloatingPointError for a run that exploded and did not learn: its last-epoch loss is
+    :data:`DIVERGED_LOSS` times a constant prediction's, or its weight norm grew
+    :data:`DIVERGED_GROWTH` times, *and* its training accuracy is below halfway from chance to
+    perfect. Judged at the end only, and with the accuracy: a clipped MSE run may spike mid-way,
+    or end with huge logits of the right sign, and still classify its set perfectly."""
+    chance = 1.0 / num_classes
+    if result.train_accuracy >= 0.5 * (1.0 + chance):
+        return
+    base = chance if config.loss == "mse" else math.log(max(num_classes, 2))
+    loss, now = result.final_loss, _weight_norm(params)
+    if loss > DIVERGED_LOSS * base:
+        what = (f"the {config.loss} loss is {loss:.3g}, {loss / base:.3g} times a constant "
+                f"prediction's ({base:.3g})")
+    elif now > DIVERGED_GROWTH * max(start, 1.0):
+        what = f"the weights grew from norm {start:.3g} to {now:.3g}"
+    else:
+        return
+    raise FloatingPointError(
+        f"training diverged: after {len(result.losses)} epochs {what} and the training accuracy "
+        f"is {result.train_accuracy:.3g} (chance {chance:.3g}); lower lr/max_lr (now "
+        f"{config.lr}/{config.max_lr}), e.g. by 10x, or set grad_clip")
+
+
 @dataclass
 class _Run:
     """The moving parts of one :func:`train` call."""
@@ -484,8 +521,9 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         Mismatched lengths, labels out of range, non-finite inputs, an empty set, or a model whose
         output is not ``(n, num_classes)``.
     FloatingPointError
-        If the loss (or the extra term) becomes NaN or infinite (lower ``lr``/``max_lr`` or set
-        ``grad_clip``).
+        If the loss (or the extra term) becomes NaN or infinite, or the weights do, or the run
+        ends exploded (see :func:`_check_outcome`) without learning its set (lower
+        ``lr``/``max_lr`` or set ``grad_clip``).
     """
     start = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -513,18 +551,21 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
         run = _start_run(model, x, y, config, num_classes, extra)
         for module in [model, *side_modules]:
             module.train()
+        start_norm = _weight_norm(run.params)
         with _progress_bar(progress_allowed(progress)) as bar:
             task = bar.add_task("train", total=run.epochs, loss="-") if bar is not None else None
             for epoch in range(run.epochs):
                 epoch_loss, epoch_extra, steps = run.epoch(epoch)
                 result.steps += steps
                 _check_finite(epoch, epoch_loss, epoch_extra, config)
+                _check_weights_finite(epoch, run.params, config)
                 result.losses.append(epoch_loss)
                 if epoch_extra is not None:
                     result.extra_losses.append(epoch_extra)
                 if bar is not None:
                     bar.update(task, advance=1, loss=f"{epoch_loss:.4f}")
     result.train_accuracy = evaluate(model, x, y, device=device)
+    _check_outcome(result, start_norm, run.params, config, num_classes)
     result.seconds = time.perf_counter() - start
     return result
 

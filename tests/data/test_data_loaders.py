@@ -14,8 +14,11 @@ from ntkal.data import loaders
 
 
 def test_available_datasets():
+    from ntkal.data.packaged import PACKAGED_LOADERS
+
     assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic",
-                                  "clustered"]
+                                  "clustered"] + list(PACKAGED_LOADERS) + [
+                                  "digits_lt", "fashion_mnist_lt"]
 
 
 def test_unknown_name_lists_valid_names():

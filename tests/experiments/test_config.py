@@ -32,7 +32,7 @@ def test_valid_config_parses_with_defaults():
 @pytest.mark.parametrize("changes, match", [
     ({"strategies": ["random", "nope"]}, r"strategies\[1\].name: unknown strategy 'nope'; valid names: .*mlmoc"),
     ({"dataset": {"name": "imagenet"}}, r"dataset.name must be one of .*digits"),
-    ({"model": {"name": "vit"}}, r"model.name must be one of mlp, cnn"),
+    ({"model": {"name": "vit"}}, r"model.name must be one of cnn, mlp"),
     ({"mode": "greedy"}, r"mode must be one of batch, sequential"),
     ({"retrain": "never"}, r"retrain must be one of warm, scratch"),
     ({"budget": 0}, r"budget must be >= 1"),

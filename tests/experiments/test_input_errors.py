@@ -55,8 +55,8 @@ def test_oversized_and_binary_configs_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"kernel": "bogus"}, r"strategy 'mlmoc': params.kernel must be one of pseudo, trace, full"),
-    ({"implementation": "fast"}, r"strategy 'mlmoc': params.implementation must be one of auto"),
+    ({"kernel": "bogus"}, r"strategy 'mlmoc': params.kernel must be one of .*'pseudo', 'trace'"),
+    ({"implementation": "fast"}, r"strategy 'mlmoc': params.implementation must be one of .*'auto'"),
 ])
 def test_bad_strategy_parameters_fail_at_parse_time(params, match):
     with pytest.raises(ConfigError, match=match):

@@ -123,7 +123,7 @@ def test_resources_are_validated_and_left_out_of_the_hashes():
     for bad, message in [({"cpu": 1}, r"unknown key\(s\) cpu in resources; valid keys: cpus, gpus"),
                          ({"cpus": 0}, r"resources.cpus must be > 0"),
                          ({"gpus": -1}, r"resources.gpus must lie in"),
-                         ({"cpus": "two"}, r"resources.cpus must be a number")]:
+                         ({"cpus": "two"}, r"resources.cpus must be a finite number")]:
         with pytest.raises(ConfigError, match=message):
             parse_config(_raw(resources=bad))
     with pytest.raises(ConfigError, match=r"strategies\[0\].resources.cpus must be > 0"):
@@ -304,3 +304,53 @@ def test_cli_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "needs the `ray` package: pip install 'ntkal[ray]'" in result.output
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def _npz(path, seed=0, n=60, d=5, k=3):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = rng.normal(size=(n, d)) + 2.0 * np.eye(k, d)[y]
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
+    return path
+
+
+def _file_raw(path, **changes):
+    raw = _raw(dataset={"path": str(path)}, strategies=["random"], seeds=[0], initial_size=6,
+               budget=3, cycles=2, subset=None)
+    raw.update(changes)
+    return raw
+
+
+@needs_ray
+def test_ray_loads_a_users_file_as_the_local_runner_does(local_ray, tmp_path, monkeypatch):
+    """``dataset: {path: ...}`` (a relative path, read from the driver's working directory):
+    the Ray driver once failed with "unknown dataset" here, loading by name."""
+    from ntkal.experiments.ray_runner import run_experiment_ray
+
+    _npz(tmp_path / "mydata.npz")
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(_file_raw("mydata.npz"))
+    local = run_experiment(cfg, tmp_path / "local", quiet=True, plot=False)
+    with pytest.MonkeyPatch.context() as mp:
+        _refuse_local_runs(mp)
+        remote = run_experiment_ray(cfg, tmp_path / "ray", quiet=True, plot=False)
+    assert len(remote) == 3
+    assert _without_timing(remote) == _without_timing(local)
+
+
+@needs_ray
+def test_ray_applies_the_local_runners_data_checks(local_ray, tmp_path):
+    import numpy as np
+
+    from ntkal.experiments.ray_runner import run_experiment_ray
+
+    path = tmp_path / "partly.npz"
+    y = np.arange(60) % 3
+    y[:5] = -1  # unlabelled pool points: `ntkal run` has no oracle for them
+    np.savez(path, x=np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32), y=y)
+    cfg = parse_config(_file_raw(path))
+    for runner in (run_experiment, run_experiment_ray):
+        with pytest.raises(ConfigError, match=r"has 5 unlabelled training points"):
+            runner(cfg, tmp_path / runner.__name__, quiet=True, plot=False)

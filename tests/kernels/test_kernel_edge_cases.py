@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ntkal.kernels import _format_bytes, empirical_ntk
+from ntkal.kernels import empirical_ntk
+from ntkal.kernels.inputs import format_bytes
 
 
 def _mlp(k=3, seed=0):
@@ -60,10 +61,10 @@ def test_last_layer_kernel_uses_the_last_linear_and_its_bias_only_when_trainable
 
 
 def test_sizes_are_formatted_in_binary_units():
-    assert _format_bytes(512) == "512 B"
-    assert _format_bytes(1023) == "1023 B"
-    assert _format_bytes(1024) == "1.0 KiB"
-    assert _format_bytes(1536) == "1.5 KiB"
-    assert _format_bytes(3 * 2 ** 20) == "3.0 MiB"
-    assert _format_bytes(5 * 2 ** 30) == "5.0 GiB"
-    assert _format_bytes(2 ** 50) == "1024.0 TiB"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1024) == "1.0 KiB"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2 ** 20) == "3.0 MiB"
+    assert format_bytes(5 * 2 ** 30) == "5.0 GiB"
+    assert format_bytes(2 ** 50) == "1024.0 TiB"

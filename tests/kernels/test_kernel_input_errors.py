@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-import ntkal.kernels
+import ntkal.kernels.inputs
 from ntkal.kernels import empirical_ntk
 
 
@@ -36,10 +36,10 @@ def test_full_kernel_larger_than_memory_is_refused_with_the_size_and_alternative
 def test_output_check_uses_the_free_memory_of_the_device(monkeypatch):
     x = torch.randn(30, 3)
     need = 30 * 30 * 8  # a pseudo kernel in float64
-    monkeypatch.setattr(ntkal.kernels, "free_memory", lambda device: need - 1)
+    monkeypatch.setattr(ntkal.kernels.inputs, "free_memory", lambda device: need - 1)
     with pytest.raises(MemoryError, match=r"kind='pseudo' kernel on 30 x 30 inputs .* 7\.0 KiB"):
         empirical_ntk(_model(), x)
-    monkeypatch.setattr(ntkal.kernels, "free_memory", lambda device: need)
+    monkeypatch.setattr(ntkal.kernels.inputs, "free_memory", lambda device: need)
     assert empirical_ntk(_model(), x).shape == (30, 30)
 
 

@@ -238,7 +238,7 @@ def test_unknown_strategy_and_its_options_fail_at_start(tmp_path):
     model = build_model("mlp", data.in_shape, 3, width=8)
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         LabellingSession(data, ":memory:", model, strategy="nope")
-    with pytest.raises(TypeError, match="unknown parameter"):
+    with pytest.raises(TypeError, match="unknown .*parameter"):
         LabellingSession(data, ":memory:", model, strategy="vr", strategy_params={"bogus": 1})
     assert json.loads(json.dumps(np.int64(3).item())) == 3
 

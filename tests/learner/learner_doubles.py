@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ntkal.learner import ActiveLearner
+from tiny_nets import TinyNet
 from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
 
 
@@ -19,17 +20,11 @@ class Cfg:
     seed: int = 0
 
 
-class Net(nn.Module):
+class Net(TinyNet):
+    """The learner tests' network: the shared :class:`TinyNet` with one Tanh block."""
+
     def __init__(self, d=2, k=3, h=16):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh())
-        self.classifier = nn.Linear(h, k)
-
-    def embed(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
+        super().__init__(d, h, k)
 
 
 class MaxEntropy(Strategy):

@@ -116,3 +116,63 @@ def test_issue_repro_with_sequential_mlmoc():
     assert learner.session is second
     nxt = learner.query(1)
     assert not np.isin(nxt, learner.labelled_indices).any()
+
+
+def test_a_pending_point_taught_another_label_ends_the_session():
+    """query(2) conditions the session on both oracle labels; the user then teaches one of them
+    a different label: the session, conditioned on the overruled label, must not be used again
+    (the next query starts a new one over L with the taught label, still conditioned on the
+    other pending point's oracle label)."""
+    strategy = Sequential()
+    learner = make_learner(strategy, mode="sequential", subset=6, labelled=np.arange(100))
+    _, y = blobs()
+    a = learner.query(2)
+    first = strategy.sessions[0]
+    assert [label for _, label in first.observed] == [int(y[i]) for i in a]
+    wrong = (int(y[a[0]]) + 1) % 3
+    learner.teach(a[:1], np.array([wrong]))
+    learner.query(1)
+    assert len(strategy.sessions) == 2, "a session conditioned on an overruled label was reused"
+    second = strategy.sessions[1]
+    x_pool, _ = blobs()
+    cand = second.context.x_candidates
+    pos = int(np.flatnonzero((cand == x_pool[a[1]]).all(dim=1))[0])
+    assert (pos, int(y[a[1]])) in second.observed      # the other pending label carried over
+    assert not (cand == x_pool[a[0]]).all(dim=1).any()  # the taught point is labelled now
+
+
+def test_a_pending_point_taught_its_oracle_label_keeps_the_session():
+    strategy = Sequential()
+    learner = make_learner(strategy, mode="sequential", subset=6, labelled=np.arange(100))
+    _, y = blobs()
+    a = learner.query(2)
+    learner.teach(a[:1], y[a[:1]])
+    learner.query(1)
+    assert len(strategy.sessions) == 1
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_rebuilt_session_proposes_what_the_continuing_one_does():
+    """Same weights, same labels: a learner whose session observed a taught point and one that
+    starts its session after that point was taught propose the same next point (default
+    reference "f0"; on the old code, whose reference depended on the session's start, they
+    disagreed)."""
+    from ntkal.strategies import get_strategy
+
+    _, y = blobs()
+    agree = 0
+    for start in range(4):
+        labelled = np.arange(6 * start, 6 * start + 9)
+        nxt = []
+        for rebuild in (False, True):
+            strategy = get_strategy("mlmoc")
+            strategy.train = lambda *a, **k: None
+            learner = make_learner(strategy, mode="sequential", labelled=labelled)
+            if not rebuild:
+                first = learner.query(1)
+                learner.teach(first, y[first])
+            else:
+                learner.teach(first, y[first])      # no session yet: the next one is new
+            nxt.append(int(learner.query(1)[0]))
+        agree += int(nxt[0] == nxt[1])
+    assert agree == 4

@@ -156,3 +156,44 @@ def test_available_models():
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _no_cwd_on_path(monkeypatch, folder):
+    import sys
+
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(folder))])
+
+
+def test_a_factory_in_the_working_directory_gets_a_path_hint(tmp_path, monkeypatch):
+    from ntkal.models import ModelFactoryError, build_from_factory
+
+    (tmp_path / "mynet_here.py").write_text("from torch import nn\n"
+                                            "def make(in_shape, num_classes):\n"
+                                            "    return nn.Linear(in_shape[0], num_classes)\n")
+    _no_cwd_on_path(monkeypatch, tmp_path)
+    with pytest.raises(ModelFactoryError, match=r"No module named 'mynet_here'.*mynet_here.py is in "
+                                                r"the working directory .*PYTHONPATH=\. ntkal run"):
+        build_from_factory("mynet_here:make", (4,), 3)
+
+
+def test_a_factory_nowhere_says_where_modules_come_from(tmp_path, monkeypatch):
+    from ntkal.models import ModelFactoryError, build_from_factory
+
+    _no_cwd_on_path(monkeypatch, tmp_path)
+    with pytest.raises(ModelFactoryError, match=r"No module named 'nowhere_net'.*importable from "
+                                                r"the Python path: put its folder on PYTHONPATH"):
+        build_from_factory("nowhere_net:make", (4,), 3)
+
+
+def test_a_missing_dependency_of_the_factory_gets_no_path_hint(tmp_path, monkeypatch):
+    import sys
+
+    from ntkal.models import ModelFactoryError, build_from_factory
+
+    (tmp_path / "needs_dep.py").write_text("import not_installed_dependency_xyz\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    with pytest.raises(ModelFactoryError) as err:
+        build_from_factory("needs_dep:make", (4,), 3)
+    assert "No module named 'not_installed_dependency_xyz'" in str(err.value)
+    assert "PYTHONPATH" not in str(err.value)

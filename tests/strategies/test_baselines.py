@@ -569,7 +569,7 @@ def test_random_depends_only_on_the_seed():
 
 def test_registry_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match=r"unknown strategy 'no_such_strategy'; available: "
-                                         r"badge, bald, batchbald, coreset, eer, emoc, entropy"):
+                                         r"auto, badge, bald, batchbald, coreset, eer, emoc, entropy"):
         get_strategy("no_such_strategy")
     with pytest.raises(TypeError, match=r"strategy 'bald' got unknown parameter\(s\) samples, "
                                         r"size; valid parameters: num_samples$"):

@@ -104,7 +104,8 @@ def test_strategy_contract(name):
 
 def test_every_family_is_registered():
     expected = {"random", "entropy", "margin", "least_confidence", "bald", "batchbald", "badge",
-                "coreset", "ll4al", "mlmoc", "sgd_lookahead"}
+                "coreset", "ll4al", "mlmoc", "sgd_lookahead", "epig", "ntk_epig", "ntk_bald",
+                "maxherding", "uherding"}
     assert expected <= set(NAMES)
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import DenseLookahead
 from ntkal.strategies import QueryContext, get_strategy
 from ntkal.strategies.expected_error import EER
 from ntkal.strategies.lookahead import MLMOC
+from ntkal.strategies.selection import select_greedy
 from ntkal.strategies.output_change import EMOC
 from ntkal.strategies.variance_reduction import VarianceReduction
 
@@ -36,7 +37,7 @@ def _problem(n=6, m=9, k=3, block=False, seed=0):
 
 def _lookahead(theta, f0, y, n, k):
     onehot = torch.nn.functional.one_hot(y, k).to(F64)
-    return Lookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
+    return DenseLookahead(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], onehot)
 
 
 def _flat(theta, rows, cols, k, block):
@@ -138,7 +139,7 @@ def test_greedy_second_pick_equals_a_from_scratch_model_conditioned_on_the_first
     theta, f0, y, n, m, k = _problem(seed=2, m=12)
     lab, cand = list(range(n)), list(range(n, n + m))
     strategy = VarianceReduction(selection="greedy")
-    chosen, first_scores, _ = strategy.select_greedy(_lookahead(theta, f0, y, n, k), 3,
+    chosen, first_scores, _ = select_greedy(strategy, _lookahead(theta, f0, y, n, k), 3,
                                                      np.random.default_rng(0))
     assert chosen[0] == int(np.argmax(first_scores))
     picked = [chosen[0]]
@@ -159,14 +160,14 @@ def test_greedy_mlmoc_conditions_on_the_pseudo_label():
     strategy = MLMOC(selection="greedy", score="norm")
     la = _lookahead(theta, f0, y, n, k)
     f_bar0 = la.base_predictions()
-    chosen, _, _ = strategy.select_greedy(la, 2, np.random.default_rng(0))
+    chosen, _, _ = select_greedy(strategy, la, 2, np.random.default_rng(0))
     j1 = int(chosen[0])
     pseudo = int(f0[n + j1].argmax())
     train = list(range(n)) + [n + j1]
     targets = torch.cat([torch.nn.functional.one_hot(y, k).to(F64),
                          torch.nn.functional.one_hot(torch.tensor([pseudo]), k).to(F64)])
     with pytest.warns(RuntimeWarning, match="clamped"):   # x_j1 is in L now: Σ_j1j1 = 0
-        fresh = Lookahead(_flat(theta, train, train, k, False), theta[n:, train],
+        fresh = DenseLookahead(_flat(theta, train, train, k, False), theta[n:, train],
                           theta[n:, n:], f0[train], f0[n:], targets)
     rest = np.array([j for j in range(m) if j != j1])
     scores, _ = strategy.score_candidates(fresh, rest, f_bar0)
@@ -261,3 +262,51 @@ def test_emoc_picks_from_the_dense_uncertain_cluster():
     assert int(np.argmax(scores)) in set(cluster_a)
     # a confident cluster barely moves, the outlier moves only itself
     assert scores[cluster_a].min() > 3 * max(scores[cluster_b].max(), scores[outlier])
+
+
+@pytest.mark.parametrize("order", [2.0, 3.0])
+def test_emoc_order_is_the_norm_of_the_output_change(order):
+    """EMOC with order p equals Σ_y p(y|x_j) mean_i ‖Δ_i‖_p from explicit re-solves (kills an
+    EMOC that ignores ``order``: the ℓ1 values differ)."""
+    theta, f0, y, n, m, k = _problem(seed=3)
+    la = _lookahead(theta, f0, y, n, k)
+    onehot = torch.nn.functional.one_hot(y, k).to(F64)
+    lab, cand = list(range(n)), list(range(n, n + m))
+    f_bar = _resolve(theta, f0, lab, onehot, cand, k, False)
+    want, l1 = np.zeros(m), np.zeros(m)
+    for j in range(m):
+        probs = torch.softmax(f0[n + j], dim=0)
+        for c in range(k):
+            targets = torch.cat([onehot, torch.nn.functional.one_hot(torch.tensor([c]), k).to(F64)])
+            delta = _resolve(theta, f0, lab + [n + j], targets, cand, k, False) - f_bar
+            want[j] += float(probs[c] * torch.linalg.vector_norm(delta, ord=order, dim=1).mean())
+            l1[j] += float(probs[c] * delta.abs().sum(dim=1).mean())
+    got, _ = EMOC(order=order).score_candidates(la)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-10)
+    assert not np.allclose(got, l1, rtol=1e-3)
+
+
+def test_greedy_pseudo_targets_include_what_earlier_picks_taught():
+    """Each greedy pick after the first is conditioned on softmax(f0 + f̄_t − f̄_0) at that pick
+    (greedy_target="expected"): the trained network moved by the batch's earlier pseudo-labels.
+    Kills a pseudo-target taken from f0 alone (without the f̄_0 shift)."""
+    theta, f0, y, n, m, k = _problem(seed=5, m=10)
+    strategy = MLMOC(selection="greedy", greedy_target="expected")
+    la = _lookahead(theta, f0, y, n, k)
+    f_bar0 = la.base_predictions()
+    seen = []
+    condition = la.condition
+
+    def recording(j, target):
+        seen.append((j, torch.as_tensor(target).clone(), la.base_predictions()))
+        condition(j, target)
+
+    la.condition = recording
+    select_greedy(strategy, la, 4, np.random.default_rng(0), "expected")
+    assert len(seen) == 3
+    shifted = 0
+    for j, target, f_bar_t in seen:
+        want = torch.softmax(f0[n + j] + f_bar_t[j] - f_bar0[j], dim=0)
+        torch.testing.assert_close(target.reshape(-1), want, rtol=1e-12, atol=1e-12)
+        shifted += int(not torch.allclose(want, torch.softmax(f0[n + j], dim=0), atol=1e-6))
+    assert shifted >= 2

@@ -65,7 +65,7 @@ def test_query_contract_and_finite_scores(ctx, score):
 
 
 def test_flip_score_is_brute_force_lookahead(ctx):
-    strat = MLMOC(score="flip", chunk_size=5)
+    strat = MLMOC(score="flip", block_size=5)
     res = strat.query(ctx, 3)
     la = strat.lookahead(ctx)
     f0 = la.f0_candidates
@@ -198,7 +198,7 @@ def _block(cov, f_bar_eval, f_bar_cand, pivots):
 
 
 def test_margin_screen_equals_explicit_argmax_random():
-    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+    from ntkal.strategies.lookahead_scores import EvalMargins, flips_and_norms
 
     g = torch.Generator().manual_seed(0)
     for k in (1, 2, 5):
@@ -214,7 +214,7 @@ def test_margin_screen_equals_explicit_argmax_random():
         # rows (b, e) as gathered, or a transposed view of a held (e, m) Σ
         for cov in (block.cov, block.cov.T.contiguous().T):
             block.cov = cov
-            got = _flips_and_norms(block, targets, ref_cls,
+            got = flips_and_norms(block, targets, ref_cls,
                                    EvalMargins(block.f_bar_eval, ref_cls))
             assert torch.equal(got[0], want[0])
             torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
@@ -223,7 +223,7 @@ def test_margin_screen_equals_explicit_argmax_random():
 def test_margin_screen_exact_on_ties_and_boundaries():
     """Points exactly on the decision boundary (f' ties the reference class: argmax takes the
     first index) and base predictions that already tie must go to the exact test."""
-    from ntkal.strategies.lookahead import EvalMargins, _flips_and_norms
+    from ntkal.strategies.lookahead_scores import EvalMargins, flips_and_norms
 
     # one candidate, coefficient (y - f̄_j) / Σ_jj = [1, 0, 0] - [0, 0, 0] -> coef = [1, 0, 0]
     f_cand = torch.zeros(1, 3, dtype=torch.float64)
@@ -237,7 +237,7 @@ def test_margin_screen_exact_on_ties_and_boundaries():
     cov = torch.tensor([[0.5, 0.25, 0.0, 0.0, -0.5]], dtype=torch.float64)
     ref_cls = torch.tensor([1, 1, 1, 0, 1])
     block = _block(cov, f_eval, f_cand, torch.ones(1, dtype=torch.float64))
-    got = _flips_and_norms(block, targets, ref_cls, EvalMargins(f_eval, ref_cls))
+    got = flips_and_norms(block, targets, ref_cls, EvalMargins(f_eval, ref_cls))
     want = _explicit_flips_and_norms(block, targets, ref_cls)
     assert float(want[0][0]) == pytest.approx(2 / 5)
     assert torch.equal(got[0], want[0])
@@ -245,9 +245,10 @@ def test_margin_screen_exact_on_ties_and_boundaries():
 
 @pytest.mark.parametrize("reference", ["f0", "base"])
 def test_sequential_reference(ctx, reference):
-    """In a session, flips and pseudo-labels are taken against f0 + (f̄_t − f̄_0) ("f0", the
-    default: the trained network moved by the observed labels) or f̄_t ("base", the reference
-    code's sequential choice); both recomputed here from the dense look-ahead."""
+    """In a session, flips and pseudo-labels are taken against f0 ("f0", the default: the trained
+    network, a function of the weights alone) or f̄_t ("base", the reference code's sequential
+    choice); both recomputed here from the dense look-ahead. Neither is the batch-relative
+    f0 + (f̄_t − f̄_0), which would depend on when the session started."""
     from ntkal.lookahead import Lookahead
 
     strat = MLMOC(reference=reference)
@@ -269,11 +270,11 @@ def test_sequential_reference(ctx, reference):
             out[j] = float((preds.argmax(1) != ref.argmax(1)).double().mean())
         return out
 
-    want = explicit(moved if reference == "f0" else f_bar_t)
-    plain = explicit(f0_out)
-    assert not np.allclose(want, plain)          # the test can tell the references apart
+    want = explicit(f0_out if reference == "f0" else f_bar_t)
+    assert not np.allclose(want, explicit(moved))   # the test can tell the references apart
+    assert not np.allclose(explicit(f0_out), explicit(f_bar_t))
     live = np.setdiff1d(np.arange(ctx.num_candidates), [3, 10, 17])
-    got, _ = strat.score_candidates(la, live, session._f_bar0)
+    got, _ = strat.score_candidates(la, live)
     np.testing.assert_allclose(got, want[live], rtol=0, atol=1e-12)
     pos, score = session.propose()
     assert score == pytest.approx(want.max()) and want[pos] == pytest.approx(want.max())
@@ -287,3 +288,30 @@ def test_lookahead_strategies_refuse_unknown_kernels_at_construction(name):
         get_strategy(name, kernel="bogus")
     with pytest.raises(ValueError, match=r"implementation must be one of .*'fast'"):
         get_strategy(name, implementation="fast")
+
+
+@pytest.mark.parametrize("reference", ["f0", "base"])
+def test_rebuilt_session_proposes_what_a_continuing_one_does(ctx, reference):
+    """Same weights, same labels: a session rebuilt with the observed points in L proposes the
+    same as the session that observed them (the learner rebuilds whenever a taught point is
+    outside its session, so proposals must not depend on when that happened)."""
+    strat = MLMOC(reference=reference)
+    agree = 0
+    for trial in range(6):
+        rng = np.random.default_rng(trial)
+        session = strat.begin_sequential(ctx)
+        seen, labels = [], []
+        for _ in range(2):
+            pos, _ = session.propose()
+            seen.append(pos)
+            labels.append(int(rng.integers(3)))
+            session.observe(pos, labels[-1])
+        pos_continuing, _ = session.propose()
+        rest = np.setdiff1d(np.arange(ctx.num_candidates), seen)
+        rebuilt = strat.begin_sequential(_with(
+            ctx, x_candidates=ctx.x_candidates[rest],
+            x_labelled=torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
+            y_labelled=torch.cat([ctx.y_labelled, torch.tensor(labels)])))
+        pos_rebuilt, _ = rebuilt.propose()
+        agree += int(rest[pos_rebuilt] == pos_continuing)
+    assert agree == 6

@@ -1,4 +1,5 @@
 """TypiClust and ProbCover: behaviour on blobs, representations, and picking the initial set."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,15 +27,21 @@ def _blobs():
 def _context(x_c, x_l=None, y_l=None, k=3, seed=0):
     if x_l is None:
         x_l, y_l = x_c[:0], torch.zeros(0, dtype=torch.long)
-    return QueryContext(model=torch.nn.Identity(), x_candidates=x_c, x_labelled=x_l,
-                        y_labelled=y_l, num_classes=k, seed=seed)
+    return QueryContext(
+        model=torch.nn.Identity(),
+        x_candidates=x_c,
+        x_labelled=x_l,
+        y_labelled=y_l,
+        num_classes=k,
+        seed=seed,
+    )
 
 
 def test_typiclust_takes_the_most_typical_point_of_each_blob():
-    x, blob, centres = _blobs()
+    x, blob, _centres = _blobs()
     strategy = TypiClust(representation="inputs", neighbours=10, min_cluster_size=3)
     chosen = strategy.query(_context(x), 3).indices
-    assert sorted(blob[chosen].tolist()) == [0, 1, 2]           # one per blob, no outlier
+    assert sorted(blob[chosen].tolist()) == [0, 1, 2]  # one per blob, no outlier
     for i in chosen:
         members = np.flatnonzero(blob == blob[i])
         dist = (x[members] - x[members].mean(0)).norm(dim=1).numpy()
@@ -90,13 +97,19 @@ def test_representations():
 
 # ----------------------------------------------------------------------------- initial set
 def _raw(**changes):
-    raw = {"name": "cold",
-           "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
-           "model": {"name": "mlp", "width": 16},
-           "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-           "strategies": ["random", "entropy"],
-           "initial_size": 8, "budget": 4, "cycles": 1, "subset": 40, "seeds": [0, 1],
-           "threads": 1}
+    raw = {
+        "name": "cold",
+        "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
+        "model": {"name": "mlp", "width": 16},
+        "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+        "strategies": ["random", "entropy"],
+        "initial_size": 8,
+        "budget": 4,
+        "cycles": 1,
+        "subset": 40,
+        "seeds": [0, 1],
+        "threads": 1,
+    }
     raw.update(changes)
     return raw
 
@@ -108,13 +121,14 @@ def test_initial_strategy_config_defaults_to_a_pca_representation_and_is_validat
     assert parse_config(cfg.to_dict()) == cfg
     assert "initial_strategy" not in parse_config(_raw()).to_dict()  # old configs hash as before
     assert cfg.shared_hash() != parse_config(_raw()).shared_hash()
-    with pytest.raises(ConfigError, match="initial_strategy.name: unknown strategy 'typo'"):
+    with pytest.raises(ConfigError, match=r"initial_strategy\.name: unknown strategy 'typo'"):
         parse_config(_raw(initial_strategy="typo"))
     with pytest.raises(ConfigError, match="MC dropout"):
         parse_config(_raw(initial_strategy="bald", model={"name": "mlp", "dropout": 0.2}))
     with pytest.raises(ConfigError, match="representation"):
-        parse_config(_raw(initial_strategy={"name": "probcover",
-                                            "params": {"representation": "nope"}}))
+        parse_config(
+            _raw(initial_strategy={"name": "probcover", "params": {"representation": "nope"}})
+        )
 
 
 def test_runner_picks_the_initial_set_with_the_initial_strategy(tmp_path, monkeypatch):
@@ -129,15 +143,19 @@ def test_runner_picks_the_initial_set_with_the_initial_strategy(tmp_path, monkey
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(ntkal.learner.ActiveLearner, "__init__", spy)
-    cfg = parse_config(_raw(initial_strategy={"name": "typiclust",
-                                              "params": {"min_cluster_size": 2}}))
+    cfg = parse_config(
+        _raw(initial_strategy={"name": "typiclust", "params": {"min_cluster_size": 2}})
+    )
     records = run_experiment(cfg, tmp_path, quiet=True, plot=False)
     assert len(records) == 2 * 2 * 2 and len(seen) == 4
     ds = load_dataset("synthetic", train_size=120, test_size=40, seed=0)
     for seed in (0, 1):
-        expected = TypiClust(representation="pca", min_cluster_size=2).query(
-            _context(ds.x_train, k=ds.num_classes, seed=seed), 8).indices
+        expected = (
+            TypiClust(representation="pca", min_cluster_size=2)
+            .query(_context(ds.x_train, k=ds.num_classes, seed=seed), 8)
+            .indices
+        )
         got = [labelled for s, labelled in seen if s == seed]
-        assert len(got) == 2                                   # both strategies of the seed
+        assert len(got) == 2  # both strategies of the seed
         for labelled in got:
             np.testing.assert_array_equal(labelled, np.sort(expected))

@@ -8,7 +8,8 @@ from __future__ import annotations
 from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.data.files import load_file_dataset, read_file_source
 from ntkal.data.idx import IDXFormatError, read_idx, write_idx
-from ntkal.data.loaders import DatasetNotFoundError, available_datasets, load_dataset
+from ntkal.data.loaders import (NO_FILES, DatasetNotFoundError, available_datasets,
+                                builtin_dataset_name, load_dataset)
 from ntkal.data.pool import Pool
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "read_file_source",
     "UNLABELLED",
     "available_datasets",
+    "builtin_dataset_name",
+    "NO_FILES",
     "Pool",
     "DatasetNotFoundError",
     "IDXFormatError",

@@ -9,7 +9,11 @@ import torch
 from ntkal.data.labels import as_class_labels
 from ntkal.data.sampling import subset_positions
 
-__all__ = ["Dataset", "UNLABELLED"]
+__all__ = ["Dataset", "DatasetNotFoundError", "UNLABELLED"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are not where they were looked for; the message says how to get them."""
 
 #: Label of a training point whose class is not known yet (an unlabelled pool point).
 UNLABELLED = -1

@@ -30,22 +30,30 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ntkal.arguments import as_float
 from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.data.sampling import stratified_indices
 
 __all__ = ["load_file_dataset", "read_file_source", "FileSource", "is_file_source",
-           "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "NORMALISE"]
+           "DataWarning", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "NORMALISE"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 NORMALISE = ("standard", "none")
 _PathLike = Union[str, os.PathLike]
+
+
+class DataWarning(UserWarning):
+    """Something in a user's data that is legal but probably not meant (a class with no rows, a
+    class too small to appear in both splits); the message names the file and the fix."""
 
 
 @dataclass
@@ -92,8 +100,8 @@ def is_file_source(name: Any) -> bool:
 def _check_options(path: Path, normalise: str, test_fraction: float) -> None:
     if normalise not in NORMALISE:
         raise ValueError(f"normalise must be one of {', '.join(NORMALISE)}, got {normalise!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 <= float(test_fraction) < 1.0:
+    fraction = as_float(test_fraction, "test_fraction", minimum=0.0)
+    if fraction >= 1.0:
         raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
 
 
@@ -118,6 +126,7 @@ def _labels_from_names(path: Path, raw: list[Optional[str]], classes: Optional[t
         if len(present) < 2:
             raise ValueError(f"{path}: only one class ({present[0]!r}) appears in {where}; pass "
                              "classes=[...] to list every class")
+        _check_spellings(path, present, where)
         classes = tuple(present)
     lookup = {c: i for i, c in enumerate(classes)}
     unknown = [r for r in present if r not in lookup]
@@ -125,6 +134,25 @@ def _labels_from_names(path: Path, raw: list[Optional[str]], classes: Optional[t
         raise ValueError(f"{path}: label {unknown[0]!r} in {where} is not one of the classes "
                          f"{list(classes)}")
     return np.array([UNLABELLED if r is None else lookup[r] for r in raw], dtype=np.int64), classes
+
+
+def _spelling_key(name: str) -> str:
+    """What two spellings of one class share: case folded, and a number by its value (``1``,
+    ``1.0`` and ``1e0`` are one label)."""
+    return repr(float(name)) if _is_number(name) else name.strip().casefold()
+
+
+def _check_spellings(path: Path, present: Sequence[str], where: str) -> None:
+    """ValueError when discovered class names differ only in case or number format (``Cat`` /
+    ``cat``, ``1`` / ``1.0``): they would silently become separate classes."""
+    seen: dict[str, str] = {}
+    for name in present:
+        first = seen.setdefault(_spelling_key(name), name)
+        if first != name:
+            raise ValueError(f"{path}: labels {first!r} and {name!r} in {where} differ only in "
+                             "case or number format and would become two classes; write every "
+                             "label of a class the same way, or pass classes=[...] "
+                             "(dataset.classes) to list the classes as they are spelt")
 
 
 def _is_number(text: str) -> bool:
@@ -136,8 +164,14 @@ def _is_number(text: str) -> bool:
 
 
 def _held_out(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Positions of a stratified ``fraction`` of the labelled points (empty if too few)."""
+    """Positions of a stratified ``fraction`` of the labelled points (empty if too few). A class
+    with a single labelled row stays in training (held out, it would leave the model no example of
+    it)."""
     labelled = np.flatnonzero(y != UNLABELLED)
+    if fraction > 0 and labelled.size:
+        values, counts = np.unique(y[labelled], return_counts=True)
+        single = values[counts == 1]
+        labelled = labelled[~np.isin(y[labelled], single)]
     n = int(math.floor(fraction * labelled.size))
     if n < 1 or labelled.size - n < 1:
         return np.zeros(0, dtype=np.int64)
@@ -161,6 +195,7 @@ def _finish(path: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: Optiona
     """Split off the test set if the source has none, normalise, build the Dataset; also returns
     the training positions kept (into ``x``)."""
     keep = np.arange(x.shape[0])
+    _warn_small_classes(path, y, y_test, classes, test_fraction if x_test is None else 0.0)
     if x_test is None:
         test = _held_out(y, test_fraction, seed)
         keep = np.setdiff1d(keep, test)
@@ -179,13 +214,44 @@ def _finish(path: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: Optiona
     return dataset, keep
 
 
+def _warn_small_classes(path: Path, y: np.ndarray, y_test: Optional[np.ndarray],
+                        classes: tuple[str, ...], test_fraction: float) -> None:
+    """:class:`DataWarning` for classes with no labelled row (when every point is labelled: an
+    unlabelled pool is expected to have them) and, with a held-out split, for classes with a
+    single row (kept for training, so the test set has none of it)."""
+    known = y[y != UNLABELLED]
+    if y_test is not None:
+        known = np.concatenate([known, y_test])
+    counts = np.bincount(known, minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty and known.size and not (y == UNLABELLED).any():
+        warnings.warn(f"{path}: class(es) {', '.join(map(repr, empty))} of {list(classes)} have no "
+                      "labelled rows: the model is never shown them; remove them from classes, or "
+                      "add rows of them", DataWarning, stacklevel=4)
+    single = [classes[i] for i in np.flatnonzero(counts == 1)]
+    if single and test_fraction > 0:
+        warnings.warn(f"{path}: class(es) {', '.join(map(repr, single))} have a single labelled "
+                      "row: it stays in training and the test set has none of it; add rows of "
+                      "them (at least two each) for a test score that covers them", DataWarning,
+                      stacklevel=4)
+
+
 # ----------------------------------------------------------------------------- .npz
-def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource:
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, with ``x`` present, numeric and finite, and no stray names."""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if not magic.startswith(b"PK"):
+            raise ValueError("it is not a zip archive" + (
+                ": it is a single .npy array; save it with np.savez(path, x=..., y=...)"
+                if magic.startswith(b"\x93NUM") else ""))
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path} is not a readable .npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err}); an .npz is the zip "
+                         "archive np.savez writes, with arrays x, y and optionally x_test, y_test, "
+                         "classes") from None
     if "x" not in arrays:
         raise ValueError(f"{path} has no array 'x' (it holds: {', '.join(sorted(arrays)) or 'nothing'})")
     allowed = {"x", "y", "x_test", "y_test", "classes"}
@@ -200,20 +266,31 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
         raise ValueError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
     if not np.isfinite(x.astype(np.float64)).all():
         raise ValueError(f"{path}: 'x' contains NaN or infinite values")
+    return arrays
+
+
+def _npz_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> np.ndarray:
+    """Array ``key`` as ``n`` int64 labels (all unknown when absent)."""
+    if key not in arrays:
+        return np.full(n, UNLABELLED, dtype=np.int64)
+    v = arrays[key]
+    if v.ndim != 1 or v.shape[0] != n or not np.issubdtype(v.dtype, np.integer):
+        raise ValueError(f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
+                         f"dtype {v.dtype} shape {v.shape}")
+    if (v < UNLABELLED).any():
+        raise ValueError(f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown")
+    return v.astype(np.int64)
+
+
+def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource:
+    arrays = _npz_arrays(path)
+    x = arrays["x"]
     names = _class_names(path, classes)
     if names is None and "classes" in arrays:
         names = _class_names(path, arrays["classes"].tolist())
 
     def labels(key: str, n: int) -> np.ndarray:
-        if key not in arrays:
-            return np.full(n, UNLABELLED, dtype=np.int64)
-        v = arrays[key]
-        if v.ndim != 1 or v.shape[0] != n or not np.issubdtype(v.dtype, np.integer):
-            raise ValueError(f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
-                             f"dtype {v.dtype} shape {v.shape}")
-        if (v < UNLABELLED).any():
-            raise ValueError(f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown")
-        return v.astype(np.int64)
+        return _npz_labels(path, arrays, key, n)
 
     y = labels("y", x.shape[0])
     x_test = arrays.get("x_test")
@@ -234,6 +311,7 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
         if known.size == 0:
             raise ValueError(f"{path} has no labels at all: pass classes=[...] (dataset.classes) "
                              "or store a 'classes' array")
+        _check_dense_ids(path, known)
         names = tuple(str(i) for i in range(max(int(known.max()) + 1, 2)))
     top = max(int(y.max()), int(y_test.max()) if y_test is not None and y_test.size else -1)
     if top >= len(names):
@@ -242,6 +320,24 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
                             test_fraction, seed)
     kind = "image" if x.ndim == 4 else "array"
     return FileSource(dataset, kind, raw_train=x[keep], train_rows=tuple(int(i) + 1 for i in keep))
+
+
+def _check_dense_ids(path: Path, known: np.ndarray) -> None:
+    """ValueError when integer labels skip ids (e.g. {0, 7}: 8 classes, 6 of them empty)."""
+    ids = np.unique(known)
+    top = int(ids.max())
+    if ids.size != top + 1 and top >= 1:
+        missing = sorted(set(range(top + 1)) - set(ids.tolist()))
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise ValueError(f"{path}: the labels are {_ids_text(ids)}, so ids {shown} have no rows and "
+                         f"would be {len(missing)} empty classes of {top + 1}; renumber the labels "
+                         "0..k-1 (np.unique(y, return_inverse=True)), or store a 'classes' array "
+                         "naming every class")
+
+
+def _ids_text(ids: np.ndarray) -> str:
+    shown = ", ".join(map(str, ids[:8].tolist())) + (", ..." if ids.size > 8 else "")
+    return "{" + shown + "}"
 
 
 # ----------------------------------------------------------------------------- tables

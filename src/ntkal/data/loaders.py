@@ -38,11 +38,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ntkal.data.dataset import Dataset
+from ntkal.data.dataset import Dataset, DatasetNotFoundError
 from ntkal.data.idx import read_idx
+from ntkal.data.packaged import LONG_TAILED_BASES, PACKAGED_LOADERS, long_tailed
 from ntkal.data.sampling import stratified_indices, subset_positions
 
-__all__ = ["DatasetNotFoundError", "load_dataset", "available_datasets", "DATA_ENV_VAR"]
+__all__ = ["DatasetNotFoundError", "load_dataset", "available_datasets", "builtin_dataset_name",
+           "NO_FILES", "DATA_ENV_VAR"]
 
 #: Environment variable naming a directory with one subfolder per dataset.
 DATA_ENV_VAR = "NTKAL_DATA"
@@ -69,10 +71,6 @@ _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The files of a dataset are not where they were looked for; the message says how to get them."""
 
 
 @dataclass(frozen=True)
@@ -280,21 +278,36 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3760,)
-_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered")
+_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered") + tuple(
+    PACKAGED_LOADERS) + tuple(f"{base}_lt" for base in LONG_TAILED_BASES)
 _ALIASES = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
+#: Built-in datasets that need no files (generated, or shipped with scikit-learn).
+NO_FILES = ("digits", "synthetic", "clustered")
+
+
 def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
+    """Names accepted by :func:`load_dataset`: the one list of built-in datasets, which configs
+    and the CLI read."""
     return list(_NAMES)
+
+
+def builtin_dataset_name(name: object) -> Optional[str]:
+    """The canonical built-in name ``name`` spells (case, ``-``/``_`` and aliases such as
+    ``fmnist`` forgiven), or ``None`` when it names no built-in dataset (e.g. a file path)."""
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    return key if key in _NAMES else None
 
 
 def _canonical(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in _NAMES:
+    key = builtin_dataset_name(name)
+    if key is None:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(_NAMES)}")
     return key
 
@@ -385,13 +398,13 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
         1347/450 split), ``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``, or ``synthetic``
         (seeded Gaussian blobs: 4 classes, 8 features, 600/300 points by default; for unit tests
         only, never used in benchmarks), ``clustered`` (a fixed scikit-learn
-        ``make_classification`` task: 8 classes of 4 Gaussian clusters each, 24 features of which
-        12 informative, 5000/1000 points; the benchmark suite's synthetic task). Or a user's own
+        ``make_classification`` task: 8 classes of 3 Gaussian clusters each, 24 features of which
+        10 informative, 5000/1000 points; the benchmark suite's synthetic task). Or a user's own
         file or folder (``.npz``, ``.csv``, ``.parquet``, a folder of images), read by
         :func:`ntkal.data.files.load_file_dataset`; unlabelled pool points then have label ``-1``.
     root : path, optional
         Where the files are; overrides ``$NTKAL_DATA`` and the default location (see module doc).
-        Ignored by ``digits`` and ``synthetic``, which need no files.
+        Ignored by the datasets of :data:`NO_FILES`, which need no files.
     train_size, test_size : int, optional
         Keep a seeded stratified subset of that many points of each split (``None``: all). For
         ``synthetic`` they are the numbers of points generated.
@@ -411,9 +424,7 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
     """
     from ntkal.data.files import is_file_source, load_file_dataset
 
-    builtin = isinstance(name, str) and \
-        _ALIASES.get(name.strip().lower().replace("-", "_"), name.strip().lower().replace("-", "_")) in _NAMES
-    if not builtin and is_file_source(name):
+    if builtin_dataset_name(name) is None and is_file_source(name):
         if root is not None:
             name = Path(root).expanduser() / name
         dataset = load_file_dataset(name, **file_options)
@@ -424,6 +435,11 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
         raise ValueError(f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
                          f"built-in dataset {name!r}")
     key = _canonical(name)
+    if key in PACKAGED_LOADERS:  # tables a package ships
+        return PACKAGED_LOADERS[key](root, train_size=train_size, test_size=test_size, seed=seed)
+    if key.endswith("_lt") and key[:-3] in LONG_TAILED_BASES:  # long-tailed image sets
+        return long_tailed(key[:-3], load_dataset)(root, train_size=train_size,
+                                                   test_size=test_size, seed=seed)
     if key == "synthetic":
         return _synthetic(train_size, test_size, seed)
     if key == "digits":

@@ -1,11 +1,11 @@
 """Labelled / unlabelled bookkeeping for a pool of training points."""
 from __future__ import annotations
 
-import numbers
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
+from ntkal.arguments import is_integer
 from ntkal.data.labels import as_class_labels
 from ntkal.data.sampling import stratified_indices
 
@@ -15,7 +15,7 @@ _STATE_VERSION = 1
 
 
 def _check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+    if not is_integer(size):
         raise TypeError(f"pool size must be an integer, got {type(size).__name__}")
     if size < 0:
         raise ValueError(f"pool size must be >= 0, got {size}")
@@ -26,7 +26,7 @@ def _as_index_array(indices: Union[int, Iterable[int], np.ndarray]) -> np.ndarra
     """Indices as an ``int64`` array, refusing anything that is not an integer (floats, bools)."""
     if isinstance(indices, (bool, np.bool_)):
         raise ValueError("indices must be integers, got a bool")
-    if isinstance(indices, numbers.Integral):
+    if is_integer(indices):
         return np.array([int(indices)], dtype=np.int64)
     if isinstance(indices, (str, bytes)):
         raise ValueError(f"indices must be integers, got {type(indices).__name__}")
@@ -34,8 +34,7 @@ def _as_index_array(indices: Union[int, Iterable[int], np.ndarray]) -> np.ndarra
         indices = indices.detach().cpu().numpy()
     if not isinstance(indices, np.ndarray):
         indices = list(indices)
-        bad = next((v for v in indices if isinstance(v, (bool, np.bool_))
-                    or not isinstance(v, numbers.Integral)), None)
+        bad = next((v for v in indices if not is_integer(v)), None)
         if bad is not None:
             raise ValueError(f"indices must be integers, got {bad!r}")
     arr = np.asarray(indices)
@@ -187,7 +186,7 @@ class Pool:
             ``n_initial >= number of classes`` (so the first model sees every class).
         """
         size = _check_size(size)
-        if isinstance(n_initial, bool) or not isinstance(n_initial, numbers.Integral):
+        if not is_integer(n_initial):
             raise TypeError(f"n_initial must be an integer, got {type(n_initial).__name__}")
         if not 0 <= n_initial <= size:
             raise ValueError(f"n_initial must be between 0 and the pool size {size}, got {n_initial}")

@@ -5,6 +5,8 @@ from typing import Optional
 
 import numpy as np
 
+from ntkal.arguments import is_integer
+
 __all__ = ["stratified_indices", "subset_positions"]
 
 
@@ -72,7 +74,7 @@ def subset_positions(y: np.ndarray, size: Optional[int], seed: int, stream: int,
     """
     if size is None:
         return None
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+    if not is_integer(size):
         raise TypeError(f"{what} must be an integer or None, got {type(size).__name__}")
     if not 1 <= size <= len(y):
         raise ValueError(f"{what} must be between 1 and {len(y)} (the full split), got {size}")

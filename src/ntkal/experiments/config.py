@@ -34,17 +34,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ntkal.arguments import as_float, as_int, is_integer
+from ntkal.learner.active_learner import MODES
+
 __all__ = ["ConfigError", "DatasetConfig", "ModelConfig", "Resources", "StrategySpec",
            "ExperimentConfig", "load_config", "parse_config", "MODES", "RETRAIN"]
 
-MODES = ("batch", "sequential")
 RETRAIN = ("warm", "scratch")
-MODEL_NAMES = ("mlp", "cnn", "resnet18", "wideresnet")
 
 
 class ConfigError(ValueError):
@@ -56,19 +56,14 @@ def _int(key: str, value: Any, minimum: Optional[int] = None, allow_none: bool =
          ) -> Optional[int]:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return int(value)
+    return as_int(value, key, minimum=minimum, error=ConfigError)
 
 
 def _float(key: str, value: Any, minimum: float = 0.0, maximum: float = float("inf")) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+    value = as_float(value, key, error=ConfigError)
     if not minimum <= value <= maximum:
         raise ConfigError(f"{key} must lie in [{minimum}, {maximum}], got {value}")
-    return float(value)
+    return value
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -141,17 +136,17 @@ class DatasetConfig:
         if given:
             raise ConfigError(f"dataset: {', '.join(given)} apply to a user's files; give "
                               "dataset.path too")
-        from ntkal.data import available_datasets
+        from ntkal.data import available_datasets, builtin_dataset_name
 
         names = tuple(available_datasets())
         name = raw.get("name")
         if name is None:
             raise ConfigError(f"dataset.name or dataset.path is required; valid names: "
                               f"{', '.join(names)}")
-        key = str(name).strip().lower().replace("-", "_")
-        aliases = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
-        _choice("dataset.name", aliases.get(key, key), names)
-        return cls(name=aliases.get(key, key), **sizes)
+        key = builtin_dataset_name(str(name))
+        if key is None:
+            raise ConfigError(f"dataset.name must be one of {', '.join(names)}; got {name!r}")
+        return cls(name=key, **sizes)
 
     @classmethod
     def _parse_file(cls, raw: dict, sizes: dict) -> "DatasetConfig":
@@ -160,7 +155,7 @@ class DatasetConfig:
         path = str(raw["path"])
         size = raw.get("image_size")
         if size is not None:
-            if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+            if is_integer(size):
                 size = [size, size]
             if not isinstance(size, (list, tuple)) or len(size) != 2:
                 raise ConfigError(f"dataset.image_size must be [height, width], got {size!r}")
@@ -191,6 +186,15 @@ class DatasetConfig:
                 "normalise": self.normalise, "classes": self.classes,
                 "test_fraction": self.test_fraction}
 
+    def resolved_path(self) -> Path:
+        """Where a user's data lies: ``path``, read relative to ``root`` when that is given."""
+        if self.path is None:
+            raise ValueError(f"dataset {self.name!r} is built in; it has no path")
+        path = Path(self.path).expanduser()
+        if self.root is not None and not path.is_absolute():
+            path = Path(self.root).expanduser() / path
+        return path
+
     def load(self, seed: int = 0):
         """The :class:`ntkal.data.Dataset` this section describes."""
         from ntkal.data import load_dataset
@@ -199,10 +203,7 @@ class DatasetConfig:
         if self.path is None:
             return load_dataset(self.name, self.root, train_size=self.train_size,
                                 test_size=self.test_size, seed=seed)
-        path = Path(self.path).expanduser()
-        if self.root is not None and not path.is_absolute():
-            path = Path(self.root).expanduser() / path
-        dataset = load_file_dataset(path, seed=0, **self.file_options())
+        dataset = load_file_dataset(self.resolved_path(), seed=0, **self.file_options())
         if self.train_size is None and self.test_size is None:
             return dataset
         return dataset.subset(self.train_size, self.test_size, seed=seed)
@@ -238,7 +239,9 @@ class ModelConfig:
                                   "factory takes its options in kwargs")
             return cls(name="factory", factory=factory,
                        kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
-        return cls(name=_choice(f"{key}.name", raw.get("name", "mlp"), MODEL_NAMES),
+        from ntkal.models import available_models
+
+        return cls(name=_choice(f"{key}.name", raw.get("name", "mlp"), tuple(available_models())),
                    width=_int(f"{key}.width", raw.get("width"), 1, True),
                    dropout=_float(f"{key}.dropout", raw.get("dropout", 0.0), 0.0, 0.99),
                    kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
@@ -321,33 +324,26 @@ class StrategySpec:
                    resources=resources)
 
     def build(self):
-        """The strategy object (errors in ``params`` name this entry and the key)."""
+        """The strategy object (errors in ``params`` name this entry and the key). A look-ahead
+        strategy validates its :class:`ntkal.lookahead.LookaheadSettings` here, so a bad value
+        (``eval_size: -3``, ``engine: fast``) fails when the config is parsed."""
+        from ntkal.lookahead import LookaheadSettings
         from ntkal.strategies import get_strategy
 
-        _check_kernel_params(self.label, self.params)
         try:
             return get_strategy(self.name, **self.params)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"strategy {self.label!r}: {err}") from err
-
-
-def _check_kernel_params(label: str, params: dict) -> None:
-    """Closed sets of the eNTK options a strategy passes on to :func:`ntkal.kernels.empirical_ntk`
-    (``kernel``, ``implementation``), checked here so that a typo fails at parse time rather than
-    at the first query, after a whole round of training."""
-    from ntkal.kernels import available_implementations, available_kinds
-
-    for key, options in (("kernel", available_kinds()), ("implementation",
-                                                         available_implementations())):
-        if key in params and params[key] not in options:
-            raise ConfigError(f"strategy {label!r}: params.{key} must be one of "
-                              f"{', '.join(options)}; got {params[key]!r}")
+            text = str(err)
+            key = text.split(" ", 1)[0]
+            if key in self.params and key in LookaheadSettings.names():
+                text = f"params.{text}"   # "eval_size must be ..." -> "params.eval_size must ..."
+            raise ConfigError(f"strategy {self.label!r}: {text}") from err
 
 
 def _trainer_fields() -> tuple[str, ...]:
-    from ntkal.training import TrainConfig
+    from ntkal.training import TRAIN_CONFIG_KEYS
 
-    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+    return TRAIN_CONFIG_KEYS
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -507,7 +503,7 @@ def _hash(raw: Any) -> str:
 
 
 def _seeds(raw: Any) -> tuple[int, ...]:
-    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
+    if is_integer(raw):
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not raw:
         raise ConfigError(f"seeds must be a non-empty list of integers, got {raw!r}")
@@ -535,10 +531,9 @@ def _initial_strategy(raw: Any) -> Optional[StrategySpec]:
     if spec.model or spec.mode not in (None, "batch"):
         raise ConfigError("initial_strategy takes only name and params (it runs once, in batch "
                           "mode, on the shared model)")
-    from ntkal.strategies.registry import _init_parameters, _REGISTRY
+    from ntkal.strategies.registry import strategy_parameters
 
-    accepted, _ = _init_parameters(_REGISTRY[spec.name])
-    if "representation" in accepted and "representation" not in spec.params:
+    if "representation" in strategy_parameters(spec.name) and "representation" not in spec.params:
         spec = dataclasses.replace(spec, params={**spec.params, "representation": "pca"})
     strategy = spec.build()
     if getattr(strategy, "needs_dropout", False):

@@ -23,140 +23,25 @@ refused with :class:`ConfigError` rather than silently mixing results: use a new
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
 
-from ntkal.atomic_files import atomic_write_text
-from ntkal.progress import environment_is_quiet
-from ntkal.experiments.config import ConfigError, ExperimentConfig, StrategySpec
+from ntkal.experiments.config import ExperimentConfig, StrategySpec
+from ntkal.experiments.results import (RECORD_FIELDS, RESULTS_FORMAT, Results, is_quiet,
+                                       load_run_dataset, progress_display, resolve_device,
+                                       state_path)
 
 __all__ = ["run_experiment", "run_strategy_seed", "is_quiet", "RECORD_FIELDS", "RESULTS_FORMAT"]
-
-RESULTS_FORMAT = "ntkal.results"
-RECORD_FIELDS = ("strategy", "seed", "cycle", "labelled", "accuracy", "query_seconds",
-                 "train_seconds")
-
-
-def is_quiet(quiet: Optional[bool] = None) -> bool:
-    """Explicit ``quiet`` wins; otherwise quiet when ``NTKAL_QUIET=1`` or ``CI`` is set."""
-    if quiet is not None:
-        return bool(quiet)
-    return environment_is_quiet()
-
-
-def records_to_csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(RECORD_FIELDS), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buf.getvalue()
-
-
-class _Results:
-    """results.json / results.csv of one output directory."""
-
-    def __init__(self, out: Path, config: ExperimentConfig, overwrite: bool) -> None:
-        self.out = out
-        self.json_path = out / "results.json"
-        self.csv_path = out / "results.csv"
-        self.config = config
-        self.records: list[dict] = []
-        self.strategy_hashes: dict[str, str] = {}
-        if overwrite:
-            for p in (self.json_path, self.csv_path):
-                p.unlink(missing_ok=True)
-            shutil.rmtree(out / "state", ignore_errors=True)
-        if self.json_path.exists():
-            self._load_existing()
-        for spec in config.strategies:
-            self.strategy_hashes[spec.label] = config.strategy_hash(spec)
-
-    def _load_existing(self) -> None:
-        try:
-            old = json.loads(self.json_path.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{self.json_path} exists but cannot be read ({err}); use another "
-                              "output directory or --overwrite") from err
-        if not isinstance(old, dict) or old.get("format") != RESULTS_FORMAT:
-            raise ConfigError(f"{self.json_path} is not an ntkal results file; use another output "
-                              "directory or --overwrite")
-        if old.get("config_hash") != self.config.shared_hash():
-            raise ConfigError(f"{self.out} holds results of a different config (dataset, model, "
-                              "trainer, sizes, mode or retrain changed); use another output "
-                              "directory (--out) or --overwrite")
-        old_hashes = old.get("strategy_hashes", {})
-        for spec in self.config.strategies:
-            if spec.label in old_hashes and old_hashes[spec.label] != self.config.strategy_hash(spec):
-                raise ConfigError(f"strategy {spec.label!r} was run in {self.out} with different "
-                                  "parameters; give the new entry another label, use another "
-                                  "output directory (--out) or --overwrite")
-        self.strategy_hashes.update(old_hashes)
-        from ntkal.experiments.plots import check_records
-
-        try:
-            self.records = list(check_records(old.get("records", []), str(self.json_path),
-                                              RECORD_FIELDS[:5]))
-        except ValueError as err:
-            raise ConfigError(f"{err}; use another output directory or --overwrite") from None
-
-    def finished(self, label: str, seed: int) -> set[int]:
-        return {r["cycle"] for r in self.records if r["strategy"] == label and r["seed"] == seed}
-
-    def drop_from(self, label: str, seed: int, cycle: int) -> None:
-        self.records = [r for r in self.records
-                        if not (r["strategy"] == label and r["seed"] == seed and r["cycle"] >= cycle)]
-
-    def add(self, record: dict) -> None:
-        self.records.append(record)
-        self.write()
-
-    def write(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        doc = {"format": RESULTS_FORMAT, "version": 1, "name": self.config.name,
-               "config_hash": self.config.shared_hash(), "strategy_hashes": self.strategy_hashes,
-               "config": self.config.to_dict(), "records": self.records}
-        atomic_write_text(self.json_path, json.dumps(doc, indent=1))
-        atomic_write_text(self.csv_path, records_to_csv(self.records))
-
-
-def _resolve_device(device: str) -> str:
-    from ntkal.models.devices import resolve_device
-
-    try:
-        return str(resolve_device(device))
-    except ValueError as err:
-        raise ConfigError(f"{err} (on the command line: --device cpu)") from None
 
 
 def _build_model(config: ExperimentConfig, spec: StrategySpec, dataset, seed: int):
     mcfg = config.model_for(spec)
     torch.manual_seed(seed)  # the same initial weights for every strategy of a seed
     return mcfg.build(dataset.in_shape, dataset.num_classes)
-
-
-def _state_path(out: Path, label: str, seed: int) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
-    return out / "state" / f"{safe}-seed{seed}.pt"
-
-
-def _progress(quiet: bool, console):
-    if quiet:
-        return nullcontext(None)
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *,
@@ -185,7 +70,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quiet = is_quiet(quiet)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -197,18 +82,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
 
 def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, overwrite: bool,
              console, plot: bool) -> list[dict]:
-
-    results = _Results(out, config, overwrite)
-    ds = config.dataset
-    dataset = ds.load(seed=0)
-    if dataset.num_unlabelled:
-        raise ConfigError(f"dataset {ds.path or ds.name!r} has {dataset.num_unlabelled} unlabelled "
-                          "training points: `ntkal run` simulates the annotator with the known "
-                          "labels, so every pool point needs one; label them with `ntkal label`")
-    if dataset.num_test == 0:
-        raise ConfigError(f"dataset {ds.path or ds.name!r} has no labelled test points to score "
-                          "on; add x_test/y_test or set dataset.test_fraction > 0")
-    config.validate_against(dataset.num_train, dataset.num_classes)
+    results = Results(out, config, overwrite)
+    dataset = load_run_dataset(config)
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
     y_train = dataset.y_train.numpy()
     initial_sets: dict[int, object] = {}
@@ -218,7 +93,7 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
             initial_sets[seed] = _initial_labelled(config, dataset, y_train, seed, device)
         return initial_sets[seed]
 
-    with _progress(quiet, console) as progress:
+    with progress_display(quiet, console) as progress:
         if progress is not None:
             all_runs = progress.add_task("runs", total=len(runs))
             cycles_task = progress.add_task("cycles", total=config.cycles + 1)
@@ -229,7 +104,7 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
             run_strategy_seed(
                 config, spec, seed, dataset, device=device,
                 finished=results.finished(spec.label, seed),
-                state_path=_state_path(out, spec.label, seed),
+                state_path=state_path(out, spec.label, seed),
                 restart_from=lambda cycle, label=spec.label, seed=seed:
                     results.drop_from(label, seed, cycle),
                 add_record=results.add,
@@ -268,6 +143,25 @@ def _initial_labelled(config: ExperimentConfig, dataset, y_train, seed: int, dev
         raise RuntimeError(f"initial_strategy {spec.name!r} returned {np.unique(chosen).size} "
                            f"distinct points, expected {config.initial_size}")
     return np.sort(chosen)
+
+
+def _saved_learner(config: ExperimentConfig, dataset, model, strategy, state_path: Path,
+                   device: str):
+    """The learner saved at ``state_path``, or ``None`` when there is none, it is unreadable, or
+    its labelled count does not fit its cycle (the run is then redone from the start)."""
+    from ntkal.learner import ActiveLearner
+
+    if not state_path.exists():
+        return None
+    try:
+        learner = ActiveLearner.load(state_path, model=model, strategy=strategy,
+                                     x_pool=dataset.x_train, y_pool=dataset.y_train.numpy(),
+                                     train_config=config.train_config(), device=device)
+    except (ValueError, RuntimeError, KeyError):
+        return None
+    if learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
+        return None
+    return learner
 
 
 def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, *,
@@ -314,17 +208,8 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
     model = _build_model(config, spec, dataset, seed)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     strategy = spec.build()
-    learner = None
-    if done and state_path.exists():
-        try:
-            learner = ActiveLearner.load(state_path, model=model, strategy=strategy,
-                                         x_pool=dataset.x_train, y_pool=y_train,
-                                         train_config=train_config, device=device)
-        except (ValueError, RuntimeError, KeyError):
-            learner = None  # unreadable state: redo this run from the start
-        if learner is not None and \
-                learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
-            learner = None
+    learner = _saved_learner(config, dataset, model, strategy, state_path, device) if done \
+        else None
     if learner is None:
         restart_from(0)
         model.load_state_dict(init_state)

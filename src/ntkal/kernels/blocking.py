@@ -237,13 +237,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     f_cols: list[Optional[torch.Tensor]] = [None] * len(cols)
     cache: dict[int, Any] = {}
     precision = current_gram_precision()
-    if precision is not None:
-        gram_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        plain_featurise = featurise
-
-        def featurise(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
-            feats, logits = plain_featurise(x)
-            return cast_features(feats, gram_dtype), logits
+    featurise = _in_gram_precision(featurise, precision)
 
     def col_features(j: int) -> Any:
         if j in cache:
@@ -254,13 +248,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
             cache[j] = feats
         return feats
 
-    bar = None
-    if progress_allowed(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task(description, total=len(pairs))
-        bar.start()
+    bar, task = _start_bar(progress, description, len(pairs))
     matmul_mode = ExitStack()
     matmul_mode.enter_context(_matmul_precision(precision, torch.device(device)))
     try:
@@ -278,11 +266,11 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
                 if symmetric and j == i:
                     contract(row_feats, row_feats, dest)
                     # Exactly symmetric diagonal blocks (Cholesky downstream relies on it).
-                    dest.copy_(0.5 * (dest + _mirror(dest, len(block_shape))))
+                    dest.copy_(0.5 * (dest + mirror(dest)))
                 else:
                     contract(row_feats, col_features(j), dest)
                     if symmetric:
-                        out[cs, rs] = _mirror(dest, len(block_shape))
+                        out[cs, rs] = mirror(dest)
                 if bar is not None:
                     bar.advance(task)
     finally:
@@ -292,20 +280,51 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     for j in range(len(cols)):
         if f_cols[j] is None:  # x1 is empty: no row block ran, but f2 is still wanted
             _, f_cols[j] = featurise(xc[cols[j]])
+    return (out, *_joined_logits(f_rows, f_cols, symmetric))
+
+
+def _in_gram_precision(featurise: Callable, precision: Optional[str]) -> Callable:
+    """``featurise`` with its features cast to the Gram dtype of ``precision`` (unchanged for
+    ``None``): once per block, not once per contraction."""
+    if precision is None:
+        return featurise
+    gram_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    def cast(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        feats, logits = featurise(x)
+        return cast_features(feats, gram_dtype), logits
+
+    return cast
+
+
+def _start_bar(progress: bool, description: str, total: int):
+    """A started transient rich progress bar and its task, or ``(None, None)``."""
+    if not progress_allowed(progress):
+        return None, None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(description, total=total)
+    bar.start()
+    return bar, task
+
+
+def _joined_logits(f_rows: list, f_cols: list, symmetric: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f1, f2)`` from the per-block logits; an empty side gets ``(0, k)`` like the other
+    side's, not a bare ``(0,)``."""
     f1 = torch.cat(f_rows, 0) if f_rows else None
     f2 = f1 if symmetric else (torch.cat(f_cols, 0) if f_cols else None)
-    # An empty side has no logits of its own: (0, k) like the other side's, not a bare (0,).
     like = f1 if f1 is not None else f2
     if f1 is None:
         f1 = like.new_zeros((0, *like.shape[1:])) if like is not None else torch.zeros(0, 0)
     if f2 is None:
         f2 = f1.new_zeros((0, *f1.shape[1:]))
-    return out, f1, f2
+    return f1, f2
 
 
-def _mirror(blk: torch.Tensor, extra: int) -> torch.Tensor:
-    """Θ(x', x) from Θ(x, x'): swap the example axes and, for k x k blocks, the class axes."""
+def mirror(blk: torch.Tensor) -> torch.Tensor:
+    """Θ(x', x) from Θ(x, x'): swap the example axes and, for ``(b1, b2, k, k)`` blocks, the
+    class axes."""
     blk = blk.transpose(0, 1)
-    if extra == 2:
-        blk = blk.transpose(2, 3)
-    return blk
+    return blk.transpose(2, 3) if blk.ndim == 4 else blk

@@ -30,10 +30,17 @@ import copy
 import math
 import os
 from contextlib import ExitStack
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
+
+from ntkal.kernels._common import model_device_dtype
+from ntkal.kernels.blocking import mirror
+from ntkal.kernels.inputs import check_inputs
+from ntkal.kernels.local import local_ntk
+from ntkal.models.modes import evaluating
+from ntkal.ray_cluster import RayTaskFailed, as_completed, ray_cluster
 
 __all__ = ["BlockJob", "BlockExecutor", "SerialBlockExecutor", "RayBlockExecutor",
            "KernelStripes", "stripe_bounds", "empirical_ntk_on"]
@@ -113,7 +120,7 @@ class RayBlockExecutor:
         CPU share of an actor; its torch thread count is ``max(1, floor(cpus_per_worker))``.
     address : str, optional
         An existing Ray cluster. Without it, and when Ray is not running in this process, a
-        private loopback-only Ray is started (:func:`ntkal.experiments.ray_runner.ray_cluster`,
+        private loopback-only Ray is started (:func:`ntkal.ray_cluster.ray_cluster`,
         ``num_cpus`` CPUs) and stopped by :meth:`close`.
     num_cpus : int, optional
         Size of that private Ray (default: all CPUs).
@@ -128,8 +135,6 @@ class RayBlockExecutor:
                  cpus_per_worker: float = 1.0, address: Optional[str] = None,
                  num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None
                  ) -> None:
-        from ntkal.experiments.ray_runner import ray_cluster
-
         if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0:
@@ -177,24 +182,14 @@ class RayBlockExecutor:
                 inflight[actor.run.remote(ref, index, part)] = (index, actor)
                 return
 
+        for actor in self._actors:
+            submit(actor)
         try:
-            for actor in self._actors:
+            for (index, actor), result in as_completed(ray, inflight):
                 submit(actor)
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                for done in ready:
-                    index, actor = inflight.pop(done)
-                    try:
-                        result = ray.get(done)
-                    except ray.exceptions.RayTaskError as err:
-                        cause = getattr(err, "cause", None) or err
-                        raise RuntimeError(f"block part {index} failed on a Ray worker: "
-                                           f"{type(cause).__name__}: {cause}") from err
-                    submit(actor)
-                    yield result
-        finally:
-            for pending in inflight:
-                ray.cancel(pending)
+                yield result
+        except RayTaskFailed as err:
+            raise RuntimeError(f"block part {err.key[0]} failed on a Ray worker: {err}") from err
 
     def close(self) -> None:
         """Stop the actors, and the private Ray if this executor started it."""
@@ -266,20 +261,12 @@ class KernelStripes:
         return moved
 
     def __call__(self, part: tuple[int, int]):
-        from ntkal.kernels import empirical_ntk
-
         a, b = part
         cols = self.x1[a:] if self.x2 is None else self.x2
-        kern, f1, f2 = empirical_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
-                                     implementation=self.implementation,
-                                     max_memory=self.max_memory, dtype=self.dtype,
-                                     precision=self.precision, return_outputs=True)
+        kern, f1, f2 = local_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
+                                 implementation=self.implementation, max_memory=self.max_memory,
+                                 dtype=self.dtype, progress=False, precision=self.precision)
         return kern.cpu(), f1.cpu(), f2.cpu()
-
-
-def _mirror(block: torch.Tensor) -> torch.Tensor:
-    block = block.transpose(0, 1)
-    return block.transpose(2, 3) if block.ndim == 4 else block
 
 
 def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor,
@@ -292,22 +279,16 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
     ``stripes`` defaults to four per worker. ``max_memory`` is each worker's budget (default:
     half of what is free on that worker's device). The kernel is assembled on the model's device.
     """
-    from ntkal.kernels import _check_inputs
-    from ntkal.kernels._common import model_device_dtype
-    from ntkal.models.modes import evaluating
-
     device, mdtype = model_device_dtype(model)
     with evaluating(model):
-        x1, x2, probed = _check_inputs(model, x1, x2, device, mdtype)
+        x1, x2, probed = check_inputs(model, x1, x2, device, mdtype)
     symmetric = x2 is None
     n1 = int(x1.shape[0])
     n2 = n1 if symmetric else int(x2.shape[0])
     if probed is None or n1 == 0 or n2 == 0:
-        from ntkal.kernels import empirical_ntk
-
-        return empirical_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                             max_memory=max_memory, dtype=dtype, return_outputs=return_outputs,
-                             precision=precision)
+        empty = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
+                          max_memory=max_memory, dtype=dtype, progress=False, precision=precision)
+        return empty if return_outputs else empty[0]
     k = int(probed[0].shape[1])
     if stripes is None:
         stripes = 4 * max(1, int(getattr(executor, "workers", 1)))
@@ -327,9 +308,9 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
         f1[a:b] = rows_f.to(device)
         if symmetric:
             out[a:b, a:] = stripe
-            out[a:, a:b] = _mirror(stripe)
+            out[a:, a:b] = mirror(stripe)
             diag = stripe[:, :b - a]
-            out[a:b, a:b] = 0.5 * (diag + _mirror(diag))  # exactly symmetric, as run_blocked
+            out[a:b, a:b] = 0.5 * (diag + mirror(diag))  # exactly symmetric, as run_blocked
         else:
             out[a:b] = stripe
             if f2 is None:

@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkal.kernels._common import add_contracted_rows, num_outputs, output_weights
-from ntkal.kernels.blocking import plan_blocks, run_blocked
 from ntkal.kernels.jacobian import per_example_gradients
 
-__all__ = ["LayerPlan", "ModelPlan", "plan_layers", "jacobian_cost", "run_structured"]
+__all__ = ["LayerPlan", "ModelPlan", "plan_layers", "jacobian_cost", "make_structured"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -157,6 +156,12 @@ def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, 
     Returns
     -------
     ModelPlan
+
+    Notes
+    -----
+    One pass over the layers that adds each layer's cost, memory and gradient rows into the
+    totals as it decides; it stays one function because every branch updates those same six
+    accumulators, which a split would pass back and forth.
     """
     kk = num_outputs(kind, k)
     c = _pair_factor(kind, kk)
@@ -415,22 +420,3 @@ def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: 
     e2 = d2.permute(0, 2, 1, 3).reshape(b2 * L2, -1)
     dg = (e1 @ e2.T).reshape(b1, L1, b2, L2)
     dest.add_((pg * dg).sum((1, 3)))
-
-
-def run_structured(model, params, constants, calls, x1, x2, *, kind, k, act_numel, max_memory,
-                   dtype, device, progress):
-    """Blocked structured kernel (see the module docstring)."""
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
-    plan = plan_layers(model, params, calls, kind, k, n1, n2)
-    kk = num_outputs(kind, k)
-    item = next(iter(params.values())).element_size()
-    transient = (3 + 2 * kk) * act_numel * item
-    if plan.generic:
-        transient += 3 * kk * act_numel * item + 2 * kk * plan.generic_params * item
-    block = plan_blocks(n1, n2, plan.bytes_per_example, plan.bytes_per_pair, max_memory,
-                        transient_per_example=transient, symmetric=x2 is None)
-    featurise, contract = make_structured(model, params, constants, plan, kind, k, dtype)
-    return run_blocked(featurise, contract, x1, x2, block_shape=(k, k) if kind == "full" else (),
-                       plan=block, dtype=dtype, device=device, progress=progress,
-                       description=f"eNTK ({kind}, structured)")

@@ -9,7 +9,6 @@ to :mod:`ntkal.learner.inputs`.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from typing import Any, Iterable, Optional, Union
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkal.arguments import as_choice, as_int, as_optional_int, is_integer
 from ntkal.data.labels import as_class_labels
 from ntkal.data.pool import Pool, _as_index_array
 from ntkal.learner import persistence
@@ -29,6 +29,8 @@ from ntkal.strategies.base import QueryContext, SequentialSession, Strategy, che
 
 __all__ = ["ActiveLearner", "MODES"]
 
+#: How queries are made: a batch per call, or one at a time with closed-form conditioning. The
+#: one list that configs, the CLI and the learner read.
 MODES = ("batch", "sequential")
 _PathLike = Union[str, os.PathLike]
 
@@ -76,17 +78,9 @@ class ActiveLearner:
                  num_classes: int, train_config: Any, mode: str = "batch",
                  subset: Optional[int] = None, seed: int = 0,
                  device: Union[str, torch.device] = "cpu", progress: bool = False) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
-                or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        self.num_classes = int(num_classes)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
-        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, numbers.Integral)
-                                   or subset < 1):
-            raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
-        self.subset = None if subset is None else int(subset)
+        self.num_classes = as_int(num_classes, "num_classes", minimum=2)
+        self.mode = as_choice(mode, "mode", MODES)
+        self.subset = as_optional_int(subset, "subset", minimum=1)
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.progress = bool(progress)
@@ -200,7 +194,7 @@ class ActiveLearner:
             ``budget`` < 1 or larger than the unlabelled pool (or the scored subset), or, in
             sequential mode, ``budget > 1`` without oracle labels.
         """
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        if not is_integer(budget):
             raise TypeError(f"budget must be an integer, got {type(budget).__name__}")
         budget = int(budget)
         if self.pool.num_unlabelled == 0:
@@ -351,41 +345,7 @@ class ActiveLearner:
             The file is damaged, truncated, of another format or version, incomplete, or saved
             for another architecture than ``model``; the message names the file and the fix.
         """
-        state = persistence.read_learner_state(path)
-        if x_pool is None:
-            x_pool = state["x_pool"]
-            if x_pool is None:
-                raise ValueError(f"{path} was saved without the pool inputs: pass x_pool=")
-        x_pool = as_input_tensor("x_pool", x_pool)
-        if list(x_pool.shape) != list(state["pool_shape"]):
-            raise ValueError(f"x_pool has shape {tuple(x_pool.shape)} but the saved learner's pool "
-                             f"had shape {tuple(state['pool_shape'])}")
-        if y_pool is None:
-            y_pool = state["y_pool"]
-        if strategy is None:
-            spec = state["strategy"]
-            if spec["params"] is None:
-                raise ValueError(f"the saved strategy {spec['name']!r} has parameters that cannot be "
-                                 "stored as plain values: pass strategy=")
-            from ntkal.strategies import get_strategy
-
-            strategy = get_strategy(spec["name"], **spec["params"])
-        if train_config is None:
-            if state["train_config"] is None:
-                raise ValueError("the saved train config is not a plain dataclass: pass train_config=")
-            from ntkal.training import TrainConfig
-
-            train_config = TrainConfig(**state["train_config"])
-        device = persistence.saved_device(state, device, path)
-        persistence.load_model_state(model, state["model_state"], path)
-        pool, labels = persistence.saved_pool(state, path)
-        learner = cls(model, strategy, x_pool, y_pool=y_pool, labelled=pool.labelled_indices,
-                      labels=labels, num_classes=state["num_classes"], train_config=train_config,
-                      mode=state["mode"], subset=state["subset"], seed=state["seed"],
-                      device=device, progress=progress)
-        if state.get("strategy_state") is not None and \
-                callable(getattr(learner.strategy, "load_state_dict", None)):
-            learner.strategy.load_state_dict(state["strategy_state"])
-        learner.cycle = int(state["cycle"])
-        learner.num_queries = int(state["num_queries"])
-        return learner
+        return persistence.restore_learner(cls, path, model=model, strategy=strategy,
+                                           x_pool=x_pool, y_pool=y_pool,
+                                           train_config=train_config, device=device,
+                                           progress=progress)

@@ -1,5 +1,8 @@
 """Saving and loading an :class:`~ntkal.learner.ActiveLearner`: the file format and its checks.
 
+This module never imports the learner (the learner imports it): it reads a learner's public
+attributes when saving, and is handed the class to build when loading.
+
 The file is a ``torch.save`` of plain values and tensors (read back with
 ``torch.load(weights_only=True)``, so loading never runs code from the file), written atomically.
 Every way a file can be unusable (damaged, truncated, of another format or version, missing a
@@ -12,7 +15,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -21,12 +24,10 @@ from torch import nn
 from ntkal.atomic_files import atomic_torch_save
 from ntkal.data.pool import Pool
 from ntkal.strategies.base import Strategy
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ntkal.learner.active_learner import ActiveLearner
+from ntkal.learner.inputs import as_input_tensor
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED_KEYS", "learner_state", "save_learner",
-           "read_learner_state", "load_model_state", "strategy_params"]
+           "read_learner_state", "load_model_state", "strategy_params", "restore_learner"]
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "ntkal.ActiveLearner"
@@ -55,7 +56,7 @@ def strategy_params(strategy: Strategy) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- writing
-def learner_state(learner: "ActiveLearner", include_pool: bool = True) -> dict[str, Any]:
+def learner_state(learner: Any, include_pool: bool = True) -> dict[str, Any]:
     """Everything needed to resume ``learner``: plain types and tensors only."""
     cfg = learner.train_config
     cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
@@ -79,7 +80,7 @@ def learner_state(learner: "ActiveLearner", include_pool: bool = True) -> dict[s
     }
 
 
-def save_learner(learner: "ActiveLearner", path: PathLike, include_pool: bool = True) -> None:
+def save_learner(learner: Any, path: PathLike, include_pool: bool = True) -> None:
     """Write :func:`learner_state` to ``path`` atomically (temporary file + rename)."""
     atomic_torch_save(learner_state(learner, include_pool=include_pool), path)
 
@@ -182,3 +183,48 @@ def saved_device(state: dict[str, Any], device: Optional[Any], path: PathLike) -
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path} was saved on device {state['device']!r}, which is not usable here "
                          f"({err}); pass device='cpu' (or another) to ActiveLearner.load") from None
+
+
+def restore_learner(factory: Callable[..., Any], path: PathLike, *, model: nn.Module,
+                    strategy: Any = None, x_pool: Any = None, y_pool: Any = None,
+                    train_config: Any = None, device: Any = None, progress: bool = False) -> Any:
+    """What :meth:`ntkal.learner.ActiveLearner.load` does (see there): read and check ``path``,
+    then build ``factory(model, strategy, x_pool, ...)`` (the learner class) from it."""
+    state = read_learner_state(path)
+    if x_pool is None:
+        x_pool = state["x_pool"]
+        if x_pool is None:
+            raise ValueError(f"{path} was saved without the pool inputs: pass x_pool=")
+    x_pool = as_input_tensor("x_pool", x_pool)
+    if list(x_pool.shape) != list(state["pool_shape"]):
+        raise ValueError(f"x_pool has shape {tuple(x_pool.shape)} but the saved learner's pool "
+                         f"had shape {tuple(state['pool_shape'])}")
+    if y_pool is None:
+        y_pool = state["y_pool"]
+    if strategy is None:
+        spec = state["strategy"]
+        if spec["params"] is None:
+            raise ValueError(f"the saved strategy {spec['name']!r} has parameters that cannot be "
+                             "stored as plain values: pass strategy=")
+        from ntkal.strategies import get_strategy
+
+        strategy = get_strategy(spec["name"], **spec["params"])
+    if train_config is None:
+        if state["train_config"] is None:
+            raise ValueError("the saved train config is not a plain dataclass: pass train_config=")
+        from ntkal.training import TrainConfig
+
+        train_config = TrainConfig(**state["train_config"])
+    device = saved_device(state, device, path)
+    load_model_state(model, state["model_state"], path)
+    pool, labels = saved_pool(state, path)
+    learner = factory(model, strategy, x_pool, y_pool=y_pool, labelled=pool.labelled_indices,
+                      labels=labels, num_classes=state["num_classes"],
+                      train_config=train_config, mode=state["mode"], subset=state["subset"],
+                      seed=state["seed"], device=device, progress=progress)
+    if state.get("strategy_state") is not None and \
+            callable(getattr(learner.strategy, "load_state_dict", None)):
+        learner.strategy.load_state_dict(state["strategy_state"])
+    learner.cycle = int(state["cycle"])
+    learner.num_queries = int(state["num_queries"])
+    return learner

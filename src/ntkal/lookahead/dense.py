@@ -2,7 +2,7 @@
 
 The fastest route while ``(n + m)²`` kernel entries fit in memory and the evaluation set is every
 candidate (see :func:`ntkal.lookahead.choose_engine`); :class:`ntkal.lookahead.StreamingLookahead`
-covers the rest with the same interface.
+covers the rest with the same interface, :class:`ntkal.lookahead.Lookahead`.
 """
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead.block import (_DTYPE, DEFAULT_EVAL_SIZE, EvalSize, LabelLike,
-                                   LookaheadBlock, LookaheadState, as_f64, contiguous_span,
-                                   eval_positions_for, flatten_blocks, labelled_factor)
+from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, as_f64, contiguous_span,
+                                   eval_positions_for, flatten_blocks)
+from ntkal.lookahead.cholesky import LabelledFactor
+from ntkal.lookahead.engine import Lookahead, onehot_targets
+from ntkal.lookahead.settings import LookaheadSettings
+from ntkal.lookahead.streamed import _RowBuffer
+from ntkal.models.devices import model_device
 
-__all__ = ["Lookahead"]
+__all__ = ["DenseLookahead"]
 
 
-class Lookahead(LookaheadState):
+class DenseLookahead(Lookahead):
     """The network linearised at its trained weights, with closed-form look-ahead retraining.
 
-    Build it with :meth:`fit` (computes the empirical NTK of a model) or :meth:`from_kernels`
-    (precomputed kernels). All linear algebra is done in float64.
+    Build it with :meth:`Lookahead.fit` (computes the empirical NTK of a model) or
+    :meth:`Lookahead.from_kernels` (precomputed kernels). All linear algebra is done in float64.
 
     Parameters
     ----------
@@ -37,31 +41,37 @@ class Lookahead(LookaheadState):
         Regression targets of L, ``(n, k)`` (one-hot for classification).
     ridge : float
         Relative ridge: ``K = Θ(L, L) + ridge · mean(diag Θ(L, L)) · I``. It regularises the
-        labelled-set solve only; a look-ahead point is fitted exactly, as gradient flow would.
+        labelled-set solve only; a look-ahead point's directions outside the labelled span are
+        fitted exactly, as gradient flow would.
     eps : float
-        Relative floor for ``Σ_jj``: values (eigenvalues, for blocks) below
-        ``eps · mean(diag Σ)`` are clamped there, so near-duplicate candidates give finite,
-        small look-ahead changes instead of NaN.
-    chunk_size : int, optional
-        Candidates per chunk in batched look-ahead; default from a 256 MiB budget.
+        Relative rank tolerance: a labelled row, or a candidate direction, whose posterior
+        variance is at most ``eps`` times its prior Θ_jj lies in the labelled span (it is
+        retrained by least squares, and its Σ_jj clamped to that floor for variance-based
+        criteria, so duplicates give finite scores, never NaN).
+    block_size : int, optional
+        Candidates per block in batched look-ahead; default from a 256 MiB budget.
 
     Attributes
     ----------
     jitter : float
-        Absolute diagonal jitter added to ``K`` for its Cholesky factorisation (0.0 if none).
+        Always 0.0: a singular Θ(L, L) is factorised on a basis of its span, never jittered.
+    rank : int
+        Dimension of the labelled (and conditioned) features' span.
     conditioned : list of int
         Candidates conditioned on so far by :meth:`condition`, in order.
     num_clamped : int
-        Unconditioned candidates whose ``Σ_jj`` is currently clamped.
+        Unconditioned candidates with a direction in the labelled span.
 
     References
     ----------
     Mohamadi, Bae & Sutherland, NeurIPS 2022, Sec. 3 (look-ahead via the linearised network).
     """
 
+    engine_name = "dense"
+
     def __init__(self, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
                  y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                 chunk_size: Optional[int] = None, kernel: Optional[str] = None,
+                 block_size: Optional[int] = None, kernel: Optional[str] = None,
                  eval_positions=None, _owned: bool = False) -> None:
         theta_ll = torch.as_tensor(theta_ll)
         device = theta_ll.device
@@ -74,16 +84,18 @@ class Lookahead(LookaheadState):
         n = int(f0_l.shape[0])
         self._init_state(f0_s, None if eval_positions is None
                          else eval_positions_for(m, positions=eval_positions),
-                         block, eps, chunk_size, device)
+                         block, eps, block_size, device)
         self.kernel = kernel if kernel is not None else ("full" if block else "scalar")
         self.num_labelled = n
         self.ridge = float(ridge)
         self.f0_labelled = f0_l
         self._sigma = self._own_flat(tensors["theta_ss"], _owned)
-        self._kss_mean_diag = float(self._sigma.diagonal().mean()) if m > 0 else 0.0
+        self._prior = self._diagonal_blocks()                     # Θ_jj, before conditioning
         self.jitter = 0.0
         if n == 0:
             self._f_bar = f0_s.clone()
+            self._v_buf = _RowBuffer(0, m * self._p, device)
+            self._gram = torch.zeros(0, 0, dtype=_DTYPE, device=device)
         else:
             self._condition_on_labelled(tensors["theta_ll"], tensors["theta_sl"], f0_l, y_l)
         _symmetrise_(self._sigma)
@@ -125,204 +137,149 @@ class Lookahead(LookaheadState):
     def _own_flat(self, theta: torch.Tensor, owned: bool) -> torch.Tensor:
         """Θ as a ``(a p, b p)`` matrix this object may modify: the caller's memory when it handed
         it over (``owned``, scalar kernels), else one copy."""
-        flat = flatten_blocks(theta) if self.block else theta
+        flat = flatten_blocks(theta) if self.full_kernel else theta
         return flat if owned or not _shares_memory(flat, theta) else flat.clone()
 
     def _condition_on_labelled(self, theta_ll, theta_sl, f0_l, y_l) -> None:
         """f̄ = f0 + Θ_SL K⁻¹ R and Σ = Θ_SS − Θ_SL K⁻¹ Θ_LS, in place on Σ (one ``(n p, m p)``
         temporary, ``V = L⁻¹ Θ_LS``; no other ``(m p)²`` matrix)."""
         n, (m, k) = int(f0_l.shape[0]), self.f0_candidates.shape
-        tll = flatten_blocks(theta_ll) if self.block else theta_ll
+        tll = flatten_blocks(theta_ll) if self.full_kernel else theta_ll
         tll = tll.clone() if _shares_memory(tll, theta_ll) else tll
-        tsl = flatten_blocks(theta_sl) if self.block else theta_sl
-        chol, self.jitter = labelled_factor(tll, self.ridge)
+        tsl = flatten_blocks(theta_sl) if self.full_kernel else theta_sl
+        factor = LabelledFactor(tll, self.ridge, self.eps)
         resid = y_l - f0_l                                            # (n, k)
-        resid = resid.reshape(n * k, 1) if self.block else resid       # (n p, k / p)
-        v = torch.linalg.solve_triangular(chol, tsl.T, upper=False)   # L⁻¹ Θ(L, S)
-        w = torch.linalg.solve_triangular(chol, resid, upper=False)   # L⁻¹ R
+        resid = resid.reshape(n * k, 1) if self.full_kernel else resid       # (n p, k / p)
+        v = factor.coordinates(tsl.T)                                 # V_S = R_B⁻¹ Θ(B, S)
+        w = factor.coefficients(resid)                                # least-squares β
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
+        self._v_buf = _RowBuffer(int(v.shape[0]), int(v.shape[1]), v.device)
+        self._v_buf.rows.copy_(v)
+        self._gram = factor                        # M formed when first needed
         rows = self._sigma.shape[0]
         for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
             self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_kernels(cls, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
-                     y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                     chunk_size: Optional[int] = None, eval_positions=None) -> "Lookahead":
-        """Build from precomputed kernel blocks (see the class docstring for shapes)."""
-        return cls(theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates, y_labelled_onehot,
-                   ridge=ridge, eps=eps, chunk_size=chunk_size, eval_positions=eval_positions)
+    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
+                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
+                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
+                   ) -> "DenseLookahead":
+        """One symmetric kernel call on ``[L; C]`` (see :meth:`Lookahead.fit`)."""
+        from ntkal.kernels import empirical_ntk
 
-    @classmethod
-    def fit(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled: torch.Tensor,
-            x_candidates: torch.Tensor, *, num_classes: Optional[int] = None,
-            kernel: str = "pseudo", ridge: float = 0.0, implementation: str = "auto",
-            chunk_size: Optional[int] = None, progress: bool = False, eps: float = 1e-6,
-            max_memory: Optional[int] = None, eval_size: EvalSize = DEFAULT_EVAL_SIZE,
-            eval_seed: int = 0, eval_positions=None, engine: str = "auto"):
-        """Linearise ``model`` at its current weights on ``L ∪ C`` and prepare look-ahead.
-
-        Parameters
-        ----------
-        model : nn.Module
-            Trained network returning logits ``(n, k)``; its kernel is taken in eval mode (on a
-            float64 copy when the model is float32: all kernel arithmetic is float64).
-        x_labelled, y_labelled : Tensor
-            Labelled inputs and int64 class labels (or ``(n, k)`` float regression targets).
-        x_candidates : Tensor
-            Candidates ``C`` to look ahead on (every unlabelled pool point, typically).
-        num_classes : int, optional
-            Checked against the model's output width (inferred from it when omitted).
-        kernel : {"pseudo", "trace", "full", "last_layer"}
-            eNTK variant; the pseudo-NTK is the paper's default.
-        ridge, eps, chunk_size
-            As in the class docstring.
-        eval_size : int or "all"
-            Size of the evaluation set E, where output change is measured: a uniform random
-            sample of the candidates drawn with ``eval_seed`` (all of them when ``"all"`` or
-            when the pool is smaller). ``eval_positions`` (positions into the candidates) wins.
-        engine : {"auto", "dense", "streaming"}
-            ``"auto"``: :func:`ntkal.lookahead.choose_engine` (dense when the dense kernel fits
-            ``max_memory`` and E is not much smaller than C, else streaming).
-        max_memory : int, optional
-            Bytes the look-ahead engine may hold (see :func:`ntkal.lookahead.choose_engine` and
-            :class:`ntkal.lookahead.StreamingLookahead`); default half of the free memory of the
-            model's device at call time.
-        implementation, progress
-            Passed to the kernel engines (:func:`ntkal.kernels.empirical_ntk`).
-
-        Returns
-        -------
-        Lookahead or StreamingLookahead
-        """
-        from ntkal.lookahead.engine import fit_lookahead
-
-        return fit_lookahead(model, x_labelled, y_labelled, x_candidates,
-                             num_classes=num_classes, kernel=kernel, ridge=ridge,
-                             implementation=implementation, chunk_size=chunk_size,
-                             progress=progress, eps=eps, max_memory=max_memory,
-                             eval_size=eval_size, eval_seed=eval_seed,
-                             eval_positions=eval_positions, engine=engine)
+        dev = model_device(model)
+        n, m = int(x_labelled.shape[0]), int(x_candidates.shape[0])
+        x = torch.cat([x_labelled.to(dev), x_candidates.to(dev, dtype=x_labelled.dtype)], dim=0)
+        kw = dict(kind=settings.kernel, implementation=settings.implementation, dtype=_DTYPE,
+                  return_outputs=True, max_memory=max_memory)
+        if progress:
+            kw["progress"] = True
+        theta, f, _ = empirical_ntk(model, x, **kw)
+        f = f.detach().to(_DTYPE)
+        y = onehot_targets(y_labelled, int(f.shape[1]), f.device)
+        pos = None if len(eval_positions) == m else eval_positions
+        return cls(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y,
+                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
+                   kernel=settings.kernel, eval_positions=pos, _owned=True)
 
     # ------------------------------------------------------------------ pivots (Σ_jj)
-    def _refresh_pivots(self) -> None:
+    def _diagonal_blocks(self) -> torch.Tensor:
+        """Diagonal of the held Σ: ``(m,)``, or the ``(m, k, k)`` blocks."""
         m, p = self.num_candidates, self._p
-        if not self.block:
-            raw = self._sigma.diagonal().clone()
-        else:
-            idx = torch.arange(m, device=self.device)
-            raw = self._sigma.view(m, p, m, p)[idx, :, idx, :]                # (m, k, k)
-        self._set_pivots(raw)
+        if not self.full_kernel:
+            return self._sigma.diagonal().clone()
+        idx = torch.arange(m, device=self.device)
+        return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
+
+    def _refresh_pivots(self) -> None:
+        self._set_pivots(self._diagonal_blocks())
+
+    def _coords_eval(self) -> torch.Tensor:
+        if self._eval_all:
+            return self._v
+        return self._v.index_select(1, self._cols(self.eval_positions))
+
+    @property
+    def _v(self) -> torch.Tensor:
+        """Span coordinates of the candidates ``(r, m p)`` (grown in place by conditioning)."""
+        return self._v_buf.rows
+
+    def _cols(self, js: torch.Tensor) -> torch.Tensor:
+        p = self._p
+        return (js[:, None] * p + torch.arange(p, device=js.device)).reshape(-1)
 
     # ------------------------------------------------------------------ predictions
     @property
     def sigma(self) -> torch.Tensor:
         """Current Σ: ``(m, m)`` for scalar kernels, ``(m, m, k, k)`` for full blocks."""
-        if not self.block:
+        if not self.full_kernel:
             return self._sigma
         m, p = self.num_candidates, self._p
         return self._sigma.view(m, p, m, p).permute(0, 2, 1, 3)
 
-    def posterior_variance(self) -> torch.Tensor:
-        """Diagonal of Σ: ``(m,)`` for scalar kernels, the ``(m, k, k)`` blocks for full ones."""
-        if not self.block:
-            return self._sigma.diagonal().clone()
+    def posterior_variance(self, positions=None) -> torch.Tensor:
+        """Diagonal of Σ on candidate ``positions`` (default: all): ``(b,)`` for scalar kernels,
+        the ``(b, k, k)`` blocks for full ones."""
         m, p = self.num_candidates, self._p
-        idx = torch.arange(m, device=self.device)
+        idx = torch.arange(m, device=self.device) if positions is None \
+            else self._positions(positions)
+        if not self.full_kernel:
+            return self._sigma.diagonal()[idx].clone()
         return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
-
-    def _delta(self, js: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Look-ahead change of the predictions on S, ``(b, m, k)``."""
-        m, k, p = self.num_candidates, self.num_classes, self._p
-        coef = self._pivot_solve(js, y - self._f_bar[js])                # (b, k)
-        if not self.block:
-            rows = self._sigma.index_select(0, js)                        # (b, m) = Σ[J, S]
-            return rows.unsqueeze(2) * coef.unsqueeze(1)
-        rows = self._sigma.view(m, p, m * p)[js]                          # (b, k, m k)
-        return (coef.unsqueeze(1) @ rows).reshape(js.shape[0], m, k)
-
-    def retrained_predictions(self, j: int, y: LabelLike) -> torch.Tensor:
-        """f^{(j,y)}(S) ``(m, k)`` on every candidate: predictions after retraining with
-        ``(x_j, y)`` added.
-
-        Parameters
-        ----------
-        j : int
-            Candidate position.
-        y : int or array of shape (k,)
-            Class index (one-hot target) or a target vector.
-        """
-        jj, target = self._single_target(j, y)
-        return self.retrained_predictions_batch([jj], target)[0]
-
-    def iter_retrained(self, js, ys, chunk_size: Optional[int] = None
-                       ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(slice into js, f^{(j,y)}(S) for that chunk, shape (c, m, k))`` chunk by chunk,
-        keeping memory bounded; ``ys`` are class indices ``(b,)`` or target vectors ``(b, k)``."""
-        js = self._positions(js)
-        b = int(js.shape[0])
-        y = self._targets(ys, b)
-        step = max(1, int(chunk_size)) if chunk_size else self.default_chunk_size()
-        for start in range(0, b, step):
-            sl = slice(start, min(b, start + step))
-            yield sl, self._f_bar.unsqueeze(0) + self._delta(js[sl], y[sl])
 
     def iter_blocks(self, positions=None, block_size: Optional[int] = None
                     ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
-        ``block_size`` at a time (default :meth:`default_chunk_size`), with Σ[E, J] read from the
+        ``block_size`` at a time (default :meth:`default_block_size`), with Σ[E, J] read from the
         held Σ (symmetric, so the block's rows are gathered)."""
         js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
-        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
+        step = max(1, int(block_size)) if block_size else self.default_block_size()
         m, p = self.num_candidates, self._p
-        f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
+        f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
             span = contiguous_span(jb)
-            if not self.block:
+            if not self.full_kernel:
                 rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
                 cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
             else:
                 rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
-                cov = self._on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval)
-
-    def retrained_predictions_batch(self, js, ys, chunk_size: Optional[int] = None
-                                    ) -> torch.Tensor:
-        """Batched :meth:`retrained_predictions`: ``(b, m, k)`` for candidates ``js`` (b,) with
-        targets ``ys`` (class indices (b,) or vectors (b, k)), computed in chunks."""
-        js = self._positions(js)
-        out = torch.empty(js.shape[0], self.num_candidates, self.num_classes,
-                          dtype=_DTYPE, device=self.device)
-        for sl, preds in self.iter_retrained(js, ys, chunk_size):
-            out[sl] = preds
-        return out
+                cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
+                                   lambda jb=jb: self._v.index_select(1, self._cols(jb)))
 
     # ------------------------------------------------------------------ sequential update
     def condition(self, j: int, y: LabelLike) -> None:
         """Add ``(x_j, y)`` to the training set of the linearised network, in closed form.
 
-        ``f̄ ← f̄ + Σ[:, j] Σ_jj⁻¹ (y − f̄_j)`` and ``Σ ← Σ − Σ[:, j] Σ_jj⁻¹ Σ[j, :]``
-        (``O(m² k²)`` with blocks, ``O(m²)`` otherwise), in place on Σ (one ``(m p, p)``
-        column copy): sequential active learning with no SGD between queries (Mohamadi et al.,
-        2022, Sec. 3.2).
+        ``f̄ ← f̄ + Σ[:, j] α + G[:, j] β`` (:mod:`ntkal.lookahead.span`) and, for the directions
+        of ``x_j`` outside the labelled span, ``Σ ← Σ − Σ[:, j] V_i Λ⁻¹ V_iᵀ Σ[j, :]``
+        (``O(m² k²)`` with blocks, ``O(m²)`` otherwise), in place on Σ; the span coordinates
+        and design Gram grow by those directions: sequential active learning with no SGD between
+        queries (Mohamadi et al., 2022, Sec. 3.2), least-squares retraining at any rank.
         """
         jj, target = self._single_target(j, y)
         if bool(self._conditioned_mask[jj]):
             raise ValueError(f"candidate {jj} has already been conditioned on")
-        m, p = self.num_candidates, self._p
+        m, p, k = self.num_candidates, self._p, self.num_classes
+        jcols = self._cols(torch.tensor([jj], device=self.device))
+        v_j = self._v.index_select(1, jcols)                                # (r, p)
+        step = self._step(jj, target, v_j)
         cols = self._sigma[:, jj * p:(jj + 1) * p].clone()                 # (m p, p)
-        coef = self._pivot_solve(torch.tensor([jj], device=self.device),
-                                 target - self._f_bar[jj:jj + 1])[0]        # (k,)
-        if not self.block:
-            self._f_bar.addr_(cols[:, 0], coef)
-            self._sigma.addr_(cols[:, 0], cols[:, 0], alpha=-1.0 / float(self._pivot[jj]))
-        else:
-            self._f_bar.add_((cols @ coef).reshape(m, p))
-            half = cols @ (self._pivot_evecs[jj] / self._pivot[jj].sqrt())  # Σ[:, j] Σ_jj^{-1/2}
-            self._sigma.addmm_(half, half.T, alpha=-1.0)
-            _symmetrise_(self._sigma)
+        self._f_bar.add_((cols @ step.alpha).reshape(m, k))
+        if step.beta is not None:
+            g_cols = torch.linalg.solve_triangular(self._span_factor(), self._v,
+                                                   upper=False).T @ step.w_j  # G[:, j]
+            self._f_bar.add_((g_cols @ step.beta).reshape(m, k))
+        t = step.new_rows(cols.T)                                           # (k_i, m p)
+        if t.shape[0]:
+            self._sigma.addmm_(t.T, t, alpha=-1.0)
+            if self.full_kernel:
+                _symmetrise_(self._sigma)
+        self._grow_span(v_j, step)
+        self._v_buf.append(t)
         self._sigma[jj * p:(jj + 1) * p, :] = 0.0
         self._sigma[:, jj * p:(jj + 1) * p] = 0.0
         self._conditioned_mask[jj] = True
@@ -330,7 +287,7 @@ class Lookahead(LookaheadState):
         self._refresh_pivots()
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (f"Lookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
+        return (f"DenseLookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
                 f"k={self.num_classes}, ridge={self.ridge}, jitter={self.jitter:.3g}, "
                 f"conditioned={len(self.conditioned)}, clamped={self.num_clamped})")
 

@@ -20,9 +20,13 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ntkal.lookahead.block import (_DTYPE, DEFAULT_CHUNK_BYTES, LabelLike, LookaheadBlock,
-                                   LookaheadState, contiguous_span, flatten_blocks,
-                                   labelled_factor)
+from torch import nn
+
+from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, contiguous_span)
+from ntkal.lookahead.cholesky import LabelledFactor
+from ntkal.lookahead.engine import Lookahead, onehot_targets
+from ntkal.lookahead.settings import LookaheadSettings
+from ntkal.lookahead.streamed import StreamedKernels, _RowBuffer
 
 __all__ = ["StreamingLookahead"]
 
@@ -35,40 +39,14 @@ COV_CACHE_SHARE = 0.4
 CAND_FEATURE_SHARE = 0.2
 
 
-class _RowBuffer:
-    """A float64 matrix that grows by appended rows in place: storage for ``capacity`` rows,
-    ``rows`` the filled part (a contiguous view). Conditioning appends ``p`` rows per step, so a
-    session does not copy ``V`` each step; the capacity grows by half when it runs out."""
-
-    def __init__(self, num_rows: int, num_cols: int, device, spare: int = 32) -> None:
-        self._buf = torch.empty(num_rows + spare, num_cols, dtype=_DTYPE, device=device)
-        self._used = num_rows
-
-    @property
-    def rows(self) -> torch.Tensor:
-        return self._buf[:self._used]
-
-    @property
-    def capacity_numel(self) -> int:
-        return self._buf.numel()
-
-    def append(self, new: torch.Tensor) -> None:
-        need = self._used + new.shape[0]
-        if need > self._buf.shape[0]:
-            grown = torch.empty(max(need, self._buf.shape[0] * 3 // 2), self._buf.shape[1],
-                                dtype=_DTYPE, device=self._buf.device)
-            grown[:self._used] = self._buf[:self._used]
-            self._buf = grown
-        self._buf[self._used:need] = new
-        self._used = need
-
-
-class StreamingLookahead(LookaheadState):
+class StreamingLookahead(StreamedKernels, Lookahead):
     """The linearised network with closed-form look-ahead, streamed over candidate blocks.
 
-    Same interface as :class:`ntkal.lookahead.Lookahead` for what criteria and sessions use
-    (``iter_blocks``, ``condition``, ``base_predictions``, ``eval_positions``, ``num_clamped``,
-    ``jitter``), built by :meth:`ntkal.lookahead.Lookahead.fit` when the dense Σ would not fit.
+    Implements :class:`ntkal.lookahead.Lookahead`; built by :meth:`ntkal.lookahead.Lookahead.fit`
+    when the dense Σ would not fit or E is much smaller than C. Kernel pieces and memory
+    accounting live in :class:`ntkal.lookahead.streamed.StreamedKernels`; the rest stays one
+    class (about 360 lines) because construction, blocks and conditioning all read and extend one
+    span factor and the caches derived from it, whose consistency is its invariant.
 
     Parameters
     ----------
@@ -82,10 +60,11 @@ class StreamingLookahead(LookaheadState):
         Candidates ``(m, ...)`` (kept as given; moved to the model's device one block at a time).
     eval_positions : array of int
         Positions of E in the candidates.
-    ridge, eps, chunk_size
-        As in :class:`ntkal.lookahead.Lookahead`.
-    max_memory : int
-        Bytes this engine may hold: what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
+    ridge, eps, block_size
+        As in :class:`ntkal.lookahead.LookaheadSettings`.
+    max_memory : int, optional
+        Bytes this engine may hold (default: half the free memory of the featuriser's device,
+        as :class:`ntkal.lookahead.LookaheadSettings` documents): what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
         of every candidate, and the optional caches ``V_C`` / Σ[E, C]) plus one block's working
         set. Caches are kept only within their share of it (``EVAL_FEATURE_SHARE``,
         ``V_CACHE_SHARE``, ``COV_CACHE_SHARE``, ``CAND_FEATURE_SHARE``); otherwise their content
@@ -98,10 +77,16 @@ class StreamingLookahead(LookaheadState):
         ``candidate_features``.
     """
 
+    engine_name = "streaming"
+
     def __init__(self, featuriser, x_labelled: torch.Tensor, y_labelled_onehot: torch.Tensor,
                  x_candidates: torch.Tensor, *, eval_positions, ridge: float = 0.0,
-                 eps: float = 1e-6, chunk_size: Optional[int] = None, max_memory: int = 2**31,
-                 kernel: str = "pseudo") -> None:
+                 eps: float = 1e-6, block_size: Optional[int] = None,
+                 max_memory: Optional[int] = None, kernel: str = "pseudo") -> None:
+        if max_memory is None:
+            from ntkal.kernels.blocking import default_max_memory
+
+            max_memory = default_max_memory(featuriser.device)
         if ridge < 0 or not math.isfinite(ridge):
             raise ValueError(f"ridge must be finite and >= 0, got {ridge}")
         if not eps > 0:
@@ -116,96 +101,61 @@ class StreamingLookahead(LookaheadState):
         k = featuriser.num_classes
         block = featuriser.block_shape != ()
         self._p = k if block else 1
-        self.block = block
+        self.full_kernel = block
         self.num_classes = k
         self.num_candidates = int(x_candidates.shape[0])
         self.cached = {"eval_features": False, "v_candidates": False, "cov": False,
                        "candidate_features": False}
         self._cand_feats = None
         self._feature_rows = self._featurise_rows()
+        self.eps = float(eps)
         self._fit_labelled(x_labelled, y_labelled_onehot.to(device=dev, dtype=_DTYPE))
         f0_c, raw_pivots = self._candidate_pass()
-        self._init_state(f0_c, eval_positions, block, eps, chunk_size, dev)
+        self._init_state(f0_c, eval_positions, block, eps, block_size, dev)
         self.num_labelled = int(x_labelled.shape[0])
         self._fit_eval()
         self._set_pivots(raw_pivots)
 
-    # ------------------------------------------------------------------ kernel pieces
-    def _featurise_rows(self) -> int:
-        """Inputs per featurisation call: a quarter of ``max_memory`` of features + transients
-        (at least 8, at most 4096)."""
-        fz = self.featuriser
-        per = fz.bytes_per_example + fz.transient_per_example
-        return int(max(8, min(4096, 0.25 * self.max_memory // max(per, 1.0))))
+    @classmethod
+    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
+                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
+                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
+                   ) -> "StreamingLookahead":
+        """Per-example kernel factors of the model (see :meth:`Lookahead.fit`)."""
+        from ntkal.kernels import make_featuriser
 
-    def _features(self, x: torch.Tensor) -> list[tuple[slice, object, torch.Tensor]]:
-        """``[(rows, features, logits)]`` of ``x`` in featurisation-sized pieces."""
-        out = []
-        step = self._feature_rows
-        for s in range(0, int(x.shape[0]), step):
-            sl = slice(s, min(int(x.shape[0]), s + step))
-            feats, logits = self.featuriser.featurise(x[sl])
-            out.append((sl, feats, logits))
-        return out
-
-    def _kernel(self, fa, fb) -> torch.Tensor:
-        """Θ(A, B) as a ``(a p, b p)`` matrix from lists of featurised pieces."""
-        a = sum(sl.stop - sl.start for sl, _, _ in fa)
-        b = sum(sl.stop - sl.start for sl, _, _ in fb)
-        fz = self.featuriser
-        out = torch.empty((a, b, *fz.block_shape), dtype=_DTYPE, device=fz.device)
-        ra = 0
-        for sa, xa, _ in fa:           # pieces are laid out in list order (their own slices
-            na, rb = sa.stop - sa.start, 0   # index the input they came from)
-            for sb, xb, _ in fb:
-                nb = sb.stop - sb.start
-                out[ra:ra + na, rb:rb + nb] = fz.kernel(xa, xb)
-                rb += nb
-            ra += na
-        return flatten_blocks(out) if self.block else out
-
-    def _diagonal(self, fa) -> torch.Tensor:
-        return torch.cat([self.featuriser.diagonal(x) for _, x, _ in fa], 0)
-
-    def _kernel_eval(self, fj) -> torch.Tensor:
-        """Θ(E, J) ``(e p, b p)``, from cached features of E or by re-featurising E."""
-        if self._eval_feats is not None:
-            return self._kernel(self._eval_feats, fj)
-        parts = []
-        for s in range(0, self.num_eval, self._feature_rows):
-            pos = self.eval_positions[s:s + self._feature_rows].cpu()
-            parts.append(self._kernel(self._features(self._x_c[pos]), fj))
-        return torch.cat(parts, 0)
-
-    def _labelled_kernel(self, fj) -> torch.Tensor:
-        """Θ(L⁺, J) ``(N, b p)``: the labelled set, then the conditioned candidates."""
-        parts = [self._kernel(self._lab_feats, fj)]
-        if self._cond_feats:
-            parts.append(self._kernel(self._cond_feats, fj))
-        return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
-
-    def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve_triangular(self._chol, rhs, upper=False)
+        fz = make_featuriser(model, x_candidates[:1], kind=settings.kernel,
+                             implementation=settings.implementation, dtype=_DTYPE,
+                             n1=len(eval_positions), n2=int(x_candidates.shape[0]))
+        y = onehot_targets(y_labelled, fz.num_classes, fz.device)
+        return cls(fz, x_labelled, y, x_candidates, eval_positions=eval_positions,
+                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
+                   max_memory=max_memory, kernel=settings.kernel)
 
     # ------------------------------------------------------------------ construction
     def _fit_labelled(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
-        """Features of L, the factor ``R`` of ``K`` (+ ridge) and ``w = R⁻¹ (Y − f0(L))``."""
+        """Features of L, the span factor ``R`` of ``K`` (+ ridge; :class:`LabelledFactor`), the
+        design Gram ``M`` and the least-squares coefficients ``w``."""
         n, k = int(x_l.shape[0]), self.num_classes
         self._lab_feats = self._features(x_l) if n else []
         self._cond_feats: list = []
+        self._cond_proj = torch.zeros(0, 0, dtype=_DTYPE, device=self.featuriser.device)
         dev = self.featuriser.device
+        self._basis = None
         if n == 0:
             self._chol = torch.zeros(0, 0, dtype=_DTYPE, device=dev)
+            self._gram = torch.zeros(0, 0, dtype=_DTYPE, device=dev)
             self._w = torch.zeros(0, k // self._p, dtype=_DTYPE, device=dev)
             self.f0_labelled = torch.zeros(0, k, dtype=_DTYPE, device=dev)
             return
         f0_l = torch.cat([lg for _, _, lg in self._lab_feats], 0)
         self.f0_labelled = f0_l
-        self._chol, self.jitter = labelled_factor(self._kernel(self._lab_feats, self._lab_feats),
-                                                  self.ridge)
+        factor = LabelledFactor(self._kernel(self._lab_feats, self._lab_feats), self.ridge,
+                                self.eps)
+        self._chol, self._basis, self._gram = factor.chol, factor.basis, factor
         resid = y_l - f0_l
-        resid = resid.reshape(n * k, 1) if self.block else resid
-        self._w = self._solve(resid)
+        resid = resid.reshape(n * k, 1) if self.full_kernel else resid
+        self._w = factor.coefficients(resid)
 
     def _candidate_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over every candidate: f0, f̄ and raw Σ_cc; ``V_C`` kept if it fits."""
@@ -217,7 +167,8 @@ class StreamingLookahead(LookaheadState):
         self.cached["v_candidates"] = keep_v
         f0 = torch.empty(m, k, dtype=_DTYPE, device=dev)
         self._f_bar = torch.empty(m, k, dtype=_DTYPE, device=dev)
-        raw = torch.empty((m, *((p, p) if self.block else ())), dtype=_DTYPE, device=dev)
+        raw = torch.empty((m, *((p, p) if self.full_kernel else ())), dtype=_DTYPE, device=dev)
+        prior = torch.empty_like(raw)
         step = max(1, self._feature_rows)
         diag_sum = 0.0
         for s in range(0, m, step):
@@ -225,12 +176,14 @@ class StreamingLookahead(LookaheadState):
             fj = self._features(self._x_c[sl])
             f0[sl] = torch.cat([lg for _, _, lg in fj], 0)
             dj = self._diagonal(fj)
-            diag_sum += float(dj.sum() if not self.block else dj.diagonal(dim1=1, dim2=2).sum())
+            prior[sl] = dj
+            diag_sum += float(dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum())
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
             if keep_v and n_rows:
                 self._v_cand[:, s * p:sl.stop * p] = v
         self._kss_mean_diag = diag_sum / max(1, m * p)
+        self._prior = prior
         return f0, raw
 
     def _update_from_v(self, sl: slice, v: Optional[torch.Tensor], f0: torch.Tensor,
@@ -241,7 +194,7 @@ class StreamingLookahead(LookaheadState):
             raw[sl] = dj
             return
         self._f_bar[sl] = f0 + (v.T @ self._w).reshape(b, k)
-        if not self.block:
+        if not self.full_kernel:
             raw[sl] = dj - (v * v).sum(0)
         else:
             vb = v.reshape(v.shape[0], b, p).transpose(0, 1)               # (b, N, p)
@@ -268,44 +221,6 @@ class StreamingLookahead(LookaheadState):
                 at += v.shape[1]
         self._cov_cache: Optional[torch.Tensor] = None
 
-    # ------------------------------------------------------------------ memory
-    def resident_bytes(self) -> int:
-        """Bytes held between blocks (features, factors, per-candidate vectors, caches)."""
-        fz = self.featuriser
-        n_rows = int(self._chol.shape[0])
-        e, m, p, k = self.num_eval, self.num_candidates, self._p, self.num_classes
-        total = 8 * (n_rows * n_rows + n_rows * e * p + 3 * m * k + m * p * p)
-        total += fz.bytes_per_example * (self.num_labelled + len(self.conditioned))
-        if self._eval_feats is not None:
-            total += fz.bytes_per_example * e
-        if self._v_cand_buf is not None:
-            total += 8 * self._v_cand_buf.capacity_numel
-        if self._cov_cache is not None:
-            total += 8 * self._cov_cache.numel()
-        if self._cand_feats is not None:
-            total += fz.bytes_per_example * m
-        return int(total)
-
-    def block_bytes_per_candidate(self) -> float:
-        """Working-set bytes per candidate of a block: its features, Θ(E, j) / Σ[E, j] and their
-        contraction intermediates, V_j, and one block of scoring intermediates on E."""
-        fz = self.featuriser
-        e, p, k = self.num_eval, self._p, self.num_classes
-        n_rows = int(self._chol.shape[0])
-        per = fz.bytes_per_example + fz.transient_per_example
-        per += e * (2 * 8 * p * p + fz.bytes_per_pair) + 8 * n_rows * p
-        per += 8 * e * k * (p + 2)
-        return float(per)
-
-    def default_chunk_size(self, memory_budget: int = DEFAULT_CHUNK_BYTES) -> int:
-        """Candidates per block: ``chunk_size`` if set, else the most whose working set
-        (:meth:`block_bytes_per_candidate`) fits both ``memory_budget`` and what ``max_memory``
-        leaves after the resident state (:meth:`resident_bytes`)."""
-        if self.chunk_size is not None:
-            return max(1, int(self.chunk_size))
-        room = min(float(memory_budget), self.max_memory - self.resident_bytes())
-        return int(max(1, min(self.num_candidates, room // self.block_bytes_per_candidate())))
-
     # ------------------------------------------------------------------ blocks
     def _cov_block(self, jb: torch.Tensor) -> torch.Tensor:
         """Σ[E, J] as an ``(e p, b p)`` matrix."""
@@ -326,7 +241,7 @@ class StreamingLookahead(LookaheadState):
         return cov
 
     def _as_block_cov(self, cov: torch.Tensor, b: int) -> torch.Tensor:
-        if not self.block:
+        if not self.full_kernel:
             return cov.T                                                   # (b, e)
         e, p = self.num_eval, self._p
         return cov.view(e, p, b, p).permute(2, 0, 1, 3)                    # (b, e, c, d)
@@ -334,22 +249,29 @@ class StreamingLookahead(LookaheadState):
     def iter_blocks(self, positions=None, block_size: Optional[int] = None
                     ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
-        ``block_size`` at a time (default :meth:`default_chunk_size`); each block's Σ[E, J] is
+        ``block_size`` at a time (default :meth:`default_block_size`); each block's Σ[E, J] is
         computed when it is reached and dropped after."""
         js = self._positions(np.arange(self.num_candidates) if positions is None else positions)
-        step = max(1, int(block_size)) if block_size else self.default_chunk_size()
-        f_bar_eval, f0_eval = self._on_eval(self._f_bar), self.f0_eval
+        step = max(1, int(block_size)) if block_size else self.default_block_size()
+        f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
             jb = js[start:start + step]
             cov = self._as_block_cov(self._cov_block(jb), int(jb.shape[0]))
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval)
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
+                                   lambda jb=jb: self._coords(jb))
 
-    def retrained_predictions(self, j: int, y: LabelLike) -> torch.Tensor:
-        """f^{(j,y)}(E) ``(e, k)``: predictions on the evaluation set after retraining with
-        ``(x_j, y)`` added."""
-        jj, target = self._single_target(j, y)
-        block = next(self.iter_blocks([jj], 1))
-        return block.retrained(target)[0]
+    def _coords(self, jb: torch.Tensor) -> torch.Tensor:
+        """Span coordinates ``V_J`` ``(r, b p)`` (from the cache, or recomputed)."""
+        p = self._p
+        if self._v_cand is not None:
+            cols = (jb[:, None] * p + torch.arange(p, device=jb.device)).reshape(-1)
+            return self._v_cand.index_select(1, cols)
+        if not self._chol.shape[0]:
+            return torch.zeros(0, int(jb.shape[0]) * p, dtype=_DTYPE, device=self.device)
+        return self._solve(self._labelled_kernel(self._features(self._x_c[jb.cpu()])))
+
+    def _coords_eval(self) -> torch.Tensor:
+        return self._v_eval
 
     # ------------------------------------------------------------------ sequential
     def cache_covariance(self) -> bool:
@@ -362,7 +284,7 @@ class StreamingLookahead(LookaheadState):
         if 8.0 * e * m * p * p > COV_CACHE_SHARE * self.max_memory:
             return False
         cache = torch.empty(e * p, m * p, dtype=_DTYPE, device=self.device)
-        step = self.default_chunk_size()
+        step = self.default_block_size()
         for s in range(0, m, step):
             jb = torch.arange(s, min(m, s + step), device=self.device)
             cache[:, s * p:(s + jb.shape[0]) * p] = self._cov_block(jb)
@@ -377,10 +299,13 @@ class StreamingLookahead(LookaheadState):
     def condition(self, j: int, y: LabelLike) -> None:
         """Add ``(x_j, y)`` to the training set of the linearised network, in closed form.
 
-        Extends the Cholesky factor of L⁺'s kernel by one (``p``-row) block, appends to ``w`` and
-        ``V_E`` (and ``V_C`` when cached), and updates f̄ and Σ_cc of every candidate (and the
-        cached Σ[E, C]) from ``Σ[j, C]``: one featurisation pass over the candidates and
-        ``O((n + q) m p²)`` arithmetic; no ``m × m`` matrix.
+        Updates f̄ of every candidate by ``Σ[C, j] α + G[C, j] β`` (:mod:`ntkal.lookahead.span`);
+        the directions of ``x_j`` outside the labelled span join it: one row block
+        ``[V_iᵀ V_jᵀ, Λ^{1/2}]`` appended to the factor, new coordinate rows
+        ``Λ^{-1/2} V_iᵀ Σ[j, ·]`` appended to ``V_E`` (and ``V_C`` when cached), Σ_cc and the
+        cached Σ[E, C] downdated by them. One featurisation pass over the candidates and
+        ``O((n + q) m p²)`` arithmetic; no ``m × m`` matrix. (One function on purpose: the
+        update is a single pass over the candidates' features that fills four results at once.)
         """
         jj, target = self._single_target(j, y)
         if bool(self._conditioned_mask[jj]):
@@ -390,36 +315,38 @@ class StreamingLookahead(LookaheadState):
         n_rows = int(self._chol.shape[0])
         l_col = self._solve(self._labelled_kernel(fj)) if n_rows else \
             torch.zeros(0, p, dtype=_DTYPE, device=self.device)              # V_j (N, p)
-        d = self._pivot_root(jj)                                            # D Dᵀ = Σ_jj
-        resid = target - self._f_bar[jj:jj + 1]                             # (1, k)
-        resid = resid.reshape(p, 1) if self.block else resid
-        w_new = torch.linalg.solve_triangular(d, resid, upper=False)        # (p, k / p)
+        step = self._step(jj, target, l_col)
+        use_lev = step.beta is not None and n_rows > 0
+        lm = self._span_factor() if use_lev else None
         # Σ[j, E] → new rows of V_E; Σ[j, C] → f̄, Σ_cc (and the caches) of every candidate.
         sig_je = self._kernel(fj, self._eval_feats) if self._eval_feats is not None else \
             self._kernel_eval(fj).T
         if n_rows:
             sig_je = sig_je - l_col.T @ self._v_eval
-        r_e = torch.linalg.solve_triangular(d, sig_je, upper=False)         # (p, e p)
-        r_c = torch.empty(p, m * p, dtype=_DTYPE, device=self.device)
-        raw = self._raw_pivots()
-        step = max(1, self._feature_rows)
-        for s in range(0, m, step):
-            sl = slice(s, min(m, s + step))
-            fb = [self._cand_feats[s // step]] if self._cand_feats is not None else \
+        r_e = step.new_rows(sig_je)                                         # (k_i, e p)
+        r_c = torch.empty(r_e.shape[0], m * p, dtype=_DTYPE, device=self.device)
+        raw = self._raw
+        feature_step = max(1, self._feature_rows)
+        for s in range(0, m, feature_step):
+            sl = slice(s, min(m, s + feature_step))
+            fb = [self._cand_feats[s // feature_step]] if self._cand_feats is not None else \
                 self._features(self._x_c[sl])
             sig = self._kernel(fj, fb)                                      # (p, b p)
+            b = sl.stop - sl.start
             if n_rows:
                 v = self._v_cand[:, s * p:sl.stop * p] if self._v_cand is not None \
                     else self._solve(self._labelled_kernel(fb))
                 sig.addmm_(l_col.T, v, alpha=-1.0)
-            r = torch.linalg.solve_triangular(d, sig, upper=False)          # (p, b p)
+                if use_lev:                                                 # G[C, j] β
+                    g = torch.linalg.solve_triangular(lm, v, upper=False).T @ step.w_j
+                    self._f_bar[sl] += (g @ step.beta).reshape(b, self.num_classes)
+            self._f_bar[sl] += (sig.T @ step.alpha).reshape(b, self.num_classes)
+            r = step.new_rows(sig)                                          # (k_i, b p)
             r_c[:, s * p:sl.stop * p] = r
-            b = sl.stop - sl.start
-            self._f_bar[sl] += (r.T @ w_new).reshape(b, self.num_classes)
-            if not self.block:
-                raw[sl] -= r[0] * r[0]
+            if not self.full_kernel:
+                raw[sl] -= (r * r).sum(0)
             else:
-                rb = r.reshape(p, b, p).transpose(0, 1)                     # (b, p, p)
+                rb = r.reshape(r.shape[0], b, p).transpose(0, 1)            # (b, k_i, p)
                 raw[sl] -= rb.transpose(1, 2) @ rb
         if self._cov_cache is not None:
             self._cov_cache.addmm_(r_e.T, r_c, alpha=-1.0)
@@ -428,28 +355,37 @@ class StreamingLookahead(LookaheadState):
             if hit.numel():
                 i = int(hit[0, 0])
                 self._cov_cache[i * p:(i + 1) * p, :] = 0.0
-        self._extend_factor(l_col, d, w_new, r_e, r_c, fj)
+        self._extend_factor(l_col, step, r_e, r_c, fj)
         self._conditioned_mask[jj] = True
         self.conditioned.append(jj)
         raw[jj] = 0.0
         self._set_pivots(raw)
 
-    def _raw_pivots(self) -> torch.Tensor:
-        """Unclamped Σ_cc kept since the last update (``(m,)`` or ``(m, k, k)``)."""
-        return self._raw
+    def posterior_variance(self, positions=None) -> torch.Tensor:
+        """Σ_jj (unclamped) of candidate ``positions`` (default: all), kept for every candidate:
+        ``(b,)`` or ``(b, k, k)``."""
+        if positions is None:
+            return self._raw.clone()
+        return self._raw[self._positions(positions)].clone()
 
-    def _set_pivots(self, raw: torch.Tensor) -> None:
-        self._raw = raw
-        super()._set_pivots(raw)
-
-    def _extend_factor(self, l_col, d, w_new, r_e, r_c, fj) -> None:
+    def _extend_factor(self, l_col, step, r_e, r_c, fj) -> None:
+        """The conditioned point's independent directions join the span (factor, projections,
+        coordinates, features); the design Gram grows in any case."""
+        self._grow_span(l_col, step)
+        ki = int(step.root.shape[0])
+        if not ki:
+            return
         n_rows, p = int(self._chol.shape[0]), self._p
-        chol = torch.zeros(n_rows + p, n_rows + p, dtype=_DTYPE, device=self.device)
+        chol = torch.zeros(n_rows + ki, n_rows + ki, dtype=_DTYPE, device=self.device)
         chol[:n_rows, :n_rows] = self._chol
-        chol[n_rows:, :n_rows] = l_col.T
-        chol[n_rows:, n_rows:] = d
+        chol[n_rows:, :n_rows] = (l_col @ step.vind).T
+        chol[n_rows:, n_rows:] = torch.diag(step.root)
         self._chol = chol
-        self._w = torch.cat([self._w, w_new], 0)
+        rows, cols = self._cond_proj.shape
+        proj = torch.zeros(rows + ki, cols + p, dtype=_DTYPE, device=self.device)
+        proj[:rows, :cols] = self._cond_proj
+        proj[rows:, cols:] = step.vind.T
+        self._cond_proj = proj
         self._v_eval_buf.append(r_e)
         if self._v_cand_buf is not None:
             self._v_cand_buf.append(r_c)

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import numbers
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ntkal.arguments import as_float, as_int
 from ntkal.models.base import ClassifierNet
 from ntkal.models.cnn import SmallCNN
 from ntkal.models.mlp import MLP
@@ -94,9 +95,8 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     cls = _MODELS[key]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+    num_classes = as_int(num_classes, "num_classes", minimum=1)
+    if as_float(dropout, "dropout", minimum=0.0) >= 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
     extra = _extra_params(cls)
     unknown = sorted(set(kwargs) - set(extra))
@@ -104,9 +104,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
         raise ValueError(f"model {key!r} does not take {', '.join(unknown)}; its options are: "
                          f"width, dropout{''.join(', ' + p for p in extra)}")
     if width is not None:
-        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
-        kwargs["width"] = int(width)
+        kwargs["width"] = as_int(width, "width", minimum=1)
     return cls(in_shape, int(num_classes), dropout=float(dropout), **kwargs)
 
 
@@ -114,6 +112,24 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
 class ModelFactoryError(ValueError):
     """A model factory could not be imported, called, or returned something that is not a
     classifier of the right shape; the message names the factory."""
+
+
+def _path_hint(module_name: str, err: Exception) -> str:
+    """Why a user's own module is not found, when it is: ``ntkal`` run as a command does not put
+    the working directory on the Python path (``python -m`` and ``python script.py`` do)."""
+    if not isinstance(err, ModuleNotFoundError) or err.name is None:
+        return ""
+    top = module_name.split(".")[0]
+    if err.name != top and not module_name.startswith(err.name + "."):
+        return ""  # a module the user's code imports is missing: the message says which
+    here = Path.cwd()
+    found = [p for p in (here / f"{top}.py", here / top / "__init__.py", here / top) if p.exists()]
+    if found:
+        return (f"; {found[0]} is in the working directory {here}, which is not on the Python "
+                f"path: run with PYTHONPATH={here} (e.g. `PYTHONPATH=. ntkal run ...`) or install "
+                "your package (pip install -e .)")
+    return ("; the module must be importable from the Python path: put its folder on PYTHONPATH "
+            "(e.g. `PYTHONPATH=path/to/folder ntkal run ...`) or install it")
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -125,7 +141,8 @@ def load_factory(spec: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure inside the user's module
         raise ModelFactoryError(f"model factory {spec!r}: cannot import module {module_name!r} "
-                                f"({type(err).__name__}: {err})") from err
+                                f"({type(err).__name__}: {err}){_path_hint(module_name, err)}"
+                                ) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ModelFactoryError(f"model factory {spec!r}: {module_name!r} has no attribute "

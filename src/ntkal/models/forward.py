@@ -6,13 +6,13 @@ learner's predictions, the uncertainty strategies, the kernel engines' ``f(x)``)
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from ntkal.arguments import is_integer
 from ntkal.models.devices import model_device, model_dtype, resolve_device
 from ntkal.models.modes import evaluating
 
@@ -58,7 +58,7 @@ def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024, device: 
     Tensor
         ``(n, num_outputs)``; ``(0, 0)`` for no inputs.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = as_input_batch(x)
     device = model_device(model) if device is None else resolve_device(device)

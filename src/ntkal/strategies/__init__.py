@@ -11,6 +11,8 @@ from ntkal.strategies.bald import BALD, BatchBALD
 from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
                                    check_budget, top_k)
 from ntkal.strategies.coreset import Coreset
+from ntkal.strategies.epig import EPIG
+from ntkal.strategies.herding import MaxHerding, UncertaintyHerding
 from ntkal.strategies.learning_loss import LearningLoss
 from ntkal.strategies.random_sampling import RandomSampling
 from ntkal.strategies.registry import available_strategies, get_strategy, register_strategy
@@ -20,7 +22,8 @@ __all__ = [
     "Strategy", "QueryContext", "QueryResult", "SequentialSession", "check_budget", "top_k",
     "register_strategy", "get_strategy", "available_strategies",
     "RandomSampling", "Entropy", "Margin", "LeastConfidence", "BALD", "BatchBALD", "BADGE",
-    "Coreset", "LearningLoss", "MLMOC", "SGDLookahead",
+    "Coreset", "LearningLoss", "MLMOC", "SGDLookahead", "EPIG", "MaxHerding",
+    "UncertaintyHerding", "NTKEPIG", "NTKBALD",
 ]
 
 _LOOKAHEAD_NAMES = ("MLMOC", "SGDLookahead")
@@ -32,4 +35,8 @@ def __getattr__(name: str):
         from ntkal.strategies import lookahead
 
         return getattr(lookahead, name)
+    if name in ("NTKEPIG", "NTKBALD"):
+        from ntkal.strategies import information
+
+        return getattr(information, name)
     raise AttributeError(f"module 'ntkal.strategies' has no attribute {name!r}")

@@ -16,12 +16,12 @@ label.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from ntkal.lookahead import DEFAULT_EVAL_SIZE, LookaheadBlock
+from ntkal.lookahead import LookaheadBlock
 from ntkal.strategies.lookahead import LookaheadStrategy
 from ntkal.strategies.output_change import _check_temperature, label_probabilities
 
@@ -52,16 +52,14 @@ class EER(LookaheadStrategy):
 
     Parameters
     ----------
-    kernel : {"pseudo", "trace", "full", "last_layer"}
-        eNTK variant.
     error : {"entropy", "zero_one"}
         Log-loss (entropy) or 0/1-loss estimate of the error, as in Roy & McCallum.
     temperature : float
         Softmax temperature ``T`` of both the label distribution and the error estimate;
         MSE-trained networks output near one-hot vectors whose plain softmax is nearly flat.
-    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine,
-        selection, greedy_target
-        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
+    settings, selection, greedy_target, **settings_params
+        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy` (``kernel``,
+        ``eval_size``, ... flat or in ``settings``).
 
     References
     ----------
@@ -71,16 +69,9 @@ class EER(LookaheadStrategy):
 
     name = "eer"
 
-    def __init__(self, kernel: str = "pseudo", error: str = "entropy", temperature: float = 1.0,
-                 ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
-                 memory_budget: int = 256 * 2**20, implementation: str = "auto",
-                 eval_size: Any = DEFAULT_EVAL_SIZE, max_memory: Optional[int] = None,
-                 engine: str = "auto", selection: str = "topk",
-                 greedy_target: str = "most_likely") -> None:
-        super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
-                         memory_budget=memory_budget, implementation=implementation,
-                         eval_size=eval_size, max_memory=max_memory, engine=engine,
-                         selection=selection, greedy_target=greedy_target)
+    def __init__(self, error: str = "entropy", temperature: float = 1.0, **lookahead: Any
+                 ) -> None:
+        super().__init__(**lookahead)
         if error not in ERRORS:
             raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
         self.error = error

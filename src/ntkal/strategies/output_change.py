@@ -13,12 +13,13 @@ Sutherland, NeurIPS 2022), so the same closed form applies to a deep network. ML
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from ntkal.lookahead import DEFAULT_EVAL_SIZE, LookaheadBlock
+from ntkal.arguments import as_float
+from ntkal.lookahead import LookaheadBlock
 from ntkal.strategies.lookahead import LookaheadStrategy
 
 __all__ = ["EMOC", "expected_output_change"]
@@ -63,15 +64,13 @@ class EMOC(LookaheadStrategy):
 
     Parameters
     ----------
-    kernel : {"pseudo", "trace", "full", "last_layer"}
-        eNTK variant.
     order : float
         The norm's order ``p``; 1 as in Freytag et al.
     temperature : float
         Softmax temperature of the label distribution.
-    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine,
-        selection, greedy_target
-        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
+    settings, selection, greedy_target, **settings_params
+        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy` (``kernel``,
+        ``eval_size``, ... flat or in ``settings``).
 
     References
     ----------
@@ -81,19 +80,9 @@ class EMOC(LookaheadStrategy):
 
     name = "emoc"
 
-    def __init__(self, kernel: str = "pseudo", order: float = 1.0, temperature: float = 1.0,
-                 ridge: float = 0.0, eps: float = 1e-6, chunk_size: Optional[int] = None,
-                 memory_budget: int = 256 * 2**20, implementation: str = "auto",
-                 eval_size: Any = DEFAULT_EVAL_SIZE, max_memory: Optional[int] = None,
-                 engine: str = "auto", selection: str = "topk",
-                 greedy_target: str = "most_likely") -> None:
-        super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
-                         memory_budget=memory_budget, implementation=implementation,
-                         eval_size=eval_size, max_memory=max_memory, engine=engine,
-                         selection=selection, greedy_target=greedy_target)
-        if not float(order) >= 1:
-            raise ValueError(f"order must be >= 1 (a norm), got {order}")
-        self.order = float(order)
+    def __init__(self, order: float = 1.0, temperature: float = 1.0, **lookahead: Any) -> None:
+        super().__init__(**lookahead)
+        self.order = as_float(order, "order", minimum=1.0)
         self.temperature = _check_temperature(temperature)
 
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from ntkal.strategies.base import Strategy
 
-__all__ = ["register_strategy", "get_strategy", "available_strategies"]
+__all__ = ["register_strategy", "get_strategy", "available_strategies", "strategy_parameters"]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -20,10 +20,15 @@ _BUILTIN_MODULES = (
     "ntkal.strategies.coreset",
     "ntkal.strategies.learning_loss",
     "ntkal.strategies.lookahead",
+    "ntkal.strategies.sgd_lookahead",
     "ntkal.strategies.expected_error",
+    "ntkal.strategies.auto",
     "ntkal.strategies.output_change",
     "ntkal.strategies.variance_reduction",
     "ntkal.strategies.typicality",
+    "ntkal.strategies.herding",
+    "ntkal.strategies.epig",
+    "ntkal.strategies.information",
 )
 _loaded = False
 
@@ -109,3 +114,13 @@ def available_strategies() -> dict[str, str]:
         doc = inspect.getdoc(_REGISTRY[name]) or ""
         out[name] = doc.strip().splitlines()[0] if doc.strip() else _REGISTRY[name].__name__
     return out
+
+
+def strategy_parameters(name: str) -> tuple[str, ...]:
+    """Keyword parameters the strategy registered under ``name`` takes (a config checks or fills
+    them before building it). Unknown ``name``: ValueError listing the available names."""
+    _ensure_loaded()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return tuple(_init_parameters(cls)[0])

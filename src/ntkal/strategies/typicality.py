@@ -8,40 +8,44 @@ representation that needs no trained network: use it to pick the *initial* label
 ``initial_strategy`` in :mod:`ntkal.experiments.config`), or any callable the user gives (e.g. a
 self-supervised encoder: ``representation=lambda x: encoder(x)``).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from ntkal.arguments import as_float, as_int
 from ntkal.strategies.base import QueryContext, QueryResult, Strategy, check_budget
 from ntkal.strategies.forward_passes import eval_embeddings
 
 __all__ = ["TypiClust", "ProbCover", "REPRESENTATIONS", "representation_features", "typicality"]
 
 REPRESENTATIONS = ("embedding", "pca", "inputs")
-Representation = Union[str, Callable[[torch.Tensor], object]]
+Representation = str | Callable[[torch.Tensor], object]
 
 
 def _check_representation(representation: Representation) -> Representation:
     if callable(representation):
         return representation
     if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS} or a callable "
-                         f"mapping inputs to (n, d) features; got {representation!r}")
+        raise ValueError(
+            f"representation must be one of {REPRESENTATIONS} or a callable "
+            f"mapping inputs to (n, d) features; got {representation!r}"
+        )
     return representation
 
 
-def _flat(x: Optional[torch.Tensor]) -> np.ndarray:
+def _flat(x: torch.Tensor | None) -> np.ndarray:
     if x is None or x.shape[0] == 0:
         return np.zeros((0, 0))
     return x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy()
 
 
-def representation_features(context: QueryContext, representation: Representation,
-                            pca_components: int = 50, seed: int = 0
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def representation_features(
+    context: QueryContext, representation: Representation, pca_components: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(candidates (m, d), labelled (n, d))`` of the context's points, float64.
 
     ``"pca"`` fits the PCA on candidates and labelled points together (deterministic under
@@ -49,25 +53,36 @@ def representation_features(context: QueryContext, representation: Representatio
     """
     n_lab = 0 if context.x_labelled is None else int(context.x_labelled.shape[0])
     if callable(representation):
+
         def encode(x):
             if x is None or x.shape[0] == 0:
                 return None
             with torch.no_grad():
                 out = representation(x)
-            out = np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out,
-                             dtype=np.float64)
+            out = np.asarray(
+                out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64
+            )
             if out.ndim != 2 or out.shape[0] != x.shape[0]:
-                raise ValueError(f"the representation callable must return (n, d) features for n "
-                                 f"inputs; got shape {out.shape} for n = {x.shape[0]}")
+                raise ValueError(
+                    f"the representation callable must return (n, d) features for n "
+                    f"inputs; got shape {out.shape} for n = {x.shape[0]}"
+                )
             return out
+
         cand = encode(context.x_candidates)
         lab = encode(context.x_labelled)
         lab = np.zeros((0, cand.shape[1])) if lab is None else lab
     elif representation == "embedding":
-        kw = dict(device=context.device, batch_size=context.batch_size)
-        cand = eval_embeddings(context.model, context.x_candidates, **kw).numpy()
-        lab = (eval_embeddings(context.model, context.x_labelled, **kw).numpy() if n_lab
-               else np.zeros((0, cand.shape[1])))
+
+        def embed(x: torch.Tensor) -> np.ndarray:
+            out = eval_embeddings(
+                context.model, x, device=context.device, batch_size=context.batch_size
+            )
+            assert isinstance(out, torch.Tensor)
+            return out.numpy()
+
+        cand = embed(context.x_candidates)
+        lab = embed(context.x_labelled) if n_lab else np.zeros((0, cand.shape[1]))
     else:
         cand = _flat(context.x_candidates)
         lab = _flat(context.x_labelled) if n_lab else np.zeros((0, cand.shape[1]))
@@ -77,7 +92,7 @@ def representation_features(context: QueryContext, representation: Representatio
             both = np.concatenate([cand, lab])
             comps = int(min(pca_components, both.shape[0], both.shape[1]))
             both = PCA(n_components=comps, random_state=seed).fit_transform(both)
-            cand, lab = both[:cand.shape[0]], both[cand.shape[0]:]
+            cand, lab = both[: cand.shape[0]], both[cand.shape[0] :]
     if not (np.isfinite(cand).all() and np.isfinite(lab).all()):
         raise ValueError("the representation has NaN or infinite features")
     return cand, lab
@@ -91,8 +106,9 @@ def _kmeans(features: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     if clusters <= 50:
         model = KMeans(n_clusters=clusters, n_init=1, random_state=seed)
     else:  # as in the reference implementation: many clusters, mini-batch k-means
-        model = MiniBatchKMeans(n_clusters=clusters, n_init=1, random_state=seed,
-                                batch_size=max(1024, 3 * clusters))
+        model = MiniBatchKMeans(
+            n_clusters=clusters, n_init=1, random_state=seed, batch_size=max(1024, 3 * clusters)
+        )
     # k-means++ makes many tiny BLAS calls: one thread is several times faster than a pool
     # (and far faster on busy cores); the clustering is the same.
     with threadpool_limits(limits=1):
@@ -100,32 +116,44 @@ def _kmeans(features: np.ndarray, clusters: int, seed: int) -> np.ndarray:
 
 
 def typicality(features: np.ndarray, neighbours: int = 20) -> np.ndarray:
-    """Hacohen et al.'s typicality: ``1 / mean distance to the K nearest other points`` (K at most
-    ``neighbours``), ``(n,)``; a lone point gets 0."""
+    """Typicality as the reference code of Hacohen et al. (2022) computes it, ``(n,)``.
+
+    ``1 / (mean squared L2 distance to the K nearest *other* points + 1e-5)`` with
+    K = ``min(neighbours, n - 1)``; the reference's k-NN index returns squared distances and its
+    typicality uses them. A point is never its own neighbour. ``neighbours = 0`` or a lone point
+    gives 0 (nothing to be typical of).
+    """
     n = features.shape[0]
-    if n <= 1:
-        return np.zeros(n)
     k = min(int(neighbours), n - 1)
-    d = _cdist(features, features)
+    if k < 1:
+        return np.zeros(n)
+    d = _cdist(features, features) ** 2
     np.fill_diagonal(d, np.inf)
     near = np.partition(d, k - 1, axis=1)[:, :k]
-    return 1.0 / (near.mean(axis=1) + 1e-12)
+    return 1.0 / (near.mean(axis=1) + 1e-5)
 
 
 def _cdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.cdist(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
+def _cluster_typicality(features: np.ndarray, neighbours: int) -> np.ndarray:
+    """Typicality within one cluster's unlabelled members, K = min(neighbours, |members| // 2)
+    (the reference's rule: a small cluster's density is measured over half of it)."""
+    return typicality(features, min(int(neighbours), features.shape[0] // 2))
+
+
 class TypiClust(Strategy):
     """The most typical point of the least-covered clusters (TypiClust, Hacohen et al. 2022).
 
     Hacohen, Dekel & Weinshall, "Active Learning on a Budget: Opposite Strategies Suit High and
-    Low Budgets", ICML 2022.
-    Candidates and labelled points are clustered together by k-means into ``|L| + budget`` clusters
-    (at most ``max_clusters``); each pick goes to the cluster with the fewest labelled (or already
-    picked) points, the largest first among equals, ignoring clusters of fewer than
-    ``min_cluster_size`` points; within it, the candidate of highest typicality (inverse mean
-    distance to its ``neighbours`` nearest neighbours in the cluster) is taken.
+    Low Budgets", ICML 2022; implemented as its authors' code does it. Candidates and labelled
+    points are clustered together by k-means into ``|L| + budget`` clusters (at most
+    ``max_clusters``). Clusters of at most ``min_cluster_size`` points are dropped; the rest are
+    ordered once by their number of labelled points (fewest first), then by size (largest first),
+    and the picks go round the clusters in that order. Each pick is the cluster's most typical
+    unlabelled point, typicality being measured over the cluster's *unlabelled* members only, with
+    K = ``min(neighbours, |unlabelled members| // 2)``, and recomputed after every pick.
 
     Parameters
     ----------
@@ -135,79 +163,96 @@ class TypiClust(Strategy):
     pca_components : int
         Components of the ``"pca"`` representation.
     neighbours : int
-        K of the typicality (20 in the paper).
+        Largest K of the typicality (20 in the paper).
     min_cluster_size : int
-        Clusters smaller than this are skipped while larger ones have candidates (5 in the paper's
-        code).
+        Clusters of this many points or fewer (labelled ones included) are dropped (5 in the
+        authors' code).
     max_clusters : int
-        Cap on the number of clusters (500 in the paper's code).
+        Cap on the number of clusters (500 in the authors' code).
 
     Notes
     -----
-    ``scores`` are each candidate's typicality within its cluster. When every usable cluster is
-    exhausted the remaining picks go by typicality over all candidates.
+    The authors' code fails when no cluster is large enough or a cluster runs out of unlabelled
+    points. Here a cluster without candidates left is skipped, and once every kept cluster is
+    exhausted the dropped small clusters are visited, in the same order, in the same way.
+    Typicality uses squared distances, as the reference's k-NN search returns them (the paper
+    writes plain distances). ``scores`` are each candidate's typicality among its cluster's
+    unlabelled members before the first pick.
     """
 
     name = "typiclust"
 
-    def __init__(self, representation: Representation = "embedding", pca_components: int = 50,
-                 neighbours: int = 20, min_cluster_size: int = 5, max_clusters: int = 500) -> None:
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        pca_components: int = 50,
+        neighbours: int = 20,
+        min_cluster_size: int = 5,
+        max_clusters: int = 500,
+    ) -> None:
         self.representation = _check_representation(representation)
-        for key, value in (("pca_components", pca_components), ("neighbours", neighbours),
-                           ("max_clusters", max_clusters)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-        if isinstance(min_cluster_size, bool) or not isinstance(min_cluster_size, (int, np.integer)) \
-                or min_cluster_size < 0:
-            raise ValueError(f"min_cluster_size must be an integer >= 0, got {min_cluster_size!r}")
-        self.pca_components = int(pca_components)
-        self.neighbours = int(neighbours)
-        self.min_cluster_size = int(min_cluster_size)
-        self.max_clusters = int(max_clusters)
+        self.pca_components = as_int(pca_components, "pca_components", minimum=1)
+        self.neighbours = as_int(neighbours, "neighbours", minimum=1)
+        self.min_cluster_size = as_int(min_cluster_size, "min_cluster_size", minimum=0)
+        self.max_clusters = as_int(max_clusters, "max_clusters", minimum=1)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
-        cand, lab = representation_features(context, self.representation, self.pca_components,
-                                            context.seed)
+        cand, lab = representation_features(
+            context, self.representation, self.pca_components, context.seed
+        )
         m, n = cand.shape[0], lab.shape[0]
-        feats = np.concatenate([cand, lab])
-        labels = _kmeans(feats, min(n + budget, self.max_clusters), context.seed)
+        labels = _kmeans(
+            np.concatenate([cand, lab]), min(n + budget, self.max_clusters), context.seed
+        )
         cand_cluster = labels[:m]
-        clusters = np.unique(labels)
-        size = np.array([np.sum(labels == c) for c in clusters])
+        clusters, size = np.unique(labels, return_counts=True)
         covered = np.array([np.sum(labels[m:] == c) for c in clusters])
+        # fewest labelled first, then the largest cluster, then the lowest cluster id
+        order = clusters[np.lexsort((clusters, -size, covered))]
+        size_of = dict(zip(clusters.tolist(), size.tolist()))
+        kept = [c for c in order.tolist() if size_of[c] > self.min_cluster_size]
+        dropped = [c for c in order.tolist() if size_of[c] <= self.min_cluster_size]
+        members_of = {c: np.flatnonzero(cand_cluster == c) for c in clusters.tolist()}
+        left = {c: int(v.size) for c, v in members_of.items()}  # candidates not yet picked
         scores = np.zeros(m)
-        for c in clusters:
-            members = np.flatnonzero(labels == c)
-            typ = typicality(feats[members], self.neighbours)
-            in_cand = members < m
-            scores[members[in_cand]] = typ[in_cand]
+        for members in members_of.values():
+            if members.size:
+                scores[members] = _cluster_typicality(cand[members], self.neighbours)
         remaining = np.ones(m, dtype=bool)
         chosen: list[int] = []
-        while len(chosen) < budget:
-            has_cand = np.array([remaining[cand_cluster == c].any() for c in clusters])
-            usable = has_cand & (size >= self.min_cluster_size)
-            if not usable.any():
-                usable = has_cand
-            # fewest labelled first, then the largest cluster, then the lowest cluster id
-            order = np.lexsort((clusters, -size, covered))
-            ci = next(i for i in order if usable[i])
-            members = np.flatnonzero((cand_cluster == clusters[ci]) & remaining)
-            pick = int(members[np.argmax(scores[members])])
-            chosen.append(pick)
-            remaining[pick] = False
-            covered[ci] += 1
-        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=scores,
-                           info={"clusters": int(clusters.size)})
+        for cycle in (kept, dropped):
+            turn = 0
+            while len(chosen) < budget and any(left[c] for c in cycle):
+                # round robin over the fixed order, skipping clusters without candidates left
+                c = cycle[turn % len(cycle)]
+                turn += 1
+                if not left[c]:
+                    continue
+                members = members_of[c][remaining[members_of[c]]]
+                typ = _cluster_typicality(cand[members], self.neighbours)
+                pick = int(members[np.argmax(typ)])
+                chosen.append(pick)
+                remaining[pick] = False
+                left[c] -= 1
+        return QueryResult(
+            indices=np.asarray(chosen, dtype=np.int64),
+            scores=scores,
+            info={"clusters": int(clusters.size), "kept_clusters": len(kept)},
+        )
 
 
-def _purity_radius(feats: np.ndarray, dist: np.ndarray, num_classes: int, alpha: float,
-                   seed: int) -> float:
+def _purity_radius(
+    feats: np.ndarray, dist: np.ndarray, num_classes: int, alpha: float, seed: int
+) -> float:
     """Largest δ (on a grid of distance quantiles) whose balls are ``alpha``-pure with respect to a
     k-means clustering into ``num_classes`` clusters (Yehuda et al., Sec. 4)."""
     pseudo = _kmeans(feats, num_classes, seed)
-    off = dist[~np.eye(dist.shape[0], dtype=bool)] if dist.shape[0] <= 4000 else \
-        dist[np.random.default_rng(seed).integers(0, dist.shape[0], 4000)].ravel()
+    off = (
+        dist[~np.eye(dist.shape[0], dtype=bool)]
+        if dist.shape[0] <= 4000
+        else dist[np.random.default_rng(seed).integers(0, dist.shape[0], 4000)].ravel()
+    )
     grid = np.quantile(off, np.geomspace(1e-3, 0.3, 24))
     best = float(grid[0])
     differs = pseudo[:, None] != pseudo[None, :]
@@ -251,32 +296,35 @@ class ProbCover(Strategy):
 
     name = "probcover"
 
-    def __init__(self, representation: Representation = "embedding",
-                 radius: Optional[float] = None, purity: float = 0.95,
-                 pca_components: int = 50) -> None:
+    def __init__(
+        self,
+        representation: Representation = "embedding",
+        radius: float | None = None,
+        purity: float = 0.95,
+        pca_components: int = 50,
+    ) -> None:
         self.representation = _check_representation(representation)
-        if radius is not None and not (float(radius) > 0 and np.isfinite(float(radius))):
-            raise ValueError(f"radius must be a finite number > 0 or None, got {radius!r}")
-        if not 0.0 < float(purity) <= 1.0:
-            raise ValueError(f"purity must lie in (0, 1], got {purity!r}")
-        if isinstance(pca_components, bool) or not isinstance(pca_components, (int, np.integer)) \
-                or pca_components < 1:
-            raise ValueError(f"pca_components must be an integer >= 1, got {pca_components!r}")
-        self.radius = None if radius is None else float(radius)
-        self.purity = float(purity)
-        self.pca_components = int(pca_components)
+        self.radius = (
+            None if radius is None else as_float(radius, "radius", minimum=0.0, strict_minimum=True)
+        )
+        self.purity = as_float(purity, "purity", minimum=0.0, maximum=1.0, strict_minimum=True)
+        self.pca_components = as_int(pca_components, "pca_components", minimum=1)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
-        cand, lab = representation_features(context, self.representation, self.pca_components,
-                                            context.seed)
+        cand, lab = representation_features(
+            context, self.representation, self.pca_components, context.seed
+        )
         m = cand.shape[0]
         feats = np.concatenate([cand, lab])
         feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         dist = _cdist(feats, feats)
-        radius = self.radius if self.radius is not None else _purity_radius(
-            feats, dist, context.num_classes, self.purity, context.seed)
-        ball = dist[:m] < radius                                         # (m, m + n)
+        radius = (
+            self.radius
+            if self.radius is not None
+            else _purity_radius(feats, dist, context.num_classes, self.purity, context.seed)
+        )
+        ball = dist[:m] < radius  # (m, m + n)
         covered = (dist[m:] < radius).any(axis=0) if lab.shape[0] else np.zeros(len(feats), bool)
         rng = np.random.default_rng(context.seed)
         remaining = np.ones(m, dtype=bool)
@@ -298,5 +346,6 @@ class ProbCover(Strategy):
             chosen.append(pick)
             remaining[pick] = False
             covered |= ball[pick]
-        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=scores,
-                           info={"radius": radius})
+        return QueryResult(
+            indices=np.asarray(chosen, dtype=np.int64), scores=scores, info={"radius": radius}
+        )

@@ -14,12 +14,11 @@ Cohn, Ghahramani & Jordan (1996) on the network's tangent-kernel model.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from ntkal.lookahead import DEFAULT_EVAL_SIZE, LookaheadBlock
+from ntkal.lookahead import LookaheadBlock
 from ntkal.strategies.lookahead import LookaheadStrategy
 from ntkal.strategies.output_change import own_variance
 
@@ -53,11 +52,9 @@ class VarianceReduction(LookaheadStrategy):
 
     Parameters
     ----------
-    kernel : {"pseudo", "trace", "full", "last_layer"}
-        eNTK variant.
-    ridge, eps, chunk_size, memory_budget, implementation, eval_size, max_memory, engine,
-        selection, greedy_target
-        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy`.
+    settings, selection, greedy_target, **settings_params
+        As in :class:`ntkal.strategies.lookahead.LookaheadStrategy` (``kernel``,
+        ``eval_size``, ... flat or in ``settings``).
 
     References
     ----------
@@ -68,15 +65,6 @@ class VarianceReduction(LookaheadStrategy):
 
     name = "vr"
 
-    def __init__(self, kernel: str = "pseudo", ridge: float = 0.0, eps: float = 1e-6,
-                 chunk_size: Optional[int] = None, memory_budget: int = 256 * 2**20,
-                 implementation: str = "auto", eval_size: Any = DEFAULT_EVAL_SIZE,
-                 max_memory: Optional[int] = None, engine: str = "auto", selection: str = "topk",
-                 greedy_target: str = "most_likely") -> None:
-        super().__init__(kernel=kernel, ridge=ridge, eps=eps, chunk_size=chunk_size,
-                         memory_budget=memory_budget, implementation=implementation,
-                         eval_size=eval_size, max_memory=max_memory, engine=engine,
-                         selection=selection, greedy_target=greedy_target)
 
     def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
                     ) -> tuple[np.ndarray, np.ndarray]:

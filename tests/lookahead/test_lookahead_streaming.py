@@ -79,7 +79,7 @@ def test_streaming_blocks_equal_dense(kernel, eval_size):
 def test_streaming_scores_equal_dense(kernel, score):
     dense, stream = _pair(kernel, 20, ridge=0.05)
     for reference in ("f0", "base"):
-        strat = MLMOC(kernel=kernel, score=score, reference=reference, chunk_size=9)
+        strat = MLMOC(kernel=kernel, score=score, reference=reference, block_size=9)
         pd, sd = strat.score_candidates(dense)
         ps, ss = strat.score_candidates(stream)
         np.testing.assert_allclose(ps, pd, rtol=1e-9, atol=1e-12)
@@ -106,7 +106,7 @@ def test_sequential_streaming_equals_dense_conditioning(kernel, max_memory):
     assert stream.conditioned == dense.conditioned == [j for j, _ in steps]
     live = np.setdiff1d(np.arange(48), dense.conditioned)
     for score in ("flip", "expected"):        # criteria read the held Σ[E, C] as views
-        strat = MLMOC(kernel=kernel, score=score, chunk_size=13)
+        strat = MLMOC(kernel=kernel, score=score, block_size=13)
         for a, b in zip(strat.score_candidates(dense, live), strat.score_candidates(stream, live)):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="already"):
@@ -189,14 +189,14 @@ def test_block_size_respects_budget(budget):
     """Resident state plus one block's working set stays within max_memory, and blocks are as
     large as that allows (doubling them would not fit); caches go when they would not fit."""
     _, stream = _pair("pseudo", 20, max_memory=budget)
-    b = stream.default_chunk_size(memory_budget=10**12)
+    b = stream.default_block_size(block_memory=10**12)
     per = stream.block_bytes_per_candidate()
     resident = stream.resident_bytes()
     assert b >= 1
     if b < stream.num_candidates:
         assert resident + b * per <= budget < resident + (b + 1) * per
     # a tighter per-block budget shrinks blocks the same way
-    assert stream.default_chunk_size(memory_budget=int(3 * per)) == min(b, 3)
+    assert stream.default_block_size(block_memory=int(3 * per)) == min(b, 3)
     for key, held in stream.cached.items():
         if key == "eval_features" and held:
             assert 20 * stream.featuriser.bytes_per_example <= 0.25 * budget
@@ -278,3 +278,32 @@ def test_row_buffer_grows_in_place_and_keeps_every_row():
     capacity = buf.capacity_numel
     buf.append(torch.zeros(0, 4, dtype=torch.float64))
     assert buf.capacity_numel == capacity and torch.equal(buf.rows, want)
+
+
+@pytest.mark.parametrize("kernel", ["pseudo", "full"])
+def test_one_interface_one_row_convention(kernel):
+    """Both engines are Lookaheads; retrained predictions have rows on E for both (the same
+    values), and both give Σ_jj on the candidates and, through eval_positions, on E."""
+    dense, stream = _pair(kernel, 20, ridge=0.01)
+    assert isinstance(dense, Lookahead) and isinstance(stream, Lookahead)
+    assert dense.num_eval == stream.num_eval == 20
+    for la in (dense, stream):
+        assert la.retrained_predictions(5, 1).shape == (20, 3)
+        assert la.retrained_predictions_batch([5, 9], [1, 0]).shape == (2, 20, 3)
+    torch.testing.assert_close(stream.retrained_predictions(5, 1),
+                               dense.retrained_predictions(5, 1), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(stream.posterior_variance(), dense.posterior_variance(),
+                               rtol=1e-9, atol=1e-12)
+    e = dense.eval_positions
+    torch.testing.assert_close(stream.posterior_variance(e), dense.posterior_variance()[e],
+                               rtol=1e-9, atol=1e-12)
+    # rows on E of the explicit dense look-ahead over every candidate
+    full = Lookahead.fit(*_setup(0), kernel=kernel, ridge=0.01, engine="dense", eval_size="all")
+    torch.testing.assert_close(stream.retrained_predictions(5, 1),
+                               full.retrained_predictions(5, 1)[e], rtol=1e-9, atol=1e-10)
+    # Σ_jj on a block equals the engine's posterior variance (clamped only when tiny)
+    block = next(stream.iter_blocks([5, 9]))
+    want = stream.posterior_variance([5, 9])
+    got = block.pivot_evals if not block.full_kernel else \
+        block.pivot_evecs @ torch.diag_embed(block.pivot_evals) @ block.pivot_evecs.transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

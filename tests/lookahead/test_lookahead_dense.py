@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntkal.lookahead import Lookahead
+from ntkal.lookahead import DenseLookahead, Lookahead
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -83,7 +83,7 @@ def test_batch_matches_single_and_chunking(block):
     js = np.array([3, 0, 8, 3, 5])
     ys = np.array([2, 1, 0, 0, 1])
     full = la.retrained_predictions_batch(js, ys)
-    chunked = la.retrained_predictions_batch(js, ys, chunk_size=2)
+    chunked = la.retrained_predictions_batch(js, ys, block_size=2)
     assert full.shape == (5, 9, 3)
     torch.testing.assert_close(full, chunked, rtol=0, atol=1e-12)
     for b, (j, c) in enumerate(zip(js, ys)):
@@ -142,14 +142,19 @@ def test_ridge_enters_sigma(block):
     assert float((want - no_ridge).abs().max()) > 1e-3          # the ridge is visible in Σ
 
 
-def test_singular_kernel_gets_jitter_and_warns():
+def test_singular_kernel_is_least_squares_not_jitter():
+    """A duplicate labelled point with another label makes Θ(L, L) singular: the fit is the
+    minimum-norm least-squares one (the pseudo-inverse), which averages the two targets, with no
+    jitter and rank n − 1."""
     j, f0, y = _jacobians()
-    j[1], f0[1], y[1] = j[0], f0[0], y[0]        # duplicate labelled point -> singular Θ(L, L)
+    j[1], f0[1] = j[0], f0[0]                    # duplicate labelled point -> singular Θ(L, L)
+    y = y.clone()
+    y[1] = torch.roll(y[0], 1)
     tll, tsl, tss, _ = _kernels(j, 6, block=False)
-    with pytest.warns(RuntimeWarning, match="jitter"):
-        la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y)
-    assert la.jitter > 0
-    assert torch.isfinite(la.base_predictions()).all()
+    la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y)
+    assert la.jitter == 0.0 and la.rank == 5
+    want = f0[6:] + tsl @ torch.linalg.pinv(tll, rtol=1e-10, hermitian=True) @ (y - f0[:6])
+    torch.testing.assert_close(la.base_predictions(), want, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
@@ -362,7 +367,7 @@ def test_dense_sigma_built_and_conditioned_in_place(block):
     la.condition(5, 0)
     assert la._sigma.data_ptr() == ptr
     if not block:
-        owned = Lookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
+        owned = DenseLookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
         assert owned._sigma.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
         torch.testing.assert_close(owned.sigma, Lookahead.from_kernels(
             tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma, rtol=0, atol=1e-12)

@@ -1,0 +1,261 @@
+"""The look-ahead step of one candidate when it may lie in the labelled features' span.
+
+Retraining on ``L ∪ {(x_j, y)}`` to the minimum-norm least-squares fit (gradient flow's limit)
+moves the predictions by ``Σ(x, j) α + G(x, j) β`` with ``r = y − f̄(x_j)``:
+
+* directions of ``x_j`` outside the span (posterior variance ``Σ_jj`` above ``eps`` times the
+  prior ``Θ_jj``) are fitted exactly: ``α = Σ_jj⁻¹ r`` (the classic update);
+* directions inside it are not: with ``G(x, x') = v_xᵀ M⁻¹ v_x'`` (``M`` the labelled design Gram
+  in span coordinates, ``G_jj`` the leverage ``h_j``), ``β = (I + G_jj)⁻¹ r`` and the residual at
+  ``x_j`` shrinks to ``r / (1 + h_j)`` (Sherman-Morrison on the normal equations).
+
+For full ``k × k`` blocks both can occur at once; in the eigenbasis ``V`` of ``Σ_jj`` (independent
+directions ``i``, eigenvalues ``Λ``; dependent ``d``) and ``H = Vᵀ (I + G_jj) V`` the limit of
+ridge regression as the ridge goes to 0 gives ``β = V_d H_dd⁻¹ V_dᵀ r`` and
+``α = V_i Λ⁻¹ (V_iᵀ − H_id H_dd⁻¹ V_dᵀ) r``. Both maps are returned as matrices, ``A`` and ``B``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ntkal.lookahead.block import _DTYPE, LookaheadBlock
+
+__all__ = ["StepMaps", "step_maps", "dependent_mask", "LabelledSpan"]
+
+
+@dataclass
+class StepMaps:
+    """Per candidate of a block: ``α = A r`` and ``β = B r`` (scalar kernels: ``(b,)`` factors;
+    full kernels: ``(b, k, k)`` matrices), which candidates have a dependent direction
+    (``dependent`` ``(b,)``), and, for conditioning, the independent directions of ``Σ_jj``
+    (``evals`` ``(b, p)``, ``evecs`` ``(b, p, p)``, ``independent`` ``(b, p)``)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    dependent: torch.Tensor
+    evals: torch.Tensor
+    evecs: Optional[torch.Tensor]
+    independent: torch.Tensor
+
+
+def _floors(prior: torch.Tensor, eps: float, full: bool) -> torch.Tensor:
+    if not full:
+        return eps * prior
+    return eps * prior.diagonal(dim1=1, dim2=2).mean(dim=1)
+
+
+def dependent_mask(raw: torch.Tensor, prior: torch.Tensor, eps: float) -> torch.Tensor:
+    """Candidates with a direction in the labelled span: ``Σ_jj ≤ eps · Θ_jj`` (for blocks: an
+    eigenvalue of ``Σ_jj`` at most ``eps`` times the mean prior variance)."""
+    if raw.ndim == 1:
+        return raw <= _floors(prior, eps, False)
+    evals = torch.linalg.eigvalsh(0.5 * (raw + raw.transpose(1, 2)))
+    return (evals <= _floors(prior, eps, True)[:, None]).any(dim=1)
+
+
+def step_maps(raw: torch.Tensor, prior: torch.Tensor, eps: float,
+              leverage: Optional[torch.Tensor]) -> StepMaps:
+    """Step maps from raw ``Σ_jj`` and prior ``Θ_jj`` (``(b,)`` or ``(b, k, k)``) and the
+    leverage ``G_jj`` (same shape; only read where a direction is dependent, may be ``None``
+    when none is)."""
+    full = raw.ndim == 3
+    floor = _floors(prior, eps, full)
+    if not full:
+        dep = raw <= floor
+        lev = torch.zeros_like(raw) if leverage is None else leverage
+        a = torch.where(dep, torch.zeros_like(raw), 1.0 / torch.where(dep, 1.0, raw))
+        b = torch.where(dep, 1.0 / (1.0 + lev), torch.zeros_like(raw))
+        return StepMaps(a, b, dep, raw.unsqueeze(1), None, ~dep.unsqueeze(1))
+    evals, vecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
+    ind = evals > floor[:, None]                                      # (b, k)
+    dep = ~ind
+    k = raw.shape[1]
+    eye = torch.eye(k, dtype=raw.dtype, device=raw.device)
+    vi, vd = vecs * ind[:, None, :], vecs * dep[:, None, :]
+    lam_inv = torch.where(ind, 1.0 / torch.where(ind, evals, 1.0), torch.zeros_like(evals))
+    if not bool(dep.any()):
+        a = (vi * lam_inv[:, None, :]) @ vecs.transpose(1, 2)
+        return StepMaps(a, torch.zeros_like(a), dep.any(dim=1), evals, vecs, ind)
+    g = torch.zeros_like(raw) if leverage is None else leverage
+    h = vecs.transpose(1, 2) @ (eye + g) @ vecs                         # (b, k, k)
+    mask_dd = dep[:, :, None] & dep[:, None, :]
+    h_dd = torch.where(mask_dd, h, torch.diag_embed(ind.to(raw.dtype)))  # identity off d
+    h_dd_inv = torch.linalg.inv(h_dd)
+    h_id = torch.where(ind[:, :, None] & dep[:, None, :], h, torch.zeros_like(h))
+    b = vd @ h_dd_inv @ vd.transpose(1, 2)
+    inner = vi.transpose(1, 2) - h_id @ h_dd_inv @ vd.transpose(1, 2)   # rows i only
+    a = (vecs * lam_inv[:, None, :]) @ inner
+    return StepMaps(a, b, dep.any(dim=1), evals, vecs, ind)
+
+
+class LabelledSpan:
+    """The engines' shared state about the span of the labelled (and conditioned) features: raw
+    and clamped Σ_jj, which candidates lie in the span, the design Gram ``M`` and its factor, the
+    leverage kernel ``G = Vᵀ M⁻¹ V`` of a block, and the conditioning step. Mixed into
+    :class:`ntkal.lookahead.Lookahead`; an engine provides ``_coords_eval`` (``V_E``) and sets
+    ``_raw``, ``_prior``, ``_gram``, ``_f_bar``."""
+
+    full_kernel: bool
+    eps: float
+    num_classes: int
+    device: torch.device
+
+    # -- pivots (Σ_jj) and the labelled span
+    def _raw_pivots(self) -> torch.Tensor:
+        """Unclamped Σ_jj of every candidate (``(m,)`` or ``(m, k, k)``)."""
+        return self._raw
+
+    def _set_pivots(self, raw: torch.Tensor) -> None:
+        """Keep raw Σ_jj, mark candidates in the labelled span (Σ_jj ≤ eps · Θ_jj, per direction
+        for blocks) and clamp Σ_jj from below at ``eps · Θ_jj`` for variance-based criteria; warn
+        once per object when a candidate lies in the span."""
+        self._raw = raw
+        live = ~self._conditioned_mask
+        full = self.full_kernel
+        prior = self._prior if not full else self._prior.diagonal(dim1=1, dim2=2).mean(dim=1)
+        floor = self.eps * prior
+        # a candidate with zero prior variance (e.g. all features 0) still gets a positive floor,
+        # so variance-based scores divide by something: eps times the mean prior, or eps
+        fallback = float(prior.mean()) if prior.numel() else 0.0
+        floor = torch.where(floor > 0, floor, self.eps * (fallback if fallback > 0 else 1.0))
+        if not full:
+            clamped = raw <= floor
+            self._pivot = torch.maximum(raw, floor)
+            self._pivot_evecs = None
+        else:
+            evals, evecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
+            clamped = (evals <= floor[:, None]).any(dim=1)
+            self._pivot = torch.maximum(evals, floor[:, None])
+            self._pivot_evecs = evecs
+        self._clamped = clamped & live
+        count = int(self._clamped.sum())
+        if count and not self._clamp_warned:
+            self._clamp_warned = True
+            warnings.warn(
+                f"{count} candidate(s) lie in the span of the labelled features (Σ_jj <= "
+                f"{self.eps:g} × Θ_jj): their look-ahead is least-squares retraining, not "
+                "interpolation, and their Σ_jj is clamped to that floor for variance-based "
+                "scores", RuntimeWarning, stacklevel=4)
+
+    @property
+    def num_clamped(self) -> int:
+        """Unconditioned candidates with a direction in the labelled span (Σ_jj clamped)."""
+        return int(self._clamped.sum())
+
+    @property
+    def rank(self) -> int:
+        """Dimension of the span of the labelled (and conditioned) features (rows of Θ's
+        flattened ``(point, class)`` index for full kernels)."""
+        gram = self._gram
+        return int(gram.shape[0]) if isinstance(gram, torch.Tensor) else int(gram.rank)
+
+    def _design_gram(self) -> torch.Tensor:
+        """The design Gram ``M`` ``(r, r)``; an engine may set ``_gram`` to its
+        :class:`ntkal.lookahead.cholesky.LabelledFactor`, whose ``M`` is then formed only when
+        first needed (a candidate in the span, or conditioning)."""
+        if not isinstance(self._gram, torch.Tensor):
+            self._gram = self._gram.gram
+        return self._gram
+
+    def _span_factor(self) -> torch.Tensor:
+        """Cholesky factor of the design Gram ``M`` (cached until the next conditioning)."""
+        if self._gram_chol is None:
+            gram = self._design_gram()
+            self._gram_chol = torch.linalg.cholesky(0.5 * (gram + gram.T))
+        return self._gram_chol
+
+    def _leverage(self, v_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``G[E, J]`` in block layout and ``G_jj`` from the coordinates ``V_J`` ``(r, b p)``."""
+        lm = self._span_factor()
+        if self._w_eval is None:
+            self._w_eval = torch.linalg.solve_triangular(lm, self._coords_eval(), upper=False)
+        w_j = torch.linalg.solve_triangular(lm, v_j, upper=False)
+        flat = self._w_eval.T @ w_j                                        # (e p, b p)
+        p = self._p
+        b = v_j.shape[1] // p
+        if not self.full_kernel:
+            return flat.T, (w_j * w_j).sum(0)
+        wb = w_j.reshape(w_j.shape[0], b, p).permute(1, 2, 0)              # (b, p, r)
+        return flat.view(self.num_eval, p, b, p).permute(2, 0, 1, 3), wb @ wb.transpose(1, 2)
+
+    def _make_block(self, jb: torch.Tensor, cov: torch.Tensor, f_bar_eval: torch.Tensor,
+                    f0_eval: torch.Tensor, v_j=None) -> LookaheadBlock:
+        """The block for candidates ``jb``; ``v_j``: their coordinates ``(r, b p)`` or a callable
+        giving them (needed only when a candidate lies in the span)."""
+        evecs = None if not self.full_kernel else self._pivot_evecs[jb]
+        step_a = step_b = lev = None
+        if bool(self._clamped[jb].any()):
+            coords = v_j() if callable(v_j) else v_j
+            lev, g = self._leverage(coords)
+            maps = step_maps(self._raw[jb], self._prior[jb], self.eps, g)
+            step_a, step_b = maps.a, maps.b
+        return LookaheadBlock(positions=jb, cov=cov, pivot_evals=self._pivot[jb],
+                              pivot_evecs=evecs, f_bar_eval=f_bar_eval,
+                              f_bar_cand=self._f_bar[jb], f0_eval=f0_eval,
+                              f0_cand=self.f0_candidates[jb], step_a=step_a, step_b=step_b,
+                              lev=lev)
+
+    def _step(self, jj: int, target: torch.Tensor, v_j: torch.Tensor) -> "_Step":
+        """Everything :meth:`condition` needs about candidate ``jj`` with ``target`` ``(1, k)``
+        and coordinates ``v_j`` ``(r, p)``."""
+        raw, prior = self._raw[jj:jj + 1], self._prior[jj:jj + 1]
+        g = w_j = None
+        if bool(self._clamped[jj]):
+            w_j = torch.linalg.solve_triangular(self._span_factor(), v_j, upper=False)
+            g = (w_j * w_j).sum(0) if not self.full_kernel else (w_j.T @ w_j).unsqueeze(0)
+        maps = step_maps(raw, prior, self.eps, g)
+        resid = (target - self._f_bar[jj:jj + 1])[0]                      # (k,)
+        k = self.num_classes
+        if not self.full_kernel:
+            alpha = (maps.a[0] * resid).reshape(1, k)
+            beta = (maps.b[0] * resid).reshape(1, k)
+            keep = maps.independent[0]
+            vind = torch.ones(1, 1, dtype=_DTYPE, device=self.device)[:, keep]
+            root = raw[0].clamp_min(0).sqrt().reshape(1)[keep]
+        else:
+            alpha = (maps.a[0] @ resid).reshape(k, 1)
+            beta = (maps.b[0] @ resid).reshape(k, 1)
+            keep = maps.independent[0]
+            vind = maps.evecs[0][:, keep]                                  # (p, k_i)
+            root = maps.evals[0][keep].sqrt()
+        dep = bool(maps.dependent[0])
+        return _Step(alpha, beta if dep else None, vind, root, w_j)
+
+    def _grow_span(self, v_j: torch.Tensor, step: "_Step") -> torch.Tensor:
+        """``M ← blockdiag(M, 0) + φ̃ φ̃ᵀ`` with ``φ̃ = [v_j; diag(root) vindᵀ]`` (the conditioned
+        point's coordinates after its independent directions join the span); returns φ̃'s new
+        rows ``(k_i, p)``."""
+        old = self._design_gram()
+        r, ki = int(old.shape[0]), int(step.root.shape[0])
+        new_rows = step.root[:, None] * step.vind.T                        # (k_i, p)
+        phi = torch.cat([v_j, new_rows], 0)
+        gram = torch.zeros(r + ki, r + ki, dtype=_DTYPE, device=self.device)
+        gram[:r, :r] = old
+        gram.add_(phi @ phi.T)
+        self._gram = gram
+        self._gram_chol = None
+        self._w_eval = None
+        return new_rows
+
+
+
+@dataclass
+class _Step:
+    """One conditioning step: ``alpha`` / ``beta`` ``(p, k / p)`` (the step along Σ[:, j] and
+    G[:, j]; ``beta`` None when no direction is in the span), the independent directions of Σ_jj
+    ``vind`` ``(p, k_i)`` with ``root = sqrt(λ)`` ``(k_i,)``, and ``w_j = L_M⁻¹ v_j`` (or None)."""
+
+    alpha: torch.Tensor
+    beta: Optional[torch.Tensor]
+    vind: torch.Tensor
+    root: torch.Tensor
+    w_j: Optional[torch.Tensor]
+
+    def new_rows(self, sigma_rows: torch.Tensor) -> torch.Tensor:
+        """Coordinates along the new span directions, ``Λ^{-1/2} V_indᵀ Σ[j, X]`` ``(k_i, c)``,
+        from ``Σ[j, X]`` ``(p, c)``."""
+        return (self.vind / self.root).T @ sigma_rows

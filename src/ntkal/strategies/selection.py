@@ -1,0 +1,83 @@
+"""Choosing a batch from look-ahead scores: top-k, or greedy with closed-form conditioning.
+
+Kept apart from the criteria, as BoTorch keeps ``optimize_acqf_discrete`` apart from its
+acquisition functions: a criterion says how good each candidate is (``score_candidates``), a
+selection rule turns that into a batch. Any :class:`ntkal.strategies.lookahead.LookaheadStrategy`
+works with either rule.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+
+from ntkal.lookahead import Lookahead
+from ntkal.strategies.base import top_k
+from ntkal.strategies.lookahead_scores import onehot
+
+
+class LookaheadScorer(Protocol):
+    """What a selection rule needs of a criterion (every
+    :class:`~ntkal.strategies.lookahead.LookaheadStrategy` is one): scores of candidates, and the
+    reference predictions pseudo-targets are taken from."""
+
+    def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
+                         f_bar0: Optional[torch.Tensor] = None
+                         ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+__all__ = ["LookaheadScorer", "SELECTIONS", "GREEDY_TARGETS", "select_topk", "select_greedy",
+           "pseudo_target"]
+
+#: ``"topk"``: the best ``budget`` candidates scored independently against L (the reference's
+#: batch mode); ``"greedy"``: one at a time, conditioning on each pick's pseudo-target.
+SELECTIONS = ("topk", "greedy")
+#: What a greedy pick is conditioned on: the one-hot most likely class, or the softmax.
+GREEDY_TARGETS = ("most_likely", "expected")
+
+
+def select_topk(strategy: LookaheadScorer, la: Lookahead, budget: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate scored once against L; the ``budget`` best (ties: secondary score, then
+    ``rng``). Returns the picks and the (primary, secondary) scores of every candidate."""
+    primary, secondary = strategy.score_candidates(la)
+    return top_k(primary, budget, rng, secondary=secondary), primary, secondary
+
+
+def pseudo_target(strategy: LookaheadScorer, la: Lookahead, position: int, target: str,
+                  f_bar0: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Target ``(k,)`` a greedy pick at ``position`` is conditioned on: the one-hot argmax, or the
+    softmax, of the strategy's reference prediction there, which (``f_bar0`` given) includes what
+    the earlier picks of the batch taught the linearised network (``f̄_t − f̄_0``)."""
+    _, ref_cand = strategy.references(la, f_bar0)
+    ref = ref_cand[int(position)].to(torch.float64)
+    if target == "expected":
+        return torch.softmax(ref, dim=0)
+    return onehot(ref.argmax(), ref.shape[0])
+
+
+def select_greedy(strategy: LookaheadScorer, la: Lookahead, budget: int,
+                  rng: np.random.Generator, target: str = "most_likely"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy batch: pick the best candidate, condition ``la`` on its pseudo-target (in place,
+    :func:`pseudo_target`), rescore the rest, repeat ``budget`` times: the batch analogue of the
+    sequential mode, which stops a batch from spending its budget on near-copies of one point.
+    Returns the picks in order and the first round's (primary, secondary) scores."""
+    f_bar0 = la.base_predictions()
+    remaining = np.ones(la.num_candidates, dtype=bool)
+    chosen: list[int] = []
+    primary = secondary = np.zeros(0)
+    for step in range(budget):
+        positions = np.flatnonzero(remaining)
+        p, s = strategy.score_candidates(la, positions, f_bar0)
+        if step == 0:
+            primary, secondary = p, s
+        best = int(positions[top_k(p, 1, rng, secondary=s)[0]])
+        chosen.append(best)
+        remaining[best] = False
+        if step + 1 < budget:
+            la.condition(best, pseudo_target(strategy, la, best, target, f_bar0))
+    return np.asarray(chosen, dtype=np.int64), primary, secondary
