@@ -173,3 +173,60 @@ def test_undo_export_import_and_evaluations(tmp_path):
     assert store.evaluations() == [(2, 0.5), (6, 0.75)]
     with pytest.raises(ValueError, match="accuracy must lie in"):
         store.add_evaluation(3, float("nan"))
+
+
+def test_relabel_is_logged_keeps_the_order_and_refuses_unlabelled(tmp_path):
+    path = tmp_path / "l.sqlite"
+    with LabelStore(path, pool_size=10, num_classes=3) as store:
+        store.add([4, 2, 7], [0, 1, 2], annotator="ana")
+        assert store.relabel(2, 0, annotator="bo") == 1
+        idx, lab = store.labelled()
+        assert idx.tolist() == [4, 2, 7] and lab.tolist() == [0, 0, 2]
+        assert [(c["index"], c["label"], c["previous"], c["annotator"])
+                for c in store.changes()] == [(2, 0, 1, "bo")]
+        assert [r["index"] for r in store.recent(2)] == [7, 2]
+        for bad, match in [((5, 1), "has no label to change"), ((2, 3), "out of range"),
+                           ((2, 0.5), "integers")]:
+            with pytest.raises(ValueError, match=match):
+                store.relabel(*bad)
+        assert len(store.changes()) == 1
+    with LabelStore(path) as store:                   # durable
+        assert store.label_of(2) == 0 and len(store.changes()) == 1
+
+
+def test_a_store_from_before_relabelling_gains_the_event_log(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with LabelStore(path, pool_size=10, num_classes=3) as store:
+        store.add([1], [2])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE events")
+    conn.commit()
+    conn.close()
+    with LabelStore(path) as store:
+        assert store.changes() == [] and store.relabel(1, 0) == 2
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_escaped():
+    from ntkal.labelstore import csv_safe
+
+    assert [csv_safe(v) for v in ("=1+1", "+1", "-1", "@A1", "\tx", "ok", 5, -3.0)] == \
+        ["'=1+1", "'+1", "'-1", "'@A1", "'\tx", "ok", 5, -3.0]
+    store = LabelStore(":memory:", pool_size=5, num_classes=2)
+    store.add([1], [0], annotator="=cmd|' /C calc'!A0")
+    text = store.export_csv(["=a", "b"], origin=lambda i: {"file": f"-x{i}.png"})
+    header, row = text.splitlines()
+    assert header == "index,label,class,file,annotator,created"
+    assert row.split(",")[2:5] == ["'=a", "'-x1.png", "'=cmd|' /C calc'!A0"]
+
+
+def test_one_claim_per_store(tmp_path):
+    from ntkal.labelstore import LabelStoreError, claim_store
+
+    claim = claim_store(tmp_path / "s.sqlite")
+    with pytest.raises(LabelStoreError, match="already being served"):
+        claim_store(tmp_path / "s.sqlite")
+    claim_store(tmp_path / "other.sqlite").release()
+    claim.release()
+    claim_store(tmp_path / "s.sqlite").release()

@@ -174,6 +174,11 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
                                                    help="Built-in datasets: pool size (stratified)."),
           seed: int = typer.Option(0, "--seed", help="Seeds the model, subsets and order."),
           threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+          strategy: Optional[str] = typer.Option(None, "--strategy", help="Acquisition strategy "
+                                                 "(`ntkal strategies`); look-ahead ones update "
+                                                 "per label in closed form, others are "
+                                                 "re-queried. Default: ntkal.labelling."
+                                                 "DEFAULT_STRATEGY."),
           ) -> None:
     """Serve a labelling page for DATA on http://HOST:PORT (127.0.0.1 by default)."""
     try:
@@ -181,11 +186,15 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
 
         from ntkal.data import builtin_dataset_name, load_dataset, read_file_source
         from ntkal.data.files import is_file_source
-        from ntkal.labelling.engine import LabellingSession, default_train_config
+        from ntkal.labelling.engine import DEFAULT_STRATEGY, LabellingSession, default_train_config
         from ntkal.labelling.server import check_bind, serve
+        from ntkal.labelstore import LabelStore, claim_store
         from ntkal.models import build_from_factory, build_model
+        from ntkal.strategies import get_strategy
 
         check_bind(host, allow_remote, token)
+        strategy = strategy or DEFAULT_STRATEGY
+        get_strategy(strategy)  # an unknown name fails before any data is read
         if threads is not None:
             torch.set_num_threads(int(threads))
         names = [c.strip() for c in classes.split(",")] if classes else None
@@ -200,18 +209,27 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
         net = (build_from_factory(factory, dataset.in_shape, dataset.num_classes) if factory else
                build_model(model, dataset.in_shape, dataset.num_classes, width=width))
         path = store if store is not None else Path(f"{Path(data.rstrip('/')).stem}.labels.sqlite")
-        session = LabellingSession(dataset, str(path), net, subset=subset, warmup=warmup,
+        claim = claim_store(path)  # held for the server's life: a second server is refused
+        # A short timeout: a store locked by another process fails that request, not the page.
+        label_store = LabelStore(path, pool_size=dataset.num_train,
+                                 num_classes=dataset.num_classes, timeout=2.0)
+        session = LabellingSession(dataset, label_store, net, subset=subset, warmup=warmup,
                                    train_config=default_train_config(epochs), seed=seed,
-                                   use_dataset_labels=source is not None, source=source)
+                                   use_dataset_labels=source is not None, source=source,
+                                   strategy=strategy)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         console.print(f"labelling {dataset.num_train} items of {data} into {path} "
-                      f"({len(session.store)} labelled so far)", highlight=False)
+                      f"({len(session.store)} labelled so far) with {session.picks.description}",
+                      highlight=False)
         console.print(f"open {url}  (Ctrl+C to stop)", highlight=False)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
         _fail(err)
         return
-    serve(session, host=host, port=port, token=token, allow_remote=allow_remote)
+    try:
+        serve(session, host=host, port=port, token=token, allow_remote=allow_remote)
+    finally:
+        claim.release()
 
 
 @app.command()

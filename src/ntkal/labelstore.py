@@ -11,15 +11,18 @@ file, and the learner can be rebuilt from the store at any time::
     store.add([idx[0]], [3], annotator="ana")
     store.sync(learner)                     # teach the learner every label it does not have yet
 
-Concurrency: the file is in WAL mode, so readers never block the writer; writers wait up to
-``timeout`` seconds for each other (SQLite's busy timeout, then a few retries) and only then fail
-with :class:`LabelStoreError` naming the file. Creating a store is idempotent: several processes
+Concurrency: the file is in WAL mode, so readers never block the writer; a writer waits at most
+``timeout`` seconds in all for another one (SQLite's busy timeout, retried until that deadline)
+and then fails with :class:`LabelStoreError` naming the file. A labelling server passes a short
+timeout so that a stuck writer fails that one request, not the whole page; :func:`claim_store`
+keeps a second server off the same file for the first one's life. Creating a store is idempotent: several processes
 opening a new file at once agree on one ``meta`` row set, or fail if they disagree on the sizes.
 One :class:`LabelStore` object may be shared by threads (its calls are serialised by a lock).
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import numbers
@@ -31,8 +34,16 @@ from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import numpy as np
 
-__all__ = ["LabelStore", "LabelStoreError"]
+__all__ = ["LabelStore", "LabelStoreError", "StoreClaim", "claim_store", "csv_safe"]
 
+_EVENTS = """CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool_index INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    previous INTEGER NOT NULL,
+    annotator TEXT,
+    created REAL NOT NULL
+)"""
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS labels (
@@ -43,6 +54,7 @@ _SCHEMA = (
     created REAL NOT NULL
 )""",
     "CREATE TABLE IF NOT EXISTS requests (pool_index INTEGER PRIMARY KEY, created REAL NOT NULL)",
+    _EVENTS,
     """CREATE TABLE IF NOT EXISTS evaluations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     num_labels INTEGER NOT NULL,
@@ -50,8 +62,17 @@ _SCHEMA = (
     created REAL NOT NULL
 )""",
 )
-_RETRIES = 5
 T = TypeVar("T")
+#: First characters a spreadsheet reads as a formula (OWASP "CSV injection"), tab and CR included.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would run as a formula gets a leading
+    ``'`` (OWASP's advice on CSV injection); numbers and other text are unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 class LabelStoreError(RuntimeError):
@@ -126,25 +147,29 @@ class LabelStore:
                                    "journal files beside it)")
         if "locked" in text or "busy" in text:
             return LabelStoreError(f"label store {self.path} stayed locked by another writer for "
-                                   f"{self.timeout:g} s x {_RETRIES} tries; is a stuck process "
-                                   "holding it?")
+                                   f"{self.timeout:g} s; nothing was changed by this request. Is "
+                                   "another process (a sqlite3 shell, a stuck script) holding it?")
         return LabelStoreError(f"label store {self.path}: {text}")
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` (one whole transaction), retrying while the database is locked."""
-        for attempt in range(_RETRIES):
+        """Run ``fn`` (one whole transaction), retrying while the database is locked, for at most
+        ``timeout`` seconds in all (SQLite's busy handler waits inside each try)."""
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
             try:
                 with self._lock:
                     return fn()
             except sqlite3.OperationalError as err:
-                if ("locked" not in str(err) and "busy" not in str(err)) or attempt == _RETRIES - 1:
+                locked = "locked" in str(err) or "busy" in str(err)
+                if not locked or time.monotonic() + 0.05 * (attempt + 1) >= deadline:
                     raise self._explain(err) from None
                 time.sleep(0.05 * (attempt + 1))
+                attempt += 1
             except sqlite3.IntegrityError:
                 raise  # a constraint (e.g. an index labelled twice): the caller explains it
             except sqlite3.DatabaseError as err:
                 raise self._explain(err) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """``body`` inside ``BEGIN IMMEDIATE`` (the write lock taken up front), committed before
@@ -195,6 +220,8 @@ class LabelStore:
         meta = self._existing_meta()
         if meta is None:  # a new file (or one being created right now by another process)
             meta = self._transaction(create)
+        elif not self._has_table("events"):  # a file written before relabelling existed
+            self._transaction(lambda c: c.execute(_EVENTS))
         for key, value in given.items():
             if meta[key] != value:
                 raise ValueError(f"{self.path} was created with {key}={meta[key]}, not {value}")
@@ -217,6 +244,10 @@ class LabelStore:
                 raise
             return meta if {"pool_size", "num_classes"} <= set(meta) else None
         return self._retry(read)
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (name,)))
 
     def close(self) -> None:
         with self._lock:
@@ -320,34 +351,45 @@ class LabelStore:
         return out
 
     # ------------------------------------------------------------------ export / import
-    def records(self, classes: Optional[Iterable[str]] = None) -> list[dict]:
+    def records(self, classes: Optional[Iterable[str]] = None,
+                origin: Optional[Callable[[int], dict]] = None) -> list[dict]:
         """Every label as ``{index, label, annotator, created}`` (``class`` too when ``classes``
-        names the labels), in the order recorded."""
+        names the labels; the fields of ``origin(index)`` too, e.g. the file or data row the pool
+        point came from), in the order recorded."""
         names = list(classes) if classes is not None else None
         rows = self._read("SELECT pool_index, label, annotator, created FROM labels ORDER BY seq")
         out = []
         for i, y, who, created in rows:
-            rec = {"index": int(i), "label": int(y), "annotator": who, "created": float(created)}
+            rec = {"index": int(i), "label": int(y)}
             if names is not None:
                 rec["class"] = names[int(y)]
+            if origin is not None:
+                rec.update(origin(int(i)))
+            rec.update(annotator=who, created=float(created))
             out.append(rec)
         return out
 
-    def export_csv(self, classes: Optional[Iterable[str]] = None) -> str:
-        """:meth:`records` as CSV text with a header (``index,label[,class],annotator,created``)."""
-        recs = self.records(classes)
-        fields = ["index", "label"] + (["class"] if classes is not None else []) + \
-            ["annotator", "created"]
+    def export_csv(self, classes: Optional[Iterable[str]] = None,
+                   origin: Optional[Callable[[int], dict]] = None) -> str:
+        """:meth:`records` as CSV text with a header (``index,label[,class][,origin
+        fields],annotator,created``). Text cells a spreadsheet would run as a formula are escaped
+        (:func:`csv_safe`)."""
+        recs = self.records(classes, origin)
+        fields = list(recs[0]) if recs else (
+            ["index", "label"] + (["class"] if classes is not None else []) +
+            (list(origin(0)) if origin is not None and self.pool_size else []) +
+            ["annotator", "created"])
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(recs)
+        writer.writerows({k: csv_safe(v) for k, v in rec.items()} for rec in recs)
         return buf.getvalue()
 
-    def export_json(self, classes: Optional[Iterable[str]] = None) -> str:
+    def export_json(self, classes: Optional[Iterable[str]] = None,
+                    origin: Optional[Callable[[int], dict]] = None) -> str:
         """:meth:`records` as a JSON document ``{"pool_size", "num_classes", "labels": [...]}``."""
         return json.dumps({"pool_size": self.pool_size, "num_classes": self.num_classes,
-                           "labels": self.records(classes)}, indent=1)
+                           "labels": self.records(classes, origin)}, indent=1)
 
     def import_labels(self, indices: Iterable[int], labels: Iterable[int], *,
                       annotator: Optional[str] = "import") -> dict:
@@ -374,6 +416,42 @@ class LabelStore:
                 added += 1
             return {"added": added, "skipped": skipped}
         return self._transaction(merge)
+
+    # ------------------------------------------------------------------ relabelling
+    def relabel(self, index: int, label: int, *, annotator: Optional[str] = None) -> int:
+        """Change the stored label of ``index`` to ``label``; returns the previous label.
+
+        The change is a new row of the ``events`` log (who, when, from what), so nothing typed is
+        ever overwritten without a trace; the point keeps its place in the labelling order.
+        """
+        idx = self._check_indices(_ints("index", [index]))
+        lab = self._check_labels(idx, [label])
+
+        def change(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT label FROM labels WHERE pool_index = ?", idx).fetchone()
+            if row is None:
+                raise ValueError(f"item {idx[0]} has no label to change")
+            conn.execute("UPDATE labels SET label = ? WHERE pool_index = ?", (lab[0], idx[0]))
+            conn.execute("INSERT INTO events (pool_index, label, previous, annotator, created) "
+                         "VALUES (?, ?, ?, ?, ?)", (idx[0], lab[0], int(row[0]), annotator,
+                                                     time.time()))
+            return int(row[0])
+        return self._transaction(change)
+
+    def changes(self) -> list[dict]:
+        """Every relabelling, oldest first: ``{index, label, previous, annotator, created}``."""
+        rows = self._read("SELECT pool_index, label, previous, annotator, created FROM events "
+                          "ORDER BY seq")
+        return [{"index": int(i), "label": int(y), "previous": int(p), "annotator": who,
+                 "created": float(t)} for i, y, p, who, t in rows]
+
+    def recent(self, limit: int) -> list[dict]:
+        """The ``limit`` most recently labelled points, newest first:
+        ``{index, label, annotator, created}`` (``label`` is the current one)."""
+        rows = self._read("SELECT pool_index, label, annotator, created FROM labels "
+                          "ORDER BY seq DESC LIMIT ?", (int(limit),))
+        return [{"index": int(i), "label": int(y), "annotator": who, "created": float(t)}
+                for i, y, who, t in rows]
 
     # ------------------------------------------------------------------ evaluations
     def add_evaluation(self, num_labels: int, accuracy: float) -> None:
@@ -408,3 +486,54 @@ class LabelStore:
         if new.any():
             learner.teach(idx[new], lab[new])
         return idx[new]
+
+
+class StoreClaim:
+    """An exclusive ``flock`` on ``<store>.lock``, held until :meth:`release` (or the process
+    ends: the kernel drops it even after ``kill -9``, so a stale file never blocks a restart)."""
+
+    def __init__(self, path: str, handle: Any) -> None:
+        self.path = path
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor drops the lock
+            self._handle = None
+
+    def __enter__(self) -> "StoreClaim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim_store(path: Union[str, os.PathLike]) -> StoreClaim:
+    """Claim the label store at ``path`` for one server.
+
+    Two servers on one store would hand out items the other has labelled, undo each other's
+    labels and write one weights file; the second therefore fails here with a message naming the
+    store (several *clients* of one server are fine, as are scripts using :class:`LabelStore`).
+
+    Raises
+    ------
+    LabelStoreError
+        Another process holds the claim, or the lock file cannot be created.
+    """
+    import fcntl
+
+    lock_path = os.fspath(path) + ".lock"
+    try:
+        handle = open(lock_path, "a+")
+    except OSError as err:
+        raise LabelStoreError(f"cannot create the lock file {lock_path}: {err.strerror}") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise LabelStoreError(f"label store {os.fspath(path)} is already being served by "
+                                  "another ntkal label process; open that server's page, stop it "
+                                  "first, or pass another --store") from None
+        raise LabelStoreError(f"cannot lock {lock_path}: {err.strerror}") from None
+    return StoreClaim(lock_path, handle)

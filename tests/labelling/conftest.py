@@ -32,6 +32,7 @@ class LabelServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.csrf = ""
 
     def start(self, timeout: float = 90.0) -> "LabelServer":
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -47,7 +48,7 @@ class LabelServer:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}:\n"
                                    + self.log.read_text(errors="replace")[-3000:])
             try:
-                self.get("/api/stats", timeout=2)
+                self.csrf = self.get("/api/session", timeout=2)["csrf"]
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
@@ -58,7 +59,8 @@ class LabelServer:
     def request(self, method: str, path: str, body=None, timeout: float = 30.0):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "X-Ntkal-Csrf": self.csrf})
         with urllib.request.urlopen(req, timeout=timeout) as res:
             return json.loads(res.read())
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -26,7 +27,10 @@ def _client(dataset, tmp_path, token=None, source=None, store="l.sqlite", **kwar
     session = LabellingSession(dataset, str(tmp_path / store), model, train_config=QUICK,
                                subset=100, source=source, use_dataset_labels=source is not None,
                                **kwargs)
-    return TestClient(create_app(session, token=token)), session
+    app = create_app(session, token=token)
+    client = TestClient(app, base_url="http://127.0.0.1:8765",
+                        headers={"X-Ntkal-Csrf": app.state.csrf})
+    return client, session
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,8 @@ def test_label_flow_duplicates_conflicts_undo_and_errors(digits, tmp_path):
                            ({"index": 1, "label": "zebra"}, "unknown class")]:
         bad = client.post("/api/labels", json=payload)
         assert bad.status_code == 400 and match in bad.json()["detail"]
-    assert client.post("/api/labels", content=b"{not json").status_code == 400
+    assert client.post("/api/labels", content=b"{not json",
+                       headers={"content-type": "application/json"}).status_code == 400
     assert len(session.store) == 1
     undo = client.post("/api/undo", json={"client": "t1"}).json()
     assert undo["undone"]["index"] == item["index"] and len(session.store) == 0
@@ -100,7 +105,7 @@ def test_export_import_round_trip(digits, tmp_path):
         [(3, 1, "1"), (8, 2, "2"), (21, 9, "9")]
     assert client.get("/api/export", params={"format": "xml"}).status_code == 400
     other, other_session = _client(digits, tmp_path, store="other.sqlite")
-    res = other.post("/api/import", content=csv_text, headers={"content-type": "text/csv"})
+    res = other.post("/api/import", json={"csv": csv_text})
     assert res.json() == {"added": 3, "skipped": 0}
     res = other.post("/api/import", json={"labels": [{"index": 3, "label": 1},
                                                      {"index": 4, "class": "7"}]})
@@ -111,8 +116,7 @@ def test_export_import_round_trip(digits, tmp_path):
     assert bad.status_code == 400 and "already labelled 1" in bad.json()["detail"]
     assert other_session.store.label_of(5) is None
     assert other_session.learner.labelled_indices.size == 4   # the learner follows the store
-    assert other.post("/api/import", content=b"index,label\nx,1\n",
-                      headers={"content-type": "text/csv"}).status_code == 400
+    assert other.post("/api/import", json={"csv": "index,label\nx,1\n"}).status_code == 400
 
 
 def test_retrain_endpoint_and_table_items(tmp_path):
@@ -127,8 +131,8 @@ def test_retrain_endpoint_and_table_items(tmp_path):
     assert item["kind"] == "table" and set(item["row"]) == {"a", "b"}
     raw = source.raw_train[item["index"]]
     assert item["row"] == {"a": raw[0], "b": raw[1]}               # values as in the file
-    assert client.post("/api/retrain").status_code == 202
-    assert client.post("/api/retrain").status_code in (409, 202)  # 409 while it runs
+    assert client.post("/api/retrain", json={}).status_code == 202
+    assert client.post("/api/retrain", json={}).status_code in (409, 202)  # 409 while it runs
     assert session.wait_for_retrain(60)
     stats = client.get("/api/stats").json()
     assert stats["retrain"]["state"] == "done" and stats["curve"][0]["labels"] == 24
@@ -146,8 +150,84 @@ def test_cli_label_refuses_remote_bind_and_bad_data(tmp_path):
     assert res.exit_code == 2 and "refusing to listen on 0.0.0.0" in res.output
     res = runner.invoke(app, ["label", "digits", "--host", "0.0.0.0", "--allow-remote"])
     assert res.exit_code == 2 and "needs --token" in res.output
+    res = runner.invoke(app, ["label", "digits", "--strategy", "mlmocc"])
+    assert res.exit_code == 2 and "unknown strategy 'mlmocc'" in res.output and "vr" in res.output
     (tmp_path / "bad.csv").write_text("a,label\n1,x\nfoo,y\n")
     res = runner.invoke(app, ["label", str(tmp_path / "bad.csv"), "--store",
                               str(tmp_path / "s.sqlite")])
     assert res.exit_code == 2 and "bad.csv, row 2, column 'a'" in res.output
     assert "Traceback" not in res.output
+
+
+def test_originals_and_exports_map_back_to_the_files(tmp_path):
+    import csv
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)   # 400 x 300 photos
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{cls}{i}.png")
+    (tmp_path / "imgs" / "loose.png").write_bytes(
+        (tmp_path / "imgs" / "cat" / "cat0.png").read_bytes())
+    source = read_file_source(tmp_path / "imgs", image_size=[8, 8], test_fraction=0.2)
+    client, session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
+    for index, path in enumerate(source.train_files):
+        item = client.get(f"/api/items/{index}/original")
+        assert item.status_code == 200 and item.content == open(path, "rb").read()
+        assert item.headers["content-type"] == "image/png"
+    small = Image.open(io.BytesIO(client.get("/api/items/0/image.png").content))
+    assert small.size[0] / small.size[1] == 1.0          # the model input is a separate rendering
+    assert client.get("/api/items/999/original").status_code == 400
+    assert client.get("/api/items/..%2F..%2Fetc%2Fpasswd/original").status_code in (400, 404)
+    item = client.get("/api/next").json()
+    assert item["origin"]["file"] == "loose.png"          # the only unlabelled image
+    client.post("/api/labels", json={"index": item["index"], "label": "cat"})
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/export?format=csv").text)))
+    assert len(rows) == len(source.train_files)
+    for row in rows:   # every exported label names its file, and the file's folder agrees
+        folder = os.path.dirname(row["file"])
+        assert os.path.exists(tmp_path / "imgs" / row["file"])
+        assert folder in ("", row["class"])
+
+
+def test_table_exports_carry_the_data_row(tmp_path):
+    import csv
+    import io
+
+    lines = ["a,b,label"] + [f"{i},{i * 2}," + ("x" if i % 3 == 0 else "y" if i % 3 == 1 else "")
+                             for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    source = read_file_source(tmp_path / "t.csv", test_fraction=0.25)
+    client, session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
+    item = client.get("/api/next").json()
+    row_number = item["origin"]["row"]
+    assert lines[row_number].split(",")[:2] == [str(int(item["row"]["a"])),
+                                                str(int(item["row"]["b"]))]
+    client.post("/api/labels", json={"index": item["index"], "label": "x"})
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/export?format=csv").text)))
+    for row in rows:   # the exported row holds the same features as the pool point
+        raw = source.raw_train[int(row["index"])]
+        assert lines[int(row["row"])].split(",")[:2] == [str(int(raw[0])), str(int(raw[1]))]
+    assert any(int(r["row"]) != int(r["index"]) + 1 for r in rows)  # held-out rows shift it
+
+
+def test_release_by_api_advances_four_times_in_a_row(digits, tmp_path):
+    """The reported sequence: next, release, next ... gave the same item every time."""
+    client, session = _client(digits, tmp_path)
+    seen = []
+    for _ in range(4):
+        item = client.get("/api/next", params={"client": "s"}).json()
+        seen.append(item["index"])
+        assert client.post("/api/release", json={"index": item["index"], "client": "s"}
+                           ).json() == {"released": True}
+    assert len(set(seen)) == 4
+    assert [r["index"] for r in client.get("/api/skipped").json()] == seen
+    back = client.post("/api/open", json={"index": seen[0], "client": "s"}).json()
+    assert back["index"] == seen[0] and client.get("/api/next?client=s").json()["index"] == seen[0]
+    plain = client.post("/api/release", json={"index": seen[0], "client": "s", "skip": False})
+    assert plain.json() == {"released": True}
+    assert seen[0] not in [r["index"] for r in client.get("/api/skipped").json()]

@@ -16,6 +16,11 @@ import pytest
 from ntkal.data import load_dataset
 from ntkal.labelstore import LabelStore
 
+try:
+    from selenium.webdriver.common.keys import Keys
+except ImportError:  # skipped in _driver
+    Keys = None
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or (
     "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
@@ -73,6 +78,10 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
             wait.until(lambda d: body.get_attribute("data-index") not in ("", str(index)))
         shown = int(body.get_attribute("data-index"))
         assert shown not in given                 # the queue moved on to an unlabelled item
+        perceived = driver.execute_script("return window.ntkalLatencies")
+        assert len(perceived) == 20 and all(ms > 0 for ms in perceived)
+        print(f"key -> next item drawn (warm-up, 20 labels): median "
+              f"{sorted(perceived)[10]:.0f} ms, max {max(perceived):.0f} ms")
 
         with LabelStore(store) as s:
             idx, lab = s.labelled()
@@ -97,6 +106,7 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
             index = int(body.get_attribute("data-index"))
             body.send_keys(str(int(truth[index])))
             wait.until(lambda d: body.get_attribute("data-index") not in ("", str(index)))
+        driver.set_window_size(1280, 1240)  # room for the history and skipped panels
         time.sleep(2.0)  # the dashboard refreshes every 1.5 s
         shot = tmp_path / "label_app.png"
         driver.save_screenshot(str(shot))
@@ -107,6 +117,118 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
     except Exception:
         driver.save_screenshot(str(tmp_path / "failure.png"))
         print("page messages:", driver.find_element(By.ID, "message").text)
+        print("server log:", server.log.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        driver.quit()
+
+
+def _ready(driver, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server.url + "/")
+    wait = WebDriverWait(driver, 30)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    return wait, driver.find_element(By.TAG_NAME, "body")
+
+
+def _idle(wait):
+    wait.until(lambda d: d.execute_script(
+        "return document.body.dataset.busy === '' || document.body.dataset.busy === undefined"))
+
+
+def test_fast_keys_skip_space_and_relabel_in_the_browser(tmp_path, label_server):
+    """Keys typed faster than the server answers are all stored, in order, each on the item shown
+    when its turn came; Esc moves on and lists the item; Space after a click labels nothing; a
+    label changed in the history panel is changed in the store (as a logged event)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    store = tmp_path / "labels.sqlite"
+    server = label_server(["digits", "--store", str(store), "--width", "16", "--subset", "100",
+                           "--warmup", "1000"])
+    driver = _driver(tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path))
+    try:
+        wait, body = _ready(driver, server)
+        first = body.get_attribute("data-index")
+        body.send_keys("3791")                        # four keys at once, before any answer
+        wait.until(lambda d: len(LabelStore(store).labelled()[0]) == 4)
+        _idle(wait)
+        with LabelStore(store) as s:
+            idx, lab = s.labelled()
+        assert lab.tolist() == [3, 7, 9, 1] and len(set(idx.tolist())) == 4
+        assert str(idx[0]) == first
+        assert len(driver.execute_script("return window.ntkalLatencies")) == 4
+
+        shown = body.get_attribute("data-index")
+        body.send_keys(Keys.ESCAPE)                   # skip: the next item differs
+        wait.until(lambda d: body.get_attribute("data-index") not in ("", shown))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#skipped a[data-index="{shown}"]'))
+
+        before = body.get_attribute("data-index")
+        driver.find_element(By.ID, "class-5").click()  # a click, then Space: one label only
+        wait.until(lambda d: body.get_attribute("data-index") != before)
+        ActionChains(driver).send_keys(" ").perform()   # to whatever has the focus now
+        _idle(wait)
+        time.sleep(0.3)
+        with LabelStore(store) as s:
+            assert len(s) == 5 and s.label_of(int(before)) == 5
+
+        target = int(idx[1])                          # labelled 7 above: change it to 2
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#history select[data-index="{target}"]'))
+        Select(driver.find_element(By.CSS_SELECTOR, f'#history select[data-index="{target}"]')
+               ).select_by_value("2")
+        wait.until(lambda d: LabelStore(store).label_of(target) == 2)
+        with LabelStore(store) as s:
+            assert [(c["index"], c["previous"], c["label"]) for c in s.changes()] == [(target, 7, 2)]
+            assert len(s) == 5
+        driver.find_element(By.ID, "help-button").click()
+        assert "Keyboard shortcuts" in driver.find_element(By.ID, "help").text
+    except Exception:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        print("server log:", server.log.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        driver.quit()
+
+
+def test_photos_at_their_own_resolution_and_filenames_exported(tmp_path, label_server):
+    """A 400x300 photo run with --image-size 16,16 is shown as the 400x300 file (the model input
+    is a separate small rendering), its file name is on the page and in the export."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
+            folder / f"photo_{i:02d}.png")
+    server = label_server([str(folder), "--store", str(tmp_path / "p.sqlite"), "--classes",
+                           "cat,dog", "--image-size", "16,16", "--width", "16", "--warmup", "1000"])
+    driver = _driver(tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path))
+    try:
+        wait, body = _ready(driver, server)
+        size = wait.until(lambda d: d.execute_script(
+            "const i = document.getElementById('item-image');"
+            "if (!i || !i.complete || !i.naturalWidth) return null;"
+            "const r = i.getBoundingClientRect(), b = 2 * i.clientLeft;"
+            "return [i.naturalWidth, i.naturalHeight, Math.round(r.width - b), Math.round(r.height - b)];"))
+        assert size == [400, 300, 400, 300]
+        name = driver.find_element(By.ID, "item-origin").text
+        assert name.startswith("photo_") and name.endswith(".png")
+        index = body.get_attribute("data-index")
+        body.send_keys("2")                          # "dog"
+        wait.until(lambda d: body.get_attribute("data-index") not in ("", index))
+        exported = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(document.getElementById('export-json').href).then(r => r.json()).then(done);")
+        assert [(r["file"], r["class"]) for r in exported["labels"]] == [(name, "dog")]
+    except Exception:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
         print("server log:", server.log.read_text(errors="replace")[-3000:])
         raise
     finally:

@@ -13,7 +13,7 @@ from ntkal.labelling import LabelConflict, LabellingSession
 from ntkal.labelstore import LabelStore
 from ntkal.models import build_model
 from ntkal.strategies.base import QueryContext
-from ntkal.strategies.lookahead import MLMOC
+from ntkal.strategies import get_strategy
 from ntkal.training import TrainConfig
 
 QUICK = TrainConfig(epochs=15, batch_size=32, schedule="constant", loss="mse", seed=0)
@@ -39,27 +39,29 @@ def _label_first(session, truth, n, client="a"):
     return item
 
 
-def test_picks_are_sequential_mlmoc_conditioned_on_each_label(digits, tmp_path):
+@pytest.mark.parametrize("name", ["vr", "mlmoc"])
+def test_picks_are_the_strategys_sequential_session_conditioned_on_each_label(digits, tmp_path,
+                                                                               name):
     truth = digits.y_train.numpy()
-    s = _session(digits, tmp_path / "l.sqlite", warmup=12)
+    s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy=name)
     held = _label_first(s, truth, 12)["index"]
     assert s.wait_for_retrain(60) and s.phase == "look-ahead"
     assert s.release(held, "a")  # the warm-up item it held goes back to the pool
-    # The reference: MLMOC's own sequential session on the same network, labelled set and
+    # The reference: the strategy's own sequential session on the same network, labelled set and
     # candidates (the whole unlabelled pool: subset >= pool), driven by hand.
     idx, lab = s.store.labelled()
     unl = np.setdiff1d(np.arange(digits.num_train), idx)
     ctx = QueryContext(model=copy.deepcopy(s.model), x_candidates=digits.x_train[unl],
                        x_labelled=digits.x_train[idx], y_labelled=torch.from_numpy(lab),
                        num_classes=10)
-    reference = MLMOC().begin_sequential(ctx)
+    reference = get_strategy(name).begin_sequential(ctx)
     item = s.next_item("a")
     picks, expected = [], []
     for _ in range(6):
         pos, _ = reference.propose()
         expected.append(int(unl[pos]))
         picks.append(item["index"])
-        assert item["source"].startswith("look-ahead")
+        assert item["source"] == f"look-ahead (sequential {name})"
         reference.observe(pos, int(truth[unl[pos]]))
         res = s.add_label(item["index"], int(truth[item["index"]]), "a")
         assert res["latency"]["condition_ms"] >= 0 and res["latency"]["total_ms"] > 0
@@ -91,7 +93,7 @@ def test_duplicates_are_idempotent_conflicts_refused_bad_input_named(digits, tmp
     with pytest.raises(LabelConflict, match=f"item {i} is already labelled '3'"):
         s.add_label(i, 4, "a")
     for index, label, match in [(10_000, 1, "out of range for a pool of size 150"),
-                                ("x", 1, "index must be an integer"),
+                                ("x", 1, "index must be a whole number"),
                                 (5, 10, r"label 10 is out of range \[0, 10\)"),
                                 (5, "cat", "unknown class 'cat'")]:
         with pytest.raises(ValueError, match=match):
@@ -204,3 +206,95 @@ def test_default_retrain_is_stable_on_colour_images(tmp_path):
     st = s.stats()
     assert st["retrain"]["state"] == "done", st["retrain"]["error"]
     assert st["retrain"]["accuracy"] == 1.0 and s.phase == "look-ahead"
+
+
+def _reference_pick(s, name, digits):
+    """The strategy's own sequential session over the store's labels, driven by hand."""
+    idx, lab = s.store.labelled()
+    unl = np.setdiff1d(np.arange(digits.num_train), idx)
+    ctx = QueryContext(model=copy.deepcopy(s.model), x_candidates=digits.x_train[unl],
+                       x_labelled=digits.x_train[idx], y_labelled=torch.from_numpy(lab),
+                       num_classes=10)
+    pos, _ = get_strategy(name).begin_sequential(ctx).propose()
+    return int(unl[pos])
+
+
+def test_skip_advances_in_both_phases_and_the_skipped_list_gives_it_back(digits, tmp_path):
+    truth = digits.y_train.numpy()
+    s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy="mlmoc")
+    first = s.next_item("a")["index"]
+    assert s.release(first, "a", skip=True) and s.next_item("a")["index"] != first
+    assert [r["index"] for r in s.skipped()] == [first]
+    for _ in range(3):                                # never handed out again by itself
+        item = s.next_item("a")
+        assert item["index"] != first
+        s.add_label(item["index"], int(truth[item["index"]]), "a")
+    assert s.open_item(first, "a")["index"] == first and s.skipped() == []
+    assert s.next_item("a")["index"] == first         # opened: now held by a
+    held = _label_first(s, truth, 12)["index"]
+    assert s.wait_for_retrain(60) and s.phase == "look-ahead"
+    s.release(held, "a")                               # the warm-up item goes back
+    pick = s.next_item("a")
+    assert pick["source"].startswith("look-ahead")
+    s.release(pick["index"], "a", skip=True)          # the look-ahead pick itself is skipped
+    after = s.next_item("a")
+    assert after["index"] != pick["index"] and after["source"].startswith("smallest margin")
+    with pytest.raises(LabelConflict, match="another annotator"):
+        s.open_item(after["index"], "b")
+
+
+def test_relabel_is_an_event_and_conditions_the_look_ahead_anew(digits, tmp_path):
+    truth = digits.y_train.numpy()
+    s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy="mlmoc")
+    held = _label_first(s, truth, 12)["index"]
+    assert s.wait_for_retrain(60) and s.phase == "look-ahead"
+    s.release(held, "a")
+    before = s.next_item("a")["index"]
+    assert before == _reference_pick(s, "mlmoc", digits)
+    target = int(s.store.labelled()[0][3])
+    wrong = (int(truth[target]) + 5) % 10
+    res = s.relabel(target, wrong, "a")
+    assert res["changed"] and res["previous"] == int(truth[target])
+    assert s.store.label_of(target) == wrong
+    assert [(c["index"], c["label"], c["previous"]) for c in s.store.changes()] == \
+        [(target, wrong, int(truth[target]))]
+    learner = dict(zip(s.learner.labelled_indices.tolist(), s.learner.labels.tolist()))
+    assert learner[target] == wrong                   # the learner holds the corrected label
+    expected = _reference_pick(s, "mlmoc", digits)
+    assert res["next"]["index"] == expected           # the pick under the corrected labels
+    assert s.history(2)[0]["class"] == s.classes[s.store.labelled()[1][-1]]
+    with pytest.raises(ValueError, match="has no label yet"):
+        s.relabel(res["next"]["index"], 1, "a")
+
+
+def test_a_strategy_without_a_sequential_mode_is_requeried(digits, tmp_path):
+    truth = digits.y_train.numpy()
+    s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy="margin", subset=1000)
+    assert not s.picks.sequential and "re-queried" in s.stats()["strategy_text"]
+    held = _label_first(s, truth, 12)["index"]
+    assert s.wait_for_retrain(60)
+    s.release(held, "a")
+    item = s.next_item("a")
+    assert item["source"] == "margin (re-queried)"
+    probs = torch.softmax(s.learner.predict_logits(digits.x_train).double(), 1)
+    top2 = probs.topk(2, dim=1).values
+    margin = (top2[:, 0] - top2[:, 1]).numpy()
+    margin[s.store.labelled()[0]] = np.inf
+    assert item["index"] == int(np.argmin(margin))    # the smallest margin, as margin defines it
+    nxt = s.add_label(item["index"], int(truth[item["index"]]), "a")["next"]
+    margin[item["index"]] = np.inf
+    assert nxt["index"] == int(np.argmin(margin))
+
+
+def test_grid_and_counts_are_honest(digits, tmp_path):
+    s = _session(digits, tmp_path / "l.sqlite", subset=500)
+    held = s.next_item("a")["index"]
+    other = s.next_item("b")["index"]
+    tiles = s.grid(10, "a")
+    shown = [t["index"] for t in tiles]
+    assert len(shown) == 10 and len(set(shown)) == 10
+    assert held not in shown and other not in shown   # nobody's item is offered twice
+    assert all(0 < t["prediction"]["probability"] <= 1 for t in tiles)
+    assert s.stats()["scored"] == min(500, 150) - 0    # never more than the pool holds
+    with pytest.raises(ValueError, match="n must be <= 100"):
+        s.grid(1000)

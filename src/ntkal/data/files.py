@@ -71,6 +71,9 @@ class FileSource:
         ``dataset.x_train``.
     train_files : tuple of str
         Image file of each training point (image folders only).
+    train_rows : tuple of int
+        Data row of each training point in the file (1-based, header excluded: the numbering of
+        the reader's error messages), so that labels can be mapped back to the file.
     """
 
     dataset: Dataset
@@ -78,6 +81,7 @@ class FileSource:
     feature_names: tuple[str, ...] = ()
     raw_train: Optional[np.ndarray] = None
     train_files: tuple[str, ...] = field(default_factory=tuple)
+    train_rows: tuple[int, ...] = field(default_factory=tuple)
 
 
 def is_file_source(name: Any) -> bool:
@@ -315,7 +319,7 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
     dataset, keep = _finish(path, path.stem, x, y, x_test, y_test, names, normalise,
                             test_fraction, seed)
     kind = "image" if x.ndim == 4 else "array"
-    return FileSource(dataset, kind, raw_train=x[keep])
+    return FileSource(dataset, kind, raw_train=x[keep], train_rows=tuple(int(i) + 1 for i in keep))
 
 
 def _check_dense_ids(path: Path, known: np.ndarray) -> None:
@@ -422,7 +426,8 @@ def _read_table(path: Path, label_column, classes, normalise, test_fraction, see
     y, names = _labels_from_names(path, raw, _class_names(path, classes),
                                   f"column {label_column!r}")
     dataset, keep = _finish(path, path.stem, x, y, None, None, names, normalise, test_fraction, seed)
-    return FileSource(dataset, "table", feature_names=tuple(features), raw_train=x[keep])
+    return FileSource(dataset, "table", feature_names=tuple(features), raw_train=x[keep],
+                      train_rows=tuple(int(i) + 1 for i in keep))
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -485,7 +490,8 @@ def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed
     y, names = _labels_from_names(path, raw, names, "the class subfolders")
     dataset, keep = _finish(path, path.name, x, y, None, None, names, normalise, test_fraction, seed)
     return FileSource(dataset, "image", raw_train=x[keep],
-                      train_files=tuple(str(files[i]) for i in keep))
+                      train_files=tuple(str(files[i]) for i in keep),
+                      train_rows=tuple(int(i) + 1 for i in keep))
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -1,0 +1,143 @@
+"""The next pick computed while the annotator looks, under the label the model predicts.
+
+Scoring a large pool after each label takes most of a second (``|pool| = 10 000``: the
+sequential session's conditioning and re-scoring), which the annotator would wait for after every
+key. But while the annotator looks at item ``i``, the most likely label is known: the network's
+prediction ``ŷ``. A *twin* of the learner, in the very same state (same session, same candidates,
+same labels in the same order, same seeds), is taught ``(i, ŷ)`` in a background thread and asked
+for its next pick. When the label comes and equals ``ŷ``, the twin *is* the learner after that
+label, bit for bit: it takes over, and the pick is already there. The former learner becomes the
+twin (one label behind: it catches up in the next background round). When the label differs, the
+learner is conditioned the ordinary way and the twin is simply one label further behind.
+
+Exactness: the twin repeats the learner's session from its start (the labels it was started on,
+the same ``num_queries`` and therefore the same seeds) and then every label observed since, in
+order, so its picks equal the learner's; the tests compare whole pick sequences with and without
+speculation. Memory: the twin holds a second copy of the session's state (for the dense engine,
+``Σ`` over the candidates).
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+__all__ = ["Speculator"]
+
+
+class Speculator:
+    """Keeps a twin of a sequential learner one speculative label ahead.
+
+    ``build(idx, lab, num_queries)`` makes a learner in the lineage of the current one (same
+    model, strategy and seed) with labels ``(idx, lab)``, before any query.
+    """
+
+    def __init__(self, build: Callable[[np.ndarray, np.ndarray, int], Any]) -> None:
+        self._build = build
+        self.hits = 0
+        self.misses = 0
+        self.disabled: Optional[str] = None   # why speculation stopped for good, if it did
+        self._generation = 0
+        self._thread: Optional[threading.Thread] = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A new learner (retrain, undo, relabel, import): the twin and its work are void."""
+        self._generation += 1
+        self._base: Optional[tuple] = None   # (session, idx, lab, num_queries) at session start
+        self._twin: Any = None
+        self._twin_count = 0                 # how many of ``_log`` the twin has been taught
+        self._log: list[tuple[int, int]] = []
+        self._result: Optional[tuple] = None  # (log length, index, label, pick)
+        self._current: Optional[tuple] = None  # (log length, index, label) being speculated
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ the learner's side
+    def queried(self, learner: Any, same_lineage: bool = False) -> None:
+        """After the learner's ``query``: note when its sequential session (re)started
+        (``same_lineage``: the twin has just taken over, same session history)."""
+        session = learner.session
+        if self._base is not None and (self._base[0] is session or same_lineage):
+            self._base = (session,) + self._base[1:]
+            return
+        self.reset()
+        self._base = (session, learner.labelled_indices.copy(), learner.labels.copy(),
+                      int(learner.num_queries) - 1)
+
+    def taught(self, index: int, label: int) -> None:
+        """The learner was taught ``(index, label)`` the ordinary way."""
+        self._log.append((int(index), int(label)))
+
+    # ------------------------------------------------------------------ speculating
+    def speculate(self, index: int, label: int) -> None:
+        """Start computing the pick after ``(index, label)`` in the background (if idle)."""
+        if self._base is None or self.busy or self.disabled:
+            return
+        self._generation += 1                       # a new speculation voids any older one
+        self._current = (len(self._log), int(index), int(label))
+        self._result = None
+        self._thread = threading.Thread(
+            target=self._work, args=(self._generation, self._base, list(self._log), self._twin,
+                                     self._twin_count, self._current),
+            name="ntkal-speculate", daemon=True)
+        self._thread.start()
+
+    def _work(self, generation: int, base: tuple, log: list, twin: Any, twin_count: int,
+              current: tuple) -> None:
+        """In the thread: bring the twin up to ``log``, teach it the speculative label, pick."""
+        count, index, label = current
+        try:
+            if twin is None:
+                _, idx, lab, num_queries = base
+                twin = self._build(idx, lab, num_queries)
+                twin.query(1)                       # the session starts as the learner's did
+                twin_count = 0
+                engines = [type(getattr(x, "lookahead", None)).__name__
+                           for x in (base[0], twin.session)]
+                if engines[0] != engines[1]:        # less memory left for the second copy
+                    self.disabled = (f"the twin got the {engines[1]} engine, the learner the "
+                                     f"{engines[0]}: picks could differ, so no speculation")
+                    return
+            for i, y in log[twin_count:count]:
+                twin.teach([i], [y])
+            twin.teach([index], [label])
+            pick = int(twin.query(1)[0])
+            if generation == self._generation:
+                self._twin, self._result = twin, (count, index, label, pick)
+        except Exception:  # noqa: BLE001 - speculation is an optimisation: fall back, say why
+            traceback.print_exc()
+            if generation == self._generation:
+                self._twin, self._result = None, None
+
+    def take(self, learner: Any, index: int, label: int) -> Optional[tuple[Any, int]]:
+        """``(twin, pick)`` if the twin speculated exactly ``(index, label)`` on the learner's
+        current state, else None (the caller teaches the learner itself, and the twin, taught
+        a label that did not happen, is dropped). On success the former ``learner`` becomes
+        the twin, one label behind."""
+        if self._base is None or self._thread is None or self._current is None:
+            return None
+        wanted = (len(self._log), int(index), int(label))
+        if self._current != wanted:
+            self._void()
+            return None
+        self._thread.join()                         # it is ahead of us: wait for the rest
+        result = self._result
+        if result is None or result[:3] != wanted:
+            self._void()
+            return None
+        twin, pick = self._twin, result[3]
+        self._log.append((int(index), int(label)))
+        self._twin, self._twin_count = learner, len(self._log) - 1
+        self._result = self._current = None
+        self.hits += 1
+        return twin, pick
+
+    def _void(self) -> None:
+        self.misses += 1
+        self._generation += 1                       # a running thread's result is dropped
+        self._twin, self._result, self._current = None, None, None
