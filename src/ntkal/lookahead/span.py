@@ -115,7 +115,7 @@ class LabelledSpan:
     _clamped: torch.Tensor
     _clamp_warned: bool
     _conditioned_mask: torch.Tensor
-    _gram: Union[torch.Tensor, "LabelledFactor"]
+    _gram: Union[torch.Tensor, LabelledFactor]
     _gram_chol: Optional[torch.Tensor]
     _w_eval: Optional[torch.Tensor]
     _f_bar: torch.Tensor

@@ -51,7 +51,7 @@ class StreamedKernels:
     """Kernel pieces and memory accounting of :class:`ntkal.lookahead.StreamingLookahead` (a
     mixin: it reads the engine's featuriser, features, factor and caches)."""
 
-    featuriser: "Featuriser"
+    featuriser: Featuriser
     max_memory: int
     full_kernel: bool
     num_candidates: int
