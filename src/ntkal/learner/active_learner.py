@@ -248,9 +248,10 @@ class ActiveLearner:
         cfg = self.train_config
         if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
             names = {f.name for f in dataclasses.fields(cfg)}
-            changes = {}
-            if "seed" in names and getattr(cfg, "seed") is not None:
-                changes["seed"] = int(cfg.seed) + self.cycle
+            changes: dict[str, Any] = {}
+            seed = getattr(cfg, "seed", None)
+            if "seed" in names and seed is not None:
+                changes["seed"] = int(seed) + self.cycle
             if "device" in names:
                 changes["device"] = str(self.device)
             if changes:

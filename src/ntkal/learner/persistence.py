@@ -59,7 +59,11 @@ def strategy_params(strategy: Strategy) -> dict[str, Any]:
 def learner_state(learner: Any, include_pool: bool = True) -> dict[str, Any]:
     """Everything needed to resume ``learner``: plain types and tensors only."""
     cfg = learner.train_config
-    cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+    cfg_dict = None
+    if dataclasses.is_dataclass(cfg):
+        if isinstance(cfg, type):
+            raise TypeError("train_config must be a dataclass instance, not a dataclass type")
+        cfg_dict = dataclasses.asdict(cfg)
     params = strategy_params(learner.strategy)
     strategy = learner.strategy
     return {

@@ -66,12 +66,17 @@ class SequentialQueries:
         self.end()
         self.pending = {}
 
-    def _start(self, start: SessionStarter) -> None:
+    def _start(self, start: SessionStarter) -> tuple[SequentialSession, np.ndarray]:
         pending = np.asarray(sorted(self.pending), dtype=np.int64)
         session, candidates = start(pending)
-        self.session, self.candidates = session, np.asarray(candidates, dtype=np.int64)
+        cand = np.asarray(candidates, dtype=np.int64)
+        self.session, self.candidates = session, cand
         for index in pending.tolist():
-            session.observe(self.position(index), self.pending[index])
+            position = self.position(index)
+            if position is None:
+                raise RuntimeError(f"the new session's candidates lack pending pool index {index}")
+            session.observe(position, self.pending[index])
+        return session, cand
 
     # ------------------------------------------------------------------ ask / tell
     def query(self, budget: int, pool: Pool, oracle: Optional[np.ndarray], start: SessionStarter,
@@ -92,20 +97,23 @@ class SequentialQueries:
         chosen: list[int] = []
         try:
             for _ in range(budget):
-                if self.session is None or self.remaining(pool) == 0:
-                    self._start(start)
-                position, _ = self.session.propose()
-                position = int(position)
-                if not 0 <= position < self.candidates.size:
+                session, candidates = self.session, self.candidates
+                if session is None or candidates is None or self.remaining(pool) == 0:
+                    session, candidates = self._start(start)
+                proposed, _ = session.propose()
+                position = int(proposed)
+                if not 0 <= position < candidates.size:
                     raise RuntimeError(f"strategy {strategy!r} proposed position {position}, "
-                                       f"outside its {self.candidates.size} candidates")
-                index = int(self.candidates[position])
+                                       f"outside its {candidates.size} candidates")
+                index = int(candidates[position])
                 if index in self.pending or index in chosen or pool.is_labelled(index):
                     raise RuntimeError(f"strategy {strategy!r} proposed pool index {index}, which "
                                        "is already labelled or awaiting its label")
                 if budget > 1:
+                    if oracle is None:
+                        raise ValueError("a query of more than one point needs oracle labels")
                     label = int(oracle[index])
-                    self.session.observe(position, label)
+                    session.observe(position, label)
                     self.pending[index] = label
                 chosen.append(index)
         except BaseException:

@@ -171,10 +171,21 @@ class LookaheadBlock:
         """Scalar kernels: the step ``(b, k)`` along :attr:`direction` per candidate, so that
         ``delta = direction ⊗ coefficients``; full kernels: ``α = step_a r``."""
         r = self._residuals(targets)
+        step_a = self._step_a()
         if self.pivot_evecs is None:
-            factor = self.step_a if self.step_b is None else self.step_a + self.step_b
+            factor = step_a if self.step_b is None else step_a + self.step_b
             return r * factor.unsqueeze(1)
-        return (self.step_a @ r.unsqueeze(2)).squeeze(2)
+        return (step_a @ r.unsqueeze(2)).squeeze(2)
+
+    def _step_a(self) -> torch.Tensor:
+        assert self.step_a is not None          # __post_init__ sets the classic step
+        return self.step_a
+
+    def _step_b(self) -> torch.Tensor:
+        """``step_b``, which accompanies :attr:`lev` (both set for candidates in the span)."""
+        if self.step_b is None:
+            raise ValueError("a LookaheadBlock with lev needs step_b")
+        return self.step_b
 
     @property
     def direction(self) -> torch.Tensor:
@@ -182,7 +193,7 @@ class LookaheadBlock:
         Σ[E, j], or G[E, j] for a candidate in the labelled span (a copy only then)."""
         if self.lev is None:
             return self.cov
-        dep = (self.step_b != 0).unsqueeze(1)
+        dep = (self._step_b() != 0).unsqueeze(1)
         return torch.where(dep, self.lev, self.cov)
 
     def delta(self, targets: torch.Tensor) -> torch.Tensor:
@@ -193,7 +204,7 @@ class LookaheadBlock:
             return self.direction.unsqueeze(2) * coef.unsqueeze(1)
         out = (self.cov @ coef[:, None, :, None]).squeeze(3)
         if self.lev is not None:
-            beta = (self.step_b @ self._residuals(targets).unsqueeze(2)).squeeze(2)
+            beta = (self._step_b() @ self._residuals(targets).unsqueeze(2)).squeeze(2)
             out = out + (self.lev @ beta[:, None, :, None]).squeeze(3)
         return out
 

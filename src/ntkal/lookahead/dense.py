@@ -7,7 +7,7 @@ covers the rest with the same interface, :class:`ntkal.lookahead.Lookahead`.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -172,7 +172,7 @@ class DenseLookahead(Lookahead):
         dev = model_device(model)
         n, m = int(x_labelled.shape[0]), int(x_candidates.shape[0])
         x = torch.cat([x_labelled.to(dev), x_candidates.to(dev, dtype=x_labelled.dtype)], dim=0)
-        kw = dict(kind=settings.kernel, implementation=settings.implementation, dtype=_DTYPE,
+        kw: dict[str, Any] = dict(kind=settings.kernel, implementation=settings.implementation, dtype=_DTYPE,
                   return_outputs=True, max_memory=max_memory)
         if progress:
             kw["progress"] = True

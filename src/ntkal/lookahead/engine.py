@@ -10,7 +10,7 @@ so this module imports neither of them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional, cast
 
 import numpy as np
 import torch
@@ -205,10 +205,10 @@ class Lookahead(LabelledSpan, ABC):
                      block_size: Optional[int] = None, eval_positions=None) -> "Lookahead":
         """The dense engine from precomputed kernel blocks (shapes as in
         :class:`ntkal.lookahead.DenseLookahead`)."""
-        return Lookahead._engines["dense"](theta_ll, theta_sl, theta_ss, f0_labelled,
-                                           f0_candidates, y_labelled_onehot, ridge=ridge,
-                                           eps=eps, block_size=block_size,
-                                           eval_positions=eval_positions)
+        # registered subclasses take their own constructor arguments (the base's are abstract)
+        dense = cast(Callable[..., "Lookahead"], Lookahead._engines["dense"])
+        return dense(theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates, y_labelled_onehot,
+                     ridge=ridge, eps=eps, block_size=block_size, eval_positions=eval_positions)
 
     @classmethod
     @abstractmethod

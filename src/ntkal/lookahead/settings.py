@@ -102,7 +102,8 @@ class LookaheadSettings:
     @classmethod
     def split(cls, params: Mapping[str, Any]) -> tuple[dict, dict]:
         """``params`` split into (settings keys, the rest); old names renamed with a warning."""
-        mine, rest = {}, {}
+        mine: dict[str, Any] = {}
+        rest: dict[str, Any] = {}
         for key, value in params.items():
             if key in DEPRECATED_NAMES:
                 new = DEPRECATED_NAMES[key]

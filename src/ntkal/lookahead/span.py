@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
 from ntkal.lookahead.block import _DTYPE, LookaheadBlock
+
+if TYPE_CHECKING:
+    from ntkal.lookahead.cholesky import LabelledFactor
 
 __all__ = ["StepMaps", "step_maps", "dependent_mask", "LabelledSpan"]
 
@@ -103,6 +106,25 @@ class LabelledSpan:
     eps: float
     num_classes: int
     device: torch.device
+    f0_candidates: torch.Tensor
+    _p: int
+    _raw: torch.Tensor
+    _prior: torch.Tensor
+    _pivot: torch.Tensor
+    _pivot_evecs: Optional[torch.Tensor]
+    _clamped: torch.Tensor
+    _clamp_warned: bool
+    _conditioned_mask: torch.Tensor
+    _gram: Union[torch.Tensor, LabelledFactor]
+    _gram_chol: Optional[torch.Tensor]
+    _w_eval: Optional[torch.Tensor]
+    _f_bar: torch.Tensor
+
+    if TYPE_CHECKING:
+        @property
+        def num_eval(self) -> int: ...
+
+        def _coords_eval(self) -> torch.Tensor: ...
 
     # -- pivots (Σ_jj) and the labelled span
     def _raw_pivots(self) -> torch.Tensor:
@@ -186,7 +208,10 @@ class LabelledSpan:
                     f0_eval: torch.Tensor, v_j=None) -> LookaheadBlock:
         """The block for candidates ``jb``; ``v_j``: their coordinates ``(r, b p)`` or a callable
         giving them (needed only when a candidate lies in the span)."""
-        evecs = None if not self.full_kernel else self._pivot_evecs[jb]
+        evecs = None
+        if self.full_kernel:
+            assert self._pivot_evecs is not None       # set by _set_pivots for full kernels
+            evecs = self._pivot_evecs[jb]
         step_a = step_b = lev = None
         if bool(self._clamped[jb].any()):
             coords = v_j() if callable(v_j) else v_j
@@ -220,6 +245,7 @@ class LabelledSpan:
             alpha = (maps.a[0] @ resid).reshape(k, 1)
             beta = (maps.b[0] @ resid).reshape(k, 1)
             keep = maps.independent[0]
+            assert maps.evecs is not None               # step_maps of (k, k) blocks has them
             vind = maps.evecs[0][:, keep]                                  # (p, k_i)
             root = maps.evals[0][keep].sqrt()
         dep = bool(maps.dependent[0])

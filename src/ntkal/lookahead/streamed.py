@@ -3,14 +3,20 @@ kernel blocks from per-example factors (:class:`ntkal.kernels.Featuriser`) of th
 the evaluation set and candidate blocks, and the memory accounting that sizes its blocks."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from ntkal.lookahead.block import _DTYPE, flatten_blocks
 from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY
 
+if TYPE_CHECKING:
+    from ntkal.kernels.featuriser import Featuriser
+
 __all__ = ["StreamedKernels"]
+
+#: Featurised pieces of an input: ``[(rows, features, logits)]``.
+FeaturePieces = list[tuple[slice, Any, torch.Tensor]]
 
 
 class _RowBuffer:
@@ -45,11 +51,31 @@ class StreamedKernels:
     """Kernel pieces and memory accounting of :class:`ntkal.lookahead.StreamingLookahead` (a
     mixin: it reads the engine's featuriser, features, factor and caches)."""
 
-    featuriser: object
+    featuriser: Featuriser
     max_memory: int
     full_kernel: bool
     num_candidates: int
+    num_classes: int
+    num_labelled: int
     block_size: Optional[int]
+    eval_positions: torch.Tensor
+    conditioned: list[int]
+    _p: int
+    _x_c: torch.Tensor
+    _feature_rows: int
+    _lab_feats: FeaturePieces
+    _eval_feats: Optional[FeaturePieces]
+    _cand_feats: Optional[FeaturePieces]
+    _cond_feats: FeaturePieces
+    _cond_proj: torch.Tensor
+    _basis: Optional[torch.Tensor]
+    _chol: torch.Tensor
+    _v_cand_buf: Optional[_RowBuffer]
+    _cov_cache: Optional[torch.Tensor]
+
+    if TYPE_CHECKING:
+        @property
+        def num_eval(self) -> int: ...
 
     # ------------------------------------------------------------------ kernel pieces
     def _featurise_rows(self) -> int:
@@ -59,9 +85,9 @@ class StreamedKernels:
         per = fz.bytes_per_example + fz.transient_per_example
         return int(max(8, min(4096, 0.25 * self.max_memory // max(per, 1.0))))
 
-    def _features(self, x: torch.Tensor) -> list[tuple[slice, object, torch.Tensor]]:
+    def _features(self, x: torch.Tensor) -> FeaturePieces:
         """``[(rows, features, logits)]`` of ``x`` in featurisation-sized pieces."""
-        out = []
+        out: FeaturePieces = []
         step = self._feature_rows
         for s in range(0, int(x.shape[0]), step):
             sl = slice(s, min(int(x.shape[0]), s + step))
@@ -116,7 +142,7 @@ class StreamedKernels:
         fz = self.featuriser
         n_rows = int(self._chol.shape[0])
         e, m, p, k = self.num_eval, self.num_candidates, self._p, self.num_classes
-        total = 8 * (n_rows * n_rows + n_rows * e * p + 3 * m * k + m * p * p)
+        total: float = 8 * (n_rows * n_rows + n_rows * e * p + 3 * m * k + m * p * p)
         total += fz.bytes_per_example * (self.num_labelled + len(self.conditioned))
         if self._eval_feats is not None:
             total += fz.bytes_per_example * e

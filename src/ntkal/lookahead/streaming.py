@@ -163,7 +163,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         dev = self.featuriser.device
         n_rows = int(self._chol.shape[0])
         keep_v = n_rows * m * p * 8 <= V_CACHE_SHARE * self.max_memory
-        self._v_cand_buf = _RowBuffer(n_rows, m * p, dev) if keep_v else None
+        self._v_cand_buf = v_buf = _RowBuffer(n_rows, m * p, dev) if keep_v else None
         self.cached["v_candidates"] = keep_v
         f0 = torch.empty(m, k, dtype=_DTYPE, device=dev)
         self._f_bar = torch.empty(m, k, dtype=_DTYPE, device=dev)
@@ -180,8 +180,8 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             diag_sum += float(dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum())
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
-            if keep_v and n_rows:
-                self._v_cand[:, s * p:sl.stop * p] = v
+            if v_buf is not None and v is not None:      # v is None exactly when n_rows == 0
+                v_buf.rows[:, s * p:sl.stop * p] = v
         self._kss_mean_diag = diag_sum / max(1, m * p)
         self._prior = prior
         return f0, raw

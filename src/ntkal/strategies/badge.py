@@ -42,12 +42,12 @@ class BADGE(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """k-means++ seeds of the gradient embeddings of the candidates."""
         budget = check_budget(budget, context.num_candidates)
-        h, logits = eval_embeddings(context.model, context.x_candidates, device=context.device,
+        emb, logits = eval_embeddings(context.model, context.x_candidates, device=context.device,
                                     batch_size=context.batch_size, with_logits=True)
         probs = torch.softmax(logits, dim=1)
-        a = probs.clone()
-        a[torch.arange(a.shape[0]), probs.argmax(dim=1)] -= 1.0  # dCE/dlogits at ŷ
-        a, h = a.numpy(), h.numpy()
+        grad = probs.clone()
+        grad[torch.arange(grad.shape[0]), probs.argmax(dim=1)] -= 1.0  # dCE/dlogits at ŷ
+        a, h = grad.numpy(), emb.numpy()
         sq_a = (a * a).sum(axis=1)
         sq_h = (h * h).sum(axis=1) + 1.0  # the bias appends a constant 1 to h
         sq_norm = sq_a * sq_h

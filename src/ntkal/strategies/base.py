@@ -87,13 +87,13 @@ def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None, *,
     score if given, then at random if ``rng`` is given, else to the lowest index (stable).
     NaN scores are an error, never silently ranked."""
     scores = np.asarray(scores, dtype=np.float64)
-    keys = [-scores]
+    keys: list[np.ndarray] = [-scores]
     if secondary is not None:
-        keys.insert(0, -np.asarray(secondary, dtype=np.float64))
+        keys.insert(0, np.negative(np.asarray(secondary, dtype=np.float64)))
     if any(np.isnan(key).any() for key in keys):
         raise FloatingPointError("acquisition scores contain NaN")
     if rng is not None:
-        keys.insert(0, rng.random(scores.shape[0]))
+        keys.insert(0, rng.random((scores.shape[0],)))
     order = np.lexsort(tuple(keys)) if len(keys) > 1 else np.argsort(-scores, kind="stable")
     return order[:k]
 

@@ -46,13 +46,14 @@ class Coreset(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Greedy k-center selection of ``budget`` candidates."""
         budget = check_budget(budget, context.num_candidates)
-        kwargs = dict(device=context.device, batch_size=context.batch_size)
-        emb = eval_embeddings(context.model, context.x_candidates, **kwargs).double()
+        emb = eval_embeddings(context.model, context.x_candidates, device=context.device,
+                              batch_size=context.batch_size).double()
         sq_emb = (emb * emb).sum(dim=1)
         chosen: list[int] = []
         scores = None
         if context.x_labelled is not None and context.x_labelled.shape[0] > 0:
-            labelled = eval_embeddings(context.model, context.x_labelled, **kwargs).double()
+            labelled = eval_embeddings(context.model, context.x_labelled, device=context.device,
+                                       batch_size=context.batch_size).double()
             dist = _min_sq_distances(emb, sq_emb, labelled)
             scores = dist.sqrt().numpy()
         else:

@@ -8,7 +8,7 @@ so each strategy file only holds its acquisition rule. :func:`evaluating` is
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Literal, overload
 
 import numpy as np
 import torch
@@ -45,6 +45,17 @@ def eval_probabilities(model: nn.Module, x: torch.Tensor, *, device: torch.devic
 
 
 @torch.no_grad()
+@overload
+def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = ...,
+                    batch_size: int = ..., with_logits: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = ...,
+                    batch_size: int = ..., with_logits: Literal[True]
+                    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
                     batch_size: int = 512, with_logits: bool = False
                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -59,11 +70,13 @@ def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device |
     feats, logits = [], []
     with evaluating(model, device):
         for _, xb in _batches(x, batch_size):
-            h = model.embed(xb.to(device))
+            # nn.Module.__getattr__ is typed Tensor | Module; embed is a method
+            h = model.embed(xb.to(device))  # type: ignore[operator]
             h = h.reshape(h.shape[0], -1)
             feats.append(h.detach().to("cpu", torch.float64))
             if with_logits:
-                logits.append(model.classifier(h).detach().to("cpu", torch.float64))
+                out = model.classifier(h)  # type: ignore[operator]  # Module.__getattr__ again
+                logits.append(out.detach().to("cpu", torch.float64))
     if not feats:
         raise ValueError("no inputs to evaluate")
     if with_logits:
@@ -113,7 +126,7 @@ def mc_dropout_probabilities(model: nn.Module, x: torch.Tensor, *, num_samples: 
                 shape = tuple(inp.shape[1:])
             else:  # Dropout1d/2d/3d drop whole channels
                 shape = (inp.shape[1],) + (1,) * (inp.dim() - 2)
-            keep = 1.0 - float(module.p)
+            keep = 1.0 - float(module.p)  # type: ignore[arg-type]  # dropout's p, typed by __getattr__
             mask = torch.bernoulli(torch.full(shape, keep, dtype=torch.float64), generator=generator)
             mask = mask / keep if keep > 0 else mask
             mask = mask.to(device=inp.device, dtype=inp.dtype)

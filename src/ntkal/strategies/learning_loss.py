@@ -143,6 +143,11 @@ class LearningLoss(Strategy):
     """
 
     name = "ll4al"
+    feature_layers: tuple[str, ...]
+    hidden: int
+    weight: float
+    margin: float
+    detach_after: float
 
     def __init__(self, feature_layers: Optional[Sequence[str]] = None, hidden: int = 128,
                  weight: float = 1.0, margin: float = 1.0, detach_after: float = 0.6) -> None:

@@ -284,6 +284,7 @@ class MLMOC(LookaheadStrategy):
         k = ref_eval.shape[1]
         ref_cls = ref_eval.argmax(dim=1)
         margins = None if block.full_kernel else EvalMargins(block.f_bar_eval, ref_cls)
+        labels: list[tuple[torch.Tensor, Optional[torch.Tensor]]]
         if self.score in ("flip", "norm"):
             labels = [(ref_cand.argmax(dim=1), None)]
         else:
@@ -296,8 +297,8 @@ class MLMOC(LookaheadStrategy):
             f, n = flips_and_norms(block, onehot(cls, k), ref_cls, margins)
             flips += f if weight is None else weight * f
             norms += n if weight is None else weight * n
-        flips, norms = flips.cpu().numpy(), norms.cpu().numpy()
-        return (norms, flips) if self.score == "norm" else (flips, norms)
+        flips_np, norms_np = flips.cpu().numpy(), norms.cpu().numpy()
+        return (norms_np, flips_np) if self.score == "norm" else (flips_np, norms_np)
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         result = super().query(context, budget)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -119,12 +119,13 @@ class SGDLookahead(Strategy):
         probs = torch.softmax(ref, dim=1)
         primary = np.full(m, -np.inf)
         secondary = np.full(m, -np.inf)
-        iterator = positions
+        iterator: Iterable[Any] = positions
         if progress_allowed(context.progress):
             from rich.progress import track
 
             iterator = track(positions, description="SGD look-ahead")
         for j in iterator:
+            labels: Sequence[int]
             if self.score == "expected":
                 labels = range(context.num_classes)
                 weights = probs[j].tolist()
