@@ -33,7 +33,7 @@ from ntkal.labelstore import LabelStore
 from ntkal.labelstudio.exchange import task_label
 from ntkal.labelstudio.pool import ProjectPool, build_pool, load_task_ids, save_task_ids
 from ntkal.labelstudio.protocol import (AnnotationEvent, LabelConfig, ProtocolError,
-                                        parse_label_config, prediction)
+                                        parse_label_config, prediction, scaled_scores)
 
 __all__ = ["Backend", "DEFAULT_STRATEGY", "LOOKAHEAD_STRATEGIES", "make_session",
            "lookahead_scores", "annotator_tag", "annotation_of"]
@@ -116,7 +116,8 @@ class _Scores:
     pick: Optional[int] = None       # pool index of the session's proposal
     task_pick: Optional[int] = None  # its task id
     predicted: Optional[np.ndarray] = None   # (pool,) predicted class
-    score: Optional[dict] = None     # pool index -> acquisition score
+    score: Optional[dict] = None     # pool index -> acquisition score scaled onto [0, 1]
+    raw: Optional[dict] = None       # pool index -> acquisition score
     pushed: int = 0                  # predictions written in the last push
     seconds: Optional[float] = None  # event received -> predictions written
     finished: Optional[float] = None
@@ -338,7 +339,8 @@ class Backend:
                     indices, scores, pick = np.zeros(0, np.int64), np.zeros(0), None
                 predicted = learner.predict_logits(self.pool.dataset.x_train).argmax(1).numpy()
             self._maybe_retrain()
-            score = dict(zip(indices.tolist(), scores.tolist()))
+            raw = dict(zip(indices.tolist(), scores.tolist()))
+            score = dict(zip(indices.tolist(), scaled_scores(scores.tolist())))
             preds = [prediction(self.config, int(predicted[i]), score.get(int(i)),
                                 self.model_version, task=self.pool.task_ids[int(i)])
                      for i in unlabelled.tolist()]
@@ -353,7 +355,7 @@ class Backend:
             self.latencies.extend(seconds)
             self.scores = _Scores(labels=n, pick=pick,
                                   task_pick=None if pick is None else self.pool.task_ids[pick],
-                                  predicted=predicted, score=score, pushed=pushed,
+                                  predicted=predicted, score=score, raw=raw, pushed=pushed,
                                   seconds=max(seconds) if seconds else None,
                                   finished=time.time(), model=learner)
 

@@ -137,8 +137,15 @@ class LabelStudioClient:
                             "/" + url.lstrip("/"), raw=True)
 
     def import_predictions(self, project: int, predictions: list[dict]) -> Any:
-        return self.request("POST", f"/api/projects/{int(project)}/import/predictions",
-                            predictions)
+        """Add predictions; Label Studio answers 201 even when it refuses some (e.g. a score
+        outside [0, 1]), so the count it created is checked."""
+        doc = self.request("POST", f"/api/projects/{int(project)}/import/predictions",
+                           predictions)
+        created = doc.get("created") if isinstance(doc, dict) else None
+        if created is not None and created != len(predictions):
+            raise LabelStudioError(f"Label Studio stored {created} of {len(predictions)} "
+                                   "predictions (its log says why)")
+        return doc
 
     def delete_predictions(self, project: int, model_version: str) -> Any:
         """Delete every prediction of ``model_version`` in the project."""

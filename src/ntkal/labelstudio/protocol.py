@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ntkal.arguments import is_integer
 
 __all__ = ["LabelConfig", "ProtocolError", "parse_label_config", "choice_of", "prediction",
+           "scaled_scores",
            "AnnotationEvent", "parse_event", "task_id_of", "MAX_CONFIG_CHARS"]
 
 #: Longer labelling configs are refused before parsing (a classification config is a few lines).
@@ -187,16 +188,34 @@ def choice_of(result: Any, config: LabelConfig) -> Optional[int]:
     return config.classes.index(picked[0])
 
 
+def scaled_scores(scores: Sequence[float]) -> list[float]:
+    """Acquisition scores mapped onto [0, 1], order kept: ``(s - min) / (max - min)``.
+
+    Label Studio refuses prediction scores outside [0, 1]; the map is increasing, so sorting by it
+    sorts by the acquisition score (the best candidate gets 1; all equal: all 1).
+    """
+    values = [float(s) for s in scores]
+    if not all(math.isfinite(v) for v in values):
+        raise ProtocolError("acquisition scores are not finite")
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    if hi <= lo:
+        return [1.0] * len(values)
+    return [(v - lo) / (hi - lo) for v in values]
+
+
 def prediction(config: LabelConfig, label: int, score: Optional[float], model_version: str,
                task: Optional[int] = None) -> dict:
     """A Label Studio prediction: ``label`` as the pre-annotation, ``score`` for sorting.
 
-    A score that is not finite is refused (Label Studio would store it and sort it anywhere).
+    ``score`` must be ``None`` or lie in [0, 1] (:func:`scaled_scores`): Label Studio silently
+    drops a prediction with any other score.
     """
     if not is_integer(label) or not 0 <= int(label) < len(config.classes):
         raise ProtocolError(f"label {label!r} is not a class index of this config")
-    if score is not None and not math.isfinite(float(score)):
-        raise ProtocolError(f"prediction score {score!r} is not finite")
+    if score is not None and not (math.isfinite(float(score)) and 0.0 <= float(score) <= 1.0):
+        raise ProtocolError(f"prediction score {score!r} is not a number in [0, 1]")
     out = {"model_version": str(model_version),
            "score": None if score is None else float(score),
            "result": [{"from_name": config.from_name, "to_name": config.to_name,
