@@ -113,6 +113,7 @@ def lookahead_scores(learner) -> tuple[np.ndarray, np.ndarray, int]:
 @dataclasses.dataclass
 class _Scores:
     labels: int = -1                 # stored labels these scores reflect
+    changes: int = -1                # store changes (events) these scores reflect
     pick: Optional[int] = None       # pool index of the session's proposal
     task_pick: Optional[int] = None  # its task id
     predicted: Optional[np.ndarray] = None   # (pool,) predicted class
@@ -160,6 +161,7 @@ class Backend:
         self._stop = threading.Event()
         self._rebuild = False
         self._received: deque = deque()          # perf_counter() of events not yet scored
+        self.changes = 0                         # events that changed the store
         self.scores = _Scores()
         self.latencies: deque = deque(maxlen=500)
         self.events = {"created": 0, "updated": 0, "deleted": 0, "ignored": 0}
@@ -274,6 +276,7 @@ class Backend:
                     records[index] = {"index": index, "label": ev.label, "annotator": tag}
             if any(done[k] for k in ("stored", "changed", "removed")):
                 self._received.append(received)
+                self.changes += 1
         self._wake.set()
         return done
 
@@ -325,6 +328,7 @@ class Backend:
         with self._lock:
             received = list(self._received)
             self._received.clear()
+            changes = self.changes
             with self._session_lock():
                 if self._rebuild:
                     self.session._reset_learner()   # a label was changed or removed
@@ -353,7 +357,7 @@ class Backend:
             now = time.perf_counter()
             seconds = [now - t for t in received]
             self.latencies.extend(seconds)
-            self.scores = _Scores(labels=n, pick=pick,
+            self.scores = _Scores(labels=n, changes=changes, pick=pick,
                                   task_pick=None if pick is None else self.pool.task_ids[pick],
                                   predicted=predicted, score=score, raw=raw, pushed=pushed,
                                   seconds=max(seconds) if seconds else None,
@@ -391,11 +395,12 @@ class Backend:
         if self._thread is not None:
             self._thread.join(30)
 
-    def wait_scored(self, labels: int, timeout: float = 60.0) -> bool:
-        """Block until the written scores reflect at least ``labels`` stored labels."""
+    def wait_scored(self, timeout: float = 60.0) -> bool:
+        """Block until the written scores reflect every store change made so far."""
+        target = self.changes
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.scores.labels >= labels and not self._received:
+            if self.scores.changes >= target:
                 return True
             time.sleep(0.02)
         return False
@@ -425,7 +430,9 @@ class Backend:
             "labelled": session["labelled"], "strategy": self.strategy,
             "model_version": self.model_version, "classes": list(self.config.classes),
             "events": dict(self.events),
-            "scores": {"labels": s.labels, "pick_task": s.task_pick, "pick_index": s.pick,
+            "changes": self.changes,
+            "scores": {"labels": s.labels, "changes": s.changes, "pick_task": s.task_pick,
+                       "pick_index": s.pick,
                        "written": s.pushed, "finished": s.finished, "error": s.error,
                        "pending_events": len(self._received)},
             "latency": {"last_s": s.seconds, "median_s": float(np.median(lat)) if lat else None,
