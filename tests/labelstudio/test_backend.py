@@ -1,6 +1,8 @@
 """The live loop against an in-memory Label Studio: store, conditioning, scores, restart."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -175,10 +177,10 @@ def test_retrain_runs_in_the_background_and_scores_follow_it(tmp_path, fake_ls):
         assert backend.wait_scored(60)
         assert backend.session.wait_for_retrain(120)
         assert backend.session.trained and backend.stats()["retrain"]["state"] == "done"
-        deadline = __import__("time").monotonic() + 30
+        deadline = time.monotonic() + 30
         while backend.scores.model is not backend.session.learner:
-            assert __import__("time").monotonic() < deadline, "scores never followed the retrain"
-            __import__("time").sleep(0.05)
+            assert time.monotonic() < deadline, "scores never followed the retrain"
+            time.sleep(0.05)
         assert backend.session.learner is not first
     finally:
         backend.stop()
@@ -189,10 +191,10 @@ def test_a_failed_push_is_reported_and_the_next_event_recovers(tmp_path, fake_ls
     try:
         fake_ls.fail_next = LabelStudioError("Label Studio POST /x answered 500: boom", 500)
         _label(backend, fake_ls, 0)
-        deadline = __import__("time").monotonic() + 30
+        deadline = time.monotonic() + 30
         while backend.stats()["scores"]["error"] is None:
-            assert __import__("time").monotonic() < deadline
-            __import__("time").sleep(0.05)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert "boom" in backend.stats()["scores"]["error"]
         _label(backend, fake_ls, 1)
         assert backend.wait_scored(60)
