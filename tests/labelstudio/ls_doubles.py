@@ -22,12 +22,13 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def digit_images(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
-    """``n`` 8x8 digit images of classes 0-2 from scikit-learn's digits, as PNG bytes."""
+def digit_images(n: int, seed: int = 0, classes: int = 3) -> tuple[list[bytes], np.ndarray]:
+    """``n`` 8x8 digit images of classes ``0 .. classes-1`` from scikit-learn's digits (bundled
+    with it: nothing is downloaded), as PNG bytes, and their classes."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    keep = np.flatnonzero(d.target < 3)
+    keep = np.flatnonzero(d.target < classes)
     pick = np.random.default_rng(seed).choice(keep, n, replace=False)
     return [png(d.images[i] * 255 / 16) for i in pick], d.target[pick]
 
