@@ -281,6 +281,9 @@ def serve_backend(
                                           help="Allow a non-loopback --host (needs --token)."),
         token: Optional[str] = typer.Option(None, "--token", envvar="NTKAL_BACKEND_TOKEN",
                                             help="Secret every request must carry."),
+        public_url: Optional[str] = typer.Option(None, "--public-url", help="The address "
+                                                 "Label Studio reaches this backend at "
+                                                 "(default http://HOST:PORT)."),
         strategy: Optional[str] = typer.Option(None, "--strategy",
                                                help="Look-ahead strategy (default vr)."),
         model: str = typer.Option("mlp", "--model", help="Built-in model name."),
@@ -340,7 +343,8 @@ def serve_backend(
         return
     from ntkal.labelstudio.server import serve
 
-    serve(backend, host=host, port=port, token=token, allow_remote=allow_remote)
+    serve(backend, host=host, port=port, token=token, allow_remote=allow_remote,
+          public_url=public_url)
 
 
 @app.command("labelstudio-export")

@@ -51,6 +51,7 @@ class FakeLabelStudio:
         self.predictions: dict[str, list[dict]] = {}
         self.calls: list[str] = []
         self.fail_next = None
+        self.hooks: list[dict] = []
 
     # the client's interface
     def project(self, project):
@@ -75,6 +76,14 @@ class FakeLabelStudio:
     def delete_predictions(self, project, model_version):
         self.calls.append("delete")
         self.predictions.pop(model_version, None)
+
+    def webhooks(self, project):
+        return self.hooks
+
+    def set_webhook_headers(self, webhook_id, headers):
+        for hook in self.hooks:
+            if hook["id"] == webhook_id:
+                hook["headers"] = headers
 
     # helpers
     def scores(self, version="ntkal-vr") -> dict[int, float]:

@@ -36,7 +36,10 @@ from ls_doubles import digit_images
 ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("NTKAL_LABEL_STUDIO_VENV", ROOT / ".venv-labelstudio"))
 LS_BIN = LS_VENV / "bin" / "label-studio"
-TOKEN = "c0ffee" + uuid.uuid4().hex[:34]
+#: A migrated Label Studio database (user and token in it, no project), made by the first run:
+#: a fresh database takes minutes of migrations on a busy machine, a migrated one seconds.
+TEMPLATE = LS_VENV / ".ntkal-test-template"
+USER, PASSWORD = "ann@example.com", "ntkal-test-pass"
 CLASSES = [str(d) for d in range(10)]
 CONFIG = ('<View><Image name="image" value="$image"/>'
           '<Choices name="digit" toName="image" choice="single" showInline="true">'
@@ -88,25 +91,43 @@ def label_studio(tmp_path_factory):
         pytest.skip(f"Label Studio is not installed in {LS_VENV} (scripts/install_labelstudio.sh "
                     "installs it; it could not here, e.g. offline)")
     base = tmp_path_factory.mktemp("label-studio")
+    data = base / "data"
+    data.mkdir()
+    templated = (TEMPLATE / "label_studio.sqlite3").is_file() and (TEMPLATE / "token").is_file()
+    if templated:
+        token = (TEMPLATE / "token").read_text().strip()
+        shutil.copy2(TEMPLATE / "label_studio.sqlite3", data / "label_studio.sqlite3")
+    else:
+        token = "c0ffee" + uuid.uuid4().hex[:34]
     port = _free_port()
     log = base / "label-studio.log"
     env = dict(os.environ, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
                ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
                LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false", SENTRY_DSN="",
-               FRONTEND_SENTRY_DSN="", LABEL_STUDIO_BASE_DATA_DIR=str(base / "data"),
+               FRONTEND_SENTRY_DSN="", LABEL_STUDIO_BASE_DATA_DIR=str(data),
                HOME=str(base), PYTHONPATH="")
     cmd = [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-           "--data-dir", str(base / "data"), "--username", "ann@example.com",
-           "--password", "ntkal-test-pass", "--user-token", TOKEN]
+           "--data-dir", str(data), "--username", USER, "--password", PASSWORD,
+           "--user-token", token]
     fh = open(log, "ab")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=base,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    api = Http(url, {"Authorization": f"Token {TOKEN}"})
+    api = Http(url, {"Authorization": f"Token {token}"})
+    t0 = time.perf_counter()
     try:
-        _wait(lambda: api("GET", "/api/current-user/whoami", timeout=5), 240,
-              "Label Studio did not answer", proc, log)
-        yield {"url": url, "api": api, "port": port, "base": base, "log": log}
+        try:
+            _wait(lambda: api("GET", "/api/current-user/whoami", timeout=5), 300,
+                  "Label Studio did not answer", proc, log)
+        except Exception:
+            if templated:   # a damaged template: the next run makes a new one
+                shutil.rmtree(TEMPLATE, ignore_errors=True)
+            raise
+        started = time.perf_counter() - t0
+        if not templated:
+            _save_template(data / "label_studio.sqlite3", token)
+        yield {"url": url, "api": api, "port": port, "base": base, "log": log, "token": token,
+               "start_s": started, "templated": templated}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -117,6 +138,26 @@ def label_studio(tmp_path_factory):
         fh.close()
 
 
+def _save_template(db: Path, token: str) -> None:
+    """Copy the live, just-migrated database (SQLite's backup API) into TEMPLATE, atomically."""
+    import sqlite3
+
+    tmp = TEMPLATE.with_name(f"{TEMPLATE.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    src, dst = sqlite3.connect(str(db)), sqlite3.connect(str(tmp / "label_studio.sqlite3"))
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    (tmp / "token").write_text(token)
+    try:
+        tmp.rename(TEMPLATE)
+    except OSError:   # another run made one meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class Backend:
     """``python -m ntkal.cli serve-backend`` as a subprocess."""
 
@@ -124,7 +165,7 @@ class Backend:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "ntkal.cli", "serve-backend", "--project", str(project),
-                    "--ls-url", ls["url"], "--ls-token", TOKEN, "--store", str(store),
+                    "--ls-url", ls["url"], "--ls-token", ls["token"], "--store", str(store),
                     "--port", str(self.port), "--warmup", str(WARMUP), "--epochs", "5",
                     "--threads", "1", "--seed", "0"]
         self.log = log
@@ -198,14 +239,18 @@ def loop(label_studio, tmp_path_factory):
     name_of = {t["id"]: t["file_upload"] for t in tasks}
     truth_of = {tid: str(truth[int(name.split("digit")[1][:2])]) for tid, name in name_of.items()}
     store = work / "digits.sqlite"
+    t0 = time.perf_counter()
     backend = Backend(label_studio, project, store, work / "backend.log").start()
+    phases = {"label_studio_start": label_studio["start_s"],
+              "backend_start": time.perf_counter() - t0}
     try:
         ml = api("POST", "/api/ml", {"url": backend.url, "project": project, "title": "ntkal"})
         assert ml["readable_state"] == "Connected", ml
         view = api("POST", "/api/dm/views", {"project": project, "data": {
             "title": "ntkal: next pick first", "ordering": ["-tasks:predictions_score"]}})["id"]
         seen = {"before": _sorted_view(api, project, view), "after": [], "latency": [],
-                "annotations": [], "picks": []}
+                "annotations": [], "picks": [], "phases": phases}
+        t_all = time.perf_counter()
         for n in range(N_ANNOTATIONS):
             rows = _sorted_view(api, project, view)
             task = rows[0][0] if rows[0][1] is not None else \
@@ -220,9 +265,11 @@ def loop(label_studio, tmp_path_factory):
             seen["annotations"].append((ann["id"], task, truth_of[task]))
             seen["after"].append(_sorted_view(api, project, view))
             seen["picks"].append(stats["scores"]["pick_task"])
+        phases["annotations"] = time.perf_counter() - t_all
         stats = _wait(lambda: (lambda s: s if s["retrain"]["state"] == "done" and s["trained"]
                                else None)(backend.stats()), 180, "the retrain", backend.proc,
                       backend.log)
+        phases["retrain_s"] = stats["retrain"]["seconds"]
         # the retrained network's scores written back (the worker follows the swap)
         _wait(lambda: backend.stats()["scores"]["finished"] > stats["retrain"]["finished"], 60,
               "scores after the retrain", backend.proc, backend.log)
@@ -271,7 +318,7 @@ def test_top_task_is_ntkals_own_sequential_pick(loop):
     from ntkal.models import build_model
     from ntkal.strategies import get_strategy
 
-    client = LabelStudioClient(loop["ls"]["url"], TOKEN)
+    client = LabelStudioClient(loop["ls"]["url"], loop["ls"]["token"])
     ids = json.loads((Path(str(loop["store"]) + ".tasks.json")).read_text())["task_ids"]
     pool = build_pool(loop["tasks"], parse_label_config(CONFIG), fetch=client.file, task_ids=ids)
     net = build_model("mlp", pool.dataset.in_shape, 10)
@@ -317,7 +364,8 @@ def test_kill_9_loses_no_acknowledged_annotation(loop):
 def test_report_latency_and_screenshot(loop):
     lat = np.array(loop["seen"]["latency"])
     print(f"\nannotation -> scores written back ({lat.size} annotations through Label Studio's "
-          f"API): median {np.median(lat):.2f} s, max {lat.max():.2f} s")
+          f"API): median {np.median(lat):.2f} s, max {lat.max():.2f} s; phases (s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in loop["seen"]["phases"].items()))
     out = os.environ.get("NTKAL_LS_SCREENSHOT")
     if not out:
         return
@@ -334,12 +382,20 @@ def test_report_latency_and_screenshot(loop):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1400,900"):
         options.add_argument(flag)
+    hidden = [f"tasks:{c}" for c in (
+        "inner_id", "completed_at", "cancelled_annotations", "total_predictions", "annotators",
+        "annotations_results", "annotations_ids", "predictions_model_versions", "file_upload",
+        "storage_filename", "created_at", "updated_at", "updated_by", "avg_lead_time",
+        "draft_exists", "comment_count", "unresolved_comment_count", "comment_authors")]
+    loop["api"]("PATCH", f"/api/dm/views/{loop['view']}", {"project": loop["project"], "data": {
+        "title": "ntkal: next pick first", "ordering": ["-tasks:predictions_score"],
+        "hiddenColumns": {"explore": hidden, "labeling": hidden}}})
     driver = webdriver.Chrome(service=Service(driver_bin), options=options)
     try:
         url = loop["ls"]["url"]
         driver.get(url + "/user/login/")
-        driver.find_element(By.NAME, "email").send_keys("ann@example.com")
-        driver.find_element(By.NAME, "password").send_keys("ntkal-test-pass")
+        driver.find_element(By.NAME, "email").send_keys(USER)
+        driver.find_element(By.NAME, "password").send_keys(PASSWORD)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
         time.sleep(3)
         driver.get(f"{url}/projects/{loop['project']}/data?tab={loop['view']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 
 import pytest
 
@@ -138,3 +139,19 @@ def test_serve_refuses_remote_binding_without_token(backend):
 
     with pytest.raises(ValueError, match="refusing to listen on 0.0.0.0"):
         serve(backend, host="0.0.0.0", port=1)
+
+
+def test_setup_puts_the_token_on_the_webhook_label_studio_made(backend, fake_ls):
+    fake_ls.hooks = [{"id": 1, "url": "http://127.0.0.1:9090/webhook", "headers": {}},
+                     {"id": 2, "url": "http://elsewhere:1/webhook", "headers": {}}]
+    client = TestClient(create_app(backend, token="s3cret-token",
+                                   public_url="http://127.0.0.1:9090"))
+    r = client.post("/setup", json={"project": "3.1"},
+                    headers={"Authorization": "Bearer s3cret-token"})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 20
+    while fake_ls.hooks[0]["headers"] == {}:
+        assert time.monotonic() < deadline, "the webhook never got the token"
+        time.sleep(0.05)
+    assert fake_ls.hooks[0]["headers"] == {"Authorization": "Bearer s3cret-token"}
+    assert fake_ls.hooks[1]["headers"] == {}                 # not ours: left alone

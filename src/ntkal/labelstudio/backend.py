@@ -405,6 +405,19 @@ class Backend:
             time.sleep(0.02)
         return False
 
+    def secure_webhooks(self, public_url: str, token: str) -> int:
+        """Give the webhook Label Studio created for this backend (``public_url/webhook``) the
+        backend's token as a header, so a token-protected backend accepts its events. Returns
+        the number of webhooks updated."""
+        want = {"Authorization": f"Bearer {token}"}
+        done = 0
+        for hook in self.client.webhooks(self.project):
+            url = str(hook.get("url", "")).rstrip("/")
+            if url == public_url.rstrip("/") + "/webhook" and hook.get("headers") != want:
+                self.client.set_webhook_headers(int(hook["id"]), want)
+                done += 1
+        return done
+
     # ------------------------------------------------------------------ serving
     def predict(self, tasks: Sequence[Any]) -> list[dict]:
         """Label Studio ``/predict``: for each task, the current pre-annotation and score."""

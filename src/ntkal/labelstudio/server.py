@@ -26,6 +26,7 @@ import base64
 import binascii
 import hmac
 import json
+import threading
 import time
 import traceback
 from typing import Any, Optional
@@ -49,8 +50,10 @@ def _token_of(request) -> str:
     return request.headers.get("x-ntkal-token", "")
 
 
-def create_app(backend, *, token: Optional[str] = None):
-    """The FastAPI application serving ``backend``."""
+def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str] = None):
+    """The FastAPI application serving ``backend``; with ``token`` and ``public_url`` (the
+    address Label Studio reaches it at), ``/setup`` also puts the token on the webhook Label
+    Studio creates for it."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -137,7 +140,21 @@ def create_app(backend, *, token: Optional[str] = None):
                 raise ValueError(f"the project's classes are now {', '.join(config.classes)}; "
                                  f"this backend learns {', '.join(backend.config.classes)}: "
                                  "restart it on a new --store")
+        if token and public_url and backend.client is not None:
+            threading.Thread(target=_secure, name="ntkal-webhook-token", daemon=True).start()
         return {"model_version": backend.model_version}
+
+    def _secure() -> None:
+        # Label Studio creates the webhook when it saves the connection, after /setup answers
+        for _ in range(10):
+            time.sleep(1.0)
+            try:
+                if backend.secure_webhooks(public_url, token):
+                    return
+            except Exception as err:  # noqa: BLE001 - reported, the backend goes on
+                print(f"ntkal: could not set the token on Label Studio's webhook: {err}",
+                      flush=True)
+                return
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -179,12 +196,15 @@ def create_app(backend, *, token: Optional[str] = None):
 
 
 def serve(backend, *, host: str = "127.0.0.1", port: int = 9090, token: Optional[str] = None,
-          allow_remote: bool = False, log_level: str = "warning") -> None:
-    """Run the app with uvicorn until interrupted (loopback unless ``allow_remote`` + token)."""
+          allow_remote: bool = False, public_url: Optional[str] = None,
+          log_level: str = "warning") -> None:
+    """Run the app with uvicorn until interrupted (loopback unless ``allow_remote`` + token).
+    ``public_url``: the address Label Studio connects to (default ``http://HOST:PORT``)."""
     import uvicorn
 
     from ntkal.labelling.server import check_bind
 
     check_bind(host, allow_remote, token)
-    uvicorn.run(create_app(backend, token=token), host=host, port=int(port), log_level=log_level,
-                access_log=False)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    app = create_app(backend, token=token, public_url=public_url or f"http://{shown}:{int(port)}")
+    uvicorn.run(app, host=host, port=int(port), log_level=log_level, access_log=False)
