@@ -22,15 +22,17 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def digit_images(n: int, seed: int = 0, classes: int = 3) -> tuple[list[bytes], np.ndarray]:
+def digit_images(n: int, seed: int = 0, classes: int = 3,
+                 scale: int = 1) -> tuple[list[bytes], np.ndarray]:
     """``n`` 8x8 digit images of classes ``0 .. classes-1`` from scikit-learn's digits (bundled
-    with it: nothing is downloaded), as PNG bytes, and their classes."""
+    with it: nothing is downloaded), enlarged ``scale`` times, as PNG bytes, and their classes."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     keep = np.flatnonzero(d.target < classes)
     pick = np.random.default_rng(seed).choice(keep, n, replace=False)
-    return [png(d.images[i] * 255 / 16) for i in pick], d.target[pick]
+    big = np.ones((scale, scale))
+    return [png(np.kron(d.images[i], big) * 255 / 16) for i in pick], d.target[pick]
 
 
 class FakeLabelStudio:

@@ -98,7 +98,7 @@ def label_studio(tmp_path_factory):
         token = (TEMPLATE / "token").read_text().strip()
         shutil.copy2(TEMPLATE / "label_studio.sqlite3", data / "label_studio.sqlite3")
     else:
-        token = "c0ffee" + uuid.uuid4().hex[:34]
+        token = uuid.uuid4().hex + uuid.uuid4().hex[:8]
     port = _free_port()
     log = base / "label-studio.log"
     env = dict(os.environ, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
@@ -167,6 +167,7 @@ class Backend:
         self.cmd = [sys.executable, "-m", "ntkal.cli", "serve-backend", "--project", str(project),
                     "--ls-url", ls["url"], "--ls-token", ls["token"], "--store", str(store),
                     "--port", str(self.port), "--warmup", str(WARMUP), "--epochs", "5",
+                    "--image-size", "8,8",
                     "--threads", "1", "--seed", "0"]
         self.log = log
         self.http = Http(self.url)
@@ -232,7 +233,7 @@ def loop(label_studio, tmp_path_factory):
     api = label_studio["api"]
     work = tmp_path_factory.mktemp("ntkal-backend")
     project = api("POST", "/api/projects", {"title": "ntkal digits", "label_config": CONFIG})["id"]
-    images, truth = digit_images(N_TASKS, seed=1, classes=10)
+    images, truth = digit_images(N_TASKS, seed=1, classes=10, scale=8)   # shown 64x64
     imported = _upload(api, project, images)
     assert imported["task_count"] == N_TASKS
     tasks = api("GET", f"/api/projects/{project}/export?exportType=JSON&download_all_tasks=true")
@@ -320,7 +321,8 @@ def test_top_task_is_ntkals_own_sequential_pick(loop):
 
     client = LabelStudioClient(loop["ls"]["url"], loop["ls"]["token"])
     ids = json.loads((Path(str(loop["store"]) + ".tasks.json")).read_text())["task_ids"]
-    pool = build_pool(loop["tasks"], parse_label_config(CONFIG), fetch=client.file, task_ids=ids)
+    pool = build_pool(loop["tasks"], parse_label_config(CONFIG), fetch=client.file, task_ids=ids,
+                      image_size=(8, 8))
     net = build_model("mlp", pool.dataset.in_shape, 10)
     state = torch.load(str(loop["store"]) + ".weights.pt", weights_only=True)
     net.load_state_dict(state["model_state"])

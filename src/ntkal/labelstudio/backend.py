@@ -156,7 +156,8 @@ class Backend:
         self.strategy = strategy
         self.model_version = f"ntkal-{strategy}"
         self.retrain_every = int(retrain_every)
-        self._lock = threading.RLock()           # events and scoring, one at a time
+        self._lock = threading.RLock()           # scoring: one refresh at a time
+        self._events = threading.RLock()         # store changes; never waits for scoring
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rebuild = False
@@ -240,7 +241,7 @@ class Backend:
         scorer. Returns counts of what happened."""
         received = time.perf_counter() if received is None else received
         done = {"stored": 0, "changed": 0, "removed": 0, "ignored": 0}
-        with self._lock:
+        with self._events:
             records = self._records_by_index()
             for ev in events:
                 index = None if ev.task_id is None else self.pool.index_of(ev.task_id)
@@ -326,15 +327,21 @@ class Backend:
     def refresh(self) -> None:
         """Teach the learner the store's labels, score, and write the predictions."""
         with self._lock:
-            received = list(self._received)
-            self._received.clear()
-            changes = self.changes
+            with self._events:
+                received = list(self._received)
+                self._received.clear()
+                changes = self.changes
+                rebuild, self._rebuild = self._rebuild, False
             with self._session_lock():
-                if self._rebuild:
+                if rebuild:
                     self.session._reset_learner()   # a label was changed or removed
-                    self._rebuild = False
                 learner = self.session.learner
-                self.store.sync(learner)            # closed-form conditioning on new labels
+                try:
+                    self.store.sync(learner)        # closed-form conditioning on new labels
+                except ValueError:                  # relabelled while this ran: start afresh
+                    self.session._reset_learner()
+                    learner = self.session.learner
+                    self.store.sync(learner)
                 n = int(learner.labelled_indices.size)
                 unlabelled = learner.unlabelled_indices
                 if unlabelled.size and n:   # no look-ahead before the first label
