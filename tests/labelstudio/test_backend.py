@@ -113,6 +113,7 @@ def test_update_and_delete_rewrite_the_store_in_order(tmp_path, fake_ls):
         idx, lab = backend.store.labelled()
         assert dict(zip(idx.tolist(), lab.tolist())) == {0: 0, 1: 2, 2: 0, 3: 0}
         assert idx.tolist() == [0, 2, 3, 1]
+        assert backend.wait_scored(60)
         # the same label again, from another annotator's annotation: nothing changes
         assert _label(backend, fake_ls, 2, annotation=900, label=0)["ignored"] == 1
         # deleted by annotation id only (Label Studio's ANNOTATIONS_DELETED carries no task)

@@ -51,8 +51,15 @@ def test_health_and_setup(backend):
     assert r.status_code == 400 and "deux" in r.json()["detail"]
 
 
-def test_webhook_stores_before_answering_and_predict_reflects_it(backend, fake_ls):
+def test_webhook_stores_before_answering_and_predict_reflects_it(backend, fake_ls, monkeypatch):
     client = TestClient(create_app(backend))
+    add = backend.store.add
+
+    def slow_add(*args, **kwargs):   # a slow disk: the answer must still wait for it
+        time.sleep(0.5)
+        return add(*args, **kwargs)
+
+    monkeypatch.setattr(backend.store, "add", slow_add)
     tid = fake_ls.tasks[4]["id"]
     r = client.post("/webhook", json=_created(tid, 77, "two"))
     assert r.status_code == 200 and r.json()["stored"] == 1
