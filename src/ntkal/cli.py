@@ -313,12 +313,13 @@ def serve_backend(
     try:
         import torch
 
-        from ntkal.arguments import as_int
+        from ntkal.arguments import as_choice, as_int
         from ntkal.labelling.server import check_bind
-        from ntkal.labelstudio.backend import DEFAULT_STRATEGY, Backend
+        from ntkal.labelstudio.backend import DEFAULT_STRATEGY, LOOKAHEAD_STRATEGIES, Backend
         from ntkal.labelstudio.client import LabelStudioClient
 
         check_bind(host, allow_remote, token)
+        strategy = as_choice(strategy or DEFAULT_STRATEGY, "--strategy", LOOKAHEAD_STRATEGIES)
         as_int(port, "--port", minimum=1, maximum=65535)
         as_int(subset, "--subset", minimum=1)
         as_int(retrain_every, "--retrain-every", minimum=0)
@@ -329,7 +330,7 @@ def serve_backend(
         console.print(f"reading Label Studio project {project} at {ls_url}", highlight=False)
         backend = Backend.from_project(
             client, project, str(path), model=model, width=width, factory=factory,
-            strategy=strategy or DEFAULT_STRATEGY, subset=subset, warmup=warmup, epochs=epochs,
+            strategy=strategy, subset=subset, warmup=warmup, epochs=epochs,
             image_size=_parse_size(image_size),
             features=[f.strip() for f in features.split(",")] if features else None,
             data_root=data_root, from_name=from_name, seed=seed, retrain_every=retrain_every)

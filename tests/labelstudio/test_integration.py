@@ -365,6 +365,9 @@ def test_kill_9_loses_no_acknowledged_annotation(loop):
 
 def test_report_latency_and_screenshot(loop):
     lat = np.array(loop["seen"]["latency"])
+    inside = loop["backend"].stats()["latency"]
+    print(f"\nbackend, webhook received -> predictions written: median "
+          f"{inside['median_s']:.2f} s, max {inside['max_s']:.2f} s ({inside['count']} events)")
     print(f"\nannotation -> scores written back ({lat.size} annotations through Label Studio's "
           f"API): median {np.median(lat):.2f} s, max {lat.max():.2f} s; phases (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in loop["seen"]["phases"].items()))
