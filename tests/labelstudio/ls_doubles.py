@@ -1,5 +1,5 @@
 """Test doubles for the Label Studio backend: digit images and an in-memory stand-in for the REST
-calls the backend makes (the real server is exercised by test_integration.py)."""
+calls the backend makes (the real server is exercised by test_labelstudio_integration.py)."""
 from __future__ import annotations
 
 import io
