@@ -320,6 +320,13 @@ def serve_backend(
 
         check_bind(host, allow_remote, token)
         strategy = as_choice(strategy or DEFAULT_STRATEGY, "--strategy", LOOKAHEAD_STRATEGIES)
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise ValueError("serve-backend needs FastAPI and uvicorn: pip install "
+                             "'ntkal[label]'") from None
+        from ntkal.labelstudio.server import serve
         as_int(port, "--port", minimum=1, maximum=65535)
         as_int(subset, "--subset", minimum=1)
         as_int(retrain_every, "--retrain-every", minimum=0)
@@ -342,8 +349,6 @@ def serve_backend(
     except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
         _fail(err)
         return
-    from ntkal.labelstudio.server import serve
-
     serve(backend, host=host, port=port, token=token, allow_remote=allow_remote,
           public_url=public_url)
 
