@@ -116,9 +116,16 @@ def label_studio(tmp_path_factory):
     api = Http(url, {"Authorization": f"Token {token}"})
     t0 = time.perf_counter()
     try:
+        def whoami():
+            try:
+                return api("GET", "/api/current-user/whoami", timeout=5)
+            except urllib.error.HTTPError as err:
+                if err.code in (401, 403):   # up, but the token is refused: no use waiting
+                    raise RuntimeError(f"Label Studio refused the test's token ({err.code})")
+                raise
+
         try:
-            _wait(lambda: api("GET", "/api/current-user/whoami", timeout=5), 300,
-                  "Label Studio did not answer", proc, log)
+            _wait(whoami, 300, "Label Studio did not answer", proc, log)
         except Exception:
             if templated:   # a damaged template: the next run makes a new one
                 shutil.rmtree(TEMPLATE, ignore_errors=True)
