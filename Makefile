@@ -23,10 +23,16 @@ datasets:
 browser:
 	@bash scripts/install_browser.sh
 
+# Label Studio in .venv-labelstudio for the Label Studio integration test (skipped when it cannot
+# be installed); its pins never touch ntkal's environment.
+.PHONY: labelstudio
+labelstudio:
+	@bash scripts/install_labelstudio.sh
+
 demo: install datasets
 	$(VENV)/bin/ntkal run configs/digits.yml --out $(DEMO_OUT)
 
-test: install datasets browser
+test: install datasets browser labelstudio
 	$(PY) -m pytest -q
 
 test-all: install datasets browser

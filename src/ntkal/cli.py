@@ -271,5 +271,164 @@ def datasets() -> None:
     console.print(table)
 
 
+def _labelstudio_classes(classes: Optional[str], store) -> list[str]:
+    if classes is None:
+        return [str(i) for i in range(store.num_classes)]
+    names = [c.strip() for c in classes.split(",")]
+    if len(names) != store.num_classes or not all(names):
+        raise ValueError(f"--classes must name the store's {store.num_classes} classes, "
+                         f"comma-separated; got {classes!r}")
+    return names
+
+
+@app.command("serve-backend")
+def serve_backend(
+        project: int = typer.Option(..., "--project", help="Label Studio project id."),
+        ls_url: str = typer.Option("http://127.0.0.1:8080", "--ls-url", envvar="LABEL_STUDIO_URL",
+                                   help="Label Studio's address."),
+        ls_token: Optional[str] = typer.Option(
+            None, "--ls-token", envvar="LABEL_STUDIO_API_KEY",
+            help="Label Studio API token (legacy key or personal access token)."),
+        store: Optional[Path] = typer.Option(None, "--store", "-s", help="SQLite label file "
+                                             "(default: labelstudio-<project>.labels.sqlite)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        port: int = typer.Option(9090, "--port", "-p", help="Port to listen on."),
+        allow_remote: bool = typer.Option(False, "--allow-remote",
+                                          help="Allow a non-loopback --host (needs --token)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="NTKAL_BACKEND_TOKEN",
+                                            help="Secret every request must carry."),
+        public_url: Optional[str] = typer.Option(None, "--public-url", help="The address "
+                                                 "Label Studio reaches this backend at "
+                                                 "(default http://HOST:PORT)."),
+        strategy: Optional[str] = typer.Option(None, "--strategy",
+                                               help="Look-ahead strategy (default vr)."),
+        model: str = typer.Option("mlp", "--model", help="Built-in model name."),
+        width: Optional[int] = typer.Option(None, "--width", help="Built-in model width."),
+        factory: Optional[str] = typer.Option(None, "--model-factory",
+                                              help="Your model: package.module:function."),
+        subset: int = typer.Option(2000, "--subset", help="Unlabelled tasks scored per session "
+                                   "(the rest get no score)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", help="Labels before the first "
+                                             "retrain (default max(10, classes))."),
+        retrain_every: int = typer.Option(50, "--retrain-every", help="Retrain after this many "
+                                          "new labels (0: only the first time)."),
+        epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain."),
+        image_size: Optional[str] = typer.Option(None, "--image-size",
+                                                 help="Resize images to H,W (default: as the "
+                                                 "first image)."),
+        features: Optional[str] = typer.Option(None, "--features", help="Table rows: the data "
+                                               "fields to learn from, comma-separated."),
+        data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder Label Studio "
+                                                 "serves local files from."),
+        from_name: Optional[str] = typer.Option(None, "--from-name", help="The Choices control "
+                                                "to learn (when the config has several)."),
+        seed: int = typer.Option(0, "--seed", help="Seeds the model and the subsets."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+        ) -> None:
+    """Serve a Label Studio ML backend for PROJECT: scores written back after every annotation."""
+    try:
+        import torch
+
+        from ntkal.arguments import as_choice, as_int
+        from ntkal.labelling.server import check_bind
+        from ntkal.labelstudio.backend import DEFAULT_STRATEGY, LOOKAHEAD_STRATEGIES, Backend
+        from ntkal.labelstudio.client import LabelStudioClient
+
+        check_bind(host, allow_remote, token)
+        strategy = as_choice(strategy or DEFAULT_STRATEGY, "--strategy", LOOKAHEAD_STRATEGIES)
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise ValueError("serve-backend needs FastAPI and uvicorn: pip install "
+                             "'ntkal[label]'") from None
+        from ntkal.labelstudio.server import serve
+        as_int(port, "--port", minimum=1, maximum=65535)
+        as_int(subset, "--subset", minimum=1)
+        as_int(retrain_every, "--retrain-every", minimum=0)
+        if threads is not None:
+            torch.set_num_threads(as_int(threads, "--threads", minimum=1))
+        client = LabelStudioClient(ls_url, ls_token or "")
+        path = store if store is not None else Path(f"labelstudio-{project}.labels.sqlite")
+        console.print(f"reading Label Studio project {project} at {ls_url}", highlight=False)
+        backend = Backend.from_project(
+            client, project, str(path), model=model, width=width, factory=factory,
+            strategy=strategy, subset=subset, warmup=warmup, epochs=epochs,
+            image_size=_parse_size(image_size),
+            features=[f.strip() for f in features.split(",")] if features else None,
+            data_root=data_root, from_name=from_name, seed=seed, retrain_every=retrain_every)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        console.print(f"ntkal backend for project {project}: {len(backend.pool.task_ids)} tasks, "
+                      f"{len(backend.store)} labelled, store {path}", highlight=False)
+        console.print(f"connect it in Label Studio (Settings > Model): http://{shown}:{port}  "
+                      "(Ctrl+C to stop)", highlight=False)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
+        _fail(err)
+        return
+    serve(backend, host=host, port=port, token=token, allow_remote=allow_remote,
+          public_url=public_url)
+
+
+@app.command("labelstudio-export")
+def labelstudio_export(
+        store: Path = typer.Argument(..., help="SQLite label file."),
+        out: Path = typer.Argument(..., help="Label Studio JSON file to write."),
+        classes: Optional[str] = typer.Option(None, "--classes", help="Class names, "
+                                              "comma-separated (default 0, 1, ...)."),
+        from_name: str = typer.Option("label", "--from-name", help="The Choices control's name."),
+        to_name: str = typer.Option("image", "--to-name", help="The object tag's name."),
+        ) -> None:
+    """Write every label of STORE as a Label Studio JSON export (one task per label)."""
+    try:
+        from ntkal.labelstore import LabelStore
+        from ntkal.labelstudio import export_store
+
+        if not store.is_file():
+            raise ValueError(f"label store {store} does not exist")
+        ids_file = Path(str(store) + ".tasks.json")
+        with LabelStore(str(store)) as ls:
+            task_ids = None
+            if ids_file.is_file():  # a serve-backend store: write the project's task ids
+                import json
+
+                task_ids = json.loads(ids_file.read_text())["task_ids"]
+            n = export_store(ls, _labelstudio_classes(classes, ls), out, task_ids=task_ids,
+                             from_name=from_name, to_name=to_name)
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+        return
+    console.print(f"wrote {n} labelled tasks to {out}", highlight=False)
+
+
+@app.command("labelstudio-import")
+def labelstudio_import(
+        export: Path = typer.Argument(..., help="Label Studio JSON export."),
+        store: Path = typer.Argument(..., help="SQLite label file (created with --pool-size)."),
+        classes: Optional[str] = typer.Option(None, "--classes", help="Class names in the "
+                                              "store's order, comma-separated."),
+        pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Pool size, to create "
+                                                "a new store."),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes, to "
+                                                  "create a new store (default: --classes)."),
+        ) -> None:
+    """Add the labels of a Label Studio JSON export (data.ntkal_index per task) to STORE."""
+    try:
+        from ntkal.labelstore import LabelStore
+        from ntkal.labelstudio import import_store
+
+        names = [c.strip() for c in classes.split(",")] if classes else None
+        k = num_classes if num_classes is not None else (len(names) if names else None)
+        if not store.is_file() and (pool_size is None or k is None):
+            raise ValueError(f"label store {store} does not exist: give --pool-size and "
+                             "--classes (or --num-classes) to create it")
+        with LabelStore(str(store), pool_size=pool_size, num_classes=k) as ls:
+            result = import_store(ls, _labelstudio_classes(classes, ls), export)
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+        return
+    console.print(f"imported {result['added']} labels ({result['skipped']} already there) "
+                  f"into {store}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
