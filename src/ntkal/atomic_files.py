@@ -53,7 +53,7 @@ def remove_stale_temporaries(path: PathLike, *, max_age: float = STALE_AFTER_SEC
     """
     path = Path(path)
     pattern = _temporary_pattern(path)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:

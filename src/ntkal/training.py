@@ -174,8 +174,9 @@ class TrainConfig:
     def reference(cls, **changes: Any) -> "TrainConfig":
         """The reference CIFAR-10 protocol (ResNet-18): 200 epochs, batch 128, MSE, SGD momentum
         0.9, weight decay 1e-4, OneCycle from lr 0.3 to max_lr 1.25. ``changes`` override fields."""
-        base = dict(epochs=200, batch_size=128, lr=0.3, max_lr=1.25, momentum=0.9,
-                    weight_decay=1e-4, schedule="onecycle", loss="mse")
+        base: dict[str, Any] = dict(epochs=200, batch_size=128, lr=0.3, max_lr=1.25,
+                                    momentum=0.9, weight_decay=1e-4, schedule="onecycle",
+                                    loss="mse")
         base.update(changes)
         return cls(**base)
 
@@ -246,10 +247,19 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return chunks
 
 
+def _learning_rate(config: TrainConfig) -> float:
+    """``config.lr``, which construction sets (to the loss's default when not given)."""
+    if config.lr is None:
+        raise ValueError("TrainConfig.lr is None; leave it out when building the config to get the "
+                         "loss's default rate")
+    return config.lr
+
+
 def _scheduler(optimiser: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
     if config.schedule == "onecycle":
-        peak = config.max_lr if config.max_lr is not None else config.lr
-        div = peak / config.lr if config.max_lr is not None else 25.0
+        lr = _learning_rate(config)
+        peak = config.max_lr if config.max_lr is not None else lr
+        div = peak / lr if config.max_lr is not None else 25.0
         # A single-step run has no room for OneCycle's warm-up phase; torch needs >= 2 steps.
         return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, div_factor=div,
                                                    total_steps=max(total_steps, 2),
@@ -478,7 +488,7 @@ def _start_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Train
     if extra is not None:
         known = {id(p) for p in params}
         params += [p for p in extra.parameters if id(p) not in known]
-    optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+    optimiser = torch.optim.SGD(params, lr=_learning_rate(config), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     return _Run(model, x, y, config, num_classes, epochs, params, optimiser,
                 _scheduler(optimiser, config, total_steps), generator, extra)

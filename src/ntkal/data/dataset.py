@@ -1,9 +1,11 @@
 """The :class:`Dataset` container every other part of ntkal consumes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ntkal.data.labels import as_class_labels
@@ -46,7 +48,7 @@ def _as_inputs(name: str, x) -> torch.Tensor:
     return x
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Dataset:
     """A labelled train/test split, ready for training.
 
@@ -73,6 +75,15 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: tuple[str, ...]
+
+    def __init__(self, name: str, x_train: torch.Tensor | np.ndarray,
+                 y_train: torch.Tensor | np.ndarray, x_test: torch.Tensor | np.ndarray,
+                 y_test: torch.Tensor | np.ndarray, classes: Sequence[str]) -> None:
+        # The dataclass __init__, taking arrays as well as tensors: __post_init__ converts them.
+        for field, value in (("name", name), ("x_train", x_train), ("y_train", y_train),
+                             ("x_test", x_test), ("y_test", y_test), ("classes", classes)):
+            object.__setattr__(self, field, value)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         classes = tuple(str(c) for c in self.classes)

@@ -114,7 +114,7 @@ def _class_names(path: Path, classes: Optional[Sequence[Any]]) -> Optional[tuple
     return names
 
 
-def _labels_from_names(path: Path, raw: list[Optional[str]], classes: Optional[tuple[str, ...]],
+def _labels_from_names(path: Path, raw: Sequence[Optional[str]], classes: Optional[tuple[str, ...]],
                        where: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Class names (None = unknown) -> int labels, with the class list (given or discovered)."""
     present = sorted({r for r in raw if r is not None},
@@ -201,6 +201,7 @@ def _finish(path: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: Optiona
         keep = np.setdiff1d(keep, test)
         x_test, y_test = x[test], y[test]
         x, y = x[keep], y[keep]
+    assert y_test is not None  # the file's own test set comes with labels, or it was split off
     if x.shape[0] == 0:
         raise ValueError(f"{path}: no training points left")
     if normalise == "standard":
@@ -479,7 +480,7 @@ def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed
     for f, im in zip(files, images):
         im = im.convert(mode)
         if size is not None:
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         elif im.size != first:
             raise ValueError(f"{f} is {im.size[0]}x{im.size[1]} pixels but {files[0]} is "
                              f"{first[0]}x{first[1]}; pass image_size=[height, width] to resize")

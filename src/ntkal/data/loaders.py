@@ -146,7 +146,12 @@ def _read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_idx_dataset(folder: Path) -> _Arrays:
-    paths = [_idx_file(folder, n) for n in _IDX_FILES]
+    paths = []
+    for n in _IDX_FILES:
+        path = _idx_file(folder, n)
+        if path is None:
+            raise DatasetNotFoundError(f"{folder}: neither {n} nor {n}.gz is there")
+        paths.append(path)
     x_train, y_train = _read_idx_pair(paths[0], paths[1])
     x_test, y_test = _read_idx_pair(paths[2], paths[3])
     return x_train, y_train, x_test, y_test
@@ -303,7 +308,7 @@ def builtin_dataset_name(name: object) -> Optional[str]:
     return key if key in _NAMES else None
 
 
-def _canonical(name: str) -> str:
+def _canonical(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
     key = builtin_dataset_name(name)

@@ -1,6 +1,7 @@
 """Labelled / unlabelled bookkeeping for a pool of training points."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
@@ -26,12 +27,12 @@ def _as_index_array(indices: Union[int, Iterable[int], np.ndarray]) -> np.ndarra
     """Indices as an ``int64`` array, refusing anything that is not an integer (floats, bools)."""
     if isinstance(indices, (bool, np.bool_)):
         raise ValueError("indices must be integers, got a bool")
-    if is_integer(indices):
+    if isinstance(indices, (int, numbers.Integral)):  # is_integer, as bools were refused above
         return np.array([int(indices)], dtype=np.int64)
     if isinstance(indices, (str, bytes)):
         raise ValueError(f"indices must be integers, got {type(indices).__name__}")
     if hasattr(indices, "detach"):  # torch tensors, without importing torch here
-        indices = indices.detach().cpu().numpy()
+        indices = np.asarray(indices.detach().cpu().numpy())
     if not isinstance(indices, np.ndarray):
         indices = list(indices)
         bad = next((v for v in indices if not is_integer(v)), None)

@@ -39,7 +39,7 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     if not 0 <= n <= y.shape[0]:
         raise ValueError(f"cannot choose {n} of {y.shape[0]} items")
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    k = classes.shape[0]
+    k = int(classes.shape[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if n < k:

@@ -36,7 +36,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 from ntkal.arguments import as_float, as_int, is_integer
 from ntkal.learner.active_learner import MODES
@@ -52,6 +52,16 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------- small checkers
+@overload
+def _int(key: str, value: Any, minimum: int | None = None,
+         allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def _int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False
+         ) -> int | None: ...
+
+
 def _int(key: str, value: Any, minimum: Optional[int] = None, allow_none: bool = False
          ) -> Optional[int]:
     if value is None and allow_none:
@@ -127,9 +137,10 @@ class DatasetConfig:
         raw = _mapping("dataset", raw)
         _no_unknown("dataset", raw, ("name", "train_size", "test_size", "root", "path")
                     + cls._FILE_KEYS)
-        sizes = dict(train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
-                     test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
-                     root=None if raw.get("root") is None else str(raw["root"]))
+        sizes: dict[str, Any] = dict(
+            train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
+            test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
+            root=None if raw.get("root") is None else str(raw["root"]))
         if raw.get("path") is not None:
             return cls._parse_file(raw, sizes)
         given = sorted(k for k in cls._FILE_KEYS if k in raw)

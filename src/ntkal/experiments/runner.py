@@ -23,6 +23,7 @@ refused with :class:`ConfigError` rather than silently mixing results: use a new
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -105,8 +106,7 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
                 config, spec, seed, dataset, device=device,
                 finished=results.finished(spec.label, seed),
                 state_path=state_path(out, spec.label, seed),
-                restart_from=lambda cycle, label=spec.label, seed=seed:
-                    results.drop_from(label, seed, cycle),
+                restart_from=functools.partial(results.drop_from, spec.label, seed),
                 add_record=results.add,
                 tick=lambda: progress.advance(cycles_task) if progress is not None else None,
                 initial_for=initial_for)

@@ -189,7 +189,7 @@ def _slices(n: int, size: int) -> list[slice]:
 
 
 def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
-                contract: Callable[[Any, Any], torch.Tensor],
+                contract: Callable[[Any, Any, torch.Tensor], None],
                 x1: torch.Tensor, x2: Optional[torch.Tensor], *, block_shape: tuple[int, ...],
                 plan: BlockPlan, dtype: torch.dtype, device: torch.device, progress: bool = False,
                 description: str = "eNTK") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,7 +223,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
         ``f2`` is ``f1`` in the symmetric case.
     """
     symmetric = x2 is None
-    xc = x1 if symmetric else x2
+    xc = x1 if x2 is None else x2
     n1, n2 = int(x1.shape[0]), int(xc.shape[0])
     if symmetric:
         size = min(plan.rows, plan.cols)

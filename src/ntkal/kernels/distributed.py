@@ -30,7 +30,7 @@ import copy
 import math
 import os
 from contextlib import ExitStack
-from typing import Any, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterator, Literal, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -131,6 +131,8 @@ class RayBlockExecutor:
     Use as a context manager, or call :meth:`close`, so that the actors (and a private Ray) stop.
     """
 
+    _actors: Optional[list[Any]]  # None once closed
+
     def __init__(self, workers: Optional[int] = None, *, gpus_per_worker: Optional[float] = None,
                  cpus_per_worker: float = 1.0, address: Optional[str] = None,
                  num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None
@@ -193,8 +195,9 @@ class RayBlockExecutor:
 
     def close(self) -> None:
         """Stop the actors, and the private Ray if this executor started it."""
-        if getattr(self, "_actors", None) is not None:
-            for actor in self._actors:
+        actors = getattr(self, "_actors", None)
+        if actors is not None:
+            for actor in actors:
                 self._ray.kill(actor)
             self._actors = None
         self._stack.close()
@@ -202,7 +205,7 @@ class RayBlockExecutor:
     def __enter__(self) -> "RayBlockExecutor":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         self.close()
         return False
 
@@ -315,6 +318,12 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
             out[a:b] = stripe
             if f2 is None:
                 f2 = cols_f.to(device)
+    if f1 is None:
+        raise RuntimeError("the executor returned no kernel stripes")
     f1 = f1.detach()
-    f2 = f1 if symmetric else f2.detach()
+    if symmetric:
+        f2 = f1
+    else:
+        assert f2 is not None  # set with the first stripe, as f1 was
+        f2 = f2.detach()
     return (out, f1, f2) if return_outputs else out

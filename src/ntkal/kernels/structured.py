@@ -107,17 +107,17 @@ def jacobian_cost(num_params: int, kk: int, n1: int, n2: int, forward_flops: flo
 def _owned_parameters(model: nn.Module, params: dict[str, torch.Tensor]):
     """Map each module to ``{local name: full name}`` of the trainable parameters it holds, and
     count in how many modules each parameter object appears (tied weights appear twice)."""
-    by_id = {}
+    by_id: dict[int, str] = {}
     for name, p in model.named_parameters():
         by_id.setdefault(id(p), name)
     owners: dict[int, int] = {}
     local: dict[nn.Module, dict[str, str]] = {}
     for module in model.modules():
-        for pn, p in module._parameters.items():
-            if p is None:
+        for pn, param in module._parameters.items():
+            if param is None:
                 continue
-            owners[id(p)] = owners.get(id(p), 0) + 1
-            full = by_id.get(id(p))
+            owners[id(param)] = owners.get(id(param), 0) + 1
+            full = by_id.get(id(param))
             if full is not None and full in params:
                 local.setdefault(module, {})[pn] = full
     return local, owners
@@ -289,7 +289,10 @@ def _patches(lay: LayerPlan, a: torch.Tensor) -> torch.Tensor:
     """Layer inputs as ``(b, L, din)``: unfolded patches for a conv, positions for a dense layer."""
     m = lay.module
     if lay.op == "conv":
-        left, right, top, bottom = _conv_padding(m)
+        assert isinstance(m, nn.Conv2d)  # planned only for a plain Conv2d with zero padding
+        padding = _conv_padding(m)
+        assert padding is not None
+        left, right, top, bottom = padding
         if left or right or top or bottom:
             a = F.pad(a, (left, right, top, bottom))
         cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=0, stride=m.stride)
@@ -307,6 +310,8 @@ def _deltas(lay: LayerPlan, d: torch.Tensor) -> torch.Tensor:
 
 def _bn_grads(lay: LayerPlan, a: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:
     m = lay.module
+    # Planned only for a batch norm that tracks running statistics.
+    assert isinstance(m, _BN) and m.running_mean is not None and m.running_var is not None
     b, kk = d.shape[:2]
     view = (1, -1) + (1,) * (a.ndim - 2)
     xhat = (a - m.running_mean.view(view)) / torch.sqrt(m.running_var.view(view) + m.eps)

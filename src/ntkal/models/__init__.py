@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -177,6 +177,7 @@ def build_from_factory(spec: str, in_shape: Sequence[int], num_classes: int,
     """
     factory = load_factory(spec)
     kwargs = dict(kwargs or {})
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -88,4 +88,4 @@ def check_image_shape(name: str, in_shape: Sequence[int], min_size: int = 1) -> 
     if shape[1] < min_size or shape[2] < min_size:
         raise ValueError(f"{name} needs images of at least {min_size}x{min_size} pixels, "
                          f"got {shape[1]}x{shape[2]}")
-    return shape  # type: ignore[return-value]
+    return shape

@@ -52,8 +52,8 @@ def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (or buffer); the CPU for a model with neither."""
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -62,9 +62,9 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     for tensor in model.parameters():
         if tensor.is_floating_point():
             return tensor.dtype
-    for tensor in model.buffers():
-        if tensor.is_floating_point():
-            return tensor.dtype
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype
     return torch.get_default_dtype()
 
 

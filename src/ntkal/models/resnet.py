@@ -52,6 +52,12 @@ class ResNet18(ClassifierNet):
         Dropout before the classifier.
     """
 
+    # Registered with add_module in __init__.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int = 64,
                  dropout: float = 0.0) -> None:
         c, h, w = check_image_shape("resnet18", in_shape)

@@ -59,6 +59,11 @@ class WideResNet(ClassifierNet):
         Dropout before the classifier (not inside the blocks).
     """
 
+    # Registered with add_module in __init__.
+    group1: nn.Sequential
+    group2: nn.Sequential
+    group3: nn.Sequential
+
     def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int | None = None,
                  depth: int = 28, widen_factor: int | None = None, dropout: float = 0.0) -> None:
         c, h, w = check_image_shape("wideresnet", in_shape)
