@@ -43,7 +43,7 @@ def _run(session, labels_for, steps=10):
     return picks, flags
 
 
-@pytest.mark.parametrize("strategy, subset", [("vr", 1000), ("mlmoc", 1000), ("vr", 60)])
+@pytest.mark.parametrize("strategy, subset", [("vr", 1000), ("mlmoc", 1000), ("vr", 60), ("auto", 300)])
 def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, subset):
     """Whole pick sequences agree, also with a sampled candidate subset (the twin must draw
     the learner's very candidates: same seed, same query count)."""

@@ -24,9 +24,9 @@ from ntkal.labelling.speculation import Speculator
 
 __all__ = ["PickPolicy", "DEFAULT_STRATEGY", "is_lookahead"]
 
-#: The strategy ``ntkal label`` uses unless told otherwise (greedy/sequential variance reduction:
-#: label-free, usable from the first labels; the one place to change it).
-DEFAULT_STRATEGY = "vr"
+#: The strategy ``ntkal label`` uses unless told otherwise: ``auto``, ntkal's validated default
+#: (:mod:`ntkal.strategies.auto`), in its sequential session; the one place to change it.
+DEFAULT_STRATEGY = "auto"
 
 
 def is_lookahead(strategy: Any) -> bool:

@@ -18,7 +18,6 @@ any annotation Label Studio holds that the store lacks (made while the backend w
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import threading
 import time
 import traceback
@@ -29,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ntkal.labelling.picks import DEFAULT_STRATEGY
 from ntkal.labelstore import LabelStore
 from ntkal.labelstudio.exchange import task_label
 from ntkal.labelstudio.pool import ProjectPool, build_pool, load_task_ids, save_task_ids
@@ -38,10 +38,9 @@ from ntkal.labelstudio.protocol import (AnnotationEvent, LabelConfig, ProtocolEr
 __all__ = ["Backend", "DEFAULT_STRATEGY", "LOOKAHEAD_STRATEGIES", "make_session",
            "lookahead_scores", "annotator_tag", "annotation_of"]
 
-#: The acquisition strategy the backend (and ``ntkal label``) uses unless told otherwise.
-DEFAULT_STRATEGY = "vr"
-#: Strategies with a sequential look-ahead session whose per-candidate scores can be written.
-LOOKAHEAD_STRATEGIES = ("vr", "mlmoc", "emoc", "eer")
+#: Strategies with a sequential look-ahead session whose per-candidate scores can be written (the
+#: default is the labelling page's :data:`~ntkal.labelling.picks.DEFAULT_STRATEGY`, ``auto``).
+LOOKAHEAD_STRATEGIES = ("auto", "vr", "mlmoc", "emoc", "eer", "ntk_epig", "ntk_bald")
 
 _TAG = "labelstudio"
 
@@ -61,32 +60,14 @@ def annotation_of(annotator: Optional[str]) -> Optional[int]:
 
 
 def make_session(dataset, store, model, *, strategy: str = DEFAULT_STRATEGY, **kwargs):
-    """A :class:`~ntkal.labelling.LabellingSession` whose sequential learner uses ``strategy``.
-
-    When the session takes a ``strategy`` argument it is passed on; otherwise (a session that
-    always runs MLMOC) a subclass builds its learner with ``strategy`` instead.
-    """
+    """A :class:`~ntkal.labelling.LabellingSession` whose sequential learner uses ``strategy``
+    (one of :data:`LOOKAHEAD_STRATEGIES`: the backend writes its per-candidate scores)."""
     from ntkal.labelling.engine import LabellingSession
-    from ntkal.strategies import get_strategy
 
     if strategy not in LOOKAHEAD_STRATEGIES:
         raise ValueError(f"--strategy must be a look-ahead strategy ({', '.join(LOOKAHEAD_STRATEGIES)})"
                          f", got {strategy!r}")
-    if "strategy" in inspect.signature(LabellingSession).parameters:
-        return LabellingSession(dataset, store, model, strategy=strategy, **kwargs)
-
-    class _Session(LabellingSession):
-        def _new_learner(self, model, labels=None):
-            from ntkal.learner import ActiveLearner
-
-            idx, lab = labels if labels is not None else self.store.labelled()
-            self._version += 1
-            return ActiveLearner(model, get_strategy(strategy), self.x_pool, labelled=idx,
-                                 labels=lab, num_classes=self.num_classes,
-                                 train_config=self.train_config, mode="sequential",
-                                 subset=self.subset, seed=self.seed + 1000 * self._version)
-
-    return _Session(dataset, store, model, **kwargs)
+    return LabellingSession(dataset, store, model, strategy=strategy, **kwargs)
 
 
 def lookahead_scores(learner) -> tuple[np.ndarray, np.ndarray, int]:
@@ -102,8 +83,7 @@ def lookahead_scores(learner) -> tuple[np.ndarray, np.ndarray, int]:
     labelled = np.zeros(learner.pool.size, dtype=bool)
     labelled[learner.labelled_indices] = True
     positions = np.flatnonzero(~labelled[candidates])
-    primary, _ = session.strategy.score_candidates(session.lookahead, positions,
-                                                   getattr(session, "_f_bar0", None))
+    primary, _ = session.strategy.score_candidates(session.lookahead, positions)
     primary = np.asarray(primary, dtype=np.float64)
     if not np.isfinite(primary).all():
         raise FloatingPointError("look-ahead scores are not finite")
