@@ -360,7 +360,7 @@ class LabelStore:
         rows = self._read("SELECT pool_index, label, annotator, created FROM labels ORDER BY seq")
         out = []
         for i, y, who, created in rows:
-            rec = {"index": int(i), "label": int(y)}
+            rec: dict[str, Any] = {"index": int(i), "label": int(y)}
             if names is not None:
                 rec["class"] = names[int(y)]
             if origin is not None:

@@ -89,7 +89,7 @@ class ItemView:
         pil = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else \
             Image.fromarray(np.transpose(pixels, (1, 2, 0)))
         scale = max(1, int(np.ceil(min_size / min(pil.size))))
-        pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.NEAREST)
+        pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.Resampling.NEAREST)
         buf = io.BytesIO()
         pil.save(buf, format="PNG")
         return buf.getvalue()

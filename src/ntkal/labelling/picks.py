@@ -192,7 +192,9 @@ class PickPolicy:
             order = self._margin_order
         else:
             order = self.random_order
-        out = []
+        if order is None:  # no order yet: nothing to triage
+            return []
+        out: list[int] = []
         for i in order:
             if len(out) >= n:
                 break

@@ -55,7 +55,7 @@ def check_bind(host: str, allow_remote: bool, token: Optional[str]) -> None:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("ntkal.labelling").joinpath("static", name).read_bytes()
+    return resources.files("ntkal.labelling").joinpath("static").joinpath(name).read_bytes()
 
 
 def parse_import(doc: dict) -> tuple[list[Any], list[Any]]:
@@ -64,7 +64,7 @@ def parse_import(doc: dict) -> tuple[list[Any], list[Any]]:
     if "csv" in doc:
         if not isinstance(doc["csv"], str):
             raise ValueError('"csv" must be the text of a CSV file')
-        rows = list(csv.DictReader(io.StringIO(doc["csv"].lstrip("\ufeff"))))
+        rows: Any = list(csv.DictReader(io.StringIO(doc["csv"].lstrip("\ufeff"))))
         if not rows:
             raise ValueError("the CSV import has no rows (expected a header with index,label)")
     else:

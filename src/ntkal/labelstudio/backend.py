@@ -267,7 +267,8 @@ class Backend:
         events = []
         records = self._records_by_index()
         for task in tasks:
-            index = self.pool.index_of(task.get("id"))
+            tid = task.get("id")
+            index = None if tid is None else self.pool.index_of(int(tid))
             if index is None:
                 continue
             try:
@@ -277,15 +278,14 @@ class Backend:
                 continue
             anns = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
             current = records.get(index)
+            made_here = None if current is None else annotation_of(current["annotator"])
             if label is not None and (current is None or current["label"] != label):
                 ann = max(anns, key=lambda a: str(a.get("updated_at") or a.get("created_at")))
                 who = ann.get("completed_by")
                 events.append(AnnotationEvent("created", int(ann["id"]), int(task["id"]), label,
                                               None if who is None else str(who)))
-            elif label is None and current is not None and \
-                    annotation_of(current["annotator"]) is not None:
-                events.append(AnnotationEvent("deleted", annotation_of(current["annotator"]),
-                                              int(task["id"]), None))
+            elif label is None and made_here is not None:
+                events.append(AnnotationEvent("deleted", made_here, int(task["id"]), None))
         return self.apply(events) if events else {"stored": 0, "changed": 0, "removed": 0,
                                                   "ignored": 0}
 
@@ -408,7 +408,7 @@ class Backend:
     # ------------------------------------------------------------------ serving
     def predict(self, tasks: Sequence[Any]) -> list[dict]:
         """Label Studio ``/predict``: for each task, the current pre-annotation and score."""
-        out = []
+        out: list[dict] = []
         s = self.scores
         for task in tasks:
             tid = task.get("id") if isinstance(task, dict) else None
@@ -416,7 +416,7 @@ class Backend:
             if index is None or s.predicted is None:
                 out.append({"result": [], "score": None, "model_version": self.model_version})
                 continue
-            out.append(prediction(self.config, int(s.predicted[index]), s.score.get(index),
+            out.append(prediction(self.config, int(s.predicted[index]), (s.score or {}).get(index),
                                   self.model_version))
         return out
 

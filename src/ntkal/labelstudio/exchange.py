@@ -147,7 +147,7 @@ def import_tasks(tasks: Any, config: LabelConfig, *,
                 continue
         else:
             index = (task.get("data") or {}).get(INDEX_FIELD)
-            if not is_integer(index) or index < 0:
+            if index is None or not is_integer(index) or index < 0:
                 raise ProtocolError(f"task {task.get('id')} has no data.{INDEX_FIELD} (the pool "
                                     "index ntkal writes on export); import it through the "
                                     "backend's project instead")
