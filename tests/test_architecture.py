@@ -4,6 +4,7 @@ written in ``docs/architecture.md`` (section "Layers").
 Imports are read with :mod:`ast` at every level (module top, functions, ``TYPE_CHECKING`` blocks,
 relative ``from . import``), since a lazy import is still a dependency: it only runs later.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,7 +45,7 @@ def _imported(module: str, is_package: bool, tree: ast.AST, modules: set[str]) -
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = here.split(".")[:len(here.split(".")) - node.level + 1]
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -59,8 +60,12 @@ def import_graph(package: Path) -> dict[str, set[str]]:
     that a stale import is visible too)."""
     files = module_files(package)
     names = set(files)
-    return {m: _imported(m, p.name == "__init__.py", ast.parse(p.read_text(encoding="utf-8"), str(p)),
-                         names) for m, p in files.items()}
+    return {
+        m: _imported(
+            m, p.name == "__init__.py", ast.parse(p.read_text(encoding="utf-8"), str(p)), names
+        )
+        for m, p in files.items()
+    }
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -186,8 +191,9 @@ def test_pending_cycles_are_still_there():
 
 def test_imports_follow_the_layer_order():
     problems = layer_violations(import_graph(PACKAGE), read_layers(DOC))
-    assert not problems, "imports against docs/architecture.md's layer order:\n" + \
-        "\n".join(problems)
+    assert not problems, "imports against docs/architecture.md's layer order:\n" + "\n".join(
+        problems
+    )
 
 
 def test_every_top_level_module_has_a_layer():
@@ -208,9 +214,11 @@ def test_checker_reads_every_kind_of_import(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("from . import a\n")
     (pkg / "sub" / "a.py").write_text(
         "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ntkal.other\n"
-        "def f():\n    from ..low import X\n    from .b import y\n    return X\n")
-    (pkg / "sub" / "b.py").write_text("y = 1\nclass C:\n    def m(self):\n"
-                                      "        from ntkal.sub import a\n")
+        "def f():\n    from ..low import X\n    from .b import y\n    return X\n"
+    )
+    (pkg / "sub" / "b.py").write_text(
+        "y = 1\nclass C:\n    def m(self):\n        from ntkal.sub import a\n"
+    )
     graph = import_graph(pkg)
     assert graph["ntkal.sub"] == {"ntkal.sub.a"}
     assert graph["ntkal.sub.a"] == {"ntkal.other", "ntkal.low", "ntkal.sub.b"}
@@ -219,21 +227,30 @@ def test_checker_reads_every_kind_of_import(tmp_path):
 
 
 def test_checker_names_a_cycle_and_an_upward_import():
-    graph = {"ntkal.data.a": {"ntkal.kernels.k"}, "ntkal.kernels.k": {"ntkal.experiments.r"},
-             "ntkal.experiments.r": {"ntkal.data.a"}, "ntkal.models.m": set()}
+    graph = {
+        "ntkal.data.a": {"ntkal.kernels.k"},
+        "ntkal.kernels.k": {"ntkal.experiments.r"},
+        "ntkal.experiments.r": {"ntkal.data.a"},
+        "ntkal.models.m": set(),
+    }
     layers = {"data": 1, "models": 1, "kernels": 3, "experiments": 8}
-    assert find_cycles(graph) == [["ntkal.data.a", "ntkal.kernels.k", "ntkal.experiments.r",
-                                   "ntkal.data.a"]]
+    assert find_cycles(graph) == [
+        ["ntkal.data.a", "ntkal.kernels.k", "ntkal.experiments.r", "ntkal.data.a"]
+    ]
     assert layer_violations(graph, layers) == [
         "ntkal.data.a imports ntkal.kernels.k (layer 1 -> 3, upward)",
-        "ntkal.kernels.k imports ntkal.experiments.r (layer 3 -> 8, upward)"]
+        "ntkal.kernels.k imports ntkal.experiments.r (layer 3 -> 8, upward)",
+    ]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize("where, line", [
-    ("data/pool.py", "def _planted():\n    from ntkal.cli import app\n"),
-    ("kernels/blocking.py", "from ntkal.experiments import runner\n"),
-])
+@pytest.mark.parametrize(
+    "where, line",
+    [
+        ("data/pool.py", "def _planted():\n    from ntkal.cli import app\n"),
+        ("kernels/blocking.py", "from ntkal.experiments import runner\n"),
+    ],
+)
 def test_planted_upward_import_in_a_copy_fails(tmp_path, where, line):
     copy = tmp_path / "ntkal"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "static"))

@@ -1,4 +1,5 @@
 """The shared argument checks: which values count as integers, numbers and choices."""
+
 import numpy as np
 import pytest
 
@@ -37,9 +38,9 @@ def test_as_int_bounds_and_integral_floats():
 def test_as_float_bounds_strictness_and_strings():
     assert as_float(2, "ridge", minimum=0.0) == 2.0
     assert as_float(0.0, "ridge", minimum=0.0) == 0.0
-    with pytest.raises(ValueError, match="eps must be > 0.0"):
+    with pytest.raises(ValueError, match=r"eps must be > 0.0"):
         as_float(0.0, "eps", minimum=0.0, strict_minimum=True)
-    with pytest.raises(ValueError, match="ridge must be >= 0.0"):
+    with pytest.raises(ValueError, match=r"ridge must be >= 0.0"):
         as_float(-1, "ridge", minimum=0.0)
     for bad in (float("nan"), float("inf"), True, "1e-4"):
         with pytest.raises(ValueError, match="finite number"):

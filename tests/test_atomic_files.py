@@ -1,4 +1,5 @@
 """Atomic writes leave no temporary behind: not on an exception, not after a killed writer."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntkal.atomic_files import (STALE_AFTER_SECONDS, atomic_torch_save, atomic_write,
-                                atomic_write_text, remove_stale_temporaries)
+from ntkal.atomic_files import (
+    STALE_AFTER_SECONDS,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

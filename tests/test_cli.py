@@ -1,4 +1,5 @@
 """The ``ntkal`` command line, through typer's test runner."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,18 @@ from ntkal.cli import app
 
 runner = CliRunner()
 
-TINY = {"name": "tiny", "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
-        "model": {"name": "mlp", "width": 16}, "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-        "strategies": ["random", "entropy"], "initial_size": 8, "budget": 4, "cycles": 1,
-        "seeds": [0], "threads": 1}
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
+    "model": {"name": "mlp", "width": 16},
+    "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+    "strategies": ["random", "entropy"],
+    "initial_size": 8,
+    "budget": 4,
+    "cycles": 1,
+    "seeds": [0],
+    "threads": 1,
+}
 
 
 def _write(tmp_path, raw, name="tiny.yml"):
@@ -39,8 +48,9 @@ def test_strategies_and_datasets_tables():
 
 def test_run_then_plot(tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["run", str(_write(tmp_path, TINY)), "--out", str(out), "--quiet",
-                                 "--seeds", "0,1"])
+    result = runner.invoke(
+        app, ["run", str(_write(tmp_path, TINY)), "--out", str(out), "--quiet", "--seeds", "0,1"]
+    )
     assert result.exit_code == 0, result.output
     assert "Normalised area under the learning curve" in result.output
     records = json.loads((out / "results.json").read_text())["records"]
@@ -76,7 +86,16 @@ def test_data_root_flag_is_where_the_dataset_is_looked_for(tmp_path):
     raw = dict(TINY, dataset={"name": "cifar10"})
     where = tmp_path / "my_cifar"
     where.mkdir()
-    result = runner.invoke(app, ["run", str(_write(tmp_path, raw)), "--out", str(tmp_path / "o"),
-                                 "--data-root", str(where)])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(_write(tmp_path, raw)),
+            "--out",
+            str(tmp_path / "o"),
+            "--data-root",
+            str(where),
+        ],
+    )
     assert result.exit_code == 2
     assert str(where) in result.output.replace("\n", "")

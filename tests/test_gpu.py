@@ -1,4 +1,5 @@
 """CUDA paths give the CPU results (run with ``pytest -m gpu`` on a machine with a GPU)."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,9 @@ def _net(seed=0):
 
 
 def _x(n, seed):
-    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(
+        n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("kind", ["pseudo", "trace", "full", "last_layer"])
@@ -41,13 +44,16 @@ def test_lookahead_and_mlmoc_on_cuda_equal_cpu():
     y_l = torch.arange(12) % 10
     cpu = Lookahead.fit(_net(), x_l, y_l, x_s)
     gpu = Lookahead.fit(_net().cuda(), x_l, y_l, x_s)
-    torch.testing.assert_close(gpu.retrained_predictions(3, 1).cpu(), cpu.retrained_predictions(3, 1))
+    torch.testing.assert_close(
+        gpu.retrained_predictions(3, 1).cpu(), cpu.retrained_predictions(3, 1)
+    )
 
     mlmoc = get_strategy("mlmoc")
     picks = []
     for device in ("cpu", "cuda"):
-        ctx = QueryContext(_net().to(device), x_s, x_l, y_l, num_classes=10, seed=0,
-                           device=torch.device(device))
+        ctx = QueryContext(
+            _net().to(device), x_s, x_l, y_l, num_classes=10, seed=0, device=torch.device(device)
+        )
         picks.append(mlmoc.query(ctx, 5).indices)
     np.testing.assert_array_equal(picks[0], picks[1])
 

@@ -1,4 +1,5 @@
 """SQLite label store: durability, validation, syncing into a learner."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,14 @@ def test_labels_persist_in_order_and_requests_clear(tmp_path):
 def test_invalid_adds_change_nothing(tmp_path):
     store = LabelStore(":memory:", pool_size=10, num_classes=3)
     store.add([1], [1])
-    for indices, labels, match in [([2, 1], [0, 0], "already labelled"),
-                                   ([12], [0], "out of range"),
-                                   ([2], [3], r"label 3 is out of range"),
-                                   ([2, 2], [0, 0], "more than once"),
-                                   ([2], [0.5], "integers"),
-                                   ([2, 3], [0], "2 indices but 1 labels")]:
+    for indices, labels, match in [
+        ([2, 1], [0, 0], "already labelled"),
+        ([12], [0], "out of range"),
+        ([2], [3], r"label 3 is out of range"),
+        ([2, 2], [0, 0], "more than once"),
+        ([2], [0.5], "integers"),
+        ([2, 3], [0], "2 indices but 1 labels"),
+    ]:
         with pytest.raises(ValueError, match=match):
             store.add(indices, labels)
     assert len(store) == 1
@@ -46,8 +49,9 @@ def test_sync_teaches_only_new_labels():
 
     x = torch.randn(20, 2)
     model = nn.Linear(2, 3)
-    learner = ActiveLearner(model, "random", x, labelled=[0], labels=[1], num_classes=3,
-                            train_config=None)
+    learner = ActiveLearner(
+        model, "random", x, labelled=[0], labels=[1], num_classes=3, train_config=None
+    )
     store = LabelStore(":memory:", pool_size=20, num_classes=3)
     store.add([0, 5, 6], [1, 2, 0])
     assert store.sync(learner).tolist() == [5, 6]
@@ -86,14 +90,15 @@ def test_many_processes_creating_one_store_at_once(tmp_path):
     for attempt in range(3):  # several rounds: a race shows up only sometimes
         path = str(tmp_path / f"race{attempt}.sqlite")
         barrier, results = ctx.Barrier(n), ctx.Queue()
-        procs = [ctx.Process(target=_create_and_add, args=(path, barrier, i, results))
-                 for i in range(n)]
+        procs = [
+            ctx.Process(target=_create_and_add, args=(path, barrier, i, results)) for i in range(n)
+        ]
         for p in procs:
             p.start()
         outcome = dict(results.get(timeout=60) for _ in procs)
         for p in procs:
             p.join(timeout=30)
-        assert outcome == {i: "ok" for i in range(n)}, outcome
+        assert outcome == dict.fromkeys(range(n), "ok"), outcome
         with LabelStore(path) as store:
             idx, lab = store.labelled()
             assert sorted(idx.tolist()) == list(range(n)) and store.pool_size == 64
@@ -182,15 +187,19 @@ def test_relabel_is_logged_keeps_the_order_and_refuses_unlabelled(tmp_path):
         assert store.relabel(2, 0, annotator="bo") == 1
         idx, lab = store.labelled()
         assert idx.tolist() == [4, 2, 7] and lab.tolist() == [0, 0, 2]
-        assert [(c["index"], c["label"], c["previous"], c["annotator"])
-                for c in store.changes()] == [(2, 0, 1, "bo")]
+        assert [
+            (c["index"], c["label"], c["previous"], c["annotator"]) for c in store.changes()
+        ] == [(2, 0, 1, "bo")]
         assert [r["index"] for r in store.recent(2)] == [7, 2]
-        for bad, match in [((5, 1), "has no label to change"), ((2, 3), "out of range"),
-                           ((2, 0.5), "integers")]:
+        for bad, match in [
+            ((5, 1), "has no label to change"),
+            ((2, 3), "out of range"),
+            ((2, 0.5), "integers"),
+        ]:
             with pytest.raises(ValueError, match=match):
                 store.relabel(*bad)
         assert len(store.changes()) == 1
-    with LabelStore(path) as store:                   # durable
+    with LabelStore(path) as store:  # durable
         assert store.label_of(2) == 0 and len(store.changes()) == 1
 
 
@@ -211,8 +220,16 @@ def test_a_store_from_before_relabelling_gains_the_event_log(tmp_path):
 def test_csv_cells_that_spreadsheets_would_run_are_escaped():
     from ntkal.labelstore import csv_safe
 
-    assert [csv_safe(v) for v in ("=1+1", "+1", "-1", "@A1", "\tx", "ok", 5, -3.0)] == \
-        ["'=1+1", "'+1", "'-1", "'@A1", "'\tx", "ok", 5, -3.0]
+    assert [csv_safe(v) for v in ("=1+1", "+1", "-1", "@A1", "\tx", "ok", 5, -3.0)] == [
+        "'=1+1",
+        "'+1",
+        "'-1",
+        "'@A1",
+        "'\tx",
+        "ok",
+        5,
+        -3.0,
+    ]
     store = LabelStore(":memory:", pool_size=5, num_classes=2)
     store.add([1], [0], annotator="=cmd|' /C calc'!A0")
     text = store.export_csv(["=a", "b"], origin=lambda i: {"file": f"-x{i}.png"})

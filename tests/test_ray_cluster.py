@@ -1,6 +1,7 @@
 """The shared wait/cancel loop of :mod:`ntkal.ray_cluster`, on a stand-in for the ``ray`` module
 (the real one is exercised by tests/kernels/test_distributed.py and
 tests/experiments/test_ray_runner.py)."""
+
 from __future__ import annotations
 
 import pytest

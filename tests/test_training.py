@@ -1,4 +1,5 @@
 """ntkal.training: accuracy on real data, seeding, warm starts, validation, eval helpers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,11 +103,19 @@ def test_warm_start_continues_from_the_given_weights(small):
 
 
 # ----------------------------------------------------------------------------- options
-@pytest.mark.parametrize("changes", [
-    dict(schedule="onecycle"), dict(schedule="onecycle", lr=0.1, max_lr=0.8),
-    dict(schedule="cosine", lr=0.1), dict(schedule="constant", lr=0.05),
-    dict(loss="ce"), dict(grad_clip=1.0), dict(weight_decay=0.0, momentum=0.0, lr=0.5),
-], ids=str)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(schedule="onecycle"),
+        dict(schedule="onecycle", lr=0.1, max_lr=0.8),
+        dict(schedule="cosine", lr=0.1),
+        dict(schedule="constant", lr=0.05),
+        dict(loss="ce"),
+        dict(grad_clip=1.0),
+        dict(weight_decay=0.0, momentum=0.0, lr=0.5),
+    ],
+    ids=str,
+)
 def test_every_option_trains(small, changes):
     x, y = small
     result = train(_cnn(), x, y, _quick(epochs=4, **changes), num_classes=K)
@@ -120,7 +129,9 @@ def test_sets_smaller_than_a_batch_and_trailing_singletons(small):
     assert result.steps == 3
     # 9 = 8 + 1: the single trailing example joins the previous batch, so BatchNorm1d can train.
     torch.manual_seed(0)
-    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, K))
+    bn = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, K)
+    )
     result = train(bn, x[:9], y[:9], _quick(batch_size=8), num_classes=K)
     assert result.steps == 3
 
@@ -195,17 +206,26 @@ class _Embedder(nn.Module):
         return x.reshape(x.shape[0], -1)[:, :5]
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda x, y: (x[:10], y[:9], K), "different lengths: 10 inputs, 9 labels"),
-    (lambda x, y: (x[:10], torch.full((10,), K), K), r"labels must lie in \[0, 10\)"),
-    (lambda x, y: (x[:10], -torch.ones(10, dtype=torch.long), K), r"labels must lie"),
-    (lambda x, y: (x[:10], y[:10].float(), K), "integer class indices"),
-    (lambda x, y: (x[:10], y[:10].reshape(-1, 1), K), "1-D"),
-    (lambda x, y: (torch.where(torch.arange(10).reshape(-1, 1, 1, 1) == 3, np.nan, x[:10]),
-                   y[:10], K), "NaN"),
-    (lambda x, y: (x[:0], y[:0], K), "empty"),
-    (lambda x, y: (x[:10], y[:10], 0), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda x, y: (x[:10], y[:9], K), "different lengths: 10 inputs, 9 labels"),
+        (lambda x, y: (x[:10], torch.full((10,), K), K), r"labels must lie in \[0, 10\)"),
+        (lambda x, y: (x[:10], -torch.ones(10, dtype=torch.long), K), r"labels must lie"),
+        (lambda x, y: (x[:10], y[:10].float(), K), "integer class indices"),
+        (lambda x, y: (x[:10], y[:10].reshape(-1, 1), K), "1-D"),
+        (
+            lambda x, y: (
+                torch.where(torch.arange(10).reshape(-1, 1, 1, 1) == 3, np.nan, x[:10]),
+                y[:10],
+                K,
+            ),
+            "NaN",
+        ),
+        (lambda x, y: (x[:0], y[:0], K), "empty"),
+        (lambda x, y: (x[:10], y[:10], 0), "num_classes"),
+    ],
+)
 def test_bad_data_raises(small, make, match):
     x, y, k = make(*small)
     with pytest.raises(ValueError, match=match):
@@ -226,30 +246,52 @@ def test_config_must_be_a_train_config(small):
 
 
 # ----------------------------------------------------------------------------- TrainConfig
-@pytest.mark.parametrize("changes,match", [
-    (dict(epochs=0), "epochs"), (dict(epochs=1.5), "epochs"), (dict(batch_size=0), "batch_size"),
-    (dict(lr=0.0), "lr"), (dict(lr="fast"), "lr"), (dict(lr=float("nan")), "lr"),
-    (dict(momentum=1.0), "momentum"), (dict(weight_decay=-1e-4), "weight_decay"),
-    (dict(schedule="step"), "onecycle, cosine, constant"), (dict(loss="hinge"), "mse, ce"),
-    (dict(seed=-1), "seed"), (dict(seed=True), "seed"), (dict(device="gpu0"), "device"),
-    (dict(schedule="cosine", max_lr=1.0), "only applies"), (dict(lr=0.5, max_lr=0.1), "max_lr"),
-    (dict(grad_clip=0.0), "grad_clip"), (dict(min_steps=0), "min_steps"),
-], ids=str)
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(epochs=1.5), "epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr="fast"), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(schedule="step"), "onecycle, cosine, constant"),
+        (dict(loss="hinge"), "mse, ce"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=True), "seed"),
+        (dict(device="gpu0"), "device"),
+        (dict(schedule="cosine", max_lr=1.0), "only applies"),
+        (dict(lr=0.5, max_lr=0.1), "max_lr"),
+        (dict(grad_clip=0.0), "grad_clip"),
+        (dict(min_steps=0), "min_steps"),
+    ],
+    ids=str,
+)
 def test_config_validation(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**changes)
 
 
 def test_config_from_dict_and_defaults():
-    with pytest.raises(ValueError, match="unknown training option.*epoch_count.*valid options: epochs"):
+    with pytest.raises(
+        ValueError, match=r"unknown training option.*epoch_count.*valid options: epochs"
+    ):
         TrainConfig.from_dict({"epoch_count": 3})
     cfg = TrainConfig.from_dict({"epochs": 3, "lr": "1e-2", "weight_decay": "5e-4", "loss": "CE"})
     assert (cfg.lr, cfg.weight_decay, cfg.loss) == (0.01, 5e-4, "ce")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig().lr == 0.5 and TrainConfig(loss="ce").lr == 0.05
     ref = TrainConfig.reference()
-    assert (ref.epochs, ref.batch_size, ref.lr, ref.max_lr, ref.weight_decay, ref.loss) == \
-        (200, 128, 0.3, 1.25, 1e-4, "mse")
+    assert (ref.epochs, ref.batch_size, ref.lr, ref.max_lr, ref.weight_decay, ref.loss) == (
+        200,
+        128,
+        0.3,
+        1.25,
+        1e-4,
+        "mse",
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
@@ -303,10 +345,13 @@ def test_an_exploding_finite_loss_stops_training(tmp_path):
     """An MLP on an image folder with MSE and a far too high rate: the loss stays finite (the
     ReLUs die) while the weights reach ~1e8 and the accuracy is at chance; the NaN check alone
     let such a run finish silently."""
-    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the mse loss is .* "
-                                                 r"times a constant prediction's .* training "
-                                                 r"accuracy is 0.345 \(chance 0.333\); lower "
-                                                 r"lr/max_lr \(now 4.0/None\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diverged: after 20 epochs the mse loss is .* "
+        r"times a constant prediction's .* training "
+        r"accuracy is 0.345 \(chance 0.333\); lower "
+        r"lr/max_lr \(now 4.0/None\)",
+    ):
         _folder_run(tmp_path, 4.0, "constant")
 
 
@@ -314,9 +359,12 @@ def test_weights_that_grow_by_orders_of_magnitude_stop_training(tmp_path, monkey
     """At lr 0.5 this run ends at chance with its weight norm 21x the start and a loss below
     the loss threshold: with the growth limit at 10x, the weight check alone catches it."""
     monkeypatch.setattr(ntkal.training, "DIVERGED_GROWTH", 10.0)
-    with pytest.raises(FloatingPointError, match=r"diverged: after 20 epochs the weights grew from "
-                                                 r"norm 4.72 to .* accuracy is 0.345 .* lower "
-                                                 r"lr/max_lr \(now 0.5/"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diverged: after 20 epochs the weights grew from "
+        r"norm 4.72 to .* accuracy is 0.345 .* lower "
+        r"lr/max_lr \(now 0.5/",
+    ):
         _folder_run(tmp_path, 0.5)
 
 
@@ -330,8 +378,13 @@ def test_huge_logits_of_the_right_sign_are_not_divergence():
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[-1e3, 0.0, 0.0], [1e3, 0.0, 0.0]]))
         net.bias.zero_()
-    result = train(net, x, y, TrainConfig(epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0,
-                                          schedule="constant"), num_classes=2)
+    result = train(
+        net,
+        x,
+        y,
+        TrainConfig(epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0, schedule="constant"),
+        num_classes=2,
+    )
     assert result.final_loss > 100 * 0.5 and result.train_accuracy == 1.0
 
 
@@ -345,5 +398,7 @@ def test_non_finite_weights_are_named(small):
     with torch.no_grad():
         next(net.parameters())[0].fill_(float("nan"))
     # a NaN weight makes the loss NaN too: either check may fire first, both name the rate
-    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1: the (loss|weights) .*lower lr"):
+    with pytest.raises(
+        FloatingPointError, match=r"diverged at epoch 1: the (loss|weights) .*lower lr"
+    ):
         train(net, x, y, _quick(), num_classes=K)

@@ -5,6 +5,7 @@ the convention of :mod:`ntkal.models` (penultimate features from ``embed``, the 
 Importable from any test module as ``from tiny_nets import TinyNet`` (``tests/`` holds the root
 ``conftest.py``, so pytest puts it on the path).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -27,8 +28,17 @@ class TinyNet(nn.Module):
         Dropout before the classifier (for MC dropout); 0 is none.
     """
 
-    def __init__(self, d: int = 2, h: int = 16, k: int = 3, *, depth: int = 1,
-                 activation: type = nn.Tanh, batchnorm: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        d: int = 2,
+        h: int = 16,
+        k: int = 3,
+        *,
+        depth: int = 1,
+        activation: type = nn.Tanh,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         width = d

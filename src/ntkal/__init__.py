@@ -3,11 +3,19 @@
 Mohamadi, Bae & Sutherland, "Making Look-Ahead Active Learning Strategies Feasible with Neural
 Tangent Kernels", NeurIPS 2022 (arXiv:2206.12569).
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ActiveLearner", "Lookahead", "empirical_ntk", "build_model", "load_dataset"]
+__all__ = [
+    "__version__",
+    "ActiveLearner",
+    "Lookahead",
+    "empirical_ntk",
+    "build_model",
+    "load_dataset",
+]
 
 
 def __getattr__(name: str):

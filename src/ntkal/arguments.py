@@ -6,11 +6,13 @@ values a user means (``True`` is never a count, ``np.int64(3)`` is one) and rais
 bad value fails where it is passed, not deep inside torch. This module imports nothing from
 ntkal: it sits at the bottom of the layer order.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Optional, Sequence, Type
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["is_integer", "as_int", "as_float", "as_choice", "as_optional_int"]
 
@@ -20,9 +22,15 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def as_int(value: Any, name: str, *, minimum: Optional[int] = None,
-           maximum: Optional[int] = None, error: Type[Exception] = ValueError,
-           integral_floats: bool = False) -> int:
+def as_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[Exception] = ValueError,
+    integral_floats: bool = False,
+) -> int:
     """``value`` as an ``int`` within ``[minimum, maximum]``, else ``error`` naming ``name``.
 
     ``integral_floats=True`` also accepts ``3.0`` (YAML and JSON writers produce them); ``3.5``,
@@ -41,14 +49,21 @@ def as_int(value: Any, name: str, *, minimum: Optional[int] = None,
     return value
 
 
-def as_optional_int(value: Any, name: str, **kwargs: Any) -> Optional[int]:
+def as_optional_int(value: Any, name: str, **kwargs: Any) -> int | None:
     """:func:`as_int`, with ``None`` passed through (an unset option)."""
     return None if value is None else as_int(value, name, **kwargs)
 
 
-def as_float(value: Any, name: str, *, minimum: Optional[float] = None,
-             maximum: Optional[float] = None, strict_minimum: bool = False,
-             error: Type[Exception] = ValueError, numeric_strings: bool = False) -> float:
+def as_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_minimum: bool = False,
+    error: type[Exception] = ValueError,
+    numeric_strings: bool = False,
+) -> float:
     """``value`` as a finite ``float`` within the bounds, else ``error`` naming ``name``.
 
     ``strict_minimum=True`` makes the lower bound exclusive (``> minimum``). ``numeric_strings``
@@ -59,8 +74,11 @@ def as_float(value: Any, name: str, *, minimum: Optional[float] = None,
             value = float(value)
         except ValueError:
             raise error(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(float(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
         raise error(f"{name} must be a finite number, got {value!r}")
     value = float(value)
     if minimum is not None:
@@ -73,8 +91,13 @@ def as_float(value: Any, name: str, *, minimum: Optional[float] = None,
     return value
 
 
-def as_choice(value: Any, name: str, choices: Sequence[Any] | Iterable[Any], *,
-              error: Type[Exception] = ValueError) -> Any:
+def as_choice(
+    value: Any,
+    name: str,
+    choices: Sequence[Any] | Iterable[Any],
+    *,
+    error: type[Exception] = ValueError,
+) -> Any:
     """``value`` if it is one of ``choices``, else ``error`` naming ``name`` and the choices."""
     options = tuple(choices)
     if isinstance(value, bool) or value not in options:

@@ -10,21 +10,28 @@ to the same target: those whose writer process no longer exists on this machine,
 than :data:`STALE_AFTER_SECONDS` (a writer on another machine sharing the directory, a reused
 pid, or a name from an older ntkal without a pid).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, IO, Union
+from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save", "remove_stale_temporaries",
-           "STALE_AFTER_SECONDS"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "remove_stale_temporaries",
+    "STALE_AFTER_SECONDS",
+]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 #: Age after which a temporary file of any writer is taken to be left over from a crash.
 STALE_AFTER_SECONDS = 6 * 3600
 

@@ -3,19 +3,22 @@
 User errors (a bad config, a missing dataset, an unreadable file) print one red line and exit
 with status 2, without a traceback; set ``NTKAL_DEBUG=1`` to see the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from ntkal import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Look-ahead deep active learning with the empirical NTK.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Look-ahead deep active learning with the empirical NTK.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,12 +41,15 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Look-ahead deep active learning with the empirical NTK."""
 
 
-def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+def _parse_seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -53,70 +59,104 @@ def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
 
 
 @app.command()
-def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                           help="Output directory (default runs/<config name>)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto."),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
-        overwrite: bool = typer.Option(False, "--overwrite",
-                                       help="Discard earlier results in --out instead of resuming."),
-        threads: Optional[int] = typer.Option(None, "--threads",
-                                              help="CPU threads for torch (overrides the config)."),
-        data_root: Optional[Path] = typer.Option(
-            None, "--data-root", help="Folder holding the dataset's files (overrides the config's "
-            "dataset.root and $NTKAL_DATA)."),
-        ray: bool = typer.Option(
-            False, "--ray", help="Run every (strategy, seed) as a Ray task, on a private Ray "
-            "listening on 127.0.0.1 only (needs the ray extra: pip install ntkal\\[ray])."),
-        ray_address: Optional[str] = typer.Option(
-            None, "--ray-address", metavar="ADDRESS",
-            help="Join an existing Ray cluster instead (host:port or auto); implies --ray."),
-        ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus",
-                                               help="CPUs of the private Ray (default: all).")
-        ) -> None:
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory (default runs/<config name>)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or auto."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard earlier results in --out instead of resuming."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (overrides the config)."
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Folder holding the dataset's files (overrides the config's "
+        "dataset.root and $NTKAL_DATA).",
+    ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run every (strategy, seed) as a Ray task, on a private Ray "
+        "listening on 127.0.0.1 only (needs the ray extra: pip install ntkal\\[ray]).",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Join an existing Ray cluster instead (host:port or auto); implies --ray.",
+    ),
+    ray_cpus: int | None = typer.Option(
+        None, "--ray-cpus", help="CPUs of the private Ray (default: all)."
+    ),
+) -> None:
     """Run (or resume) every strategy x seed of CONFIG; print the accuracy and AUC tables."""
     try:
         from ntkal.experiments import load_config, run_experiment
         from ntkal.experiments.plots import accuracy_rich_table, auc_rich_table, auc_table
         from ntkal.experiments.runner import is_quiet
 
-        cfg = load_config(config).with_overrides(seeds=_parse_seeds(seeds), device=device,
-                                                  threads=threads, data_root=data_root)
+        cfg = load_config(config).with_overrides(
+            seeds=_parse_seeds(seeds), device=device, threads=threads, data_root=data_root
+        )
         out_dir = out if out is not None else Path("runs") / config.stem
         if not ray and ray_address is None:
-            records = run_experiment(cfg, out_dir, quiet=is_quiet(True if quiet else None),
-                                     overwrite=overwrite, console=console)
+            records = run_experiment(
+                cfg,
+                out_dir,
+                quiet=is_quiet(True if quiet else None),
+                overwrite=overwrite,
+                console=console,
+            )
         else:
             from ntkal.experiments.ray_runner import run_experiment_ray
 
-            records = run_experiment_ray(cfg, out_dir, address=ray_address,
-                                         num_cpus=ray_cpus,
-                                         quiet=is_quiet(True if quiet else None),
-                                         overwrite=overwrite, console=console)
+            records = run_experiment_ray(
+                cfg,
+                out_dir,
+                address=ray_address,
+                num_cpus=ray_cpus,
+                quiet=is_quiet(True if quiet else None),
+                overwrite=overwrite,
+                console=console,
+            )
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: run the same command again to resume[/]")
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
     except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
         _fail(err)
         return
     console.print(accuracy_rich_table(records))
     console.print(auc_rich_table(auc_table(records)))
-    console.print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.csv'}; "
-                  f"curves: {out_dir / 'learning_curves.png'}", highlight=False)
+    console.print(
+        f"results: {out_dir / 'results.json'}, {out_dir / 'results.csv'}; "
+        f"curves: {out_dir / 'learning_curves.png'}",
+        highlight=False,
+    )
 
 
 @app.command()
-def plot(results: Path = typer.Argument(..., help="results.json written by `ntkal run`."),
-         out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                            help="PNG path (default: learning_curves.png beside it).")
-         ) -> None:
+def plot(
+    results: Path = typer.Argument(..., help="results.json written by `ntkal run`."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="PNG path (default: learning_curves.png beside it)."
+    ),
+) -> None:
     """Draw learning curves (mean ± std over seeds) and print the AUC table."""
     try:
-        from ntkal.experiments.plots import (auc_rich_table, auc_table, load_records,
-                                             plot_learning_curves)
+        from ntkal.experiments.plots import (
+            auc_rich_table,
+            auc_table,
+            load_records,
+            plot_learning_curves,
+        )
 
         records = load_records(results)
         if not records:
@@ -129,7 +169,7 @@ def plot(results: Path = typer.Argument(..., help="results.json written by `ntka
     console.print(f"curves: {png}", highlight=False)
 
 
-def _parse_size(text: Optional[str]) -> Optional[list[int]]:
+def _parse_size(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -144,42 +184,59 @@ def _parse_size(text: Optional[str]) -> Optional[list[int]]:
 
 
 @app.command()
-def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. digits) or your "
-                                     "file / folder: .npz, .csv, .parquet, or a folder of images."),
-          store: Optional[Path] = typer.Option(None, "--store", "-s", help="SQLite label file "
-                                               "(default: <data name>.labels.sqlite here)."),
-          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(8765, "--port", "-p", help="Port to listen on."),
-          allow_remote: bool = typer.Option(False, "--allow-remote",
-                                            help="Allow a non-loopback --host (needs --token)."),
-          token: Optional[str] = typer.Option(None, "--token", envvar="NTKAL_LABEL_TOKEN",
-                                              help="Shared secret every request must carry."),
-          model: str = typer.Option("mlp", "--model", help="Built-in model name."),
-          width: Optional[int] = typer.Option(None, "--width", help="Built-in model width."),
-          factory: Optional[str] = typer.Option(None, "--model-factory",
-                                                help="Your model: package.module:function."),
-          subset: int = typer.Option(500, "--subset", help="Unlabelled points the look-ahead "
-                                     "scores per session."),
-          warmup: Optional[int] = typer.Option(None, "--warmup", help="Random items before the "
-                                               "first retrain (default max(10, classes))."),
-          epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain (at least 300 "
-                                     "steps)."),
-          label_column: Optional[str] = typer.Option(None, "--label-column",
-                                                     help="Tables: the label column."),
-          image_size: Optional[str] = typer.Option(None, "--image-size",
-                                                   help="Image folders: resize to H,W."),
-          classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class "
-                                                "names (needed for an unlabelled pool)."),
-          train_size: Optional[int] = typer.Option(None, "--train-size",
-                                                   help="Built-in datasets: pool size (stratified)."),
-          seed: int = typer.Option(0, "--seed", help="Seeds the model, subsets and order."),
-          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-          strategy: Optional[str] = typer.Option(None, "--strategy", help="Acquisition strategy "
-                                                 "(`ntkal strategies`); look-ahead ones update "
-                                                 "per label in closed form, others are "
-                                                 "re-queried. Default: ntkal.labelling."
-                                                 "DEFAULT_STRATEGY."),
-          ) -> None:
+def label(
+    data: str = typer.Argument(
+        ...,
+        help="A built-in dataset name (e.g. digits) or your "
+        "file / folder: .npz, .csv, .parquet, or a folder of images.",
+    ),
+    store: Path | None = typer.Option(
+        None, "--store", "-s", help="SQLite label file (default: <data name>.labels.sqlite here)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8765, "--port", "-p", help="Port to listen on."),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow a non-loopback --host (needs --token)."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="NTKAL_LABEL_TOKEN", help="Shared secret every request must carry."
+    ),
+    model: str = typer.Option("mlp", "--model", help="Built-in model name."),
+    width: int | None = typer.Option(None, "--width", help="Built-in model width."),
+    factory: str | None = typer.Option(
+        None, "--model-factory", help="Your model: package.module:function."
+    ),
+    subset: int = typer.Option(
+        500, "--subset", help="Unlabelled points the look-ahead scores per session."
+    ),
+    warmup: int | None = typer.Option(
+        None, "--warmup", help="Random items before the first retrain (default max(10, classes))."
+    ),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain (at least 300 steps)."),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="Tables: the label column."
+    ),
+    image_size: str | None = typer.Option(
+        None, "--image-size", help="Image folders: resize to H,W."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Comma-separated class names (needed for an unlabelled pool)."
+    ),
+    train_size: int | None = typer.Option(
+        None, "--train-size", help="Built-in datasets: pool size (stratified)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds the model, subsets and order."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+    strategy: str | None = typer.Option(
+        None,
+        "--strategy",
+        help="Acquisition strategy "
+        "(`ntkal strategies`); look-ahead ones update "
+        "per label in closed form, others are "
+        "re-queried. Default: ntkal.labelling."
+        "DEFAULT_STRATEGY.",
+    ),
+) -> None:
     """Serve a labelling page for DATA on http://HOST:PORT (127.0.0.1 by default)."""
     try:
         import torch
@@ -200,28 +257,43 @@ def label(data: str = typer.Argument(..., help="A built-in dataset name (e.g. di
         names = [c.strip() for c in classes.split(",")] if classes else None
         source = None
         if builtin_dataset_name(data) is None and is_file_source(data):
-            source = read_file_source(data, label_column=label_column,
-                                      image_size=_parse_size(image_size), classes=names)
+            source = read_file_source(
+                data, label_column=label_column, image_size=_parse_size(image_size), classes=names
+            )
             dataset = source.dataset
         else:
             dataset = load_dataset(data, train_size=train_size, seed=seed)
         torch.manual_seed(seed)
-        net = (build_from_factory(factory, dataset.in_shape, dataset.num_classes) if factory else
-               build_model(model, dataset.in_shape, dataset.num_classes, width=width))
+        net = (
+            build_from_factory(factory, dataset.in_shape, dataset.num_classes)
+            if factory
+            else build_model(model, dataset.in_shape, dataset.num_classes, width=width)
+        )
         path = store if store is not None else Path(f"{Path(data.rstrip('/')).stem}.labels.sqlite")
         claim = claim_store(path)  # held for the server's life: a second server is refused
         # A short timeout: a store locked by another process fails that request, not the page.
-        label_store = LabelStore(path, pool_size=dataset.num_train,
-                                 num_classes=dataset.num_classes, timeout=2.0)
-        session = LabellingSession(dataset, label_store, net, subset=subset, warmup=warmup,
-                                   train_config=default_train_config(epochs), seed=seed,
-                                   use_dataset_labels=source is not None, source=source,
-                                   strategy=strategy)
+        label_store = LabelStore(
+            path, pool_size=dataset.num_train, num_classes=dataset.num_classes, timeout=2.0
+        )
+        session = LabellingSession(
+            dataset,
+            label_store,
+            net,
+            subset=subset,
+            warmup=warmup,
+            train_config=default_train_config(epochs),
+            seed=seed,
+            use_dataset_labels=source is not None,
+            source=source,
+            strategy=strategy,
+        )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-        console.print(f"labelling {dataset.num_train} items of {data} into {path} "
-                      f"({len(session.store)} labelled so far) with {session.picks.description}",
-                      highlight=False)
+        console.print(
+            f"labelling {dataset.num_train} items of {data} into {path} "
+            f"({len(session.store)} labelled so far) with {session.picks.description}",
+            highlight=False,
+        )
         console.print(f"open {url}  (Ctrl+C to stop)", highlight=False)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
         _fail(err)
@@ -271,60 +343,85 @@ def datasets() -> None:
     console.print(table)
 
 
-def _labelstudio_classes(classes: Optional[str], store) -> list[str]:
+def _labelstudio_classes(classes: str | None, store) -> list[str]:
     if classes is None:
         return [str(i) for i in range(store.num_classes)]
     names = [c.strip() for c in classes.split(",")]
     if len(names) != store.num_classes or not all(names):
-        raise ValueError(f"--classes must name the store's {store.num_classes} classes, "
-                         f"comma-separated; got {classes!r}")
+        raise ValueError(
+            f"--classes must name the store's {store.num_classes} classes, "
+            f"comma-separated; got {classes!r}"
+        )
     return names
 
 
 @app.command("serve-backend")
 def serve_backend(
-        project: int = typer.Option(..., "--project", help="Label Studio project id."),
-        ls_url: str = typer.Option("http://127.0.0.1:8080", "--ls-url", envvar="LABEL_STUDIO_URL",
-                                   help="Label Studio's address."),
-        ls_token: Optional[str] = typer.Option(
-            None, "--ls-token", envvar="LABEL_STUDIO_API_KEY",
-            help="Label Studio API token (legacy key or personal access token)."),
-        store: Optional[Path] = typer.Option(None, "--store", "-s", help="SQLite label file "
-                                             "(default: labelstudio-<project>.labels.sqlite)."),
-        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-        port: int = typer.Option(9090, "--port", "-p", help="Port to listen on."),
-        allow_remote: bool = typer.Option(False, "--allow-remote",
-                                          help="Allow a non-loopback --host (needs --token)."),
-        token: Optional[str] = typer.Option(None, "--token", envvar="NTKAL_BACKEND_TOKEN",
-                                            help="Secret every request must carry."),
-        public_url: Optional[str] = typer.Option(None, "--public-url", help="The address "
-                                                 "Label Studio reaches this backend at "
-                                                 "(default http://HOST:PORT)."),
-        strategy: Optional[str] = typer.Option(None, "--strategy",
-                                               help="Look-ahead strategy (default vr)."),
-        model: str = typer.Option("mlp", "--model", help="Built-in model name."),
-        width: Optional[int] = typer.Option(None, "--width", help="Built-in model width."),
-        factory: Optional[str] = typer.Option(None, "--model-factory",
-                                              help="Your model: package.module:function."),
-        subset: int = typer.Option(2000, "--subset", help="Unlabelled tasks scored per session "
-                                   "(the rest get no score)."),
-        warmup: Optional[int] = typer.Option(None, "--warmup", help="Labels before the first "
-                                             "retrain (default max(10, classes))."),
-        retrain_every: int = typer.Option(50, "--retrain-every", help="Retrain after this many "
-                                          "new labels (0: only the first time)."),
-        epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain."),
-        image_size: Optional[str] = typer.Option(None, "--image-size",
-                                                 help="Resize images to H,W (default: as the "
-                                                 "first image)."),
-        features: Optional[str] = typer.Option(None, "--features", help="Table rows: the data "
-                                               "fields to learn from, comma-separated."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder Label Studio "
-                                                 "serves local files from."),
-        from_name: Optional[str] = typer.Option(None, "--from-name", help="The Choices control "
-                                                "to learn (when the config has several)."),
-        seed: int = typer.Option(0, "--seed", help="Seeds the model and the subsets."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-        ) -> None:
+    project: int = typer.Option(..., "--project", help="Label Studio project id."),
+    ls_url: str = typer.Option(
+        "http://127.0.0.1:8080",
+        "--ls-url",
+        envvar="LABEL_STUDIO_URL",
+        help="Label Studio's address.",
+    ),
+    ls_token: str | None = typer.Option(
+        None,
+        "--ls-token",
+        envvar="LABEL_STUDIO_API_KEY",
+        help="Label Studio API token (legacy key or personal access token).",
+    ),
+    store: Path | None = typer.Option(
+        None,
+        "--store",
+        "-s",
+        help="SQLite label file (default: labelstudio-<project>.labels.sqlite).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(9090, "--port", "-p", help="Port to listen on."),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow a non-loopback --host (needs --token)."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="NTKAL_BACKEND_TOKEN", help="Secret every request must carry."
+    ),
+    public_url: str | None = typer.Option(
+        None,
+        "--public-url",
+        help="The address Label Studio reaches this backend at (default http://HOST:PORT).",
+    ),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="Look-ahead strategy (default vr)."
+    ),
+    model: str = typer.Option("mlp", "--model", help="Built-in model name."),
+    width: int | None = typer.Option(None, "--width", help="Built-in model width."),
+    factory: str | None = typer.Option(
+        None, "--model-factory", help="Your model: package.module:function."
+    ),
+    subset: int = typer.Option(
+        2000, "--subset", help="Unlabelled tasks scored per session (the rest get no score)."
+    ),
+    warmup: int | None = typer.Option(
+        None, "--warmup", help="Labels before the first retrain (default max(10, classes))."
+    ),
+    retrain_every: int = typer.Option(
+        50, "--retrain-every", help="Retrain after this many new labels (0: only the first time)."
+    ),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs per retrain."),
+    image_size: str | None = typer.Option(
+        None, "--image-size", help="Resize images to H,W (default: as the first image)."
+    ),
+    features: str | None = typer.Option(
+        None, "--features", help="Table rows: the data fields to learn from, comma-separated."
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Folder Label Studio serves local files from."
+    ),
+    from_name: str | None = typer.Option(
+        None, "--from-name", help="The Choices control to learn (when the config has several)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds the model and the subsets."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+) -> None:
     """Serve a Label Studio ML backend for PROJECT: scores written back after every annotation."""
     try:
         import torch
@@ -340,9 +437,11 @@ def serve_backend(
             import fastapi  # noqa: F401
             import uvicorn  # noqa: F401
         except ImportError:
-            raise ValueError("serve-backend needs FastAPI and uvicorn: pip install "
-                             "'ntkal[label]'") from None
+            raise ValueError(
+                "serve-backend needs FastAPI and uvicorn: pip install 'ntkal[label]'"
+            ) from None
         from ntkal.labelstudio.server import serve
+
         as_int(port, "--port", minimum=1, maximum=65535)
         as_int(subset, "--subset", minimum=1)
         as_int(retrain_every, "--retrain-every", minimum=0)
@@ -352,32 +451,52 @@ def serve_backend(
         path = store if store is not None else Path(f"labelstudio-{project}.labels.sqlite")
         console.print(f"reading Label Studio project {project} at {ls_url}", highlight=False)
         backend = Backend.from_project(
-            client, project, str(path), model=model, width=width, factory=factory,
-            strategy=strategy, subset=subset, warmup=warmup, epochs=epochs,
+            client,
+            project,
+            str(path),
+            model=model,
+            width=width,
+            factory=factory,
+            strategy=strategy,
+            subset=subset,
+            warmup=warmup,
+            epochs=epochs,
             image_size=_parse_size(image_size),
             features=[f.strip() for f in features.split(",")] if features else None,
-            data_root=data_root, from_name=from_name, seed=seed, retrain_every=retrain_every)
+            data_root=data_root,
+            from_name=from_name,
+            seed=seed,
+            retrain_every=retrain_every,
+        )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        console.print(f"ntkal backend for project {project}: {len(backend.pool.task_ids)} tasks, "
-                      f"{len(backend.store)} labelled, store {path}", highlight=False)
-        console.print(f"connect it in Label Studio (Settings > Model): http://{shown}:{port}  "
-                      "(Ctrl+C to stop)", highlight=False)
+        console.print(
+            f"ntkal backend for project {project}: {len(backend.pool.task_ids)} tasks, "
+            f"{len(backend.store)} labelled, store {path}",
+            highlight=False,
+        )
+        console.print(
+            f"connect it in Label Studio (Settings > Model): http://{shown}:{port}  "
+            "(Ctrl+C to stop)",
+            highlight=False,
+        )
     except Exception as err:  # noqa: BLE001 - every failure becomes one line, see module doc
         _fail(err)
         return
-    serve(backend, host=host, port=port, token=token, allow_remote=allow_remote,
-          public_url=public_url)
+    serve(
+        backend, host=host, port=port, token=token, allow_remote=allow_remote, public_url=public_url
+    )
 
 
 @app.command("labelstudio-export")
 def labelstudio_export(
-        store: Path = typer.Argument(..., help="SQLite label file."),
-        out: Path = typer.Argument(..., help="Label Studio JSON file to write."),
-        classes: Optional[str] = typer.Option(None, "--classes", help="Class names, "
-                                              "comma-separated (default 0, 1, ...)."),
-        from_name: str = typer.Option("label", "--from-name", help="The Choices control's name."),
-        to_name: str = typer.Option("image", "--to-name", help="The object tag's name."),
-        ) -> None:
+    store: Path = typer.Argument(..., help="SQLite label file."),
+    out: Path = typer.Argument(..., help="Label Studio JSON file to write."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class names, comma-separated (default 0, 1, ...)."
+    ),
+    from_name: str = typer.Option("label", "--from-name", help="The Choices control's name."),
+    to_name: str = typer.Option("image", "--to-name", help="The object tag's name."),
+) -> None:
     """Write every label of STORE as a Label Studio JSON export (one task per label)."""
     try:
         from ntkal.labelstore import LabelStore
@@ -392,8 +511,14 @@ def labelstudio_export(
                 import json
 
                 task_ids = json.loads(ids_file.read_text())["task_ids"]
-            n = export_store(ls, _labelstudio_classes(classes, ls), out, task_ids=task_ids,
-                             from_name=from_name, to_name=to_name)
+            n = export_store(
+                ls,
+                _labelstudio_classes(classes, ls),
+                out,
+                task_ids=task_ids,
+                from_name=from_name,
+                to_name=to_name,
+            )
     except Exception as err:  # noqa: BLE001
         _fail(err)
         return
@@ -402,15 +527,18 @@ def labelstudio_export(
 
 @app.command("labelstudio-import")
 def labelstudio_import(
-        export: Path = typer.Argument(..., help="Label Studio JSON export."),
-        store: Path = typer.Argument(..., help="SQLite label file (created with --pool-size)."),
-        classes: Optional[str] = typer.Option(None, "--classes", help="Class names in the "
-                                              "store's order, comma-separated."),
-        pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Pool size, to create "
-                                                "a new store."),
-        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes, to "
-                                                  "create a new store (default: --classes)."),
-        ) -> None:
+    export: Path = typer.Argument(..., help="Label Studio JSON export."),
+    store: Path = typer.Argument(..., help="SQLite label file (created with --pool-size)."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class names in the store's order, comma-separated."
+    ),
+    pool_size: int | None = typer.Option(
+        None, "--pool-size", help="Pool size, to create a new store."
+    ),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classes, to create a new store (default: --classes)."
+    ),
+) -> None:
     """Add the labels of a Label Studio JSON export (data.ntkal_index per task) to STORE."""
     try:
         from ntkal.labelstore import LabelStore
@@ -419,15 +547,19 @@ def labelstudio_import(
         names = [c.strip() for c in classes.split(",")] if classes else None
         k = num_classes if num_classes is not None else (len(names) if names else None)
         if not store.is_file() and (pool_size is None or k is None):
-            raise ValueError(f"label store {store} does not exist: give --pool-size and "
-                             "--classes (or --num-classes) to create it")
+            raise ValueError(
+                f"label store {store} does not exist: give --pool-size and "
+                "--classes (or --num-classes) to create it"
+            )
         with LabelStore(str(store), pool_size=pool_size, num_classes=k) as ls:
             result = import_store(ls, _labelstudio_classes(classes, ls), export)
     except Exception as err:  # noqa: BLE001
         _fail(err)
         return
-    console.print(f"imported {result['added']} labels ({result['skipped']} already there) "
-                  f"into {store}", highlight=False)
+    console.print(
+        f"imported {result['added']} labels ({result['skipped']} already there) into {store}",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

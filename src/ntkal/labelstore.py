@@ -15,10 +15,12 @@ Concurrency: the file is in WAL mode, so readers never block the writer; a write
 ``timeout`` seconds in all for another one (SQLite's busy timeout, retried until that deadline)
 and then fails with :class:`LabelStoreError` naming the file. A labelling server passes a short
 timeout so that a stuck writer fails that one request, not the whole page; :func:`claim_store`
-keeps a second server off the same file for the first one's life. Creating a store is idempotent: several processes
+keeps a second server off the same file for the first one's life. Creating a store is idempotent:
+several processes
 opening a new file at once agree on one ``meta`` row set, or fail if they disagree on the sizes.
 One :class:`LabelStore` object may be shared by threads (its calls are serialised by a lock).
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +32,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional, TypeVar, Union
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -112,22 +115,30 @@ class LabelStore:
         Sizes missing for a new file, or different from the file's.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], *, pool_size: Optional[int] = None,
-                 num_classes: Optional[int] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        pool_size: int | None = None,
+        num_classes: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.path = str(path)
         self.timeout = float(timeout)
         self._lock = threading.RLock()
         if self.path != ":memory:":
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
-                raise LabelStoreError(f"cannot create label store {self.path}: folder {folder} "
-                                      "does not exist")
+                raise LabelStoreError(
+                    f"cannot create label store {self.path}: folder {folder} does not exist"
+                )
             if os.path.isdir(self.path):
                 raise LabelStoreError(f"label store {self.path} is a folder, not a file")
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-            self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as err:
             raise LabelStoreError(f"cannot open label store {self.path}: {err}") from None
         try:
@@ -142,13 +153,17 @@ class LabelStore:
         if isinstance(err, sqlite3.DatabaseError) and "not a database" in text:
             return LabelStoreError(f"{self.path} is not a label store (not a SQLite database)")
         if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return LabelStoreError(f"label store {self.path} cannot be written ({text}); check the "
-                                   "permissions of the file and of its folder (SQLite writes "
-                                   "journal files beside it)")
+            return LabelStoreError(
+                f"label store {self.path} cannot be written ({text}); check the "
+                "permissions of the file and of its folder (SQLite writes "
+                "journal files beside it)"
+            )
         if "locked" in text or "busy" in text:
-            return LabelStoreError(f"label store {self.path} stayed locked by another writer for "
-                                   f"{self.timeout:g} s; nothing was changed by this request. Is "
-                                   "another process (a sqlite3 shell, a stuck script) holding it?")
+            return LabelStoreError(
+                f"label store {self.path} stayed locked by another writer for "
+                f"{self.timeout:g} s; nothing was changed by this request. Is "
+                "another process (a sqlite3 shell, a stuck script) holding it?"
+            )
         return LabelStoreError(f"label store {self.path}: {text}")
 
     def _retry(self, fn: Callable[[], T]) -> T:
@@ -174,6 +189,7 @@ class LabelStore:
     def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """``body`` inside ``BEGIN IMMEDIATE`` (the write lock taken up front), committed before
         returning, rolled back on any error."""
+
         def run() -> T:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -183,14 +199,15 @@ class LabelStore:
                 raise
             self._conn.execute("COMMIT")
             return out
+
         return self._retry(run)
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self._retry(lambda: self._conn.execute(sql, params).fetchall())
 
-    def _setup(self, pool_size: Optional[int], num_classes: Optional[int]) -> None:
+    def _setup(self, pool_size: int | None, num_classes: int | None) -> None:
         def pragmas() -> None:
-            self._conn.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
@@ -211,8 +228,9 @@ class LabelStore:
             missing = [k for k in ("pool_size", "num_classes") if k not in meta]
             if missing and not all(k in given for k in missing):
                 need = [k for k in missing if k not in given]
-                raise ValueError(f"{' and '.join(need)} required to create a new label store "
-                                 f"({self.path})")
+                raise ValueError(
+                    f"{' and '.join(need)} required to create a new label store ({self.path})"
+                )
             for key in missing:  # first creator wins; INSERT OR IGNORE never races
                 conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, given[key]))
             return dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -228,13 +246,18 @@ class LabelStore:
         self.pool_size = int(meta["pool_size"])
         self.num_classes = int(meta["num_classes"])
 
-    def _existing_meta(self) -> Optional[dict]:
+    def _existing_meta(self) -> dict | None:
         """The sizes of a fully created store, read without taking the write lock; None if the
         file still needs creating."""
-        def read() -> Optional[dict]:
+
+        def read() -> dict | None:
             try:
-                tables = {r[0] for r in self._conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+                tables = {
+                    r[0]
+                    for r in self._conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    ).fetchall()
+                }
                 if not {"meta", "labels", "requests", "evaluations"} <= tables:
                     return None
                 meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -243,17 +266,19 @@ class LabelStore:
                     return None
                 raise
             return meta if {"pool_size", "num_classes"} <= set(meta) else None
+
         return self._retry(read)
 
     def _has_table(self, name: str) -> bool:
-        return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                               (name,)))
+        return bool(
+            self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        )
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> "LabelStore":
+    def __enter__(self) -> LabelStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -267,8 +292,11 @@ class LabelStore:
         """Mark pool points as asked for (e.g. a learner's query), until they are labelled."""
         idx = self._check_indices(_ints("indices", indices))
         now = time.time()
-        self._transaction(lambda c: c.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
-                                                  [(i, now) for i in idx]))
+        self._transaction(
+            lambda c: c.executemany(
+                "INSERT OR IGNORE INTO requests VALUES (?, ?)", [(i, now) for i in idx]
+            )
+        )
 
     def pending(self) -> np.ndarray:
         """Requested pool indices not labelled yet, oldest request first."""
@@ -293,8 +321,9 @@ class LabelStore:
             raise ValueError(f"label {bad[0]} is out of range [0, {self.num_classes})")
         return lab
 
-    def add(self, indices: Iterable[int], labels: Iterable[int], *,
-            annotator: Optional[str] = None) -> None:
+    def add(
+        self, indices: Iterable[int], labels: Iterable[int], *, annotator: str | None = None
+    ) -> None:
         """Record labels in one transaction: all of them, or none if any is invalid or already
         labelled. The labels are on disk when this returns."""
         idx = self._check_indices(_ints("indices", indices))
@@ -304,37 +333,48 @@ class LabelStore:
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO labels (pool_index, label, annotator, created) VALUES (?, ?, ?, ?)",
-                [(i, y, annotator, now) for i, y in zip(idx, lab)])
+                [(i, y, annotator, now) for i, y in zip(idx, lab)],
+            )
             conn.executemany("DELETE FROM requests WHERE pool_index = ?", [(i,) for i in idx])
 
         try:
             self._transaction(insert)
         except sqlite3.IntegrityError:
-            taken = {r[0] for r in self._read(
-                f"SELECT pool_index FROM labels WHERE pool_index IN ({','.join('?' * len(idx))})",
-                tuple(idx))}
+            taken = {
+                r[0]
+                for r in self._read(
+                    f"SELECT pool_index FROM labels WHERE pool_index IN ({','.join('?' * len(idx))})",
+                    tuple(idx),
+                )
+            }
             raise ValueError(f"index {min(taken)} is already labelled") from None
 
-    def label_of(self, index: int) -> Optional[int]:
+    def label_of(self, index: int) -> int | None:
         """The stored label of pool point ``index``, or None."""
         rows = self._read("SELECT label FROM labels WHERE pool_index = ?", (int(index),))
         return int(rows[0][0]) if rows else None
 
-    def undo_last(self, annotator: Optional[str] = None) -> Optional[tuple[int, int]]:
+    def undo_last(self, annotator: str | None = None) -> tuple[int, int] | None:
         """Delete the most recent label (of ``annotator`` if given); returns ``(index, label)``,
         or None if there is none. The point becomes unlabelled (and requested) again."""
-        def undo(conn: sqlite3.Connection) -> Optional[tuple[int, int]]:
+
+        def undo(conn: sqlite3.Connection) -> tuple[int, int] | None:
             if annotator is None:
-                row = conn.execute("SELECT seq, pool_index, label FROM labels "
-                                   "ORDER BY seq DESC LIMIT 1").fetchone()
+                row = conn.execute(
+                    "SELECT seq, pool_index, label FROM labels ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
             else:
-                row = conn.execute("SELECT seq, pool_index, label FROM labels WHERE annotator = ? "
-                                   "ORDER BY seq DESC LIMIT 1", (annotator,)).fetchone()
+                row = conn.execute(
+                    "SELECT seq, pool_index, label FROM labels WHERE annotator = ? "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (annotator,),
+                ).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM labels WHERE seq = ?", (row[0],))
             conn.execute("INSERT OR IGNORE INTO requests VALUES (?, ?)", (row[1], time.time()))
             return int(row[1]), int(row[2])
+
         return self._transaction(undo)
 
     def labelled(self) -> tuple[np.ndarray, np.ndarray]:
@@ -351,8 +391,11 @@ class LabelStore:
         return out
 
     # ------------------------------------------------------------------ export / import
-    def records(self, classes: Optional[Iterable[str]] = None,
-                origin: Optional[Callable[[int], dict]] = None) -> list[dict]:
+    def records(
+        self,
+        classes: Iterable[str] | None = None,
+        origin: Callable[[int], dict] | None = None,
+    ) -> list[dict]:
         """Every label as ``{index, label, annotator, created}`` (``class`` too when ``classes``
         names the labels; the fields of ``origin(index)`` too, e.g. the file or data row the pool
         point came from), in the order recorded."""
@@ -369,30 +412,49 @@ class LabelStore:
             out.append(rec)
         return out
 
-    def export_csv(self, classes: Optional[Iterable[str]] = None,
-                   origin: Optional[Callable[[int], dict]] = None) -> str:
+    def export_csv(
+        self,
+        classes: Iterable[str] | None = None,
+        origin: Callable[[int], dict] | None = None,
+    ) -> str:
         """:meth:`records` as CSV text with a header (``index,label[,class][,origin
         fields],annotator,created``). Text cells a spreadsheet would run as a formula are escaped
         (:func:`csv_safe`)."""
         recs = self.records(classes, origin)
-        fields = list(recs[0]) if recs else (
-            ["index", "label"] + (["class"] if classes is not None else []) +
-            (list(origin(0)) if origin is not None and self.pool_size else []) +
-            ["annotator", "created"])
+        fields = (
+            list(recs[0])
+            if recs
+            else (
+                ["index", "label"]
+                + (["class"] if classes is not None else [])
+                + (list(origin(0)) if origin is not None and self.pool_size else [])
+                + ["annotator", "created"]
+            )
+        )
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: csv_safe(v) for k, v in rec.items()} for rec in recs)
         return buf.getvalue()
 
-    def export_json(self, classes: Optional[Iterable[str]] = None,
-                    origin: Optional[Callable[[int], dict]] = None) -> str:
+    def export_json(
+        self,
+        classes: Iterable[str] | None = None,
+        origin: Callable[[int], dict] | None = None,
+    ) -> str:
         """:meth:`records` as a JSON document ``{"pool_size", "num_classes", "labels": [...]}``."""
-        return json.dumps({"pool_size": self.pool_size, "num_classes": self.num_classes,
-                           "labels": self.records(classes, origin)}, indent=1)
+        return json.dumps(
+            {
+                "pool_size": self.pool_size,
+                "num_classes": self.num_classes,
+                "labels": self.records(classes, origin),
+            },
+            indent=1,
+        )
 
-    def import_labels(self, indices: Iterable[int], labels: Iterable[int], *,
-                      annotator: Optional[str] = "import") -> dict:
+    def import_labels(
+        self, indices: Iterable[int], labels: Iterable[int], *, annotator: str | None = "import"
+    ) -> dict:
         """Add labels from elsewhere in one transaction. Labels already stored with the same value
         are skipped; a different stored value is an error and nothing is added. Returns
         ``{"added": n, "skipped": n}``."""
@@ -406,19 +468,25 @@ class LabelStore:
                 row = conn.execute("SELECT label FROM labels WHERE pool_index = ?", (i,)).fetchone()
                 if row is not None:
                     if int(row[0]) != y:
-                        raise ValueError(f"index {i} is already labelled {int(row[0])}, the import "
-                                         f"says {y}; nothing was imported")
+                        raise ValueError(
+                            f"index {i} is already labelled {int(row[0])}, the import "
+                            f"says {y}; nothing was imported"
+                        )
                     skipped += 1
                     continue
-                conn.execute("INSERT INTO labels (pool_index, label, annotator, created) "
-                             "VALUES (?, ?, ?, ?)", (i, y, annotator, now))
+                conn.execute(
+                    "INSERT INTO labels (pool_index, label, annotator, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    (i, y, annotator, now),
+                )
                 conn.execute("DELETE FROM requests WHERE pool_index = ?", (i,))
                 added += 1
             return {"added": added, "skipped": skipped}
+
         return self._transaction(merge)
 
     # ------------------------------------------------------------------ relabelling
-    def relabel(self, index: int, label: int, *, annotator: Optional[str] = None) -> int:
+    def relabel(self, index: int, label: int, *, annotator: str | None = None) -> int:
         """Change the stored label of ``index`` to ``label``; returns the previous label.
 
         The change is a new row of the ``events`` log (who, when, from what), so nothing typed is
@@ -432,26 +500,42 @@ class LabelStore:
             if row is None:
                 raise ValueError(f"item {idx[0]} has no label to change")
             conn.execute("UPDATE labels SET label = ? WHERE pool_index = ?", (lab[0], idx[0]))
-            conn.execute("INSERT INTO events (pool_index, label, previous, annotator, created) "
-                         "VALUES (?, ?, ?, ?, ?)", (idx[0], lab[0], int(row[0]), annotator,
-                                                     time.time()))
+            conn.execute(
+                "INSERT INTO events (pool_index, label, previous, annotator, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (idx[0], lab[0], int(row[0]), annotator, time.time()),
+            )
             return int(row[0])
+
         return self._transaction(change)
 
     def changes(self) -> list[dict]:
         """Every relabelling, oldest first: ``{index, label, previous, annotator, created}``."""
-        rows = self._read("SELECT pool_index, label, previous, annotator, created FROM events "
-                          "ORDER BY seq")
-        return [{"index": int(i), "label": int(y), "previous": int(p), "annotator": who,
-                 "created": float(t)} for i, y, p, who, t in rows]
+        rows = self._read(
+            "SELECT pool_index, label, previous, annotator, created FROM events ORDER BY seq"
+        )
+        return [
+            {
+                "index": int(i),
+                "label": int(y),
+                "previous": int(p),
+                "annotator": who,
+                "created": float(t),
+            }
+            for i, y, p, who, t in rows
+        ]
 
     def recent(self, limit: int) -> list[dict]:
         """The ``limit`` most recently labelled points, newest first:
         ``{index, label, annotator, created}`` (``label`` is the current one)."""
-        rows = self._read("SELECT pool_index, label, annotator, created FROM labels "
-                          "ORDER BY seq DESC LIMIT ?", (int(limit),))
-        return [{"index": int(i), "label": int(y), "annotator": who, "created": float(t)}
-                for i, y, who, t in rows]
+        rows = self._read(
+            "SELECT pool_index, label, annotator, created FROM labels ORDER BY seq DESC LIMIT ?",
+            (int(limit),),
+        )
+        return [
+            {"index": int(i), "label": int(y), "annotator": who, "created": float(t)}
+            for i, y, who, t in rows
+        ]
 
     # ------------------------------------------------------------------ evaluations
     def add_evaluation(self, num_labels: int, accuracy: float) -> None:
@@ -459,14 +543,19 @@ class LabelStore:
         accuracy = float(accuracy)
         if not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"accuracy must lie in [0, 1], got {accuracy}")
-        self._transaction(lambda c: c.execute(
-            "INSERT INTO evaluations (num_labels, accuracy, created) VALUES (?, ?, ?)",
-            (int(num_labels), accuracy, time.time())))
+        self._transaction(
+            lambda c: c.execute(
+                "INSERT INTO evaluations (num_labels, accuracy, created) VALUES (?, ?, ?)",
+                (int(num_labels), accuracy, time.time()),
+            )
+        )
 
     def evaluations(self) -> list[tuple[int, float]]:
         """``(num_labels, accuracy)`` in the order recorded."""
-        return [(int(n), float(a)) for n, a in
-                self._read("SELECT num_labels, accuracy FROM evaluations ORDER BY seq")]
+        return [
+            (int(n), float(a))
+            for n, a in self._read("SELECT num_labels, accuracy FROM evaluations ORDER BY seq")
+        ]
 
     # ------------------------------------------------------------------ learners
     def sync(self, learner: Any) -> np.ndarray:
@@ -474,14 +563,17 @@ class LabelStore:
         it does not have; returns the indices taught. A stored label that contradicts the learner's
         is an error rather than silently ignored."""
         if learner.pool.size != self.pool_size:
-            raise ValueError(f"the learner's pool has {learner.pool.size} points, the store "
-                             f"{self.pool_size}")
+            raise ValueError(
+                f"the learner's pool has {learner.pool.size} points, the store {self.pool_size}"
+            )
         idx, lab = self.labelled()
         known = dict(zip(learner.labelled_indices.tolist(), learner.labels.tolist()))
         clash = [i for i, y in zip(idx.tolist(), lab.tolist()) if i in known and known[i] != y]
         if clash:
-            raise ValueError(f"index {clash[0]} has label {known[clash[0]]} in the learner but a "
-                             "different one in the store")
+            raise ValueError(
+                f"index {clash[0]} has label {known[clash[0]]} in the learner but a "
+                "different one in the store"
+            )
         new = np.array([i not in known for i in idx.tolist()], dtype=bool)
         if new.any():
             learner.teach(idx[new], lab[new])
@@ -501,14 +593,14 @@ class StoreClaim:
             self._handle.close()  # closing the descriptor drops the lock
             self._handle = None
 
-    def __enter__(self) -> "StoreClaim":
+    def __enter__(self) -> StoreClaim:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def claim_store(path: Union[str, os.PathLike]) -> StoreClaim:
+def claim_store(path: str | os.PathLike) -> StoreClaim:
     """Claim the label store at ``path`` for one server.
 
     Two servers on one store would hand out items the other has labelled, undo each other's
@@ -532,8 +624,10 @@ def claim_store(path: Union[str, os.PathLike]) -> StoreClaim:
     except OSError as err:
         handle.close()
         if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise LabelStoreError(f"label store {os.fspath(path)} is already being served by "
-                                  "another ntkal label process; open that server's page, stop it "
-                                  "first, or pass another --store") from None
+            raise LabelStoreError(
+                f"label store {os.fspath(path)} is already being served by "
+                "another ntkal label process; open that server's page, stop it "
+                "first, or pass another --store"
+            ) from None
         raise LabelStoreError(f"cannot lock {lock_path}: {err.strerror}") from None
     return StoreClaim(lock_path, handle)

@@ -1,4 +1,5 @@
 """When progress bars may be shown: the one rule every long computation in ntkal follows."""
+
 from __future__ import annotations
 
 import os

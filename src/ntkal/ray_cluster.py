@@ -8,17 +8,25 @@ ntkal), so that neither of them has to import the other.
 
 Install with ``pip install 'ntkal[ray]'``.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, MutableMapping, Optional
+from typing import Any
 
-__all__ = ["ray_cluster", "import_ray", "as_completed", "RayTaskFailed", "LOOPBACK",
-           "LOCAL_OBJECT_STORE_BYTES"]
+__all__ = [
+    "ray_cluster",
+    "import_ray",
+    "as_completed",
+    "RayTaskFailed",
+    "LOOPBACK",
+    "LOCAL_OBJECT_STORE_BYTES",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -37,8 +45,9 @@ def import_ray():
     try:
         import ray
     except ImportError as err:
-        raise ImportError("the Ray runner needs the `ray` package: pip install 'ntkal[ray]'") \
-            from err
+        raise ImportError(
+            "the Ray runner needs the `ray` package: pip install 'ntkal[ray]'"
+        ) from err
     return ray
 
 
@@ -72,8 +81,13 @@ def _loopback_only(ray) -> Iterator[None]:
 
 
 @contextmanager
-def ray_cluster(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-                num_gpus: Optional[int] = None, object_store_memory: Optional[int] = None):
+def ray_cluster(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory: int | None = None,
+):
     """A Ray session for the duration of the block; yields the ``ray`` module.
 
     Parameters
@@ -110,10 +124,16 @@ def ray_cluster(address: Optional[str] = None, *, num_cpus: Optional[int] = None
     temp_dir = tempfile.mkdtemp(prefix="ntkal-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     try:
         with _loopback_only(ray):
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     _node_ip_address=LOOPBACK, _temp_dir=temp_dir,
-                     object_store_memory=object_store_memory or LOCAL_OBJECT_STORE_BYTES,
-                     log_to_driver=False, configure_logging=False)
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                _temp_dir=temp_dir,
+                object_store_memory=object_store_memory or LOCAL_OBJECT_STORE_BYTES,
+                log_to_driver=False,
+                configure_logging=False,
+            )
             try:
                 yield ray
             finally:
@@ -132,8 +152,9 @@ class RayTaskFailed(RuntimeError):
         self.cause = cause
 
 
-def as_completed(ray, pending: MutableMapping[Any, Any], *,
-                 force_cancel: bool = False) -> Iterator[tuple[Any, Any]]:
+def as_completed(
+    ray, pending: MutableMapping[Any, Any], *, force_cancel: bool = False
+) -> Iterator[tuple[Any, Any]]:
     """Yield ``(key, result)`` for the object refs in ``pending`` (ref -> key) as they finish.
 
     ``pending`` may grow while this runs (a caller handing a freed worker its next part). A

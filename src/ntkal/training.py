@@ -7,14 +7,16 @@ decay, a OneCycle learning-rate schedule, and warm starts from the previous cycl
 
 Results are always those of the last epoch; nothing here looks at a test set while training.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,16 @@ from ntkal.models.forward import as_input_batch, predict_logits
 from ntkal.models.modes import modes_restored as _modes_restored
 from ntkal.progress import progress_allowed
 
-__all__ = ["TrainConfig", "TRAIN_CONFIG_KEYS", "TrainResult", "TrainStep", "ExtraObjective", "train", "evaluate",
-           "predict_logits"]
+__all__ = [
+    "TrainConfig",
+    "TRAIN_CONFIG_KEYS",
+    "TrainResult",
+    "TrainStep",
+    "ExtraObjective",
+    "train",
+    "evaluate",
+    "predict_logits",
+]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 LOSSES = ("mse", "ce")
@@ -94,16 +104,16 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 64
-    lr: Optional[float] = None
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     loss: str = "mse"
     seed: int = 0
     device: str = "cpu"
-    max_lr: Optional[float] = None
-    grad_clip: Optional[float] = None
-    min_steps: Optional[int] = None
+    max_lr: float | None = None
+    grad_clip: float | None = None
+    min_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.epochs = _as_int("epochs", self.epochs, 1)
@@ -111,7 +121,9 @@ class TrainConfig:
         self.seed = _as_int("seed", self.seed, 0)
         self.loss = str(self.loss).lower()
         if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise ValueError(
+                f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"
+            )
         self.lr = DEFAULT_LR[self.loss] if self.lr is None else _as_float("lr", self.lr)
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
@@ -123,23 +135,30 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         self.schedule = str(self.schedule).lower()
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, "
-                             f"got {self.schedule!r}")
+            raise ValueError(
+                f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         self.device = str(self.device)
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except (RuntimeError, ValueError):
-                raise ValueError(f"TrainConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', "
-                                 f"got {self.device!r}") from None
+                raise ValueError(
+                    f"TrainConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', "
+                    f"got {self.device!r}"
+                ) from None
         if self.max_lr is not None:
             if self.schedule != "onecycle":
-                raise ValueError(f"TrainConfig.max_lr only applies to schedule='onecycle', "
-                                 f"not {self.schedule!r}; remove it or change the schedule")
+                raise ValueError(
+                    f"TrainConfig.max_lr only applies to schedule='onecycle', "
+                    f"not {self.schedule!r}; remove it or change the schedule"
+                )
             self.max_lr = _as_float("max_lr", self.max_lr)
             if self.max_lr < self.lr:
-                raise ValueError(f"TrainConfig.max_lr ({self.max_lr}) must be >= lr ({self.lr}): "
-                                 "OneCycle starts at lr and peaks at max_lr")
+                raise ValueError(
+                    f"TrainConfig.max_lr ({self.max_lr}) must be >= lr ({self.lr}): "
+                    "OneCycle starts at lr and peaks at max_lr"
+                )
         if self.grad_clip is not None:
             self.grad_clip = _as_float("grad_clip", self.grad_clip)
             if self.grad_clip <= 0:
@@ -155,15 +174,17 @@ class TrainConfig:
         return max(self.epochs, math.ceil(self.min_steps / _steps_per_epoch(n, self.batch_size)))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping (e.g. a YAML section); unknown keys are an error naming the valid ones."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
         valid = TRAIN_CONFIG_KEYS
         unknown = sorted(set(d) - set(valid))
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(map(str, unknown))}; "
-                             f"valid options: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown training option(s) {', '.join(map(str, unknown))}; "
+                f"valid options: {', '.join(valid)}"
+            )
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,12 +192,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def reference(cls, **changes: Any) -> "TrainConfig":
+    def reference(cls, **changes: Any) -> TrainConfig:
         """The reference CIFAR-10 protocol (ResNet-18): 200 epochs, batch 128, MSE, SGD momentum
         0.9, weight decay 1e-4, OneCycle from lr 0.3 to max_lr 1.25. ``changes`` override fields."""
-        base: dict[str, Any] = dict(epochs=200, batch_size=128, lr=0.3, max_lr=1.25,
-                                    momentum=0.9, weight_decay=1e-4, schedule="onecycle",
-                                    loss="mse")
+        base: dict[str, Any] = dict(
+            epochs=200,
+            batch_size=128,
+            lr=0.3,
+            max_lr=1.25,
+            momentum=0.9,
+            weight_decay=1e-4,
+            schedule="onecycle",
+            loss="mse",
+        )
         base.update(changes)
         return cls(**base)
 
@@ -228,8 +256,10 @@ def _check_num_classes(num_classes: Any) -> int:
 def _check_output(out: torch.Tensor, n: int, num_classes: int) -> None:
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, num_classes):
         actual = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits of shape (n, num_classes) = "
-                         f"{(n, num_classes)} for a batch of {n}, got {actual}")
+        raise ValueError(
+            f"the model must return logits of shape (n, num_classes) = "
+            f"{(n, num_classes)} for a batch of {n}, got {actual}"
+        )
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -250,8 +280,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 def _learning_rate(config: TrainConfig) -> float:
     """``config.lr``, which construction sets (to the loss's default when not given)."""
     if config.lr is None:
-        raise ValueError("TrainConfig.lr is None; leave it out when building the config to get the "
-                         "loss's default rate")
+        raise ValueError(
+            "TrainConfig.lr is None; leave it out when building the config to get the "
+            "loss's default rate"
+        )
     return config.lr
 
 
@@ -261,9 +293,13 @@ def _scheduler(optimiser: torch.optim.Optimizer, config: TrainConfig, total_step
         peak = config.max_lr if config.max_lr is not None else lr
         div = peak / lr if config.max_lr is not None else 25.0
         # A single-step run has no room for OneCycle's warm-up phase; torch needs >= 2 steps.
-        return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, div_factor=div,
-                                                   total_steps=max(total_steps, 2),
-                                                   cycle_momentum=False)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimiser,
+            max_lr=peak,
+            div_factor=div,
+            total_steps=max(total_steps, 2),
+            cycle_momentum=False,
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps)
     return None
@@ -277,10 +313,22 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
         yield None
         return
     from rich.errors import LiveError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+    bar = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
     try:
         bar.start()
     except LiveError:
@@ -343,7 +391,9 @@ class ExtraObjective:
     modules: Sequence[nn.Module] = ()
 
 
-def _per_example_loss(out: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int) -> torch.Tensor:
+def _per_example_loss(
+    out: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int
+) -> torch.Tensor:
     if kind == "mse":
         return (out - F.one_hot(y, num_classes).to(out.dtype)).square().mean(dim=1)
     return F.cross_entropy(out, y, reduction="none")
@@ -367,12 +417,13 @@ def _check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> 
         _check_output(model(probe), int(probe.shape[0]), num_classes)
 
 
-def _check_finite(epoch: int, loss: float, extra: Optional[float], config: TrainConfig) -> None:
+def _check_finite(epoch: int, loss: float, extra: float | None, config: TrainConfig) -> None:
     for what, value in (("loss", loss), ("extra loss term", extra)):
         if value is not None and not math.isfinite(value):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch + 1}: the {what} is {value}; lower "
-                f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+                f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip"
+            )
 
 
 #: Weights whose norm grows this many times within one :func:`train` call have diverged: SGD
@@ -396,11 +447,17 @@ def _check_weights_finite(epoch: int, params: Sequence[nn.Parameter], config: Tr
     if not math.isfinite(_weight_norm(params)):
         raise FloatingPointError(
             f"training diverged at epoch {epoch + 1}: the weights are NaN or infinite; lower "
-            f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip")
+            f"lr/max_lr (now {config.lr}/{config.max_lr}) or set grad_clip"
+        )
 
 
-def _check_outcome(result: "TrainResult", start: float, params: Sequence[nn.Parameter],
-                   config: TrainConfig, num_classes: int) -> None:
+def _check_outcome(
+    result: TrainResult,
+    start: float,
+    params: Sequence[nn.Parameter],
+    config: TrainConfig,
+    num_classes: int,
+) -> None:
     """FloatingPointError for a run that exploded and did not learn: its last-epoch loss is
     :data:`DIVERGED_LOSS` times a constant prediction's, or its weight norm grew
     :data:`DIVERGED_GROWTH` times, *and* its training accuracy is below halfway from chance to
@@ -412,8 +469,10 @@ def _check_outcome(result: "TrainResult", start: float, params: Sequence[nn.Para
     base = chance if config.loss == "mse" else math.log(max(num_classes, 2))
     loss, now = result.final_loss, _weight_norm(params)
     if loss > DIVERGED_LOSS * base:
-        what = (f"the {config.loss} loss is {loss:.3g}, {loss / base:.3g} times a constant "
-                f"prediction's ({base:.3g})")
+        what = (
+            f"the {config.loss} loss is {loss:.3g}, {loss / base:.3g} times a constant "
+            f"prediction's ({base:.3g})"
+        )
     elif now > DIVERGED_GROWTH * max(start, 1.0):
         what = f"the weights grew from norm {start:.3g} to {now:.3g}"
     else:
@@ -421,7 +480,8 @@ def _check_outcome(result: "TrainResult", start: float, params: Sequence[nn.Para
     raise FloatingPointError(
         f"training diverged: after {len(result.losses)} epochs {what} and the training accuracy "
         f"is {result.train_accuracy:.3g} (chance {chance:.3g}); lower lr/max_lr (now "
-        f"{config.lr}/{config.max_lr}), e.g. by 10x, or set grad_clip")
+        f"{config.lr}/{config.max_lr}), e.g. by 10x, or set grad_clip"
+    )
 
 
 @dataclass
@@ -438,9 +498,9 @@ class _Run:
     optimiser: torch.optim.Optimizer
     scheduler: Any
     generator: torch.Generator
-    extra: Optional[ExtraObjective]
+    extra: ExtraObjective | None
 
-    def step(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def step(self, idx: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimiser step on the examples ``idx``: (task loss, extra term), detached."""
         xb, yb = self.x[idx], self.y[idx]
         out = self.model(xb)
@@ -448,8 +508,9 @@ class _Run:
         loss = per_example.mean()
         extra = None
         if self.extra is not None:
-            extra = self.extra.loss(TrainStep(self.model, xb, yb, out, per_example, epoch,
-                                              self.epochs))
+            extra = self.extra.loss(
+                TrainStep(self.model, xb, yb, out, per_example, epoch, self.epochs)
+            )
         total = loss if extra is None else loss + extra
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
@@ -460,7 +521,7 @@ class _Run:
             self.scheduler.step()
         return loss.detach(), (None if extra is None else extra.detach())
 
-    def epoch(self, epoch: int) -> tuple[float, Optional[float], int]:
+    def epoch(self, epoch: int) -> tuple[float, float | None, int]:
         """One pass over the data: example-weighted mean task loss, extra term, steps taken."""
         n = int(self.x.shape[0])
         total = torch.zeros((), dtype=torch.float64, device=self.x.device)
@@ -476,8 +537,14 @@ class _Run:
         return float(total) / n, (float(extra_total) / n if self.extra is not None else None), steps
 
 
-def _start_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-               num_classes: int, extra: Optional[ExtraObjective]) -> _Run:
+def _start_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    num_classes: int,
+    extra: ExtraObjective | None,
+) -> _Run:
     """Optimiser, schedule and shuffling for a run; seeds the global RNG (inside a fork)."""
     n = int(x.shape[0])
     epochs = config.epochs_for(n)
@@ -488,15 +555,38 @@ def _start_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Train
     if extra is not None:
         known = {id(p) for p in params}
         params += [p for p in extra.parameters if id(p) not in known]
-    optimiser = torch.optim.SGD(params, lr=_learning_rate(config), momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    return _Run(model, x, y, config, num_classes, epochs, params, optimiser,
-                _scheduler(optimiser, config, total_steps), generator, extra)
+    optimiser = torch.optim.SGD(
+        params,
+        lr=_learning_rate(config),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    return _Run(
+        model,
+        x,
+        y,
+        config,
+        num_classes,
+        epochs,
+        params,
+        optimiser,
+        _scheduler(optimiser, config, total_steps),
+        generator,
+        extra,
+    )
 
 
 # ----------------------------------------------------------------------------- public API
-def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes: int,
-          progress: bool = False, extra: Optional[ExtraObjective] = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    config: TrainConfig,
+    *,
+    num_classes: int,
+    progress: bool = False,
+    extra: ExtraObjective | None = None,
+) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``, starting from its current weights.
 
     Warm starting is the point: active learning retrains after every cycle from the previous
@@ -537,8 +627,10 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     """
     start = time.perf_counter()
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; "
-                        "TrainConfig.from_dict(...) builds one from a mapping")
+        raise TypeError(
+            f"config must be a TrainConfig, got {type(config).__name__}; "
+            "TrainConfig.from_dict(...) builds one from a mapping"
+        )
     if extra is not None and not isinstance(extra, ExtraObjective):
         raise TypeError(f"extra must be an ExtraObjective, got {type(extra).__name__}")
     num_classes = _check_num_classes(num_classes)
@@ -580,8 +672,9 @@ def train(model: nn.Module, x: Any, y: Any, config: TrainConfig, *, num_classes:
     return result
 
 
-def evaluate(model: nn.Module, x: Any, y: Any, *, batch_size: int = 1024,
-             device: Any = None) -> float:
+def evaluate(
+    model: nn.Module, x: Any, y: Any, *, batch_size: int = 1024, device: Any = None
+) -> float:
     """Accuracy of ``model``'s argmax prediction on ``(x, y)``, in eval mode (mode restored after).
 
     Raises
@@ -595,7 +688,8 @@ def evaluate(model: nn.Module, x: Any, y: Any, *, batch_size: int = 1024,
         raise ValueError("cannot evaluate on an empty set")
     logits = predict_logits(model, x, batch_size=batch_size, device=device)
     if logits.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (n, num_classes), got "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"the model must return logits of shape (n, num_classes), got {tuple(logits.shape)}"
+        )
     labels = _as_labels(y, n, int(logits.shape[1]))
     return float((logits.argmax(dim=1) == labels.cpu()).double().mean())

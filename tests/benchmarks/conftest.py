@@ -1,4 +1,5 @@
 """The benchmarks are scripts, not a package: load their shared module from its file."""
+
 import importlib.util
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The strategy suite's bookkeeping (benchmarks/al_suite.py): configs, statistics, plan, smoke run."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,9 +29,17 @@ def _records(cells: dict) -> dict:
         for name, acc in by.items():
             for seed, row in enumerate(acc):
                 for c, a in enumerate(row):
-                    recs.append({"strategy": name, "seed": seed, "cycle": c, "labelled": 10 * (c + 1),
-                                 "accuracy": float(a), "train_seconds": 0.1,
-                                 "query_seconds": None if c == len(row) - 1 else 0.5 + c})
+                    recs.append(
+                        {
+                            "strategy": name,
+                            "seed": seed,
+                            "cycle": c,
+                            "labelled": 10 * (c + 1),
+                            "accuracy": float(a),
+                            "train_seconds": 0.1,
+                            "query_seconds": None if c == len(row) - 1 else 0.5 + c,
+                        }
+                    )
         out[cell] = recs
     return out
 
@@ -38,7 +47,10 @@ def _records(cells: dict) -> dict:
 def _toy(seed: int = 0):
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.3, 0.6, size=(5, 3)).cumsum(axis=1) / 3
-    noise = lambda: rng.normal(scale=0.002, size=(5, 3))
+
+    def noise():
+        return rng.normal(scale=0.002, size=(5, 3))
+
     good = base + 0.05 + noise()
     return {"random": base, "good": good, "bad": base - 0.05 + noise(), "twin": good + noise()}
 
@@ -49,7 +61,9 @@ def test_counts_penalty_matrix_and_query_time_from_records(suite):
     assert s["num_cells"] == 2
     assert s["below_random_cells"]["bad"] == 2 and s["below_random_cells"]["good"] == 0
     assert s["above_random_cells"]["good"] == 2
-    assert "bad" not in s["never_below_random"] and {"good", "random"} <= set(s["never_below_random"])
+    assert "bad" not in s["never_below_random"] and {"good", "random"} <= set(
+        s["never_below_random"]
+    )
     assert s["cells_run"]["late"] == 1 and s["cells_run"]["good"] == 2
     i = {n: k for k, n in enumerate(s["strategies"])}
     pm = np.array(s["penalty_matrix"])
@@ -119,15 +133,26 @@ def test_suite_configs_are_valid_and_regimes_scale_with_classes(suite):
 
 def test_estimate_follows_the_cost_model(suite):
     est = suite.estimate({"random": {"step_s": 0.0, "query_s": 1.0}}, overhead_s=0.0)
-    expected = sum(suite.COST_FACTOR[n.rsplit("_", 1)[0]] * c["cycles"] * c["subset"]
-                   / suite.PROBE["subset"] * len(c["seeds"]) for n, c in suite.suite_configs().items())
+    expected = sum(
+        suite.COST_FACTOR[n.rsplit("_", 1)[0]]
+        * c["cycles"]
+        * c["subset"]
+        / suite.PROBE["subset"]
+        * len(c["seeds"])
+        for n, c in suite.suite_configs().items()
+    )
     assert est["worker_seconds"] == pytest.approx(expected)
     # sequential lines pay per label of the round as well
     seq = suite.estimate({"mlmoc_seq": {"step_s": 0.0, "query_s": 1.0}}, overhead_s=0.0)
     cfg = suite.suite_configs()["digits_high"]
     assert seq["per_cell"]["digits_high"] == pytest.approx(
-        cfg["cycles"] * cfg["subset"] / suite.PROBE["subset"] * cfg["budget"] / suite.PROBE["budget"]
-        * len(cfg["seeds"]))
+        cfg["cycles"]
+        * cfg["subset"]
+        / suite.PROBE["subset"]
+        * cfg["budget"]
+        / suite.PROBE["budget"]
+        * len(cfg["seeds"])
+    )
 
 
 def test_results_of_another_protocol_are_set_aside(suite, tmp_path):
@@ -145,8 +170,14 @@ def test_results_of_another_protocol_are_set_aside(suite, tmp_path):
 
 def test_quick_smoke_run_writes_the_report(suite, tmp_path):
     suite.main(["run", "--quick", "--out", str(tmp_path)])
-    for f in ("summary.json", "summary.md", "README_section.md", "penalty_matrix.png",
-              "learning_curves.png", "timings.json"):
+    for f in (
+        "summary.json",
+        "summary.md",
+        "README_section.md",
+        "penalty_matrix.png",
+        "learning_curves.png",
+        "timings.json",
+    ):
         assert (tmp_path / f).is_file(), f
     s = json.loads((tmp_path / "summary.json").read_text())
     assert list(s["cells"]) == ["quick"] and s["cells"]["quick"]["seeds"] == [0, 1]

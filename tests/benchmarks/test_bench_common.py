@@ -1,6 +1,7 @@
 """benchmarks/_common.py: the load rule, the result writer, and the arithmetic counts behind every
 ``× floor``, each checked against an independent count (FLOPs torch itself counts while running
 the operations, explicit Jacobians, parameter totals)."""
+
 import json
 import math
 
@@ -12,15 +13,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 # ----------------------------------------------------------------------------- load rule
-@pytest.mark.parametrize("before, after, cores, loaded", [
-    ([0.1, 0, 0], [1.2, 0, 0], 1, False),   # the case itself on one core: quiet
-    ([0.1, 0, 0], [1.6, 0, 0], 1, True),    # another process beside it, seen after
-    ([1.6, 0, 0], [0.2, 0, 0], 1, True),    # another process when it started
-    ([1.5, 0, 0], [1.5, 0, 0], 1, False),   # at the slack exactly: still quiet
-    ([2.4, 0, 0], [2.4, 0, 0], 2, False),   # two threads use two cores
-    ([0.1, 9, 9], [0.1, 9, 9], 1, False),   # only the 1-minute average counts
-    (None, [0.1, 0, 0], 1, True),           # unknown load is never README-grade
-])
+@pytest.mark.parametrize(
+    "before, after, cores, loaded",
+    [
+        ([0.1, 0, 0], [1.2, 0, 0], 1, False),  # the case itself on one core: quiet
+        ([0.1, 0, 0], [1.6, 0, 0], 1, True),  # another process beside it, seen after
+        ([1.6, 0, 0], [0.2, 0, 0], 1, True),  # another process when it started
+        ([1.5, 0, 0], [1.5, 0, 0], 1, False),  # at the slack exactly: still quiet
+        ([2.4, 0, 0], [2.4, 0, 0], 2, False),  # two threads use two cores
+        ([0.1, 9, 9], [0.1, 9, 9], 1, False),  # only the 1-minute average counts
+        (None, [0.1, 0, 0], 1, True),  # unknown load is never README-grade
+    ],
+)
 def test_is_loaded(common, before, after, cores, loaded):
     assert common.is_loaded(before, after, cores) is loaded
 
@@ -29,8 +33,13 @@ def test_run_case_records_load_before_and_after(common, monkeypatch):
     loads = iter([[0.3, 0.2, 0.1], [2.5, 1.0, 0.5]])
     monkeypatch.setattr(common, "loadavg", lambda: next(loads))
     row = common.run_case(lambda: {"seconds": 1.0}, cores=1)
-    assert row == {"seconds": 1.0, "loadavg_before": [0.3, 0.2, 0.1],
-                   "loadavg_after": [2.5, 1.0, 0.5], "cores": 1, "loaded": True}
+    assert row == {
+        "seconds": 1.0,
+        "loadavg_before": [0.3, 0.2, 0.1],
+        "loadavg_after": [2.5, 1.0, 0.5],
+        "cores": 1,
+        "loaded": True,
+    }
     assert common.load_mark(row) == "0.30/2.50 loaded"
 
 
@@ -84,15 +93,24 @@ def test_rates_and_roofline(common):
 # ----------------------------------------------------------------------------- FLOP counts
 def _mlp(d=6, h=5, k=3):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(),
-                         nn.Linear(h, k)).double()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, k)
+    ).double()
 
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 6, 3, stride=2, groups=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(6 * 1 * 1, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, groups=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 1 * 1, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3),
+    ).double()
 
 
 @pytest.mark.parametrize("make, shape", [(_mlp, (6,)), (_cnn, (1, 6, 6))])
@@ -120,6 +138,7 @@ def test_explicit_gram_is_two_n1_n2_params_per_output_pair(common, kind, outputs
 
 def _factorised_pseudo_ntk(net, x1, x2):
     """Pseudo-NTK by the per-layer factorisation (a·a' + 1)(δ·δ'): each Gram a GEMM."""
+
     def features(x):
         acts, sens = {}, {}
 
@@ -127,10 +146,14 @@ def _factorised_pseudo_ntk(net, x1, x2):
             def hook(module, inputs, output):
                 acts[name] = inputs[0].detach()
                 output.register_hook(lambda g: sens.__setitem__(name, g))
+
             return hook
 
-        hooks = [mod.register_forward_hook(keep(name)) for name, mod in net.named_modules()
-                 if isinstance(mod, nn.Linear)]
+        hooks = [
+            mod.register_forward_hook(keep(name))
+            for name, mod in net.named_modules()
+            if isinstance(mod, nn.Linear)
+        ]
         out = net(x)
         (out.sum(1) / math.sqrt(out.shape[1])).sum().backward()
         for h in hooks:
@@ -176,11 +199,11 @@ def test_mlmoc_query_flops_of_the_issue_case(common):
     ec = e * (m - e) + e * (e + 1) / 2
     assert q["theta_EC"] == per_pair * ec and q["VtV_EC"] == 2 * n * ec
     assert q["theta_LC"] == per_pair * n * m
-    assert q["theta_EC"] == pytest.approx(1.64e12, rel=0.01)    # 1.7 without the E × E savings
+    assert q["theta_EC"] == pytest.approx(1.64e12, rel=0.01)  # 1.7 without the E × E savings
     assert q["VtV_EC"] == pytest.approx(0.575e12, rel=0.01)
     assert q["theta_LC"] == pytest.approx(0.341e12, rel=0.01)
     assert q["total"] == pytest.approx(sum(v for k, v in q.items() if k != "total"))
-    assert 2.7e12 < q["total"] < 2.75e12                            # the issue's "about 2.7"
+    assert 2.7e12 < q["total"] < 2.75e12  # the issue's "about 2.7"
 
 
 def test_sequential_step_work(common):
@@ -216,9 +239,11 @@ def test_one_at_a_time_waits_for_the_running_benchmark(common, tmp_path, monkeyp
     common.one_at_a_time()
     try:
         assert common._LOCK is not None
-        probe = ("import fcntl, sys; fh = open(sys.argv[1], 'a+')\n"
-                 "try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-                 "except OSError: sys.exit(3)")
+        probe = (
+            "import fcntl, sys; fh = open(sys.argv[1], 'a+')\n"
+            "try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except OSError: sys.exit(3)"
+        )
         held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "ntkal-benchmark.lock")])
         assert held.returncode == 3  # another process cannot take it while this one runs
     finally:

@@ -7,7 +7,10 @@ the scripts run in two subprocesses side by side, each running its share one aft
 first on the path), a failure in one reported without stopping the others. Results go to
 ``tmp_path`` (``--results`` / ``--out``), never to benchmarks/results.
 """
+
+import functools
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -36,8 +39,10 @@ NO_QUICK = {"al_suite.py"}
 
 
 #: The two subprocesses' shares, about equal in CPU time.
-GROUPS = (["label_latency.py", "fidelity.py", "precision.py", "strategies_speed.py"],
-          ["pool_scale.py", "lookahead_speed.py", "kernels.py", "ray_sweep.py"])
+GROUPS = (
+    ["label_latency.py", "fidelity.py", "precision.py", "strategies_speed.py"],
+    ["pool_scale.py", "lookahead_speed.py", "kernels.py", "ray_sweep.py"],
+)
 
 RUNNER = """
 import json, runpy, sys, traceback
@@ -63,7 +68,8 @@ for script, argv in jobs:
 def _env() -> dict:
     env = dict(os.environ, NTKAL_QUIET="1", MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
+        os.pathsep
+    )
     return env
 
 
@@ -82,16 +88,23 @@ def _run_group(scripts: list, tmp: Path) -> dict:
         out = tmp / script.removesuffix(".py")
         out.mkdir()
         jobs.append([script, _argv(script, out)])
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(BENCHMARKS), json.dumps(jobs)],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(BENCHMARKS), json.dumps(jobs)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     status = {}
     for line in proc.stdout.splitlines():
         if line.startswith("QUICK-STATUS "):
             row = json.loads(line.removeprefix("QUICK-STATUS "))
             status[row["script"]] = (row["ok"], row.get("error", ""))
     for script in scripts:  # a crash of the interpreter itself reports what was left
-        status.setdefault(script, (False, f"not run (exit {proc.returncode}): "
-                                          f"{proc.stderr[-2000:]}"))
+        status.setdefault(
+            script, (False, f"not run (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        )
     return status
 
 
@@ -101,7 +114,7 @@ def test_every_benchmark_has_a_quick_run():
 
 
 def test_every_quick_run_works(tmp_path):
-    assert sorted(sum(GROUPS, [])) == sorted(QUICK)
+    assert sorted(functools.reduce(operator.iadd, GROUPS, [])) == sorted(QUICK)
     with ThreadPoolExecutor(max_workers=len(GROUPS)) as pool:
         status = {}
         for part in pool.map(lambda g: _run_group(g, tmp_path), GROUPS):
@@ -124,9 +137,14 @@ def test_every_quick_run_works(tmp_path):
 def test_ray_sweep_quick(tmp_path):
     out = tmp_path / "ray_sweep"
     out.mkdir()
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "ray_sweep.py"),
-                           *_argv("ray_sweep.py", out, extra=[])],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ray_sweep.py"), *_argv("ray_sweep.py", out, extra=[])],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(out.glob("*.json")).read_text())
     assert [r["mode"] for r in result["summary"]] == ["local", "ray1"]

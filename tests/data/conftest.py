@@ -1,4 +1,5 @@
 """Tiny on-disk datasets in the real formats, so loaders are tested without large downloads."""
+
 from __future__ import annotations
 
 import pickle
@@ -7,7 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def write_cifar(folder: Path, per_batch: int = 20, n_test: int = 30, seed: int = 0) -> Path:

@@ -1,5 +1,8 @@
 """Dataset validation and stratified sampling."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,8 +15,14 @@ from ntkal.data.sampling import stratified_indices
 
 
 def _make(**overrides):
-    kw = dict(name="toy", x_train=np.zeros((4, 1, 2, 2), np.float32), y_train=np.array([0, 1, 2, 1]),
-              x_test=np.zeros((2, 1, 2, 2), np.float32), y_test=np.array([2, 0]), classes=("a", "b", "c"))
+    kw = dict(
+        name="toy",
+        x_train=np.zeros((4, 1, 2, 2), np.float32),
+        y_train=np.array([0, 1, 2, 1]),
+        x_test=np.zeros((2, 1, 2, 2), np.float32),
+        y_test=np.array([2, 0]),
+        classes=("a", "b", "c"),
+    )
     kw.update(overrides)
     return Dataset(**kw)
 
@@ -23,7 +32,7 @@ def test_converts_and_exposes_shape():
     assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
     assert d.in_shape == (1, 2, 2) and d.num_classes == 3
     assert "in_shape=(1, 2, 2)" in repr(d)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         d.name = "other"  # frozen
 
 
@@ -67,12 +76,20 @@ def test_subset_method_matches_sizes():
 
 
 @settings(max_examples=50, deadline=None)
-@given(y=st.lists(st.integers(0, 5), min_size=1, max_size=60), frac=st.floats(0, 1), seed=st.integers(0, 99))
+@given(
+    y=st.lists(st.integers(0, 5), min_size=1, max_size=60),
+    frac=st.floats(0, 1),
+    seed=st.integers(0, 99),
+)
 def test_stratified_indices_properties(y, frac, seed):
     y = np.array(y)
-    n = int(round(frac * len(y)))
+    n = round(frac * len(y))
     idx = stratified_indices(y, n, np.random.default_rng(seed))
-    assert idx.shape == (n,) and len(np.unique(idx)) == n and (n == 0 or 0 <= idx.min() <= idx.max() < len(y))
+    assert (
+        idx.shape == (n,)
+        and len(np.unique(idx)) == n
+        and (n == 0 or 0 <= idx.min() <= idx.max() < len(y))
+    )
     k = len(np.unique(y))
     assert len(np.unique(y[idx])) == min(n, k)
     assert np.array_equal(idx, stratified_indices(y, n, np.random.default_rng(seed)))

@@ -1,4 +1,5 @@
 """A user's own data: .npz, CSV, Parquet and image folders, unlabelled points, clear errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,18 +53,38 @@ def test_npz_unlabelled_pool_needs_classes(tmp_path):
     assert d.classes == ("cat", "dog") and d.in_shape == (1, 4, 4)
 
 
-@pytest.mark.parametrize("arrays, match", [
-    (dict(y=np.arange(4)), r"has no array 'x'"),
-    (dict(x=np.zeros((4, 2)), y=np.zeros(3, np.int64)), r"'y' must be 4 integer labels"),
-    (dict(x=np.zeros((4, 2)), y=np.array([0, 1, -3, 0])), r"labels are >= 0, or -1"),
-    (dict(x=np.full((4, 2), np.nan), y=np.arange(4) % 2), "NaN or infinite"),
-    (dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, x_test=np.zeros((2, 3)),
-          y_test=np.zeros(2, np.int64)), r"'x_test' has shape"),
-    (dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, x_test=np.zeros((2, 2))), r"needs labels 'y_test'"),
-    (dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, x_test=np.zeros((2, 2)),
-          y_test=np.array([0, -1])), r"a test set must be labelled"),
-    (dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, extra=np.zeros(1)), "unexpected array"),
-])
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        (dict(y=np.arange(4)), r"has no array 'x'"),
+        (dict(x=np.zeros((4, 2)), y=np.zeros(3, np.int64)), r"'y' must be 4 integer labels"),
+        (dict(x=np.zeros((4, 2)), y=np.array([0, 1, -3, 0])), r"labels are >= 0, or -1"),
+        (dict(x=np.full((4, 2), np.nan), y=np.arange(4) % 2), "NaN or infinite"),
+        (
+            dict(
+                x=np.zeros((4, 2)),
+                y=np.arange(4) % 2,
+                x_test=np.zeros((2, 3)),
+                y_test=np.zeros(2, np.int64),
+            ),
+            r"'x_test' has shape",
+        ),
+        (
+            dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, x_test=np.zeros((2, 2))),
+            r"needs labels 'y_test'",
+        ),
+        (
+            dict(
+                x=np.zeros((4, 2)),
+                y=np.arange(4) % 2,
+                x_test=np.zeros((2, 2)),
+                y_test=np.array([0, -1]),
+            ),
+            r"a test set must be labelled",
+        ),
+        (dict(x=np.zeros((4, 2)), y=np.arange(4) % 2, extra=np.zeros(1)), "unexpected array"),
+    ],
+)
 def test_npz_errors_name_the_file(tmp_path, arrays, match):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match=match) as err:
@@ -75,7 +96,7 @@ def test_not_an_npz_and_missing_and_unknown_type(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=r"junk\.npz is not a readable \.npz"):
         load_file_dataset(tmp_path / "junk.npz")
-    with pytest.raises(FileNotFoundError, match="nothere.csv does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nothere.csv does not exist"):
         load_dataset(str(tmp_path / "nothere.csv"))
     (tmp_path / "x.txt").write_text("1,2\n")
     with pytest.raises(ValueError, match=r"x\.txt: unsupported file type \.txt"):
@@ -113,17 +134,28 @@ def test_csv_numeric_labels_sort_numerically_and_default_column(tmp_path):
     assert d.y_train.tolist() == [[1, 2, 0][i % 3] for i in range(12)]
 
 
-@pytest.mark.parametrize("text, kwargs, match", [
-    ("a,b,y\n1,2,x\n3,oops,y\n", dict(label_column="y"), r"row 2, column 'b': 'oops' is not a number"),
-    ("a,b,y\n1,,x\n3,4,y\n", dict(label_column="y"), r"row 1, column 'b': empty"),
-    ("a,b,y\n1,2,x\n3,4\n", dict(label_column="y"), r"line 3: 2 fields but the header has 3"),
-    ("a,b\n1,2\n", dict(label_column="y"), r"no label column 'y'; columns: a, b"),
-    ("", {}, r"is empty"),
-    ("a,a\n1,2\n", {}, r"name every column once"),
-    ("a,y\n1,x\n2,x\n", dict(label_column="y"), r"only one class \('x'\)"),
-    ("a,y\n1,x\n2,z\n", dict(label_column="y", classes=["x", "w"]), r"label 'z' .* is not one of"),
-    ("a,b\n1,2\n", {}, r"has no labels at all"),
-])
+@pytest.mark.parametrize(
+    "text, kwargs, match",
+    [
+        (
+            "a,b,y\n1,2,x\n3,oops,y\n",
+            dict(label_column="y"),
+            r"row 2, column 'b': 'oops' is not a number",
+        ),
+        ("a,b,y\n1,,x\n3,4,y\n", dict(label_column="y"), r"row 1, column 'b': empty"),
+        ("a,b,y\n1,2,x\n3,4\n", dict(label_column="y"), r"line 3: 2 fields but the header has 3"),
+        ("a,b\n1,2\n", dict(label_column="y"), r"no label column 'y'; columns: a, b"),
+        ("", {}, r"is empty"),
+        ("a,a\n1,2\n", {}, r"name every column once"),
+        ("a,y\n1,x\n2,x\n", dict(label_column="y"), r"only one class \('x'\)"),
+        (
+            "a,y\n1,x\n2,z\n",
+            dict(label_column="y", classes=["x", "w"]),
+            r"label 'z' .* is not one of",
+        ),
+        ("a,b\n1,2\n", {}, r"has no labels at all"),
+    ],
+)
 def test_csv_errors_name_file_row_and_column(tmp_path, text, kwargs, match):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -137,8 +169,9 @@ def test_parquet_reads_like_csv(tmp_path):
     pytest.importorskip("pyarrow")
     frame = pd.DataFrame({"a": np.arange(10.0), "y": ["p", "q", None, "p", "q"] * 2})
     frame.to_parquet(tmp_path / "t.parquet")
-    d = load_file_dataset(tmp_path / "t.parquet", label_column="y", test_fraction=0,
-                          normalise="none")
+    d = load_file_dataset(
+        tmp_path / "t.parquet", label_column="y", test_fraction=0, normalise="none"
+    )
     assert d.classes == ("p", "q") and d.num_unlabelled == 2
     assert d.y_train.tolist() == [0, 1, -1, 0, 1] * 2
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
@@ -158,7 +191,9 @@ def test_parquet_without_pandas_says_what_to_install(tmp_path, monkeypatch):
 
     (tmp_path / "t.parquet").write_bytes(b"x")
     monkeypatch.setattr(builtins, "__import__", no_pandas)
-    with pytest.raises(ImportError, match=r"t\.parquet needs pandas and pyarrow: pip install 'ntkal\[parquet\]'"):
+    with pytest.raises(
+        ImportError, match=r"t\.parquet needs pandas and pyarrow: pip install 'ntkal\[parquet\]'"
+    ):
         load_file_dataset(tmp_path / "t.parquet")
 
 
@@ -188,7 +223,7 @@ def test_image_folder_classes_unlabelled_and_resize(tmp_path):
 
 def test_flat_folder_is_an_unlabelled_pool_and_rgb_detected(tmp_path):
     _pngs(tmp_path / "flat", 4, lambda i: 50 * i, mode="RGB")
-    with pytest.raises(ValueError, match="pass classes=.* to name the classes"):
+    with pytest.raises(ValueError, match=r"pass classes=.* to name the classes"):
         load_file_dataset(tmp_path / "flat")
     d = load_file_dataset(tmp_path / "flat", classes=["a", "b", "c"])
     assert d.num_unlabelled == 4 and d.in_shape == (3, 5, 6) and d.num_test == 0

@@ -1,5 +1,6 @@
 """A user's files with nothing malformed but something probably not meant: each case is an
 error or a :class:`~ntkal.data.files.DataWarning` naming the file and the fix, never silent."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,8 +24,11 @@ def _csv(path, labels, d=2):
 @pytest.mark.parametrize("a, b", [("Cat", "cat"), ("1", "1.0"), ("dog ", "DOG")])
 def test_labels_spelt_two_ways_are_refused(tmp_path, a, b):
     path = _csv(tmp_path / "pets.csv", [a, b, "other"] * 4)
-    with pytest.raises(ValueError, match=r"pets.csv: labels .* differ only in case or number "
-                                         r"format .* pass classes="):
+    with pytest.raises(
+        ValueError,
+        match=r"pets.csv: labels .* differ only in case or number "
+        r"format .* pass classes=",
+    ):
         load_file_dataset(path)
 
 
@@ -37,7 +41,9 @@ def test_spellings_listed_as_classes_are_kept_apart(tmp_path):
 
 def test_a_single_row_class_stays_in_training_with_a_warning(tmp_path):
     path = _csv(tmp_path / "rare.csv", ["a", "b"] * 10 + ["rare"])
-    with pytest.warns(DataWarning, match=r"rare.csv: class\(es\) 'rare' have a single labelled row"):
+    with pytest.warns(
+        DataWarning, match=r"rare.csv: class\(es\) 'rare' have a single labelled row"
+    ):
         ds = load_file_dataset(path, test_fraction=0.5)
     rare = ds.classes.index("rare")
     assert (ds.y_train.numpy() == rare).sum() == 1  # held out, no model would ever see it
@@ -71,9 +77,17 @@ def test_an_unlabelled_pool_may_have_empty_classes(tmp_path):
         load_file_dataset(path, test_fraction=0.0)
 
 
-@pytest.mark.parametrize("ids, shown", [((0, 7), r"\{0, 7\}, so ids 1, 2, 3, 4, 5, 6 have no rows "
-                                                  r"and would be 6 empty classes of 8"),
-                                        ((1, 2), r"\{1, 2\}, so ids 0 have no rows")])
+@pytest.mark.parametrize(
+    "ids, shown",
+    [
+        (
+            (0, 7),
+            r"\{0, 7\}, so ids 1, 2, 3, 4, 5, 6 have no rows "
+            r"and would be 6 empty classes of 8",
+        ),
+        ((1, 2), r"\{1, 2\}, so ids 0 have no rows"),
+    ],
+)
 def test_sparse_label_ids_are_refused(tmp_path, ids, shown):
     path = tmp_path / "sparse.npz"
     y = np.array(ids * 10)
@@ -82,10 +96,13 @@ def test_sparse_label_ids_are_refused(tmp_path, ids, shown):
         load_file_dataset(path)
 
 
-@pytest.mark.parametrize("content, why", [
-    (b"x,y\n1,2\n", r"it is not a zip archive\)"),
-    (b"PK\x03\x04 cut short", r"(File is not a zip file|zip)"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"x,y\n1,2\n", r"it is not a zip archive\)"),
+        (b"PK\x03\x04 cut short", r"(File is not a zip file|zip)"),
+    ],
+)
 def test_an_npz_that_is_no_zip_names_the_file(tmp_path, content, why):
     path = tmp_path / "broken.npz"
     path.write_bytes(content)

@@ -1,4 +1,5 @@
 """IDX parser: real MNIST / Fashion-MNIST files, round trips, and corrupted input."""
+
 from __future__ import annotations
 
 import gzip
@@ -95,7 +96,7 @@ def test_corrupted_input(tmp_path, blob, expected):
 
 def test_wrong_dimension_count(tmp_path):
     labels = write_idx(tmp_path / "labels", np.zeros(4, dtype=np.uint8))
-    with pytest.raises(IDXFormatError, match="1 dimensions .* but 3 were expected"):
+    with pytest.raises(IDXFormatError, match=r"1 dimensions .* but 3 were expected"):
         read_idx(labels, ndim=3)
 
 

@@ -1,4 +1,5 @@
 """The one label validator."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,23 +20,34 @@ def test_accepted_forms_give_int64_arrays():
     assert as_class_labels([7, 0], None).tolist() == [7, 0]
 
 
-@pytest.mark.parametrize("value,match", [
-    ([0.0, 1.0], "integer class indices, got dtype float64"),
-    (torch.tensor([0.0, 1.0]), "integer class indices"),
-    ([True, False], "integer class indices, got dtype bool"),
-    (["a", "b"], "integer class indices"),
-    (np.array([1 + 0j]), "integer class indices"),
-    (np.zeros((2, 2), dtype=int), "1-D array of class indices, got shape"),
-    ([0, 3], r"y_train has labels in \[0, 3\] but there are 3 classes: label 3 is out of range"),
-    ([-1, 2], r"label -1 is out of range \(labels must lie in \[0, 3\), i.e. valid labels are 0..2\)"),
-])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ([0.0, 1.0], "integer class indices, got dtype float64"),
+        (torch.tensor([0.0, 1.0]), "integer class indices"),
+        ([True, False], "integer class indices, got dtype bool"),
+        (["a", "b"], "integer class indices"),
+        (np.array([1 + 0j]), "integer class indices"),
+        (np.zeros((2, 2), dtype=int), "1-D array of class indices, got shape"),
+        (
+            [0, 3],
+            r"y_train has labels in \[0, 3\] but there are 3 classes: label 3 is out of range",
+        ),
+        (
+            [-1, 2],
+            r"label -1 is out of range \(labels must lie in \[0, 3\), i.e. valid labels are 0..2\)",
+        ),
+    ],
+)
 def test_refused_forms_name_the_input(value, match):
     with pytest.raises(ValueError, match=match):
         as_class_labels(value, 3, name="y_train")
 
 
 def test_length_and_unbounded_checks():
-    with pytest.raises(ValueError, match="y and the inputs have different lengths: 3 inputs, 2 labels"):
+    with pytest.raises(
+        ValueError, match="y and the inputs have different lengths: 3 inputs, 2 labels"
+    ):
         as_class_labels([0, 1], 2, name="y", expected=3)
     with pytest.raises(ValueError, match="labels and the indices have different lengths"):
         as_class_labels([0, 1], 2, expected=1, against="indices")

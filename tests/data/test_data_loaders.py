@@ -1,4 +1,5 @@
 """load_dataset: digits, CIFAR-10 / SVHN on generated files, path resolution and error messages."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,16 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset, write_idx
-from ntkal.data import loaders
+from ntkal.data import DatasetNotFoundError, available_datasets, load_dataset, loaders, write_idx
 
 
 def test_available_datasets():
     from ntkal.data.packaged import PACKAGED_LOADERS
 
-    assert available_datasets() == ["digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic",
-                                  "clustered"] + list(PACKAGED_LOADERS) + [
-                                  "digits_lt", "fashion_mnist_lt"]
+    assert available_datasets() == [
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "cifar10",
+        "svhn",
+        "synthetic",
+        "clustered",
+    ] + list(PACKAGED_LOADERS) + ["digits_lt", "fashion_mnist_lt"]
 
 
 def test_unknown_name_lists_valid_names():
@@ -138,7 +144,9 @@ def test_env_var_is_used_and_root_beats_it(tmp_path, monkeypatch, make_cifar, ma
     make_svhn(env / "svhn", n_train=4, n_test=2)
     monkeypatch.setenv("NTKAL_DATA", str(env))
     fm = load_dataset("fashion_mnist")
-    assert fm.num_train == 20 and fm.x_train[0, 0, 0, 0].item() == pytest.approx((1 - 0.2860) / 0.3530)
+    assert fm.num_train == 20 and fm.x_train[0, 0, 0, 0].item() == pytest.approx(
+        (1 - 0.2860) / 0.3530
+    )
     mn = load_dataset("mnist")
     assert mn.num_train == 20 and mn.x_train[0, 0, 0, 0].item() == pytest.approx(-0.1307 / 0.3081)
     assert load_dataset("cifar10").num_train == 10
@@ -176,7 +184,7 @@ def test_missing_data_names_install_command(tmp_path, name, command):
 def test_mismatched_idx_counts(tmp_path):
     folder = _write_tiny_idx(tmp_path / "mnist", 0)
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
-    with pytest.raises(ValueError, match="10 images but .* 9 labels"):
+    with pytest.raises(ValueError, match=r"10 images but .* 9 labels"):
         load_dataset("mnist", root=folder)
 
 
@@ -192,7 +200,9 @@ def test_real_fashion_mnist_subset_loads():
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST not installed (`sudo apt-get install dataset-fashion-mnist`)")
     d = load_dataset("fashion_mnist", train_size=500, test_size=100, seed=0)
-    assert d.in_shape == (1, 28, 28) and d.classes[0] == "T-shirt/top" and d.classes[9] == "Ankle boot"
+    assert (
+        d.in_shape == (1, 28, 28) and d.classes[0] == "T-shirt/top" and d.classes[9] == "Ankle boot"
+    )
     assert torch.bincount(d.y_train).tolist() == [50] * 10
 
 

@@ -1,4 +1,5 @@
 """Pool invariants, errors that leave the state unchanged, and serialisation."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,10 @@ def test_accepts_numpy_and_torch_integers():
     pool.label(torch.tensor([3, 1]))
     pool.label(np.int32(4))
     assert pool.labelled_indices.tolist() == [3, 1, 4]
-    assert pool.is_labelled(np.int64(1)) and pool.class_counts(torch.arange(5) % 2).tolist() == [1, 2]
+    assert pool.is_labelled(np.int64(1)) and pool.class_counts(torch.arange(5) % 2).tolist() == [
+        1,
+        2,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +67,7 @@ def test_label_errors_leave_state_unchanged(bad, message):
 
 
 def test_constructor_and_is_labelled_validation():
-    with pytest.raises(ValueError, match="already labelled|more than once"):
+    with pytest.raises(ValueError, match=r"already labelled|more than once"):
         Pool(3, labelled=[0, 0])
     with pytest.raises(ValueError, match=">= 0"):
         Pool(-1)
@@ -90,8 +94,11 @@ def test_random_label_sequences_keep_a_partition(size, data):
     for _ in range(data.draw(st.integers(0, 8))):
         batch = data.draw(st.lists(st.integers(-3, size + 3), max_size=6))
         before = _snapshot(pool)
-        valid = (len(set(batch)) == len(batch) and all(0 <= i < size for i in batch)
-                 and not set(batch) & set(order))
+        valid = (
+            len(set(batch)) == len(batch)
+            and all(0 <= i < size for i in batch)
+            and not set(batch) & set(order)
+        )
         if valid:
             pool.label(batch)
             order += batch
@@ -139,7 +146,10 @@ def test_random_initial_is_deterministic_and_stratified(seed, n_classes, n_initi
     present = len(np.unique(y[a.labelled_indices]))
     assert present == min(n_initial, n_classes)
     plain = Pool.random_initial(30, n_initial, seed)
-    assert plain.labelled_indices.tolist() == Pool.random_initial(30, n_initial, seed).labelled_indices.tolist()
+    assert (
+        plain.labelled_indices.tolist()
+        == Pool.random_initial(30, n_initial, seed).labelled_indices.tolist()
+    )
 
 
 def test_random_initial_errors():

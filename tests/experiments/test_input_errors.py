@@ -1,4 +1,5 @@
 """Bad config and results files: each fails with a message naming the file, key or record."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,18 @@ from ntkal.experiments.config import MAX_CONFIG_BYTES, ConfigError, load_config,
 from ntkal.experiments.plots import auc_table, load_records
 from ntkal.experiments.runner import run_experiment
 
-RAW = {"name": "tiny", "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
-       "model": {"name": "mlp", "width": 8}, "trainer": {"epochs": 1, "batch_size": 16},
-       "strategies": ["random"], "initial_size": 8, "budget": 4, "cycles": 1, "seeds": [0],
-       "threads": 1}
+RAW = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
+    "model": {"name": "mlp", "width": 8},
+    "trainer": {"epochs": 1, "batch_size": 16},
+    "strategies": ["random"],
+    "initial_size": 8,
+    "budget": 4,
+    "cycles": 1,
+    "seeds": [0],
+    "threads": 1,
+}
 
 
 def _write(tmp_path, text, name="c.yml"):
@@ -34,8 +43,11 @@ def test_stratified_initial_must_be_a_real_boolean(value):
 
 def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
-              f"*a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    lines += [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}, *a{i - 1}]"
+        for i in range(1, 9)
+    ]
     body = yaml.safe_dump({**RAW, "strategies": [{"name": "bald", "params": {}}]})
     text = "\n".join(lines) + "\n" + body.replace("params: {}", "params: {num_samples: *a8}")
     assert len(text) < 2048
@@ -54,25 +66,44 @@ def test_oversized_and_binary_configs_name_the_file(tmp_path):
         load_config(binary)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"kernel": "bogus"}, r"strategy 'mlmoc': params.kernel must be one of .*'pseudo', 'trace'"),
-    ({"implementation": "fast"}, r"strategy 'mlmoc': params.implementation must be one of .*'auto'"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (
+            {"kernel": "bogus"},
+            r"strategy 'mlmoc': params.kernel must be one of .*'pseudo', 'trace'",
+        ),
+        (
+            {"implementation": "fast"},
+            r"strategy 'mlmoc': params.implementation must be one of .*'auto'",
+        ),
+    ],
+)
 def test_bad_strategy_parameters_fail_at_parse_time(params, match):
     with pytest.raises(ConfigError, match=match):
         parse_config({**RAW, "strategies": [{"name": "mlmoc", "params": params}]})
 
 
-@pytest.mark.parametrize("name, params, match", [
-    ("batchbald", {"max_configurations": "many"}, r"'batchbald': max_configurations must be a "
-                                                  r"positive integer, got 'many'"),
-    ("ll4al", {"hidden": "wide"}, r"'ll4al': hidden must be a positive integer, got 'wide'"),
-    ("ll4al", {"margin": "one"}, r"'ll4al': margin must be a finite number"),
-    ("ll4al", {"feature_layers": "layer1"}, r"'ll4al': feature_layers must be a list"),
-])
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        (
+            "batchbald",
+            {"max_configurations": "many"},
+            r"'batchbald': max_configurations must be a "
+            r"positive integer, got 'many'",
+        ),
+        ("ll4al", {"hidden": "wide"}, r"'ll4al': hidden must be a positive integer, got 'wide'"),
+        ("ll4al", {"margin": "one"}, r"'ll4al': margin must be a finite number"),
+        ("ll4al", {"feature_layers": "layer1"}, r"'ll4al': feature_layers must be a list"),
+    ],
+)
 def test_strategy_parameter_types_are_named(name, params, match):
-    raw = {**RAW, "model": {"name": "mlp", "width": 8, "dropout": 0.2},
-           "strategies": [{"name": name, "params": params}]}
+    raw = {
+        **RAW,
+        "model": {"name": "mlp", "width": 8, "dropout": 0.2},
+        "strategies": [{"name": name, "params": params}],
+    }
     with pytest.raises(ConfigError, match=match):
         parse_config(raw)
 
@@ -99,8 +130,9 @@ def test_records_missing_fields_name_the_record_and_field(tmp_path):
     match = r"results.json: record 1 \(strategy='random', cycle=1\) lacks field\(s\) 'seed'"
     with pytest.raises(ValueError, match=match):
         load_records(path)
-    with pytest.raises(ValueError,
-                       match=r"records: record 0 \(strategy='a', seed=0\) lacks field\(s\) 'accuracy'"):
+    with pytest.raises(
+        ValueError, match=r"records: record 0 \(strategy='a', seed=0\) lacks field\(s\) 'accuracy'"
+    ):
         auc_table([{"strategy": "a", "seed": 0, "labelled": 1}])
     cli = CliRunner().invoke(app, ["plot", str(path)])
     assert cli.exit_code != 0 and "lacks field(s) 'seed'" in cli.output
@@ -114,6 +146,9 @@ def test_resuming_from_records_missing_fields_is_a_clear_error(tmp_path):
     doc = json.loads((tmp_path / "results.json").read_text())
     del doc["records"][0]["seed"]
     (tmp_path / "results.json").write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match=r"record 0 \(strategy='random', cycle=0\) lacks "
-                                          r"field\(s\) 'seed'; use another output directory"):
+    with pytest.raises(
+        ConfigError,
+        match=r"record 0 \(strategy='random', cycle=0\) lacks "
+        r"field\(s\) 'seed'; use another output directory",
+    ):
         run_experiment(cfg, tmp_path, quiet=True)

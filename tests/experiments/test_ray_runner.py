@@ -2,6 +2,7 @@
 
 One private Ray (2 CPUs, 127.0.0.1) is started for the module and stopped at its end.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,19 +19,27 @@ from ntkal.experiments.config import ConfigError, Resources, parse_config
 from ntkal.experiments.runner import run_experiment
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed (pip install 'ntkal[ray]')")
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY, reason="ray is not installed (pip install 'ntkal[ray]')"
+)
 
 TIMING = ("query_seconds", "train_seconds")
 
 
 def _raw(**changes):
-    raw = {"name": "tiny",
-           "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
-           "model": {"name": "mlp", "width": 16},
-           "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.05},
-           "strategies": ["random", {"name": "mlmoc", "params": {"kernel": "pseudo"}}],
-           "initial_size": 8, "budget": 4, "cycles": 2, "subset": 40, "seeds": [0, 1],
-           "threads": 1}
+    raw = {
+        "name": "tiny",
+        "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
+        "model": {"name": "mlp", "width": 16},
+        "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.05},
+        "strategies": ["random", {"name": "mlmoc", "params": {"kernel": "pseudo"}}],
+        "initial_size": 8,
+        "budget": 4,
+        "cycles": 2,
+        "subset": 40,
+        "seeds": [0, 1],
+        "threads": 1,
+    }
     raw.update(changes)
     return raw
 
@@ -65,11 +74,11 @@ def _hex_ip(text: str) -> str:
     raw = bytes.fromhex(text)
     if len(raw) == 4:
         return ".".join(str(b) for b in raw[::-1])
-    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]  # four little-endian 32-bit words
+    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]  # four little-endian 32-bit words
     full = b"".join(words)
     if full[:12] == b"\0" * 10 + b"\xff\xff":
         return "::ffff:" + ".".join(str(b) for b in full[12:])
-    return ":".join(full[i:i + 2].hex() for i in range(0, 16, 2))
+    return ":".join(full[i : i + 2].hex() for i in range(0, 16, 2))
 
 
 def listening_addresses(pids: set[int]) -> list[tuple[int, str, int]]:
@@ -111,19 +120,27 @@ def test_hex_ip_decoding():
 def test_resources_are_validated_and_left_out_of_the_hashes():
     cfg = parse_config(_raw())
     assert cfg.resources == Resources(cpus=1.0, gpus=0.0)
-    more = parse_config(_raw(resources={"cpus": 2, "gpus": 0.5},
-                             strategies=["random", {"name": "mlmoc", "params": {"kernel": "pseudo"},
-                                                     "resources": {"cpus": 0.5}}]))
+    more = parse_config(
+        _raw(
+            resources={"cpus": 2, "gpus": 0.5},
+            strategies=[
+                "random",
+                {"name": "mlmoc", "params": {"kernel": "pseudo"}, "resources": {"cpus": 0.5}},
+            ],
+        )
+    )
     assert more.resources_for(more.strategies[0]) == Resources(2.0, 0.5)
     assert more.resources_for(more.strategies[1]) == Resources(0.5, 0.0)
     # scheduling only: earlier results still resume
     assert more.shared_hash() == cfg.shared_hash()
     assert more.strategy_hash(more.strategies[1]) == cfg.strategy_hash(cfg.strategies[1])
     assert parse_config(more.to_dict()) == more
-    for bad, message in [({"cpu": 1}, r"unknown key\(s\) cpu in resources; valid keys: cpus, gpus"),
-                         ({"cpus": 0}, r"resources.cpus must be > 0"),
-                         ({"gpus": -1}, r"resources.gpus must lie in"),
-                         ({"cpus": "two"}, r"resources.cpus must be a finite number")]:
+    for bad, message in [
+        ({"cpu": 1}, r"unknown key\(s\) cpu in resources; valid keys: cpus, gpus"),
+        ({"cpus": 0}, r"resources.cpus must be > 0"),
+        ({"gpus": -1}, r"resources.gpus must lie in"),
+        ({"cpus": "two"}, r"resources.cpus must be a finite number"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_config(_raw(resources=bad))
     with pytest.raises(ConfigError, match=r"strategies\[0\].resources.cpus must be > 0"):
@@ -213,13 +230,15 @@ def test_records_are_the_local_runners(local_ray, tmp_path):
     assert _without_timing(remote) == _without_timing(local)  # same records, same order
     doc_l = json.loads((tmp_path / "local" / "results.json").read_text())
     doc_r = json.loads((tmp_path / "ray" / "results.json").read_text())
-    assert {k: v for k, v in doc_r.items() if k != "records"} == \
-        {k: v for k, v in doc_l.items() if k != "records"}
+    assert {k: v for k, v in doc_r.items() if k != "records"} == {
+        k: v for k, v in doc_l.items() if k != "records"
+    }
     assert _without_timing(doc_r["records"]) == _without_timing(doc_l["records"])
     assert all(r["train_seconds"] > 0 for r in remote)
     assert (tmp_path / "ray" / "learning_curves.png").stat().st_size > 0
-    assert sorted(p.name for p in (tmp_path / "ray" / "state").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "local" / "state").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ray" / "state").iterdir()) == sorted(
+        p.name for p in (tmp_path / "local" / "state").iterdir()
+    )
     assert again == remote  # finished: the second invocation changed nothing
 
 
@@ -262,8 +281,9 @@ def test_cli_ray_flag_uses_the_ray_runner(local_ray, tmp_path, monkeypatch):
     _refuse_local_runs(monkeypatch)
     path = tmp_path / "tiny.yml"
     path.write_text(yaml.safe_dump(_raw(strategies=["random"], seeds=[0], cycles=1)))
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "-q",
-                                      "--ray"])
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--out", str(tmp_path / "o"), "-q", "--ray"]
+    )
     assert result.exit_code == 0, result.output
     records = json.loads((tmp_path / "o" / "results.json").read_text())["records"]
     assert [(r["strategy"], r["cycle"]) for r in records] == [("random", 0), ("random", 1)]
@@ -278,8 +298,11 @@ def test_task_errors_name_the_run(local_ray, tmp_path):
     import dataclasses
 
     bad = dataclasses.replace(cfg, trainer={**cfg.trainer, "epochs": 0})
-    with pytest.raises(ConfigError, match=r"run 'random' seed 0 failed on a Ray worker: "
-                                          r"trainer: .*epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run 'random' seed 0 failed on a Ray worker: "
+        r"trainer: .*epochs",
+    ):
         run_experiment_ray(bad, tmp_path, quiet=True, plot=False)
 
 
@@ -317,8 +340,15 @@ def _npz(path, seed=0, n=60, d=5, k=3):
 
 
 def _file_raw(path, **changes):
-    raw = _raw(dataset={"path": str(path)}, strategies=["random"], seeds=[0], initial_size=6,
-               budget=3, cycles=2, subset=None)
+    raw = _raw(
+        dataset={"path": str(path)},
+        strategies=["random"],
+        seeds=[0],
+        initial_size=6,
+        budget=3,
+        cycles=2,
+        subset=None,
+    )
     raw.update(changes)
     return raw
 

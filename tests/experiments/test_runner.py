@@ -1,4 +1,5 @@
 """Runner on a tiny config: outputs, shared initial sets, resuming after an interruption."""
+
 from __future__ import annotations
 
 import csv
@@ -12,17 +13,23 @@ from ntkal.experiments.config import ConfigError, parse_config
 from ntkal.experiments.plots import auc_table, curves, load_records, normalised_auc
 from ntkal.experiments.runner import is_quiet, run_experiment
 
-
 _TRAIN = ntkal.training.train
 
 
 def _cfg(**changes):
-    raw = {"name": "tiny",
-           "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
-           "model": {"name": "mlp", "width": 16},
-           "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.05},
-           "strategies": ["random", {"name": "mlmoc", "params": {"kernel": "pseudo"}}],
-           "initial_size": 8, "budget": 4, "cycles": 2, "subset": 40, "seeds": [0, 1], "threads": 1}
+    raw = {
+        "name": "tiny",
+        "dataset": {"name": "synthetic", "train_size": 120, "test_size": 40},
+        "model": {"name": "mlp", "width": 16},
+        "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.05},
+        "strategies": ["random", {"name": "mlmoc", "params": {"kernel": "pseudo"}}],
+        "initial_size": 8,
+        "budget": 4,
+        "cycles": 2,
+        "subset": 40,
+        "seeds": [0, 1],
+        "threads": 1,
+    }
     raw.update(changes)
     return parse_config(raw)
 
@@ -43,8 +50,10 @@ class _CountingTrain:
 
 
 def _key(records):
-    return sorted((r["strategy"], r["seed"], r["cycle"], r["labelled"], round(r["accuracy"], 6))
-                  for r in records)
+    return sorted(
+        (r["strategy"], r["seed"], r["cycle"], r["labelled"], round(r["accuracy"], 6))
+        for r in records
+    )
 
 
 def test_tiny_run_writes_outputs_and_resumes_without_training(tmp_path, monkeypatch):
@@ -60,8 +69,15 @@ def test_tiny_run_writes_outputs_and_resumes_without_training(tmp_path, monkeypa
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"]["budget"] == 4 and len(doc["records"]) == 12
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 12 and set(rows[0]) >= {"strategy", "seed", "cycle", "labelled",
-                                                "accuracy", "query_seconds", "train_seconds"}
+    assert len(rows) == 12 and set(rows[0]) >= {
+        "strategy",
+        "seed",
+        "cycle",
+        "labelled",
+        "accuracy",
+        "query_seconds",
+        "train_seconds",
+    }
     by = {(r["strategy"], r["seed"], r["cycle"]): r for r in records}
     assert [by["random", 0, c]["labelled"] for c in range(3)] == [8, 12, 16]
     assert by["random", 0, 2]["query_seconds"] is None and by["random", 0, 0]["query_seconds"] >= 0
@@ -94,11 +110,17 @@ def test_changed_config_is_refused_but_new_seeds_are_added(tmp_path):
     run_experiment(_cfg(strategies=["random"], seeds=[0], cycles=1), out, quiet=True, plot=False)
     with pytest.raises(ConfigError, match="different config"):
         run_experiment(_cfg(strategies=["random"], seeds=[0], cycles=1, budget=5), out, quiet=True)
-    records = run_experiment(_cfg(strategies=["random"], seeds=[0, 1], cycles=1), out, quiet=True,
-                             plot=False)
+    records = run_experiment(
+        _cfg(strategies=["random"], seeds=[0, 1], cycles=1), out, quiet=True, plot=False
+    )
     assert sorted({r["seed"] for r in records}) == [0, 1]
-    records = run_experiment(_cfg(strategies=["random"], seeds=[0], cycles=1, budget=5), out,
-                             quiet=True, plot=False, overwrite=True)
+    records = run_experiment(
+        _cfg(strategies=["random"], seeds=[0], cycles=1, budget=5),
+        out,
+        quiet=True,
+        plot=False,
+        overwrite=True,
+    )
     assert len(records) == 2
 
 
@@ -116,9 +138,17 @@ def test_quiet_from_environment(monkeypatch):
 def test_auc_and_curves():
     assert normalised_auc([0, 10, 20], [0.5, 0.5, 1.0]) == pytest.approx(0.625)
     assert normalised_auc([5], [0.7]) == pytest.approx(0.7)
-    recs = [{"strategy": s, "seed": seed, "cycle": c, "labelled": 10 + 10 * c, "accuracy": a}
-            for s, seed, c, a in [("a", 0, 0, 0.5), ("a", 0, 1, 0.7), ("a", 1, 0, 0.5),
-                                  ("a", 1, 1, 0.9), ("b", 0, 0, 0.4), ("b", 0, 1, 0.4)]]
+    recs = [
+        {"strategy": s, "seed": seed, "cycle": c, "labelled": 10 + 10 * c, "accuracy": a}
+        for s, seed, c, a in [
+            ("a", 0, 0, 0.5),
+            ("a", 0, 1, 0.7),
+            ("a", 1, 0, 0.5),
+            ("a", 1, 1, 0.9),
+            ("b", 0, 0, 0.4),
+            ("b", 0, 1, 0.4),
+        ]
+    ]
     table = auc_table(recs)
     assert list(table) == ["a", "b"]
     assert table["a"]["mean"] == pytest.approx(0.65) and table["a"]["seeds"] == 2
@@ -145,8 +175,15 @@ def test_per_strategy_mode_compares_sequential_and_batch_in_one_run(tmp_path, mo
         return original(self, budget)
 
     monkeypatch.setattr(ActiveLearner, "query", spy)
-    cfg = _cfg(strategies=[{"name": "mlmoc", "label": "mlmoc_seq", "mode": "sequential"},
-                           "mlmoc", "random"], seeds=[0], cycles=1)
+    cfg = _cfg(
+        strategies=[
+            {"name": "mlmoc", "label": "mlmoc_seq", "mode": "sequential"},
+            "mlmoc",
+            "random",
+        ],
+        seeds=[0],
+        cycles=1,
+    )
     assert [cfg.mode_for(s) for s in cfg.strategies] == ["sequential", "batch", "batch"]
     records = run_experiment(cfg, tmp_path / "mixed", quiet=True, plot=False)
     assert {r["strategy"] for r in records} == {"mlmoc_seq", "mlmoc", "random"}
@@ -157,10 +194,21 @@ def test_per_strategy_mode_compares_sequential_and_batch_in_one_run(tmp_path, mo
     from ntkal.experiments.config import _hash
 
     plain = cfg.strategies[1]
-    before = {"name": plain.name, "params": plain.params, "label": plain.label, "model": plain.model}
-    assert cfg.strategy_hash(plain) == _hash({"shared": cfg.shared_hash(), "strategy": before,
-                                              "model": {k: v for k, v in dataclasses.asdict(
-                                                  cfg.model_for(plain)).items()
-                                                  if k != "factory"}})  # hashed as before factories
+    before = {
+        "name": plain.name,
+        "params": plain.params,
+        "label": plain.label,
+        "model": plain.model,
+    }
+    assert cfg.strategy_hash(plain) == _hash(
+        {
+            "shared": cfg.shared_hash(),
+            "strategy": before,
+            "model": {
+                k: v for k, v in dataclasses.asdict(cfg.model_for(plain)).items() if k != "factory"
+            },
+        }
+    )  # hashed as before factories
     assert cfg.strategy_hash(cfg.strategies[0]) != cfg.strategy_hash(
-        dataclasses.replace(cfg.strategies[0], mode=None))
+        dataclasses.replace(cfg.strategies[0], mode=None)
+    )

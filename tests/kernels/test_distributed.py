@@ -1,8 +1,10 @@
 """Kernel stripes on executors: equal to the single-process kernel (float64, ~1e-12), on 2 Ray
 CPU actors and in-process; the executor runs any block job."""
+
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 
 import pytest
@@ -17,8 +19,9 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 def _mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 8), nn.ReLU(),
-                         nn.Linear(8, 3)).double()
+    return nn.Sequential(
+        nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 8), nn.ReLU(), nn.Linear(8, 3)
+    ).double()
 
 
 class _CNN(nn.Module):
@@ -61,7 +64,9 @@ def _mirror(t):
 def test_stripe_bounds_cover_the_rows_and_balance_the_pairs(n, stripes, symmetric):
     bounds = stripe_bounds(n, stripes, symmetric)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(b > a for a, b in bounds) and all(x[1] == y[0] for x, y in zip(bounds, bounds[1:]))
+    assert all(b > a for a, b in bounds) and all(
+        x[1] == y[0] for x, y in itertools.pairwise(bounds)
+    )
     assert len(bounds) <= min(stripes, n)
     if n >= 50 and stripes > 1:
         work = [(b - a) * ((n - a) if symmetric else n) for a, b in bounds]
@@ -147,8 +152,11 @@ def test_ray_actors_are_other_processes_and_run_any_block_job(two_actors):
     assert sorted(out) == list(range(len(parts)))
     assert _close(torch.cat([out[i][0] for i in range(len(parts))]), a @ a.T) < 1e-14
     assert {pid for _, pid in out.values()} <= {i["pid"] for i in info}
-    with pytest.raises(RuntimeError, match=r"block part 1 failed on a Ray worker: ValueError: "
-                                           r"negative row"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"block part 1 failed on a Ray worker: ValueError: "
+        r"negative row",
+    ):
         list(two_actors.map(_SquareRows(a), [(0, 3), (-1, 2)]))
 
 

@@ -1,4 +1,5 @@
 """empirical_ntk against an explicit Jacobian (torch.autograd.functional.jacobian) on tiny nets."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ntkal.kernels import available_implementations, available_kinds, empirical_ntk
 import ntkal.kernels.structured as structured
+from ntkal.kernels import available_implementations, available_kinds, empirical_ntk
 
 IMPLS = ("jacobian", "structured", "auto")
 RTOL = 1e-6
@@ -17,7 +18,9 @@ RTOL = 1e-6
 class TinyMLP(nn.Module):
     def __init__(self, d=5, h=7, k=3):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(
+            nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.ReLU(inplace=True)
+        )
         self.drop = nn.Dropout(0.5)
         self.classifier = nn.Linear(h, k)
 
@@ -58,9 +61,16 @@ def _nets():
     mlp = TinyMLP().double()
     cnn = _randomise_bn(TinyCNN().double())
     return {
-        "mlp": (mlp, torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)),
-        "cnn": (cnn, torch.randn(5, 2, 6, 6, dtype=torch.float64),
-                torch.randn(3, 2, 6, 6, dtype=torch.float64)),
+        "mlp": (
+            mlp,
+            torch.randn(6, 5, dtype=torch.float64),
+            torch.randn(4, 5, dtype=torch.float64),
+        ),
+        "cnn": (
+            cnn,
+            torch.randn(5, 2, 6, 6, dtype=torch.float64),
+            torch.randn(3, 2, 6, 6, dtype=torch.float64),
+        ),
     }
 
 
@@ -75,9 +85,11 @@ def explicit_jacobian(model, x):
     rows = []
     try:
         for xi in x:
+
             def f(*ps, xi=xi):
-                return torch.func.functional_call(model, {n: q for (n, _), q in zip(named, ps)},
-                                                  (xi[None],))[0]
+                return torch.func.functional_call(
+                    model, {n: q for (n, _), q in zip(named, ps)}, (xi[None],)
+                )[0]
 
             jac = torch.autograd.functional.jacobian(f, tuple(p.detach() for _, p in named))
             rows.append(torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1))
@@ -91,9 +103,13 @@ _JAC_CACHE: dict = {}
 
 def _cached_jacobian(model, x):
     """Explicit Jacobians are the slow part of these tests: reuse them while nothing changed."""
-    key = (id(model), x.data_ptr(), tuple(x.shape),
-           tuple((n, p.requires_grad, p._version) for n, p in model.named_parameters()),
-           tuple(b._version for b in model.buffers()))
+    key = (
+        id(model),
+        x.data_ptr(),
+        tuple(x.shape),
+        tuple((n, p.requires_grad, p._version) for n, p in model.named_parameters()),
+        tuple(b._version for b in model.buffers()),
+    )
     if key not in _JAC_CACHE:
         _JAC_CACHE[key] = explicit_jacobian(model, x)
     return _JAC_CACHE[key]
@@ -104,8 +120,9 @@ def reference(model, x1, x2, kind):
     j2 = j1 if x2 is None else _cached_jacobian(model, x2)
     full = torch.einsum("akp,bcp->abkc", j1, j2)
     k = j1.shape[1]
-    return {"full": full, "trace": torch.einsum("abkk->ab", full),
-            "pseudo": full.sum((2, 3)) / k}[kind]
+    return {"full": full, "trace": torch.einsum("abkk->ab", full), "pseudo": full.sum((2, 3)) / k}[
+        kind
+    ]
 
 
 def assert_close(a, b, rtol=RTOL):
@@ -137,8 +154,10 @@ def test_structured_conv_modes(monkeypatch, mode, kind):
     """Both per-layer routes for convolutions (position factorisation, per-example gradients)."""
     monkeypatch.setattr(structured, "FORCE_MODE", mode)
     model, x1, x2 = NETS["cnn"]
-    assert_close(empirical_ntk(model, x1, x2, kind=kind, implementation="structured"),
-                 reference(model, x1, x2, kind))
+    assert_close(
+        empirical_ntk(model, x1, x2, kind=kind, implementation="structured"),
+        reference(model, x1, x2, kind),
+    )
 
 
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
@@ -169,11 +188,17 @@ def test_blocked_equals_unblocked(net, impl, kind):
     model, x1, x2 = NETS[net]
     whole = empirical_ntk(model, x1, kind=kind, implementation=impl)
     for budget in (1, 3000):
-        assert_close(empirical_ntk(model, x1, kind=kind, implementation=impl, max_memory=budget),
-                     whole, 1e-12)
+        assert_close(
+            empirical_ntk(model, x1, kind=kind, implementation=impl, max_memory=budget),
+            whole,
+            1e-12,
+        )
     whole12 = empirical_ntk(model, x1, x2, kind=kind, implementation=impl)
-    assert_close(empirical_ntk(model, x1, x2, kind=kind, implementation=impl, max_memory=3000),
-                 whole12, 1e-12)
+    assert_close(
+        empirical_ntk(model, x1, x2, kind=kind, implementation=impl, max_memory=3000),
+        whole12,
+        1e-12,
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -206,8 +231,11 @@ def test_dropout_off_in_train_mode(impl):
 def test_x2_given_equals_symmetric(impl):
     model, x1, _ = NETS["cnn"]
     for kind in ("full", "trace", "pseudo", "last_layer"):
-        assert_close(empirical_ntk(model, x1, x1.clone(), kind=kind, implementation=impl),
-                     empirical_ntk(model, x1, kind=kind, implementation=impl), 1e-12)
+        assert_close(
+            empirical_ntk(model, x1, x1.clone(), kind=kind, implementation=impl),
+            empirical_ntk(model, x1, kind=kind, implementation=impl),
+            1e-12,
+        )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -234,8 +262,9 @@ def test_return_outputs(impl):
     kern, f1, f2 = empirical_ntk(model, x1, kind="trace", implementation=impl, return_outputs=True)
     assert f2 is f1 and kern.shape == (5, 5)
     assert torch.allclose(f1, f1_ref, rtol=1e-12, atol=1e-12)
-    kern, f1, f2 = empirical_ntk(model, x1, x2, kind="full", implementation=impl,
-                                 return_outputs=True, max_memory=2000)
+    kern, f1, f2 = empirical_ntk(
+        model, x1, x2, kind="full", implementation=impl, return_outputs=True, max_memory=2000
+    )
     assert kern.shape == (5, 3, 3, 3)
     assert torch.allclose(f1, f1_ref, rtol=1e-12, atol=1e-12)
     assert torch.allclose(f2, f2_ref, rtol=1e-12, atol=1e-12)
@@ -250,8 +279,10 @@ def test_last_layer():
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith("classifier"))
     try:
-        assert_close(empirical_ntk(model, x1, x2, kind="last_layer"),
-                     empirical_ntk(model, x1, x2, kind="pseudo", implementation="jacobian"))
+        assert_close(
+            empirical_ntk(model, x1, x2, kind="last_layer"),
+            empirical_ntk(model, x1, x2, kind="pseudo", implementation="jacobian"),
+        )
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -294,13 +325,15 @@ def test_float32_model_sigma_matches_float64_model():
     from ntkal.lookahead import Lookahead
 
     torch.manual_seed(3)
-    model32 = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
-                            nn.Linear(64, 4))
+    model32 = nn.Sequential(
+        nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4)
+    )
     x = torch.randn(70, 20)
     xl, xs, yl = x[:40], x[40:], torch.randint(0, 4, (40,))
     la32 = Lookahead.fit(model32, xl, yl, xs, kernel="pseudo")
-    la64 = Lookahead.fit(copy.deepcopy(model32).double(), xl.double(), yl, xs.double(),
-                         kernel="pseudo")
+    la64 = Lookahead.fit(
+        copy.deepcopy(model32).double(), xl.double(), yl, xs.double(), kernel="pseudo"
+    )
     s32, s64 = la32.sigma, la64.sigma
     assert float((s32 - s64).abs().max() / s64.abs().max()) < 1e-10
 
@@ -327,8 +360,10 @@ def test_weight_sharing_and_unknown_layers_fall_back_exactly():
     model = Odd().double()
     x = torch.randn(4, 4, dtype=torch.float64)
     for kind in ("full", "pseudo"):
-        assert_close(empirical_ntk(model, x, kind=kind, implementation="structured"),
-                     reference(model, x, None, kind))
+        assert_close(
+            empirical_ntk(model, x, kind=kind, implementation="structured"),
+            reference(model, x, None, kind),
+        )
 
 
 def test_dense_layer_over_positions():
@@ -347,8 +382,10 @@ def test_dense_layer_over_positions():
     model = Seq().double()
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     for kind in ("full", "trace"):
-        assert_close(empirical_ntk(model, x, kind=kind, implementation="structured"),
-                     reference(model, x, None, kind))
+        assert_close(
+            empirical_ntk(model, x, kind=kind, implementation="structured"),
+            reference(model, x, None, kind),
+        )
 
 
 class TestErrors:

@@ -1,5 +1,6 @@
 """The one featuriser factory and the one dtype rule: every implementation the blocked kernel
 runs is the one a Featuriser runs, and the network is copied exactly when the dtype asks."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,9 @@ def test_featuriser_kernel_is_empirical_ntk(kind, implementation):
     net, x = _net(), torch.randn(7, 4)
     feat = make_featuriser(net, x, kind=kind, implementation=implementation)
     f, logits = feat.featurise(x)
-    expected, f1, _ = empirical_ntk(net, x, kind=kind, implementation=implementation,
-                                    return_outputs=True)
+    expected, f1, _ = empirical_ntk(
+        net, x, kind=kind, implementation=implementation, return_outputs=True
+    )
     torch.testing.assert_close(feat.kernel(f, f), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(logits, f1.to(logits.dtype), rtol=1e-10, atol=1e-12)
     assert feat.implementation == ("last_layer" if kind == "last_layer" else implementation)

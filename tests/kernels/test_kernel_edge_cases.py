@@ -1,5 +1,6 @@
 """empirical_ntk's less travelled paths, each against a direct computation: no trainable
 parameters, the last-layer kernel's classifier lookup and bias handling, and size formatting."""
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,11 @@ def test_last_layer_kernel_uses_the_last_linear_and_its_bias_only_when_trainable
     model.out.bias.requires_grad_(False)
     kern = empirical_ntk(model, x1, x2, kind="last_layer")
     torch.testing.assert_close(kern, (a1 @ a2.T).detach())
-    with pytest.raises(ValueError, match=r"kind='last_layer' needs a final nn.Linear \(model"
-                                         r".classifier, or the last nn.Linear in module order\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"kind='last_layer' needs a final nn.Linear \(model"
+        r".classifier, or the last nn.Linear in module order\)",
+    ):
         empirical_ntk(nn.Sequential(nn.Flatten(), nn.Identity()), x1, kind="last_layer")
 
 
@@ -65,6 +69,6 @@ def test_sizes_are_formatted_in_binary_units():
     assert format_bytes(1023) == "1023 B"
     assert format_bytes(1024) == "1.0 KiB"
     assert format_bytes(1536) == "1.5 KiB"
-    assert format_bytes(3 * 2 ** 20) == "3.0 MiB"
-    assert format_bytes(5 * 2 ** 30) == "5.0 GiB"
-    assert format_bytes(2 ** 50) == "1024.0 TiB"
+    assert format_bytes(3 * 2**20) == "3.0 MiB"
+    assert format_bytes(5 * 2**30) == "5.0 GiB"
+    assert format_bytes(2**50) == "1024.0 TiB"

@@ -1,5 +1,6 @@
 """Reduced-precision Grams (``empirical_ntk(precision=...)``): float64 kernels whose Gram products
 are fp32 / bf16 (tf32 on CUDA), with errors against float64 inside the documented bands."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,14 +15,21 @@ from ntkal.kernels.distributed import SerialBlockExecutor
 
 def _mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 4))
+    return nn.Sequential(
+        nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
 
 
 def _cnn():
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Conv2d(4, 4, 3, stride=2), nn.Flatten(), nn.Linear(4 * 9, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.Flatten(),
+        nn.Linear(4 * 9, 3),
+    )
 
 
 def _x(model, n, seed=0):
@@ -69,8 +77,10 @@ def test_float32_model_default_is_float64_and_fp32_is_the_float32_grams():
 def test_bf16_products_are_each_added_in_float64():
     # Two layers' gradient rows whose Grams are 256 and 1: added into the float64 kernel one by
     # one they give 257; summed in bfloat16 first (8-bit mantissa) they would round to 256.
-    g1 = [torch.full((1, 1, 4), 8.0, dtype=torch.bfloat16),
-          torch.tensor([[[1.0]]], dtype=torch.bfloat16)]
+    g1 = [
+        torch.full((1, 1, 4), 8.0, dtype=torch.bfloat16),
+        torch.tensor([[[1.0]]], dtype=torch.bfloat16),
+    ]
     dest = torch.zeros(1, 1, dtype=torch.float64)
     add_contracted_rows(dest, g1, g1, "pseudo")
     assert dest.item() == 257.0
@@ -78,8 +88,10 @@ def test_bf16_products_are_each_added_in_float64():
     add_contracted_rows(dest32, [g.float() for g in g1], [g.float() for g in g1], "pseudo")
     assert dest32.item() == 257.0
     full = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
-    rows = [torch.tensor([[[16.0], [0.0]]], dtype=torch.bfloat16),
-            torch.tensor([[[1.0], [1.0]]], dtype=torch.bfloat16)]
+    rows = [
+        torch.tensor([[[16.0], [0.0]]], dtype=torch.bfloat16),
+        torch.tensor([[[1.0], [1.0]]], dtype=torch.bfloat16),
+    ]
     add_contracted_rows(full, rows, rows, "full")
     assert full[0, 0].tolist() == [[257.0, 1.0], [1.0, 1.0]]
 
@@ -92,8 +104,12 @@ def test_cast_features_reaches_every_tensor():
         def cast(self, dtype):
             return Record(self.t.to(dtype))
 
-    feats = [torch.ones(2), (torch.zeros(1, dtype=torch.float64), torch.arange(3)), Record(
-        torch.ones(1)), "label"]
+    feats = [
+        torch.ones(2),
+        (torch.zeros(1, dtype=torch.float64), torch.arange(3)),
+        Record(torch.ones(1)),
+        "label",
+    ]
     out = cast_features(feats, torch.bfloat16)
     assert out[0].dtype == torch.bfloat16 and out[1][0].dtype == torch.bfloat16
     assert out[1][1].dtype == torch.int64  # integer tensors are left alone
@@ -106,8 +122,11 @@ def test_bad_precisions_are_refused_clearly():
     with pytest.raises(ValueError, match=r"unknown precision 'fp16'; choose one of"):
         empirical_ntk(model, x, precision="fp16")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"precision='tf32' needs a CUDA device.*use 'fp32' "
-                                             r"or 'bf16'"):
+        with pytest.raises(
+            ValueError,
+            match=r"precision='tf32' needs a CUDA device.*use 'fp32' "
+            r"or 'bf16'",
+        ):
             empirical_ntk(model, x, precision="tf32")
     with pytest.raises(ValueError, match="unknown precision"):
         with gram_precision("half"):
@@ -132,8 +151,10 @@ def test_tf32_on_cuda_sits_between_fp32_and_bf16_and_restores_the_flags():
     x = _x(model, 64).double().cuda()
     ref = empirical_ntk(model, x, kind="trace")
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    errs = {p: _rel(empirical_ntk(model, x, kind="trace", precision=p), ref)
-            for p in ("fp32", "tf32", "bf16")}
+    errs = {
+        p: _rel(empirical_ntk(model, x, kind="trace", precision=p), ref)
+        for p in ("fp32", "tf32", "bf16")
+    }
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
     assert errs["fp32"] < 1e-5 and errs["tf32"] < 2e-2 and errs["bf16"] < 3e-2
     assert errs["fp32"] <= errs["tf32"]

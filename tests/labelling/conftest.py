@@ -1,4 +1,5 @@
 """A real ``ntkal label`` server in a subprocess on a free loopback port, bounded in time."""
+
 from __future__ import annotations
 
 import json
@@ -34,33 +35,55 @@ class LabelServer:
         self.proc: subprocess.Popen | None = None
         self.csrf = ""
 
-    def start(self, timeout: float = 90.0) -> "LabelServer":
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-            NTKAL_QUIET="1")
-        cmd = [sys.executable, "-m", "ntkal.cli", "label", *self.args, "--host", "127.0.0.1",
-               "--port", str(self.port), "--threads", "1"]
+    def start(self, timeout: float = 90.0) -> LabelServer:
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(
+                [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            ),
+            NTKAL_QUIET="1",
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "ntkal.cli",
+            "label",
+            *self.args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
+        ]
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n"
-                                   + self.log.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"the server exited with {self.proc.returncode}:\n"
+                    + self.log.read_text(errors="replace")[-3000:]
+                )
             try:
                 self.csrf = self.get("/api/session", timeout=2)["csrf"]
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the server did not answer within {timeout} s:\n"
-                           + self.log.read_text(errors="replace")[-3000:])
+        raise RuntimeError(
+            f"the server did not answer within {timeout} s:\n"
+            + self.log.read_text(errors="replace")[-3000:]
+        )
 
     def request(self, method: str, path: str, body=None, timeout: float = 30.0):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              "X-Ntkal-Csrf": self.csrf})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "X-Ntkal-Csrf": self.csrf},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as res:
             return json.loads(res.read())
 

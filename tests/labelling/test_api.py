@@ -1,7 +1,7 @@
 """The JSON API in-process (FastAPI's TestClient): token, binding, labels, export/import, items."""
+
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -10,13 +10,13 @@ import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from ntkal.data import load_dataset, read_file_source  # noqa: E402
-from ntkal.labelling import LabellingSession  # noqa: E402
-from ntkal.labelling.server import check_bind, create_app  # noqa: E402
-from ntkal.models import build_model  # noqa: E402
-from ntkal.training import TrainConfig  # noqa: E402
+from ntkal.data import load_dataset, read_file_source
+from ntkal.labelling import LabellingSession
+from ntkal.labelling.server import check_bind, create_app
+from ntkal.models import build_model
+from ntkal.training import TrainConfig
 
 QUICK = TrainConfig(epochs=10, batch_size=32, schedule="constant", loss="mse", seed=0)
 
@@ -24,12 +24,20 @@ QUICK = TrainConfig(epochs=10, batch_size=32, schedule="constant", loss="mse", s
 def _client(dataset, tmp_path, token=None, source=None, store="l.sqlite", **kwargs):
     torch.manual_seed(0)
     model = build_model("mlp", dataset.in_shape, dataset.num_classes, width=8)
-    session = LabellingSession(dataset, str(tmp_path / store), model, train_config=QUICK,
-                               subset=100, source=source, use_dataset_labels=source is not None,
-                               **kwargs)
+    session = LabellingSession(
+        dataset,
+        str(tmp_path / store),
+        model,
+        train_config=QUICK,
+        subset=100,
+        source=source,
+        use_dataset_labels=source is not None,
+        **kwargs,
+    )
     app = create_app(session, token=token)
-    client = TestClient(app, base_url="http://127.0.0.1:8765",
-                        headers={"X-Ntkal-Csrf": app.state.csrf})
+    client = TestClient(
+        app, base_url="http://127.0.0.1:8765", headers={"X-Ntkal-Csrf": app.state.csrf}
+    )
     return client, session
 
 
@@ -42,7 +50,7 @@ def test_binding_needs_flag_and_token():
     check_bind("127.0.0.1", False, None)
     check_bind("::1", False, None)
     check_bind("localhost", False, None)
-    with pytest.raises(ValueError, match="refusing to listen on 0.0.0.0"):
+    with pytest.raises(ValueError, match=r"refusing to listen on 0.0.0.0"):
         check_bind("0.0.0.0", False, "a-long-token")
     with pytest.raises(ValueError, match="needs --token"):
         check_bind("0.0.0.0", True, None)
@@ -64,8 +72,12 @@ def test_label_flow_duplicates_conflicts_undo_and_errors(digits, tmp_path):
     client, session = _client(digits, tmp_path)
     page = client.get("/")
     assert page.status_code == 200 and "static/app.js" in page.text
-    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
-        assert "http://" not in text and "https://" not in text   # nothing loaded from elsewhere
+    for text in (
+        page.text,
+        client.get("/static/app.js").text,
+        client.get("/static/style.css").text,
+    ):
+        assert "http://" not in text and "https://" not in text  # nothing loaded from elsewhere
     assert client.get("/static/../server.py").status_code == 404
     item = client.get("/api/next", params={"client": "t1"}).json()
     assert item["kind"] == "image" and item["prediction"]["class"] in session.classes
@@ -80,12 +92,19 @@ def test_label_flow_duplicates_conflicts_undo_and_errors(digits, tmp_path):
     assert dup.status_code == 200 and dup.json()["duplicate"] is True
     clash = client.post("/api/labels", json={"index": item["index"], "label": 5})
     assert clash.status_code == 409 and "already labelled '4'" in clash.json()["detail"]
-    for payload, match in [({"index": 0}, "needs"), ({"index": 10**6, "label": 1}, "out of range"),
-                           ({"index": 1, "label": "zebra"}, "unknown class")]:
+    for payload, match in [
+        ({"index": 0}, "needs"),
+        ({"index": 10**6, "label": 1}, "out of range"),
+        ({"index": 1, "label": "zebra"}, "unknown class"),
+    ]:
         bad = client.post("/api/labels", json=payload)
         assert bad.status_code == 400 and match in bad.json()["detail"]
-    assert client.post("/api/labels", content=b"{not json",
-                       headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post(
+            "/api/labels", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
     assert len(session.store) == 1
     undo = client.post("/api/undo", json={"client": "t1"}).json()
     assert undo["undone"]["index"] == item["index"] and len(session.store) == 0
@@ -95,33 +114,41 @@ def test_label_flow_duplicates_conflicts_undo_and_errors(digits, tmp_path):
 
 
 def test_export_import_round_trip(digits, tmp_path):
-    client, session = _client(digits, tmp_path)
+    client, _session = _client(digits, tmp_path)
     for i, y in [(3, 1), (8, 2), (21, 9)]:
         assert client.post("/api/labels", json={"index": i, "label": y}).status_code == 200
     csv_text = client.get("/api/export", params={"format": "csv"}).text
     assert csv_text.splitlines()[0] == "index,label,class,annotator,created"
     doc = client.get("/api/export", params={"format": "json"}).json()
-    assert [(r["index"], r["label"], r["class"]) for r in doc["labels"]] == \
-        [(3, 1, "1"), (8, 2, "2"), (21, 9, "9")]
+    assert [(r["index"], r["label"], r["class"]) for r in doc["labels"]] == [
+        (3, 1, "1"),
+        (8, 2, "2"),
+        (21, 9, "9"),
+    ]
     assert client.get("/api/export", params={"format": "xml"}).status_code == 400
     other, other_session = _client(digits, tmp_path, store="other.sqlite")
     res = other.post("/api/import", json={"csv": csv_text})
     assert res.json() == {"added": 3, "skipped": 0}
-    res = other.post("/api/import", json={"labels": [{"index": 3, "label": 1},
-                                                     {"index": 4, "class": "7"}]})
+    res = other.post(
+        "/api/import", json={"labels": [{"index": 3, "label": 1}, {"index": 4, "class": "7"}]}
+    )
     assert res.json() == {"added": 1, "skipped": 1}
     assert other_session.store.label_of(4) == 7
-    bad = other.post("/api/import", json={"labels": [{"index": 5, "label": 1},
-                                                     {"index": 3, "label": 2}]})
+    bad = other.post(
+        "/api/import", json={"labels": [{"index": 5, "label": 1}, {"index": 3, "label": 2}]}
+    )
     assert bad.status_code == 400 and "already labelled 1" in bad.json()["detail"]
     assert other_session.store.label_of(5) is None
-    assert other_session.learner.labelled_indices.size == 4   # the learner follows the store
+    assert other_session.learner.labelled_indices.size == 4  # the learner follows the store
     assert other.post("/api/import", json={"csv": "index,label\nx,1\n"}).status_code == 400
 
 
 def test_retrain_endpoint_and_table_items(tmp_path):
-    rows = ["a,b,kind"] + [f"{i},{(i * 7) % 5},{'yes' if i % 2 else 'no'}" for i in range(30)] + \
-        [f"{i},{i % 3}," for i in range(30, 40)]
+    rows = (
+        ["a,b,kind"]
+        + [f"{i},{(i * 7) % 5},{'yes' if i % 2 else 'no'}" for i in range(30)]
+        + [f"{i},{i % 3}," for i in range(30, 40)]
+    )
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     source = read_file_source(tmp_path / "t.csv", label_column="kind", test_fraction=0.2)
     client, session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
@@ -130,7 +157,7 @@ def test_retrain_endpoint_and_table_items(tmp_path):
     item = client.get("/api/next").json()
     assert item["kind"] == "table" and set(item["row"]) == {"a", "b"}
     raw = source.raw_train[item["index"]]
-    assert item["row"] == {"a": raw[0], "b": raw[1]}               # values as in the file
+    assert item["row"] == {"a": raw[0], "b": raw[1]}  # values as in the file
     assert client.post("/api/retrain", json={}).status_code == 202
     assert client.post("/api/retrain", json={}).status_code in (409, 202)  # 409 while it runs
     assert session.wait_for_retrain(60)
@@ -153,8 +180,9 @@ def test_cli_label_refuses_remote_bind_and_bad_data(tmp_path):
     res = runner.invoke(app, ["label", "digits", "--strategy", "mlmocc"])
     assert res.exit_code == 2 and "unknown strategy 'mlmocc'" in res.output and "vr" in res.output
     (tmp_path / "bad.csv").write_text("a,label\n1,x\nfoo,y\n")
-    res = runner.invoke(app, ["label", str(tmp_path / "bad.csv"), "--store",
-                              str(tmp_path / "s.sqlite")])
+    res = runner.invoke(
+        app, ["label", str(tmp_path / "bad.csv"), "--store", str(tmp_path / "s.sqlite")]
+    )
     assert res.exit_code == 2 and "bad.csv, row 2, column 'a'" in res.output
     assert "Traceback" not in res.output
 
@@ -169,26 +197,27 @@ def test_originals_and_exports_map_back_to_the_files(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(6):
-            arr = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)   # 400 x 300 photos
+            arr = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)  # 400 x 300 photos
             Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{cls}{i}.png")
     (tmp_path / "imgs" / "loose.png").write_bytes(
-        (tmp_path / "imgs" / "cat" / "cat0.png").read_bytes())
+        (tmp_path / "imgs" / "cat" / "cat0.png").read_bytes()
+    )
     source = read_file_source(tmp_path / "imgs", image_size=[8, 8], test_fraction=0.2)
-    client, session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
+    client, _session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
     for index, path in enumerate(source.train_files):
         item = client.get(f"/api/items/{index}/original")
         assert item.status_code == 200 and item.content == open(path, "rb").read()
         assert item.headers["content-type"] == "image/png"
     small = Image.open(io.BytesIO(client.get("/api/items/0/image.png").content))
-    assert small.size[0] / small.size[1] == 1.0          # the model input is a separate rendering
+    assert small.size[0] / small.size[1] == 1.0  # the model input is a separate rendering
     assert client.get("/api/items/999/original").status_code == 400
     assert client.get("/api/items/..%2F..%2Fetc%2Fpasswd/original").status_code in (400, 404)
     item = client.get("/api/next").json()
-    assert item["origin"]["file"] == "loose.png"          # the only unlabelled image
+    assert item["origin"]["file"] == "loose.png"  # the only unlabelled image
     client.post("/api/labels", json={"index": item["index"], "label": "cat"})
     rows = list(csv.DictReader(io.StringIO(client.get("/api/export?format=csv").text)))
     assert len(rows) == len(source.train_files)
-    for row in rows:   # every exported label names its file, and the file's folder agrees
+    for row in rows:  # every exported label names its file, and the file's folder agrees
         folder = os.path.dirname(row["file"])
         assert os.path.exists(tmp_path / "imgs" / row["file"])
         assert folder in ("", row["class"])
@@ -198,18 +227,21 @@ def test_table_exports_carry_the_data_row(tmp_path):
     import csv
     import io
 
-    lines = ["a,b,label"] + [f"{i},{i * 2}," + ("x" if i % 3 == 0 else "y" if i % 3 == 1 else "")
-                             for i in range(40)]
+    lines = ["a,b,label"] + [
+        f"{i},{i * 2}," + ("x" if i % 3 == 0 else "y" if i % 3 == 1 else "") for i in range(40)
+    ]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     source = read_file_source(tmp_path / "t.csv", test_fraction=0.25)
-    client, session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
+    client, _session = _client(source.dataset, tmp_path, source=source, warmup=10_000)
     item = client.get("/api/next").json()
     row_number = item["origin"]["row"]
-    assert lines[row_number].split(",")[:2] == [str(int(item["row"]["a"])),
-                                                str(int(item["row"]["b"]))]
+    assert lines[row_number].split(",")[:2] == [
+        str(int(item["row"]["a"])),
+        str(int(item["row"]["b"])),
+    ]
     client.post("/api/labels", json={"index": item["index"], "label": "x"})
     rows = list(csv.DictReader(io.StringIO(client.get("/api/export?format=csv").text)))
-    for row in rows:   # the exported row holds the same features as the pool point
+    for row in rows:  # the exported row holds the same features as the pool point
         raw = source.raw_train[int(row["index"])]
         assert lines[int(row["row"])].split(",")[:2] == [str(int(raw[0])), str(int(raw[1]))]
     assert any(int(r["row"]) != int(r["index"]) + 1 for r in rows)  # held-out rows shift it
@@ -217,13 +249,14 @@ def test_table_exports_carry_the_data_row(tmp_path):
 
 def test_release_by_api_advances_four_times_in_a_row(digits, tmp_path):
     """The reported sequence: next, release, next ... gave the same item every time."""
-    client, session = _client(digits, tmp_path)
+    client, _session = _client(digits, tmp_path)
     seen = []
     for _ in range(4):
         item = client.get("/api/next", params={"client": "s"}).json()
         seen.append(item["index"])
-        assert client.post("/api/release", json={"index": item["index"], "client": "s"}
-                           ).json() == {"released": True}
+        assert client.post("/api/release", json={"index": item["index"], "client": "s"}).json() == {
+            "released": True
+        }
     assert len(set(seen)) == 4
     assert [r["index"] for r in client.get("/api/skipped").json()] == seen
     back = client.post("/api/open", json={"index": seen[0], "client": "s"}).json()

@@ -4,6 +4,7 @@ Needs Debian's ``chromium`` + ``chromium-driver`` (``scripts/install_browser.sh`
 skipped with a note when they are absent. Set ``NTKAL_SCREENSHOT=path.png`` to keep the screenshot
 (``docs/images/label_app.png`` was made that way).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,20 @@ except ImportError:  # skipped in _driver
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,860")
+    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+)
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,860",
+)
 
 
 def _driver(profile: str):
@@ -52,8 +63,9 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
 
     store = tmp_path / "labels.sqlite"
     truth = load_dataset("digits").y_train.numpy()
-    server = label_server(["digits", "--store", str(store), "--width", "32", "--subset", "200",
-                           "--warmup", "10"])
+    server = label_server(
+        ["digits", "--store", str(store), "--width", "32", "--subset", "200", "--warmup", "10"]
+    )
     profile = tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path)
     driver = _driver(profile)
     try:
@@ -65,23 +77,31 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
         given = {}
         for step in range(20):
             index = int(wait.until(lambda d: body.get_attribute("data-index")))
-            wait.until(lambda d: d.execute_script(  # the PNG of this item has loaded
-                "const i = document.getElementById('item-image');"
-                "return i !== null && i.complete && i.naturalWidth > 0 && "
-                "document.body.dataset.index === arguments[0];", str(index)))
+            wait.until(
+                lambda d, index=index: d.execute_script(  # the PNG of this item has loaded
+                    "const i = document.getElementById('item-image');"
+                    "return i !== null && i.complete && i.naturalWidth > 0 && "
+                    "document.body.dataset.index === arguments[0];",
+                    str(index),
+                )
+            )
             label = int(truth[index])
             if step % 2 == 0:
-                body.send_keys(str(label))        # the digit key of the class
+                body.send_keys(str(label))  # the digit key of the class
             else:
                 driver.find_element(By.ID, f"class-{label}").click()
             given[index] = label
-            wait.until(lambda d: body.get_attribute("data-index") not in ("", str(index)))
+            wait.until(
+                lambda d, index=index: body.get_attribute("data-index") not in ("", str(index))
+            )
         shown = int(body.get_attribute("data-index"))
-        assert shown not in given                 # the queue moved on to an unlabelled item
+        assert shown not in given  # the queue moved on to an unlabelled item
         perceived = driver.execute_script("return window.ntkalLatencies")
         assert len(perceived) == 20 and all(ms > 0 for ms in perceived)
-        print(f"key -> next item drawn (warm-up, 20 labels): median "
-              f"{sorted(perceived)[10]:.0f} ms, max {max(perceived):.0f} ms")
+        print(
+            f"key -> next item drawn (warm-up, 20 labels): median "
+            f"{sorted(perceived)[10]:.0f} ms, max {max(perceived):.0f} ms"
+        )
 
         with LabelStore(store) as s:
             idx, lab = s.labelled()
@@ -89,14 +109,16 @@ def test_label_twenty_digits_in_the_browser(tmp_path, label_server):
 
         # The retrain started after 10 labels; let the dashboard show it, then keep a picture.
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and server.get("/api/stats")["retrain"]["state"] != "done":
+        while (
+            time.monotonic() < deadline and server.get("/api/stats")["retrain"]["state"] != "done"
+        ):
             time.sleep(0.5)
         stats = server.get("/api/stats")
         assert stats["labelled"] == 20 and stats["retrain"]["state"] == "done"
         assert stats["curve"] and 0 <= stats["curve"][0]["accuracy"] <= 1
         button = driver.find_element(By.ID, "retrain")
-        wait.until(lambda d: button.is_enabled())      # the page has seen the first retrain end
-        button.click()                                 # the button: a second point on the curve
+        wait.until(lambda d: button.is_enabled())  # the page has seen the first retrain end
+        button.click()  # the button: a second point on the curve
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len(server.get("/api/stats")["curve"]) < 2:
             time.sleep(0.5)
@@ -134,8 +156,11 @@ def _ready(driver, server):
 
 
 def _idle(wait):
-    wait.until(lambda d: d.execute_script(
-        "return document.body.dataset.busy === '' || document.body.dataset.busy === undefined"))
+    wait.until(
+        lambda d: d.execute_script(
+            "return document.body.dataset.busy === '' || document.body.dataset.busy === undefined"
+        )
+    )
 
 
 def test_fast_keys_skip_space_and_relabel_in_the_browser(tmp_path, label_server):
@@ -147,13 +172,14 @@ def test_fast_keys_skip_space_and_relabel_in_the_browser(tmp_path, label_server)
     from selenium.webdriver.support.ui import Select
 
     store = tmp_path / "labels.sqlite"
-    server = label_server(["digits", "--store", str(store), "--width", "16", "--subset", "100",
-                           "--warmup", "1000"])
+    server = label_server(
+        ["digits", "--store", str(store), "--width", "16", "--subset", "100", "--warmup", "1000"]
+    )
     driver = _driver(tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path))
     try:
         wait, body = _ready(driver, server)
         first = body.get_attribute("data-index")
-        body.send_keys("3791")                        # four keys at once, before any answer
+        body.send_keys("3791")  # four keys at once, before any answer
         wait.until(lambda d: len(LabelStore(store).labelled()[0]) == 4)
         _idle(wait)
         with LabelStore(store) as s:
@@ -163,26 +189,31 @@ def test_fast_keys_skip_space_and_relabel_in_the_browser(tmp_path, label_server)
         assert len(driver.execute_script("return window.ntkalLatencies")) == 4
 
         shown = body.get_attribute("data-index")
-        body.send_keys(Keys.ESCAPE)                   # skip: the next item differs
+        body.send_keys(Keys.ESCAPE)  # skip: the next item differs
         wait.until(lambda d: body.get_attribute("data-index") not in ("", shown))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#skipped a[data-index="{shown}"]'))
 
         before = body.get_attribute("data-index")
         driver.find_element(By.ID, "class-5").click()  # a click, then Space: one label only
         wait.until(lambda d: body.get_attribute("data-index") != before)
-        ActionChains(driver).send_keys(" ").perform()   # to whatever has the focus now
+        ActionChains(driver).send_keys(" ").perform()  # to whatever has the focus now
         _idle(wait)
         time.sleep(0.3)
         with LabelStore(store) as s:
             assert len(s) == 5 and s.label_of(int(before)) == 5
 
-        target = int(idx[1])                          # labelled 7 above: change it to 2
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#history select[data-index="{target}"]'))
-        Select(driver.find_element(By.CSS_SELECTOR, f'#history select[data-index="{target}"]')
-               ).select_by_value("2")
+        target = int(idx[1])  # labelled 7 above: change it to 2
+        wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'#history select[data-index="{target}"]')
+        )
+        Select(
+            driver.find_element(By.CSS_SELECTOR, f'#history select[data-index="{target}"]')
+        ).select_by_value("2")
         wait.until(lambda d: LabelStore(store).label_of(target) == 2)
         with LabelStore(store) as s:
-            assert [(c["index"], c["previous"], c["label"]) for c in s.changes()] == [(target, 7, 2)]
+            assert [(c["index"], c["previous"], c["label"]) for c in s.changes()] == [
+                (target, 7, 2)
+            ]
             assert len(s) == 5
         driver.find_element(By.ID, "help-button").click()
         assert "Keyboard shortcuts" in driver.find_element(By.ID, "help").text
@@ -206,26 +237,44 @@ def test_photos_at_their_own_resolution_and_filenames_exported(tmp_path, label_s
     rng = np.random.default_rng(0)
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
-            folder / f"photo_{i:02d}.png")
-    server = label_server([str(folder), "--store", str(tmp_path / "p.sqlite"), "--classes",
-                           "cat,dog", "--image-size", "16,16", "--width", "16", "--warmup", "1000"])
+            folder / f"photo_{i:02d}.png"
+        )
+    server = label_server(
+        [
+            str(folder),
+            "--store",
+            str(tmp_path / "p.sqlite"),
+            "--classes",
+            "cat,dog",
+            "--image-size",
+            "16,16",
+            "--width",
+            "16",
+            "--warmup",
+            "1000",
+        ]
+    )
     driver = _driver(tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path))
     try:
         wait, body = _ready(driver, server)
-        size = wait.until(lambda d: d.execute_script(
-            "const i = document.getElementById('item-image');"
-            "if (!i || !i.complete || !i.naturalWidth) return null;"
-            "const r = i.getBoundingClientRect(), b = 2 * i.clientLeft;"
-            "return [i.naturalWidth, i.naturalHeight, Math.round(r.width - b), Math.round(r.height - b)];"))
+        size = wait.until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('item-image');"
+                "if (!i || !i.complete || !i.naturalWidth) return null;"
+                "const r = i.getBoundingClientRect(), b = 2 * i.clientLeft;"
+                "return [i.naturalWidth, i.naturalHeight, Math.round(r.width - b), Math.round(r.height - b)];"
+            )
+        )
         assert size == [400, 300, 400, 300]
         name = driver.find_element(By.ID, "item-origin").text
         assert name.startswith("photo_") and name.endswith(".png")
         index = body.get_attribute("data-index")
-        body.send_keys("2")                          # "dog"
+        body.send_keys("2")  # "dog"
         wait.until(lambda d: body.get_attribute("data-index") not in ("", index))
         exported = driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
-            "fetch(document.getElementById('export-json').href).then(r => r.json()).then(done);")
+            "fetch(document.getElementById('export-json').href).then(r => r.json()).then(done);"
+        )
         assert [(r["file"], r["class"]) for r in exported["labels"]] == [(name, "dog")]
     except Exception:
         driver.save_screenshot(str(tmp_path / "failure.png"))

@@ -1,4 +1,5 @@
 """kill -9 the labelling server, start it again: every acknowledged label is there."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,13 +17,15 @@ def test_kill9_loses_no_acknowledged_label_and_the_queue_continues(tmp_path, lab
     acknowledged = {}
     item = server.get("/api/next?client=a")
     for _ in range(12):
-        res = server.post("/api/labels", {"index": item["index"], "label": int(truth[item["index"]]),
-                                          "client": "a"})
+        res = server.post(
+            "/api/labels",
+            {"index": item["index"], "label": int(truth[item["index"]]), "client": "a"},
+        )
         assert res["duplicate"] is False
         acknowledged[item["index"]] = int(truth[item["index"]])
         item = res["next"]
     held = item["index"]  # handed out, not labelled: must not count as labelled after the crash
-    server.kill9()       # no shutdown handler runs
+    server.kill9()  # no shutdown handler runs
 
     with LabelStore(store) as s:
         idx, lab = s.labelled()
@@ -34,8 +37,9 @@ def test_kill9_loses_no_acknowledged_label_and_the_queue_continues(tmp_path, lab
     nxt = again.get("/api/next?client=b")
     assert nxt["index"] not in acknowledged and nxt["done"] is False
     assert held not in acknowledged
-    res = again.post("/api/labels", {"index": nxt["index"], "label": int(truth[nxt["index"]]),
-                                     "client": "b"})
+    res = again.post(
+        "/api/labels", {"index": nxt["index"], "label": int(truth[nxt["index"]]), "client": "b"}
+    )
     assert res["next"]["index"] not in acknowledged and res["next"]["index"] != nxt["index"]
     # A label repeated after the restart is acknowledged once, not stored twice.
     first = next(iter(acknowledged))

@@ -1,4 +1,5 @@
 """``ntkal run`` on a user's .npz, CSV and image folder, and on a user's model factory."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,17 @@ from ntkal.models import ModelFactoryError, build_from_factory
 
 runner = CliRunner()
 
-BASE = {"name": "files", "model": {"name": "mlp", "width": 8},
-        "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-        "strategies": ["random", "entropy"], "initial_size": 4, "budget": 3, "cycles": 1,
-        "seeds": [0], "threads": 1}
+BASE = {
+    "name": "files",
+    "model": {"name": "mlp", "width": 8},
+    "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+    "strategies": ["random", "entropy"],
+    "initial_size": 4,
+    "budget": 3,
+    "cycles": 1,
+    "seeds": [0],
+    "threads": 1,
+}
 
 
 def _blobs(n=60, k=2, d=3, seed=0):
@@ -53,11 +61,14 @@ def test_run_on_npz(tmp_path):
 
 def test_run_on_csv(tmp_path):
     x, y = _blobs()
-    lines = ["f1,f2,f3,species"] + [f"{a:.4f},{b:.4f},{c:.4f},{['ant', 'bee'][t]}"
-                                    for (a, b, c), t in zip(x, y)]
+    lines = ["f1,f2,f3,species"] + [
+        f"{a:.4f},{b:.4f},{c:.4f},{['ant', 'bee'][t]}" for (a, b, c), t in zip(x, y)
+    ]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
-    result, out = _run(tmp_path, {"path": str(tmp_path / "t.csv"), "label_column": "species",
-                                  "test_fraction": 0.25})
+    result, out = _run(
+        tmp_path,
+        {"path": str(tmp_path / "t.csv"), "label_column": "species", "test_fraction": 0.25},
+    )
     assert result.exit_code == 0, result.output
     assert len(_records(out)) == 4
 
@@ -71,8 +82,11 @@ def test_run_on_image_folder(tmp_path):
         for i in range(15):
             arr = np.clip(level + rng.normal(0, 20, size=(9, 7)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
-    result, out = _run(tmp_path, {"path": str(tmp_path / "imgs"), "image_size": [6, 6]},
-                       model={"name": "cnn", "width": 4})
+    result, out = _run(
+        tmp_path,
+        {"path": str(tmp_path / "imgs"), "image_size": [6, 6]},
+        model={"name": "cnn", "width": 4},
+    )
     assert result.exit_code == 0, result.output
     assert len(_records(out)) == 4
 
@@ -94,14 +108,16 @@ def test_dataset_config_file_keys(tmp_path):
     raw = dict(BASE, dataset={"path": "imgs/", "image_size": 28, "classes": ["a", "b"]})
     cfg = parse_config(raw)
     assert cfg.dataset.name == "imgs" and cfg.dataset.image_size == (28, 28)
-    with pytest.raises(ConfigError, match="label_column apply to a user's files; give dataset.path"):
+    with pytest.raises(
+        ConfigError, match=r"label_column apply to a user's files; give dataset.path"
+    ):
         parse_config(dict(BASE, dataset={"name": "digits", "label_column": "y"}))
-    with pytest.raises(ConfigError, match="dataset.normalise must be one of standard, none"):
+    with pytest.raises(ConfigError, match=r"dataset.normalise must be one of standard, none"):
         parse_config(dict(BASE, dataset={"path": "a.csv", "normalise": "minmax"}))
 
 
 # ----------------------------------------------------------------------------- model factories
-FACTORIES = textwrap.dedent('''
+FACTORIES = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -122,7 +138,7 @@ FACTORIES = textwrap.dedent('''
 
     def explodes(in_shape, num_classes):
         raise RuntimeError("boom")
-''')
+""")
 
 
 @pytest.fixture
@@ -138,17 +154,25 @@ def factory_module(tmp_path, monkeypatch):
 def test_factory_builds_checked_model(factory_module):
     model = build_from_factory(f"{factory_module}:good", (3,), 2, {"hidden": 7})
     assert model[1].out_features == 7 and model(torch.zeros(4, 3)).shape == (4, 2)
-    assert build_from_factory(f"{factory_module}:no_shape_args", (3,), 2)(torch.zeros(1, 3)).shape == (1, 2)
+    assert build_from_factory(f"{factory_module}:no_shape_args", (3,), 2)(
+        torch.zeros(1, 3)
+    ).shape == (1, 2)
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("user_nets:wrong_width", r"must return logits of shape \(n, num_classes\) = \(2, 2\).*\(2, 3\)"),
-    ("user_nets:not_a_module", r"returned str, not a torch.nn.Module"),
-    ("user_nets:explodes", r"failed: RuntimeError: boom"),
-    ("user_nets:missing", r"has no attribute 'missing'"),
-    ("no_such_module_xyz:f", r"cannot import module 'no_such_module_xyz'"),
-    ("user_nets.good", r"must look like 'package.module:function'"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            "user_nets:wrong_width",
+            r"must return logits of shape \(n, num_classes\) = \(2, 2\).*\(2, 3\)",
+        ),
+        ("user_nets:not_a_module", r"returned str, not a torch.nn.Module"),
+        ("user_nets:explodes", r"failed: RuntimeError: boom"),
+        ("user_nets:missing", r"has no attribute 'missing'"),
+        ("no_such_module_xyz:f", r"cannot import module 'no_such_module_xyz'"),
+        ("user_nets.good", r"must look like 'package.module:function'"),
+    ],
+)
 def test_factory_errors_name_the_factory(factory_module, spec, match):
     with pytest.raises(ModelFactoryError, match=match):
         build_from_factory(spec, (3,), 2)
@@ -157,12 +181,19 @@ def test_factory_errors_name_the_factory(factory_module, spec, match):
 def test_run_with_a_factory_model(tmp_path, factory_module):
     x, y = _blobs()
     np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:20], y_test=y[:20])
-    result, out = _run(tmp_path, {"path": str(tmp_path / "d.npz")},
-                       model={"factory": "user_nets:good", "kwargs": {"hidden": 6}})
+    result, out = _run(
+        tmp_path,
+        {"path": str(tmp_path / "d.npz")},
+        model={"factory": "user_nets:good", "kwargs": {"hidden": 6}},
+    )
     assert result.exit_code == 0, result.output
     assert len(_records(out)) == 4
-    result, _ = _run(tmp_path, {"path": str(tmp_path / "d.npz")}, out="out2",
-                     model={"factory": "user_nets:wrong_width"})
+    result, _ = _run(
+        tmp_path,
+        {"path": str(tmp_path / "d.npz")},
+        out="out2",
+        model={"factory": "user_nets:wrong_width"},
+    )
     assert result.exit_code == 2 and "must return logits" in result.output
     with pytest.raises(ConfigError, match="width apply to the built-in models"):
         parse_config(dict(BASE, dataset="digits", model={"factory": "user_nets:good", "width": 3}))

@@ -1,4 +1,5 @@
 """LabellingSession: closed-form look-ahead per label, leases, duplicates, undo, retrain, restart."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,8 @@ from ntkal.data import load_dataset
 from ntkal.labelling import LabelConflict, LabellingSession
 from ntkal.labelstore import LabelStore
 from ntkal.models import build_model
-from ntkal.strategies.base import QueryContext
 from ntkal.strategies import get_strategy
+from ntkal.strategies.base import QueryContext
 from ntkal.training import TrainConfig
 
 QUICK = TrainConfig(epochs=15, batch_size=32, schedule="constant", loss="mse", seed=0)
@@ -40,8 +41,9 @@ def _label_first(session, truth, n, client="a"):
 
 
 @pytest.mark.parametrize("name", ["vr", "mlmoc"])
-def test_picks_are_the_strategys_sequential_session_conditioned_on_each_label(digits, tmp_path,
-                                                                               name):
+def test_picks_are_the_strategys_sequential_session_conditioned_on_each_label(
+    digits, tmp_path, name
+):
     truth = digits.y_train.numpy()
     s = _session(digits, tmp_path / "l.sqlite", warmup=12, strategy=name)
     held = _label_first(s, truth, 12)["index"]
@@ -51,9 +53,13 @@ def test_picks_are_the_strategys_sequential_session_conditioned_on_each_label(di
     # candidates (the whole unlabelled pool: subset >= pool), driven by hand.
     idx, lab = s.store.labelled()
     unl = np.setdiff1d(np.arange(digits.num_train), idx)
-    ctx = QueryContext(model=copy.deepcopy(s.model), x_candidates=digits.x_train[unl],
-                       x_labelled=digits.x_train[idx], y_labelled=torch.from_numpy(lab),
-                       num_classes=10)
+    ctx = QueryContext(
+        model=copy.deepcopy(s.model),
+        x_candidates=digits.x_train[unl],
+        x_labelled=digits.x_train[idx],
+        y_labelled=torch.from_numpy(lab),
+        num_classes=10,
+    )
     reference = get_strategy(name).begin_sequential(ctx)
     item = s.next_item("a")
     picks, expected = [], []
@@ -74,14 +80,14 @@ def test_leases_keep_items_apart_and_expire(digits, tmp_path):
     s = _session(digits, tmp_path / "l.sqlite", lease_seconds=60)
     a, b = s.next_item("a"), s.next_item("b")
     assert a["index"] != b["index"]
-    assert s.next_item("a")["index"] == a["index"]   # a reload shows the same item
-    assert s.release(a["index"], "b") is False       # only the holder can release
+    assert s.next_item("a")["index"] == a["index"]  # a reload shows the same item
+    assert s.release(a["index"], "b") is False  # only the holder can release
     assert s.release(a["index"], "a") is True
     c = s.next_item("c")
-    assert c["index"] == a["index"]                  # released: handed to the next asker
+    assert c["index"] == a["index"]  # released: handed to the next asker
     short = _session(digits, tmp_path / "m.sqlite", lease_seconds=0.0)
     first = short.next_item("a")["index"]
-    assert short.next_item("b")["index"] == first    # the lease ran out at once
+    assert short.next_item("b")["index"] == first  # the lease ran out at once
 
 
 def test_duplicates_are_idempotent_conflicts_refused_bad_input_named(digits, tmp_path):
@@ -92,10 +98,12 @@ def test_duplicates_are_idempotent_conflicts_refused_bad_input_named(digits, tmp
     assert again["duplicate"] is True and len(s.store) == 1
     with pytest.raises(LabelConflict, match=f"item {i} is already labelled '3'"):
         s.add_label(i, 4, "a")
-    for index, label, match in [(10_000, 1, "out of range for a pool of size 150"),
-                                ("x", 1, "index must be a whole number"),
-                                (5, 10, r"label 10 is out of range \[0, 10\)"),
-                                (5, "cat", "unknown class 'cat'")]:
+    for index, label, match in [
+        (10_000, 1, "out of range for a pool of size 150"),
+        ("x", 1, "index must be a whole number"),
+        (5, 10, r"label 10 is out of range \[0, 10\)"),
+        (5, "cat", "unknown class 'cat'"),
+    ]:
         with pytest.raises(ValueError, match=match):
             s.add_label(index, label, "a")
     assert len(s.store) == 1
@@ -122,14 +130,16 @@ def test_concurrent_annotators_lose_and_duplicate_nothing(digits, tmp_path):
         t.join(60)
     assert not errors
     flat = [i for part in seen for i in part]
-    assert len(flat) == len(set(flat)) == 48          # no item was handed to two tabs
+    assert len(flat) == len(set(flat)) == 48  # no item was handed to two tabs
     idx, lab = s.store.labelled()
     assert sorted(idx.tolist()) == sorted(flat) and (lab == truth[idx]).all()
     # The same item posted by several tabs at once: stored once, acknowledged to all.
     target = s.next_item("x")["index"]
     results = []
-    posts = [threading.Thread(target=lambda: results.append(s.add_label(target, 1, "x")))
-             for _ in range(5)]
+    posts = [
+        threading.Thread(target=lambda: results.append(s.add_label(target, 1, "x")))
+        for _ in range(5)
+    ]
     for t in posts:
         t.start()
     for t in posts:
@@ -145,7 +155,7 @@ def test_undo_gives_the_item_back_and_the_learner_forgets_it(digits, tmp_path):
     last = s.store.labelled()[0][-1]
     res = s.undo("a")
     assert res["undone"]["index"] == last and res["next"]["index"] == last
-    assert s.next_item("a")["index"] == last          # held by the client that undid it
+    assert s.next_item("a")["index"] == last  # held by the client that undid it
     assert len(s.store) == 2 and last not in s.learner.labelled_indices.tolist()
     assert s.learner.labelled_indices.size == 2
 
@@ -156,7 +166,7 @@ def test_labelling_goes_on_while_retraining_and_restart_resumes(digits, tmp_path
     slow = TrainConfig(epochs=200, batch_size=8, schedule="constant", loss="mse", seed=0)
     s = _session(digits, path, warmup=10_000, train_config=slow)
     item = _label_first(s, truth, 10)
-    assert s.start_retrain() and not s.start_retrain()   # one at a time
+    assert s.start_retrain() and not s.start_retrain()  # one at a time
     during = 0
     while s.retraining and during < 10:
         item = s.add_label(item["index"], int(truth[item["index"]]), "a")["next"]
@@ -170,7 +180,7 @@ def test_labelling_goes_on_while_retraining_and_restart_resumes(digits, tmp_path
     assert s.phase == "look-ahead" and (tmp_path / "l.sqlite.weights.pt").is_file()
     weights = {k: v.clone() for k, v in s.model.state_dict().items()}
     s.store.close()
-    again = _session(digits, path)   # a restart: labels from the store, weights from the file
+    again = _session(digits, path)  # a restart: labels from the store, weights from the file
     assert again.trained and again.phase == "look-ahead"
     assert again.learner.labelled_indices.size == 10 + during
     for k, v in again.model.state_dict().items():
@@ -200,9 +210,16 @@ def test_default_retrain_is_stable_on_colour_images(tmp_path):
     src = read_file_source(tmp_path / "imgs", image_size=[12, 12], test_fraction=0.2)
     torch.manual_seed(0)
     model = build_model("mlp", src.dataset.in_shape, 2)
-    s = LabellingSession(src.dataset, ":memory:", model, source=src, use_dataset_labels=True,
-                         warmup=5, train_config=default_train_config(5))
-    assert s.wait_for_retrain(120)   # started by itself: the file had enough labelled images
+    s = LabellingSession(
+        src.dataset,
+        ":memory:",
+        model,
+        source=src,
+        use_dataset_labels=True,
+        warmup=5,
+        train_config=default_train_config(5),
+    )
+    assert s.wait_for_retrain(120)  # started by itself: the file had enough labelled images
     st = s.stats()
     assert st["retrain"]["state"] == "done", st["retrain"]["error"]
     assert st["retrain"]["accuracy"] == 1.0 and s.phase == "look-ahead"
@@ -212,9 +229,13 @@ def _reference_pick(s, name, digits):
     """The strategy's own sequential session over the store's labels, driven by hand."""
     idx, lab = s.store.labelled()
     unl = np.setdiff1d(np.arange(digits.num_train), idx)
-    ctx = QueryContext(model=copy.deepcopy(s.model), x_candidates=digits.x_train[unl],
-                       x_labelled=digits.x_train[idx], y_labelled=torch.from_numpy(lab),
-                       num_classes=10)
+    ctx = QueryContext(
+        model=copy.deepcopy(s.model),
+        x_candidates=digits.x_train[unl],
+        x_labelled=digits.x_train[idx],
+        y_labelled=torch.from_numpy(lab),
+        num_classes=10,
+    )
     pos, _ = get_strategy(name).begin_sequential(ctx).propose()
     return int(unl[pos])
 
@@ -225,18 +246,18 @@ def test_skip_advances_in_both_phases_and_the_skipped_list_gives_it_back(digits,
     first = s.next_item("a")["index"]
     assert s.release(first, "a", skip=True) and s.next_item("a")["index"] != first
     assert [r["index"] for r in s.skipped()] == [first]
-    for _ in range(3):                                # never handed out again by itself
+    for _ in range(3):  # never handed out again by itself
         item = s.next_item("a")
         assert item["index"] != first
         s.add_label(item["index"], int(truth[item["index"]]), "a")
     assert s.open_item(first, "a")["index"] == first and s.skipped() == []
-    assert s.next_item("a")["index"] == first         # opened: now held by a
+    assert s.next_item("a")["index"] == first  # opened: now held by a
     held = _label_first(s, truth, 12)["index"]
     assert s.wait_for_retrain(60) and s.phase == "look-ahead"
-    s.release(held, "a")                               # the warm-up item goes back
+    s.release(held, "a")  # the warm-up item goes back
     pick = s.next_item("a")
     assert pick["source"].startswith("look-ahead")
-    s.release(pick["index"], "a", skip=True)          # the look-ahead pick itself is skipped
+    s.release(pick["index"], "a", skip=True)  # the look-ahead pick itself is skipped
     after = s.next_item("a")
     assert after["index"] != pick["index"] and after["source"].startswith("smallest margin")
     with pytest.raises(LabelConflict, match="another annotator"):
@@ -256,12 +277,13 @@ def test_relabel_is_an_event_and_conditions_the_look_ahead_anew(digits, tmp_path
     res = s.relabel(target, wrong, "a")
     assert res["changed"] and res["previous"] == int(truth[target])
     assert s.store.label_of(target) == wrong
-    assert [(c["index"], c["label"], c["previous"]) for c in s.store.changes()] == \
-        [(target, wrong, int(truth[target]))]
+    assert [(c["index"], c["label"], c["previous"]) for c in s.store.changes()] == [
+        (target, wrong, int(truth[target]))
+    ]
     learner = dict(zip(s.learner.labelled_indices.tolist(), s.learner.labels.tolist()))
-    assert learner[target] == wrong                   # the learner holds the corrected label
+    assert learner[target] == wrong  # the learner holds the corrected label
     expected = _reference_pick(s, "mlmoc", digits)
-    assert res["next"]["index"] == expected           # the pick under the corrected labels
+    assert res["next"]["index"] == expected  # the pick under the corrected labels
     assert s.history(2)[0]["class"] == s.classes[s.store.labelled()[1][-1]]
     with pytest.raises(ValueError, match="has no label yet"):
         s.relabel(res["next"]["index"], 1, "a")
@@ -280,7 +302,7 @@ def test_a_strategy_without_a_sequential_mode_is_requeried(digits, tmp_path):
     top2 = probs.topk(2, dim=1).values
     margin = (top2[:, 0] - top2[:, 1]).numpy()
     margin[s.store.labelled()[0]] = np.inf
-    assert item["index"] == int(np.argmin(margin))    # the smallest margin, as margin defines it
+    assert item["index"] == int(np.argmin(margin))  # the smallest margin, as margin defines it
     nxt = s.add_label(item["index"], int(truth[item["index"]]), "a")["next"]
     margin[item["index"]] = np.inf
     assert nxt["index"] == int(np.argmin(margin))
@@ -293,8 +315,8 @@ def test_grid_and_counts_are_honest(digits, tmp_path):
     tiles = s.grid(10, "a")
     shown = [t["index"] for t in tiles]
     assert len(shown) == 10 and len(set(shown)) == 10
-    assert held not in shown and other not in shown   # nobody's item is offered twice
+    assert held not in shown and other not in shown  # nobody's item is offered twice
     assert all(0 < t["prediction"]["probability"] <= 1 for t in tiles)
-    assert s.stats()["scored"] == min(500, 150) - 0    # never more than the pool holds
+    assert s.stats()["scored"] == min(500, 150) - 0  # never more than the pool holds
     with pytest.raises(ValueError, match="n must be <= 100"):
         s.grid(1000)

@@ -1,4 +1,5 @@
 """Speculation: the next pick computed under the predicted label is the pick, bit for bit."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,16 @@ def _trained_session(digits, tmp_path, name, speculate, strategy, subset=1000):
     store = LabelStore(tmp_path / f"{name}.sqlite", pool_size=digits.num_train, num_classes=10)
     first = np.random.default_rng(0).choice(digits.num_train, 15, replace=False)
     store.import_labels(first, truth[first])
-    return LabellingSession(digits, store, model, subset=subset, weights_path=weights,
-                            strategy=strategy, speculate=speculate, auto_retrain=False)
+    return LabellingSession(
+        digits,
+        store,
+        model,
+        subset=subset,
+        weights_path=weights,
+        strategy=strategy,
+        speculate=speculate,
+        auto_retrain=False,
+    )
 
 
 def _run(session, labels_for, steps=10):
@@ -43,13 +52,15 @@ def _run(session, labels_for, steps=10):
     return picks, flags
 
 
-@pytest.mark.parametrize("strategy, subset", [("vr", 1000), ("mlmoc", 1000), ("vr", 60), ("auto", 300)])
+@pytest.mark.parametrize(
+    "strategy, subset", [("vr", 1000), ("mlmoc", 1000), ("vr", 60), ("auto", 300)]
+)
 def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, subset):
     """Whole pick sequences agree, also with a sampled candidate subset (the twin must draw
     the learner's very candidates: same seed, same query count)."""
     truth = digits.y_train.numpy()
 
-    def labels(step, item):   # the prediction mostly, the truth (often different) every third
+    def labels(step, item):  # the prediction mostly, the truth (often different) every third
         return int(truth[item["index"]]) if step % 3 == 2 else item["prediction"]["label"]
 
     plain = _trained_session(digits, tmp_path, "plain", False, strategy, subset)
@@ -59,21 +70,24 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     got, on = _run(fast, labels)
     assert got == expected and not any(off)
     spec = fast.picks.speculator
-    assert spec.hits >= 3 and sum(on) == spec.hits    # predicted labels came from the twin
+    assert spec.hits >= 3 and sum(on) == spec.hits  # predicted labels came from the twin
     assert spec.hits + spec.misses <= len(got)
-    assert fast.stats()["speculation"] == {"hits": spec.hits, "misses": spec.misses,
-                                           "disabled": None}
+    assert fast.stats()["speculation"] == {
+        "hits": spec.hits,
+        "misses": spec.misses,
+        "disabled": None,
+    }
     assert plain.stats()["speculation"] is None
     lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
     lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
-    assert lab_plain == lab_fast                       # the learner taking over holds every label
+    assert lab_plain == lab_fast  # the learner taking over holds every label
 
 
 def test_a_reset_voids_the_twin(digits, tmp_path):
     s = _trained_session(digits, tmp_path, "r", True, "vr")
     item = s.next_item("a")
     s.add_label(item["index"], item["prediction"]["label"], "a")
-    s.undo("a")                                        # a new learner: the twin is void
+    s.undo("a")  # a new learner: the twin is void
     again = s.next_item("a")
     res = s.add_label(again["index"], again["prediction"]["label"], "a")
     reference = _trained_session(digits, tmp_path, "ref", False, "vr")
@@ -82,5 +96,9 @@ def test_a_reset_voids_the_twin(digits, tmp_path):
     reference.undo("a")
     ref_again = reference.next_item("a")
     assert again["index"] == ref_again["index"]
-    assert res["next"]["index"] == reference.add_label(
-        ref_again["index"], ref_again["prediction"]["label"], "a")["next"]["index"]
+    assert (
+        res["next"]["index"]
+        == reference.add_label(ref_again["index"], ref_again["prediction"]["label"], "a")["next"][
+            "index"
+        ]
+    )

@@ -1,5 +1,4 @@
 import pytest
-
 from ls_doubles import FakeLabelStudio
 
 

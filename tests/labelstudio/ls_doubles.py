@@ -1,5 +1,6 @@
 """Test doubles for the Label Studio backend: digit images and an in-memory stand-in for the REST
 calls the backend makes (the real server is exercised by test_labelstudio_integration.py)."""
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,9 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def digit_images(n: int, seed: int = 0, classes: int = 3,
-                 scale: int = 1) -> tuple[list[bytes], np.ndarray]:
+def digit_images(
+    n: int, seed: int = 0, classes: int = 3, scale: int = 1
+) -> tuple[list[bytes], np.ndarray]:
     """``n`` 8x8 digit images of classes ``0 .. classes-1`` from scikit-learn's digits (bundled
     with it: nothing is downloaded), enlarged ``scale`` times, as PNG bytes, and their classes."""
     from sklearn.datasets import load_digits
@@ -38,8 +40,9 @@ def digit_images(n: int, seed: int = 0, classes: int = 3,
 class FakeLabelStudio:
     """Project ``project`` with image tasks; records what the backend writes."""
 
-    def __init__(self, n: int = 24, project: int = 3, first_id: int = 101,
-                 config: str = DIGIT_CONFIG) -> None:
+    def __init__(
+        self, n: int = 24, project: int = 3, first_id: int = 101, config: str = DIGIT_CONFIG
+    ) -> None:
         self.project_id = project
         self.config = config
         images, self.truth = digit_images(n)
@@ -48,8 +51,7 @@ class FakeLabelStudio:
         for j, blob in enumerate(images):
             url = f"/data/upload/{project}/img{j}.png"
             self.files[url] = blob
-            self.tasks.append({"id": first_id + 2 * j, "data": {"image": url},
-                               "annotations": []})
+            self.tasks.append({"id": first_id + 2 * j, "data": {"image": url}, "annotations": []})
         self.predictions: dict[str, list[dict]] = {}
         self.calls: list[str] = []
         self.fail_next = None

@@ -1,4 +1,5 @@
 """The live loop against an in-memory Label Studio: store, conditioning, scores, restart."""
+
 from __future__ import annotations
 
 import time
@@ -6,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from ls_doubles import FakeLabelStudio, png
 
 from ntkal.kernels import empirical_ntk
 from ntkal.labelstore import LabelStore
@@ -13,8 +15,6 @@ from ntkal.labelstudio.backend import Backend, annotation_of, annotator_tag, mak
 from ntkal.labelstudio.client import LabelStudioError
 from ntkal.labelstudio.pool import build_pool
 from ntkal.labelstudio.protocol import AnnotationEvent, ProtocolError, parse_label_config
-
-from ls_doubles import FakeLabelStudio, png
 
 
 def _backend(fake, store, **kw):
@@ -39,15 +39,15 @@ def _direct_vr(model, x, labelled, unlabelled):
     n = labelled.size
     t_ll, t_le, t_ee = theta[:n, :n], theta[:n, n:], theta[n:, n:]
     sigma = t_ee - t_le.T @ torch.linalg.solve(t_ll, t_le)
-    return ((sigma ** 2).sum(0) / torch.diagonal(sigma)).numpy()
+    return ((sigma**2).sum(0) / torch.diagonal(sigma)).numpy()
 
 
 def test_annotation_is_on_disk_when_apply_returns(tmp_path, fake_ls):
     backend = _backend(fake_ls, tmp_path / "s.sqlite")
     try:
-        backend.stop()                      # nothing else may write it for us
+        backend.stop()  # nothing else may write it for us
         _label(backend, fake_ls, 3)
-        with LabelStore(str(tmp_path / "s.sqlite")) as other:   # another connection
+        with LabelStore(str(tmp_path / "s.sqlite")) as other:  # another connection
             assert other.labelled()[0].tolist() == [3]
             assert annotation_of(other.records()[0]["annotator"]) == 503
     finally:
@@ -57,22 +57,22 @@ def test_annotation_is_on_disk_when_apply_returns(tmp_path, fake_ls):
 def test_scores_change_after_each_label_and_follow_the_conditioned_lookahead(tmp_path, fake_ls):
     backend = _backend(fake_ls, tmp_path / "s.sqlite")
     try:
-        assert set(fake_ls.scores()) == {t["id"] for t in fake_ls.tasks}   # pre-annotations
-        assert all(s is None for s in fake_ls.scores().values())          # no labels: no score
+        assert set(fake_ls.scores()) == {t["id"] for t in fake_ls.tasks}  # pre-annotations
+        assert all(s is None for s in fake_ls.scores().values())  # no labels: no score
         before = None
-        for n, j in enumerate([0, 5, 9, 14, 2, 20], start=1):
+        for _n, j in enumerate([0, 5, 9, 14, 2, 20], start=1):
             _label(backend, fake_ls, j)
             assert backend.wait_scored(60), backend.stats()
             scores = fake_ls.scores()
             labelled_tasks = {fake_ls.tasks[i]["id"] for i in backend.store.labelled()[0]}
-            assert labelled_tasks.isdisjoint(scores)         # labelled tasks get no prediction
+            assert labelled_tasks.isdisjoint(scores)  # labelled tasks get no prediction
             assert all(0.0 <= s <= 1.0 for s in scores.values())
             if before is not None:
                 common = sorted(set(scores) & set(before))
                 assert any(scores[t] != before[t] for t in common), "scores did not change"
             before = scores
             top = max(scores, key=scores.get)
-            assert top == backend.scores.task_pick           # the Data Manager's first task
+            assert top == backend.scores.task_pick  # the Data Manager's first task
             # against a direct solve on the backend's network, not the look-ahead engine
             learner = backend.scores.model
             idx = learner.labelled_indices
@@ -91,13 +91,20 @@ def test_sequential_pick_equals_a_fresh_session_on_the_same_labels(tmp_path, fak
 
     backend = _backend(fake_ls, tmp_path / "s.sqlite")
     try:
-        for n, j in enumerate([1, 7, 11, 16], start=1):
+        for _n, j in enumerate([1, 7, 11, 16], start=1):
             _label(backend, fake_ls, j)
         assert backend.wait_scored(60)
         idx, lab = backend.store.labelled()
-        fresh = ActiveLearner(backend.scores.model.model, get_strategy("vr"),
-                              backend.pool.dataset.x_train, labelled=idx, labels=lab,
-                              num_classes=3, train_config=None, mode="sequential")
+        fresh = ActiveLearner(
+            backend.scores.model.model,
+            get_strategy("vr"),
+            backend.pool.dataset.x_train,
+            labelled=idx,
+            labels=lab,
+            num_classes=3,
+            train_config=None,
+            mode="sequential",
+        )
         assert int(fresh.query(1)[0]) == backend.scores.pick
     finally:
         backend.stop()
@@ -109,7 +116,9 @@ def test_update_and_delete_rewrite_the_store_in_order(tmp_path, fake_ls):
         for j in (0, 1, 2, 3):
             _label(backend, fake_ls, j, label=0)
         # the second annotation is changed in Label Studio: label 2, order of the others kept
-        assert _label(backend, fake_ls, 1, annotation=501, label=2, action="updated")["changed"] == 1
+        assert (
+            _label(backend, fake_ls, 1, annotation=501, label=2, action="updated")["changed"] == 1
+        )
         idx, lab = backend.store.labelled()
         assert dict(zip(idx.tolist(), lab.tolist())) == {0: 0, 1: 2, 2: 0, 3: 0}
         assert idx.tolist() == [0, 2, 3, 1]
@@ -144,19 +153,33 @@ def test_restart_keeps_the_task_mapping_and_catches_up(tmp_path):
     # one annotation is made, and the annotation of item 4 is deleted in Label Studio
     fake.tasks.insert(0, {"id": 1, "data": {"image": "/data/upload/3/new.png"}, "annotations": []})
     fake.files["/data/upload/3/new.png"] = next(iter(fake.files.values()))
-    region = {"from_name": "digit", "to_name": "image", "type": "choices",
-              "value": {"choices": [("zero", "one", "two")[int(fake.truth[10])]]}}
-    for j, task in ((0, fake.tasks[1]), (8, fake.tasks[9]),):
-        task["annotations"] = [{"id": 500 + j, "result": [dict(region, value={
-            "choices": [("zero", "one", "two")[int(fake.truth[j])]]})], "created_at": "a"}]
-    fake.tasks[11]["annotations"] = [{"id": 42, "result": [region], "completed_by": 7,
-                                      "created_at": "b"}]
+    region = {
+        "from_name": "digit",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": [("zero", "one", "two")[int(fake.truth[10])]]},
+    }
+    for j, task in (
+        (0, fake.tasks[1]),
+        (8, fake.tasks[9]),
+    ):
+        task["annotations"] = [
+            {
+                "id": 500 + j,
+                "result": [
+                    dict(region, value={"choices": [("zero", "one", "two")[int(fake.truth[j])]]})
+                ],
+                "created_at": "a",
+            }
+        ]
+    fake.tasks[11]["annotations"] = [
+        {"id": 42, "result": [region], "completed_by": 7, "created_at": "b"}
+    ]
     again = _backend(fake, store)
     try:
         assert again.pool.task_ids[0] == 101 and 1 not in again.pool.task_ids
         labels = dict(zip(*[a.tolist() for a in again.store.labelled()]))
-        assert labels == {0: int(fake.truth[0]), 8: int(fake.truth[8]),
-                          10: int(fake.truth[10])}
+        assert labels == {0: int(fake.truth[0]), 8: int(fake.truth[8]), 10: int(fake.truth[10])}
         assert again.wait_scored(60)
     finally:
         again.stop()
@@ -165,7 +188,7 @@ def test_restart_keeps_the_task_mapping_and_catches_up(tmp_path):
 def test_a_store_without_its_task_file_is_refused(tmp_path, fake_ls):
     store = tmp_path / "s.sqlite"
     LabelStore(str(store), pool_size=24, num_classes=3).close()
-    with pytest.raises(ProtocolError, match="tasks.json does not"):
+    with pytest.raises(ProtocolError, match=r"tasks.json does not"):
         Backend.from_project(fake_ls, 3, str(store), start_worker=False)
 
 
@@ -173,7 +196,7 @@ def test_retrain_runs_in_the_background_and_scores_follow_it(tmp_path, fake_ls):
     backend = _backend(fake_ls, tmp_path / "s.sqlite", warmup=4)
     try:
         first = backend.session.learner
-        for n, j in enumerate([0, 3, 6, 9], start=1):
+        for _n, j in enumerate([0, 3, 6, 9], start=1):
             _label(backend, fake_ls, j)
         assert backend.wait_scored(60)
         assert backend.session.wait_for_retrain(120)
@@ -231,13 +254,17 @@ def test_image_pool_in_task_id_order(fake_ls):
 
 
 def test_row_pool_and_its_errors():
-    xml = ('<View><Text name="row" value="$text"/><Choices name="c" toName="row">'
-           '<Choice value="a"/><Choice value="b"/></Choices></View>')
+    xml = (
+        '<View><Text name="row" value="$text"/><Choices name="c" toName="row">'
+        '<Choice value="a"/><Choice value="b"/></Choices></View>'
+    )
     cfg = parse_label_config(xml)
-    tasks = [{"id": i + 1, "data": {"text": f"row {i}", "h": float(i), "w": 2.0 * i * i}}
-             for i in range(5)]
+    tasks = [
+        {"id": i + 1, "data": {"text": f"row {i}", "h": float(i), "w": 2.0 * i * i}}
+        for i in range(5)
+    ]
     pool = build_pool(tasks, cfg, fetch=None)
-    raw = np.array([[i, 2.0 * i * i] for i in range(5)])            # columns h, w (sorted)
+    raw = np.array([[i, 2.0 * i * i] for i in range(5)])  # columns h, w (sorted)
     want = (raw - raw.mean(0)) / raw.std(0)
     np.testing.assert_allclose(pool.dataset.x_train.numpy(), want, rtol=1e-5)
     tasks[3]["data"]["w"] = "n/a"
@@ -254,8 +281,10 @@ def test_local_files_only_under_the_data_root(tmp_path, fake_ls):
     blob = next(iter(fake_ls.files.values()))
     (root / "a.png").write_bytes(blob)
     (tmp_path / "secret.png").write_bytes(blob)
-    ok = [{"id": 1, "data": {"image": "/data/local-files/?d=a.png"}},
-          {"id": 2, "data": {"image": "a.png"}}]
+    ok = [
+        {"id": 1, "data": {"image": "/data/local-files/?d=a.png"}},
+        {"id": 2, "data": {"image": "a.png"}},
+    ]
     assert build_pool(ok, cfg, fetch=None, data_root=root).dataset.x_train.shape[0] == 2
     for url in ("/data/local-files/?d=../secret.png", str(tmp_path / "secret.png")):
         with pytest.raises(ProtocolError, match="outside --data-root"):
@@ -263,6 +292,7 @@ def test_local_files_only_under_the_data_root(tmp_path, fake_ls):
     with pytest.raises(ProtocolError, match="pass --data-root"):
         build_pool(ok, cfg, fetch=None)
     with pytest.raises(ProtocolError, match="not a readable image"):
-        build_pool([{"id": 1, "data": {"image": "/data/upload/x"}}], cfg,
-                   fetch=lambda url: b"not a png")
+        build_pool(
+            [{"id": 1, "data": {"image": "/data/upload/x"}}], cfg, fetch=lambda url: b"not a png"
+        )
     assert png(np.zeros((2, 2)))  # the double itself works

@@ -1,4 +1,5 @@
 """The Label Studio REST client against a small local HTTP server (127.0.0.1 only)."""
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,7 @@ def test_personal_access_token_is_refreshed_and_renewed_on_401(server):
     client = LabelStudioClient(_url(server), PAT)
     assert client.project(5)["id"] == 5
     assert server.refreshes == 1 and server.seen[-1][2] == "Bearer access1"
-    server.valid = set()          # the access token expired
+    server.valid = set()  # the access token expired
     assert client.project(5)["id"] == 5
     assert server.refreshes == 2 and server.seen[-1][2] == "Bearer access2"
 

@@ -1,4 +1,5 @@
 """The ML backend protocol over HTTP (FastAPI's TestClient: fast, no server, no Label Studio)."""
+
 from __future__ import annotations
 
 import base64
@@ -11,30 +12,43 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from ls_doubles import DIGIT_CONFIG
 
-from ntkal.labelstore import LabelStore  # noqa: E402
-from ntkal.labelstudio.backend import Backend  # noqa: E402
-from ntkal.labelstudio.server import MAX_BODY_BYTES, create_app  # noqa: E402
-
-from ls_doubles import DIGIT_CONFIG  # noqa: E402
+from ntkal.labelstore import LabelStore
+from ntkal.labelstudio.backend import Backend
+from ntkal.labelstudio.server import MAX_BODY_BYTES, create_app
 
 
 @pytest.fixture
 def backend(tmp_path, fake_ls):
-    b = Backend.from_project(fake_ls, fake_ls.project_id, str(tmp_path / "s.sqlite"),
-                             warmup=1000, epochs=2)
+    b = Backend.from_project(
+        fake_ls, fake_ls.project_id, str(tmp_path / "s.sqlite"), warmup=1000, epochs=2
+    )
     assert b.wait_scored(60)
     yield b
     b.stop()
 
 
 def _created(task_id, annotation_id, choice="one", project=3):
-    return {"action": "ANNOTATION_CREATED", "project": {"id": project},
-            "annotation": {"id": annotation_id, "task": task_id, "completed_by": 1,
-                           "result": [{"from_name": "digit", "to_name": "image",
-                                       "type": "choices", "value": {"choices": [choice]}}]},
-            "task": {"id": task_id}}
+    return {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": project},
+        "annotation": {
+            "id": annotation_id,
+            "task": task_id,
+            "completed_by": 1,
+            "result": [
+                {
+                    "from_name": "digit",
+                    "to_name": "image",
+                    "type": "choices",
+                    "value": {"choices": [choice]},
+                }
+            ],
+        },
+        "task": {"id": task_id},
+    }
 
 
 def test_health_and_setup(backend):
@@ -55,7 +69,7 @@ def test_webhook_stores_before_answering_and_predict_reflects_it(backend, fake_l
     client = TestClient(create_app(backend))
     add = backend.store.add
 
-    def slow_add(*args, **kwargs):   # a slow disk: the answer must still wait for it
+    def slow_add(*args, **kwargs):  # a slow disk: the answer must still wait for it
         time.sleep(0.5)
         return add(*args, **kwargs)
 
@@ -64,7 +78,7 @@ def test_webhook_stores_before_answering_and_predict_reflects_it(backend, fake_l
     r = client.post("/webhook", json=_created(tid, 77, "two"))
     assert r.status_code == 200 and r.json()["stored"] == 1
     with LabelStore(backend.store.path) as other:
-        assert other.label_of(4) == 2            # on disk when Label Studio got the answer
+        assert other.label_of(4) == 2  # on disk when Label Studio got the answer
     assert backend.wait_scored(60)
     tasks = [{"id": t["id"]} for t in fake_ls.tasks[:6]] + [{"id": 123456}]
     doc = client.post("/predict", json={"tasks": tasks, "project": "3.1"}).json()
@@ -74,23 +88,30 @@ def test_webhook_stores_before_answering_and_predict_reflects_it(backend, fake_l
     assert 0.0 <= first["score"] <= 1.0
     assert doc["results"][-1] == {"result": [], "score": None, "model_version": "ntkal-vr"}
     by_task = {t["id"]: res["score"] for t, res in zip(tasks, doc["results"])}
-    assert by_task[tid] is None                  # the labelled task has no acquisition score
+    assert by_task[tid] is None  # the labelled task has no acquisition score
     stats = client.get("/ntkal/stats").json()
     assert stats["labelled"] == 1 and stats["events"]["created"] == 1
     # other actions and other projects are acknowledged, not stored
-    assert client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": []}).json() == \
-        {"ignored": "TASKS_CREATED"}
+    assert client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": []}).json() == {
+        "ignored": "TASKS_CREATED"
+    }
     assert "ignored" in client.post("/webhook", json=_created(tid, 78, project=9)).json()
     assert len(backend.store) == 1
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[" * 100000 + b"]" * 100000, 400, "nests too deeply|not valid JSON"),
-    (json.dumps({"action": "ANNOTATION_CREATED", "annotation": {"id": 1}}).encode(), 400,
-     "names no task"),
-    (json.dumps(_created(101, 5, "seven")).encode(), 400, "unknown class 'seven'"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[" * 100000 + b"]" * 100000, 400, "nests too deeply|not valid JSON"),
+        (
+            json.dumps({"action": "ANNOTATION_CREATED", "annotation": {"id": 1}}).encode(),
+            400,
+            "names no task",
+        ),
+        (json.dumps(_created(101, 5, "seven")).encode(), 400, "unknown class 'seven'"),
+    ],
+)
 def test_bad_webhooks_get_one_line_400(backend, body, status, message):
     client = TestClient(create_app(backend))
     r = client.post("/webhook", content=body, headers={"content-type": "application/json"})
@@ -102,8 +123,11 @@ def test_bad_webhooks_get_one_line_400(backend, body, status, message):
 
 def test_body_cap(backend):
     client = TestClient(create_app(backend))
-    r = client.post("/webhook", content=b" " * (MAX_BODY_BYTES + 1),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/webhook",
+        content=b" " * (MAX_BODY_BYTES + 1),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -111,7 +135,9 @@ def test_token_rules(backend):
     client = TestClient(create_app(backend, token="s3cret-token"))
     assert client.get("/health").status_code == 401
     assert client.get("/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/health", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    assert (
+        client.get("/health", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    )
     assert client.get("/health", headers={"Authorization": "Token s3cret-token"}).status_code == 200
     assert client.get("/health", headers={"X-Ntkal-Token": "s3cret-token"}).status_code == 200
     basic = base64.b64encode(b"labelstudio:s3cret-token").decode()
@@ -144,21 +170,25 @@ def test_train_starts_a_retrain(backend, fake_ls):
 def test_serve_refuses_remote_binding_without_token(backend):
     from ntkal.labelstudio.server import serve
 
-    with pytest.raises(ValueError, match="refusing to listen on 0.0.0.0"):
+    with pytest.raises(ValueError, match=r"refusing to listen on 0.0.0.0"):
         serve(backend, host="0.0.0.0", port=1)
 
 
 def test_setup_puts_the_token_on_the_webhook_label_studio_made(backend, fake_ls):
-    fake_ls.hooks = [{"id": 1, "url": "http://127.0.0.1:9090/webhook", "headers": {}},
-                     {"id": 2, "url": "http://elsewhere:1/webhook", "headers": {}}]
-    client = TestClient(create_app(backend, token="s3cret-token",
-                                   public_url="http://127.0.0.1:9090"))
-    r = client.post("/setup", json={"project": "3.1"},
-                    headers={"Authorization": "Bearer s3cret-token"})
+    fake_ls.hooks = [
+        {"id": 1, "url": "http://127.0.0.1:9090/webhook", "headers": {}},
+        {"id": 2, "url": "http://elsewhere:1/webhook", "headers": {}},
+    ]
+    client = TestClient(
+        create_app(backend, token="s3cret-token", public_url="http://127.0.0.1:9090")
+    )
+    r = client.post(
+        "/setup", json={"project": "3.1"}, headers={"Authorization": "Bearer s3cret-token"}
+    )
     assert r.status_code == 200
     deadline = time.monotonic() + 20
     while fake_ls.hooks[0]["headers"] == {}:
         assert time.monotonic() < deadline, "the webhook never got the token"
         time.sleep(0.05)
     assert fake_ls.hooks[0]["headers"] == {"Authorization": "Bearer s3cret-token"}
-    assert fake_ls.hooks[1]["headers"] == {}                 # not ours: left alone
+    assert fake_ls.hooks[1]["headers"] == {}  # not ours: left alone

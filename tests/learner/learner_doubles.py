@@ -1,4 +1,5 @@
 """Small stand-ins shared by the learner tests: a tiny net, strategies with known choices, blobs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +9,14 @@ import torch
 from torch import nn
 
 from ntkal.learner import ActiveLearner
+from ntkal.strategies.base import (
+    QueryContext,
+    QueryResult,
+    SequentialSession,
+    Strategy,
+    check_budget,
+)
 from tiny_nets import TinyNet
-from ntkal.strategies.base import QueryContext, QueryResult, SequentialSession, Strategy, check_budget
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The learner refuses bad input with a message naming it, and leaves the model's modes alone."""
+
 from __future__ import annotations
 
 import warnings
 
 import pytest
 import torch
+from learner_doubles import Net, blobs, make_learner
 from torch import nn
 
-from learner_doubles import Net, blobs, make_learner
 from ntkal.learner import ProbabilityOutputWarning
 
 
@@ -49,7 +50,9 @@ def test_score_and_predict_refuse_non_finite_inputs_naming_them():
         learner.score(torch.full_like(x, float("nan")), y)
     bad = x.clone()
     bad[5, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"x contains NaN or infinite values \(1 of 120 rows, first at row 5\)"):
+    with pytest.raises(
+        ValueError, match=r"x contains NaN or infinite values \(1 of 120 rows, first at row 5\)"
+    ):
         learner.predict(bad)
     with pytest.raises(ValueError, match="y_test and the x_test rows have different lengths"):
         learner.score(x, y[:-1])

@@ -1,13 +1,26 @@
 """ActiveLearner: ask/tell loop, validation, sequential mode and save/load (small stand-ins)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from learner_doubles import (
+    Cfg as _Cfg,
+)
+from learner_doubles import (
+    MaxEntropy as _MaxEntropy,
+)
+from learner_doubles import (
+    Net as _Net,
+)
+from learner_doubles import (
+    Sequential as _Sequential,
+)
+from learner_doubles import blobs as _blobs
+from learner_doubles import make_learner as _learner
 
 from ntkal.learner import ActiveLearner
-from learner_doubles import Cfg as _Cfg, MaxEntropy as _MaxEntropy, Net as _Net, Sequential as _Sequential
-from learner_doubles import blobs as _blobs, make_learner as _learner
 
 
 def test_ask_tell_loop_grows_labelled_set_without_repeats():
@@ -78,8 +91,9 @@ def test_registry_name_and_unknown_name():
 
 def test_sequential_mode_conditions_without_sgd():
     strategy = _Sequential()
-    learner = _learner(strategy, mode="sequential", subset=40, y_pool=None,
-                       labels=[0, 1, 2, 0, 1, 2])
+    learner = _learner(
+        strategy, mode="sequential", subset=40, y_pool=None, labels=[0, 1, 2, 0, 1, 2]
+    )
     with pytest.raises(ValueError, match="query one at a time"):
         learner.query(3)
     first = learner.query(1)
@@ -113,8 +127,9 @@ def test_save_load_round_trip_gives_identical_next_query(tmp_path):
     learner.fit()
     path = tmp_path / "al.pt"
     learner.save(path)
-    other = ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(temperature=2.0),
-                               train_config=_Cfg())
+    other = ActiveLearner.load(
+        path, model=_Net(), strategy=_MaxEntropy(temperature=2.0), train_config=_Cfg()
+    )
     np.testing.assert_array_equal(other.labelled_indices, learner.labelled_indices)
     np.testing.assert_array_equal(other.labels, learner.labels)
     assert other.cycle == learner.cycle and other.subset == 40
@@ -130,9 +145,12 @@ def test_save_without_pool_needs_it_back(tmp_path):
         ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg())
     x, _ = _blobs()
     with pytest.raises(ValueError, match="shape"):
-        ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(),
-                           x_pool=x[:10])
-    ok = ActiveLearner.load(path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(), x_pool=x)
+        ActiveLearner.load(
+            path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(), x_pool=x[:10]
+        )
+    ok = ActiveLearner.load(
+        path, model=_Net(), strategy=_MaxEntropy(), train_config=_Cfg(), x_pool=x
+    )
     assert ok.labelled_indices.size == 6
 
 
@@ -182,10 +200,17 @@ def test_digits_loop_with_registry_strategy_and_full_round_trip(tmp_path):
 
     ds = load_dataset("digits", train_size=400, test_size=200)
     torch.manual_seed(0)
-    learner = ActiveLearner(build_model("mlp", ds.in_shape, 10, width=32), "margin", ds.x_train,
-                            y_pool=ds.y_train, labelled=np.arange(20), num_classes=10,
-                            train_config=TrainConfig(epochs=50, batch_size=32, lr=0.1),
-                            subset=200, seed=1)
+    learner = ActiveLearner(
+        build_model("mlp", ds.in_shape, 10, width=32),
+        "margin",
+        ds.x_train,
+        y_pool=ds.y_train,
+        labelled=np.arange(20),
+        num_classes=10,
+        train_config=TrainConfig(epochs=50, batch_size=32, lr=0.1),
+        subset=200,
+        seed=1,
+    )
     y = ds.y_train.numpy()
     for _ in range(2):
         learner.fit()
@@ -196,7 +221,9 @@ def test_digits_loop_with_registry_strategy_and_full_round_trip(tmp_path):
     assert learner.score(ds.x_test, ds.y_test) > 0.4  # chance is 0.1
     learner.save(tmp_path / "digits.pt")
     torch.manual_seed(123)
-    other = ActiveLearner.load(tmp_path / "digits.pt", model=build_model("mlp", ds.in_shape, 10, width=32))
+    other = ActiveLearner.load(
+        tmp_path / "digits.pt", model=build_model("mlp", ds.in_shape, 10, width=32)
+    )
     assert other.strategy.name == "margin" and other.train_config == learner.train_config
     assert other.score(ds.x_test, ds.y_test) == learner.score(ds.x_test, ds.y_test)
     np.testing.assert_array_equal(other.query(10), learner.query(10))

@@ -1,12 +1,13 @@
 """Saved learner files that cannot be used give errors naming the file and the fix."""
+
 from __future__ import annotations
 
 import pickle
 
 import pytest
 import torch
-
 from learner_doubles import Cfg, MaxEntropy, Net, make_learner
+
 from ntkal.learner import ActiveLearner
 from ntkal.learner.persistence import REQUIRED_KEYS
 
@@ -30,7 +31,7 @@ def test_a_model_of_another_architecture_names_the_first_mismatch(tmp_path):
     msg = str(info.value)
     assert "the model does not match the one saved in" in msg and str(path) in msg
     assert "'body.0.weight' has shape (16, 2) in the file but (32, 2) in the model" in msg
-    with pytest.raises(ValueError, match="'extra.weight' .*which the file lacks"):
+    with pytest.raises(ValueError, match=r"'extra.weight' .*which the file lacks"):
         wider = Net()
         wider.extra = torch.nn.Linear(1, 1)
         _load(path, model=wider)
@@ -99,6 +100,6 @@ def test_a_file_saved_on_cuda_says_to_pass_a_device(tmp_path):
     state = torch.load(path, weights_only=True)
     state["device"] = "cuda:0"
     torch.save(state, path)
-    with pytest.raises(ValueError, match="saved on device 'cuda:0'.*pass device='cpu'"):
+    with pytest.raises(ValueError, match=r"saved on device 'cuda:0'.*pass device='cpu'"):
         _load(path)
     assert _load(path, device="cpu").device.type == "cpu"

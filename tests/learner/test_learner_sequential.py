@@ -1,10 +1,10 @@
 """Sequential mode: sessions count every label (taught or oracle), restart when they run dry, and
 map session positions to exactly the pool indices the strategy chose."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from learner_doubles import KnownPositions, Sequential, blobs, make_learner
 
 
@@ -49,8 +49,8 @@ def test_pending_oracle_labels_carry_into_a_new_session():
     strategy = Sequential()
     learner = make_learner(strategy, mode="sequential", subset=3, labelled=np.arange(100))
     _, y = blobs()
-    a = learner.query(2)           # session 1: candidates 0, 1 of 3 observed, nothing taught
-    b = learner.query(2)           # candidate 2, then session 2 (conditioned on the 3 pending)
+    a = learner.query(2)  # session 1: candidates 0, 1 of 3 observed, nothing taught
+    b = learner.query(2)  # candidate 2, then session 2 (conditioned on the 3 pending)
     assert len(strategy.sessions) == 2
     returned = np.concatenate([a, b])
     assert np.unique(returned).size == 4
@@ -110,8 +110,10 @@ def test_issue_repro_with_sequential_mlmoc():
     assert np.unique(two).size == 2 and not np.isin(two, learner.labelled_indices).any()
     second = learner.session
     assert second is not first_session
-    assert set(second.observed) == {int(np.searchsorted(learner.session_candidates, two[1])),
-                                    int(np.searchsorted(learner.session_candidates, two[0]))}
+    assert set(second.observed) == {
+        int(np.searchsorted(learner.session_candidates, two[1])),
+        int(np.searchsorted(learner.session_candidates, two[0])),
+    }
     learner.teach(two, y[two])
     assert learner.session is second
     nxt = learner.query(1)
@@ -137,7 +139,7 @@ def test_a_pending_point_taught_another_label_ends_the_session():
     x_pool, _ = blobs()
     cand = second.context.x_candidates
     pos = int(np.flatnonzero((cand == x_pool[a[1]]).all(dim=1))[0])
-    assert (pos, int(y[a[1]])) in second.observed      # the other pending label carried over
+    assert (pos, int(y[a[1]])) in second.observed  # the other pending label carried over
     assert not (cand == x_pool[a[0]]).all(dim=1).any()  # the taught point is labelled now
 
 
@@ -172,7 +174,7 @@ def test_a_rebuilt_session_proposes_what_the_continuing_one_does():
                 first = learner.query(1)
                 learner.teach(first, y[first])
             else:
-                learner.teach(first, y[first])      # no session yet: the next one is new
+                learner.teach(first, y[first])  # no session yet: the next one is new
             nxt.append(int(learner.query(1)[0]))
         agree += int(nxt[0] == nxt[1])
     assert agree == 4

@@ -1,4 +1,5 @@
 """LabelledFactor: span coordinates of the labelled features, at full rank and below it."""
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,9 @@ def test_rank_deficient_basis_spans_every_row():
     # least squares: coefficients give the pinv fit on the labelled rows
     y = torch.randn(12, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     fit = v.T @ factor.coefficients(y)
-    torch.testing.assert_close(fit, k @ torch.linalg.pinv(k, rtol=1e-10, hermitian=True) @ y,
-                               rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(
+        fit, k @ torch.linalg.pinv(k, rtol=1e-10, hermitian=True) @ y, rtol=1e-8, atol=1e-9
+    )
 
 
 def test_duplicate_rows_are_skipped_in_order():

@@ -1,6 +1,6 @@
 """Closed-form look-ahead (Mohamadi et al., NeurIPS 2022) against from-scratch kernel regression."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -66,14 +66,22 @@ def test_retrained_equals_resolve_and_interpolates(block):
     la, theta, f0, y = _build(block, n_l, n_s, k)
     for j, label in [(0, 1), (4, 2), (8, 0)]:
         y_new = torch.cat([y, torch.nn.functional.one_hot(torch.tensor([label]), k).to(F64)])
-        want = _resolve(theta, f0, y_new, list(range(n_l)) + [n_l + j], range(n_l, n_l + n_s), block)
+        want = _resolve(
+            theta, f0, y_new, list(range(n_l)) + [n_l + j], range(n_l, n_l + n_s), block
+        )
         got = la.retrained_predictions(j, label)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-8)
         torch.testing.assert_close(got[j], y_new[-1], rtol=0, atol=1e-8)
     # a real-valued target vector
     vec = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
-    want = _resolve(theta, f0, torch.cat([y, vec[None]]), list(range(n_l)) + [n_l + 2],
-                    range(n_l, n_l + n_s), block)
+    want = _resolve(
+        theta,
+        f0,
+        torch.cat([y, vec[None]]),
+        list(range(n_l)) + [n_l + 2],
+        range(n_l, n_l + n_s),
+        block,
+    )
     torch.testing.assert_close(la.retrained_predictions(2, vec), want, rtol=0, atol=1e-8)
 
 
@@ -87,7 +95,9 @@ def test_batch_matches_single_and_chunking(block):
     assert full.shape == (5, 9, 3)
     torch.testing.assert_close(full, chunked, rtol=0, atol=1e-12)
     for b, (j, c) in enumerate(zip(js, ys)):
-        torch.testing.assert_close(full[b], la.retrained_predictions(int(j), int(c)), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            full[b], la.retrained_predictions(int(j), int(c)), rtol=0, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("block", [False, True], ids=["scalar", "full"])
@@ -104,8 +114,14 @@ def test_sequential_condition_equals_batch_resolve(block):
         torch.testing.assert_close(la.base_predictions(), want, rtol=0, atol=1e-8)
     assert la.conditioned == [2, 7, 4, 0]
     # a look-ahead from the conditioned state equals the re-solve with one more point
-    want = _resolve(theta, f0, torch.cat(targets + [torch.eye(k, dtype=F64)[[1]]]),
-                    train + [n_l + 5], range(n_l, n_l + n_s), block)
+    want = _resolve(
+        theta,
+        f0,
+        torch.cat(targets + [torch.eye(k, dtype=F64)[[1]]]),
+        train + [n_l + 5],
+        range(n_l, n_l + n_s),
+        block,
+    )
     torch.testing.assert_close(la.retrained_predictions(5, 1), want, rtol=0, atol=1e-8)
     with pytest.raises(ValueError, match="already"):
         la.condition(2, 0)
@@ -113,7 +129,7 @@ def test_sequential_condition_equals_batch_resolve(block):
 
 def test_ridge_adds_relative_diagonal():
     j, f0, y = _jacobians()
-    tll, tsl, tss, theta = _kernels(j, 6, block=False)
+    tll, tsl, tss, _theta = _kernels(j, 6, block=False)
     ridge = 0.1
     la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y, ridge=ridge)
     kreg = tll + ridge * tll.diagonal().mean() * torch.eye(6, dtype=F64)
@@ -128,18 +144,21 @@ def test_ridge_enters_sigma(block):
     look-ahead retraining keeps the ridge on L and fits the new point exactly)."""
     n, m, k = 6, 9, 3
     j, f0, y = _jacobians(n, m, k)
-    tll, tsl, tss, theta = _kernels(j, n, block)
+    tll, tsl, tss, _theta = _kernels(j, n, block)
     ridge = 0.3
     la = Lookahead.from_kernels(tll, tsl, tss, f0[:n], f0[n:], y, ridge=ridge)
-    flat = (lambda t: t.permute(0, 2, 1, 3).reshape(t.shape[0] * k, t.shape[1] * k)) if block \
+    flat = (
+        (lambda t: t.permute(0, 2, 1, 3).reshape(t.shape[0] * k, t.shape[1] * k))
+        if block
         else (lambda t: t)
+    )
     kll = flat(tll)
     kreg = kll + ridge * kll.diagonal().mean() * torch.eye(kll.shape[0], dtype=F64)
     want = flat(tss) - flat(tsl) @ torch.linalg.solve(kreg, flat(tsl).T)
     got = flat(la.sigma) if block else la.sigma
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     no_ridge = flat(tss) - flat(tsl) @ torch.linalg.solve(kll, flat(tsl).T)
-    assert float((want - no_ridge).abs().max()) > 1e-3          # the ridge is visible in Σ
+    assert float((want - no_ridge).abs().max()) > 1e-3  # the ridge is visible in Σ
 
 
 def test_singular_kernel_is_least_squares_not_jitter():
@@ -147,7 +166,7 @@ def test_singular_kernel_is_least_squares_not_jitter():
     minimum-norm least-squares one (the pseudo-inverse), which averages the two targets, with no
     jitter and rank n − 1."""
     j, f0, y = _jacobians()
-    j[1], f0[1] = j[0], f0[0]                    # duplicate labelled point -> singular Θ(L, L)
+    j[1], f0[1] = j[0], f0[0]  # duplicate labelled point -> singular Θ(L, L)
     y = y.clone()
     y[1] = torch.roll(y[0], 1)
     tll, tsl, tss, _ = _kernels(j, 6, block=False)
@@ -161,8 +180,8 @@ def test_singular_kernel_is_least_squares_not_jitter():
 def test_near_duplicate_candidates_are_clamped_not_nan(block):
     n_l, n_s, k = 6, 9, 3
     j, f0, y = _jacobians(n_l, n_s, k)
-    j[n_l + 3] = j[n_l + 2]          # exact duplicate candidates
-    j[n_l + 5] = j[1]                # candidate equal to a labelled point
+    j[n_l + 3] = j[n_l + 2]  # exact duplicate candidates
+    j[n_l + 5] = j[1]  # candidate equal to a labelled point
     f0[n_l + 3] = f0[n_l + 2]
     tll, tsl, tss, _ = _kernels(j, n_l, block)
     with pytest.warns(RuntimeWarning, match="clamped"):
@@ -173,14 +192,17 @@ def test_near_duplicate_candidates_are_clamped_not_nan(block):
     # conditioning on one of the duplicates makes its twin clamped, still finite
     la.condition(2, 1)
     assert la.num_clamped >= 1
-    assert torch.isfinite(la.retrained_predictions_batch(np.arange(n_s), np.ones(n_s, dtype=np.int64))).all()
+    assert torch.isfinite(
+        la.retrained_predictions_batch(np.arange(n_s), np.ones(n_s, dtype=np.int64))
+    ).all()
 
 
 def test_empty_labelled_set_is_prior():
     j, f0, _ = _jacobians(0, 5, 3)
     _, _, tss, _ = _kernels(j, 0, block=False)
-    la = Lookahead.from_kernels(torch.zeros(0, 0), torch.zeros(5, 0), tss, torch.zeros(0, 3),
-                                f0, torch.zeros(0, 3))
+    la = Lookahead.from_kernels(
+        torch.zeros(0, 0), torch.zeros(5, 0), tss, torch.zeros(0, 3), f0, torch.zeros(0, 3)
+    )
     torch.testing.assert_close(la.base_predictions(), f0)
     got = la.retrained_predictions(1, 2)
     want = f0 + tss[:, 1:2] / tss[1, 1] * (torch.eye(3, dtype=F64)[2] - f0[1])
@@ -194,13 +216,25 @@ def test_input_validation():
     with pytest.raises(ValueError):
         la.retrained_predictions(0, 7)
     with pytest.raises(ValueError):
-        Lookahead.from_kernels(torch.eye(3), torch.zeros(2, 4), torch.eye(2), torch.zeros(3, 2),
-                               torch.zeros(2, 2), torch.zeros(3, 2))
+        Lookahead.from_kernels(
+            torch.eye(3),
+            torch.zeros(2, 4),
+            torch.eye(2),
+            torch.zeros(3, 2),
+            torch.zeros(2, 2),
+            torch.zeros(3, 2),
+        )
     bad = torch.eye(3)
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        Lookahead.from_kernels(bad, torch.zeros(2, 3), torch.eye(2), torch.zeros(3, 2),
-                               torch.zeros(2, 2), torch.zeros(3, 2))
+        Lookahead.from_kernels(
+            bad,
+            torch.zeros(2, 3),
+            torch.eye(2),
+            torch.zeros(3, 2),
+            torch.zeros(2, 2),
+            torch.zeros(3, 2),
+        )
 
 
 # ----------------------------------------------------------------------------- the linearised model
@@ -228,7 +262,7 @@ def _explicit_jacobian(model, x):
         out, i = {}, 0
         for name, shp in zip(names, shapes):
             n = int(np.prod(shp))
-            out[name] = theta[i:i + n].view(shp)
+            out[name] = theta[i : i + n].view(shp)
             i += n
         return torch.func.functional_call(model, out, (x,))
 
@@ -254,14 +288,21 @@ def test_fit_kernel_matches_explicit_jacobians(kind):
     elif kind == "trace":
         theta = torch.einsum("acp,bcp->ab", jac, jac)
     else:
-        s = jac.sum(1) / 3 ** 0.5
+        s = jac.sum(1) / 3**0.5
         theta = s @ s.T
-    la_ref = Lookahead.from_kernels(theta[:5, :5], theta[5:, :5], theta[5:, 5:],
-                                    model(xl).detach(), model(xs).detach(),
-                                    torch.nn.functional.one_hot(yl, 3).double())
+    la_ref = Lookahead.from_kernels(
+        theta[:5, :5],
+        theta[5:, :5],
+        theta[5:, 5:],
+        model(xl).detach(),
+        model(xs).detach(),
+        torch.nn.functional.one_hot(yl, 3).double(),
+    )
     torch.testing.assert_close(la.f0_candidates, model(xs).detach(), rtol=0, atol=1e-10)
     torch.testing.assert_close(la.sigma, la_ref.sigma, rtol=1e-8, atol=1e-8)
-    torch.testing.assert_close(la.base_predictions(), la_ref.base_predictions(), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(
+        la.base_predictions(), la_ref.base_predictions(), rtol=1e-7, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("block", [False, True], ids=["pseudo", "full"])
@@ -277,13 +318,13 @@ def test_base_prediction_is_linearised_network_gradient_flow(block):
     if block:
         jl = jac[:n].reshape(n * k, -1)
         js = jac[n:].reshape(-1, k, jac.shape[-1])
-        step = jl.T @ torch.linalg.solve(jl @ jl.T, r.reshape(-1))             # θ* − θ0
+        step = jl.T @ torch.linalg.solve(jl @ jl.T, r.reshape(-1))  # θ* − θ0
         f_lin = f0[n:] + torch.einsum("scp,p->sc", js, step)
         theta = torch.einsum("acp,bdp->abcd", jac, jac)
     else:
         # pseudo-NTK linearisation: every output c moves along ∇s with its own parameter copy
-        s = jac.sum(1) / k ** 0.5
-        step = s[:n].T @ torch.linalg.solve(s[:n] @ s[:n].T, r)                  # (P, k)
+        s = jac.sum(1) / k**0.5
+        step = s[:n].T @ torch.linalg.solve(s[:n] @ s[:n].T, r)  # (P, k)
         f_lin = f0[n:] + s[n:] @ step
         theta = s @ s.T
     la = Lookahead.from_kernels(theta[:n, :n], theta[n:, :n], theta[n:, n:], f0[:n], f0[n:], y1)
@@ -305,19 +346,27 @@ def test_fit_on_network_retraining_matches_parameter_space_solve():
     # linearised network retrained on L ∪ {(x_3, class 2)} in parameter space
     y_aug = torch.cat([torch.nn.functional.one_hot(yl, k).double(), torch.eye(k, dtype=F64)[[2]]])
     ja = torch.cat([jac[:n], jac[-1:]]).reshape(-1, jac.shape[-1])
-    r = y_aug - torch.cat([f0[:n], f0[n + 3:n + 4]])
+    r = y_aug - torch.cat([f0[:n], f0[n + 3 : n + 4]])
     step = ja.T @ torch.linalg.solve(ja @ ja.T, r.reshape(-1))
     f_lin = f0[n:] + torch.einsum("scp,p->sc", jac[n:-1], step)
     torch.testing.assert_close(la.retrained_predictions(3, 2), f_lin, rtol=1e-7, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- property
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)
-@given(n_l=st.integers(0, 5), n_s=st.integers(1, 6), k=st.integers(1, 3), block=st.booleans(),
-       seed=st.integers(0, 10_000), j=st.integers(0, 5), label=st.integers(0, 2))
+@given(
+    n_l=st.integers(0, 5),
+    n_s=st.integers(1, 6),
+    k=st.integers(1, 3),
+    block=st.booleans(),
+    seed=st.integers(0, 10_000),
+    j=st.integers(0, 5),
+    label=st.integers(0, 2),
+)
 def test_lookahead_equals_resolve_property(n_l, n_s, k, block, seed, j, label):
     j, label = j % n_s, label % k
     la, theta, f0, y = _build(block, n_l, n_s, k, p=(n_l + n_s) * k + 5, seed=seed)
@@ -348,7 +397,7 @@ def test_iter_blocks_retrained_equals_from_scratch_resolve(block):
                 if j in conditioned:
                     continue
                 train = list(range(n_l)) + [n_l + c for c in conditioned] + [n_l + j]
-                targets = torch.cat([y, onehot[conditioned], onehot[j:j + 1]])
+                targets = torch.cat([y, onehot[conditioned], onehot[j : j + 1]])
                 want = _resolve(theta, f0, targets, train, range(n_l, n_l + 9), block)
                 torch.testing.assert_close(got[t], want, rtol=0, atol=1e-7)
 
@@ -361,13 +410,19 @@ def test_dense_sigma_built_and_conditioned_in_place(block):
     tll, tsl, tss, theta = _kernels(j, 6, block)
     before = theta.clone()
     la = Lookahead.from_kernels(tll, tsl, tss, f0[:6], f0[6:], y)
-    assert torch.equal(theta, before)                       # the caller's kernel is untouched
+    assert torch.equal(theta, before)  # the caller's kernel is untouched
     ptr = la._sigma.data_ptr()
     la.condition(2, 1)
     la.condition(5, 0)
     assert la._sigma.data_ptr() == ptr
     if not block:
-        owned = DenseLookahead(tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True)
+        owned = DenseLookahead(
+            tll.clone(), tsl.clone(), theta[6:, 6:], f0[:6], f0[6:], y, _owned=True
+        )
         assert owned._sigma.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
-        torch.testing.assert_close(owned.sigma, Lookahead.from_kernels(
-            tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            owned.sigma,
+            Lookahead.from_kernels(tll, tsl, before[6:, 6:], f0[:6], f0[6:], y).sigma,
+            rtol=0,
+            atol=1e-12,
+        )

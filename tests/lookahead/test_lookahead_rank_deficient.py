@@ -1,5 +1,6 @@
 """More labelled points than the kernel's rank: look-ahead equals minimum-norm least-squares
 retraining of the linearised network (gradient flow's limit), in every engine and kernel."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,13 +54,15 @@ def test_last_layer_look_ahead_is_least_squares_on_the_features(engine):
     all equal least squares on [h(x), 1]; the candidate is not interpolated."""
     model = _net(4)
     xl, yl, xc = _data(12, 15)
-    la = Lookahead.fit(model, xl, yl, xc, kernel="last_layer", engine=engine, eval_size="all",
-                       max_memory=10**8)
+    la = Lookahead.fit(
+        model, xl, yl, xc, kernel="last_layer", engine=engine, eval_size="all", max_memory=10**8
+    )
     f_bar = _least_squares(model, xl, _onehot(yl), xc)
     torch.testing.assert_close(la.base_predictions(), f_bar, rtol=1e-7, atol=1e-9)
     for j, label in [(0, 1), (7, 2), (14, 0)]:
-        want = _least_squares(model, torch.cat([xl, xc[j:j + 1]]),
-                              torch.cat([_onehot(yl), _onehot(label)]), xc)
+        want = _least_squares(
+            model, torch.cat([xl, xc[j : j + 1]]), torch.cat([_onehot(yl), _onehot(label)]), xc
+        )
         got = la.retrained_predictions(j, label)
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
         residual = (_onehot(label)[0] - got[j]).abs().max()
@@ -70,26 +73,30 @@ def test_last_layer_look_ahead_is_least_squares_on_the_features(engine):
 def test_last_layer_sequential_conditioning_is_least_squares(engine):
     model = _net(4)
     xl, yl, xc = _data(12, 15)
-    la = Lookahead.fit(model, xl, yl, xc, kernel="last_layer", engine=engine, eval_size="all",
-                       max_memory=10**8)
+    la = Lookahead.fit(
+        model, xl, yl, xc, kernel="last_layer", engine=engine, eval_size="all", max_memory=10**8
+    )
     la.cache_covariance()
     x_train, y_train = xl, _onehot(yl)
     for j, label in [(3, 1), (9, 0)]:
         la.condition(j, label)
-        x_train = torch.cat([x_train, xc[j:j + 1]])
+        x_train = torch.cat([x_train, xc[j : j + 1]])
         y_train = torch.cat([y_train, _onehot(label)])
-        torch.testing.assert_close(la.base_predictions(), _least_squares(model, x_train, y_train, xc),
-                                   rtol=1e-7, atol=1e-9)
-    want = _least_squares(model, torch.cat([x_train, xc[5:6]]),
-                          torch.cat([y_train, _onehot(2)]), xc)
+        torch.testing.assert_close(
+            la.base_predictions(), _least_squares(model, x_train, y_train, xc), rtol=1e-7, atol=1e-9
+        )
+    want = _least_squares(
+        model, torch.cat([x_train, xc[5:6]]), torch.cat([y_train, _onehot(2)]), xc
+    )
     torch.testing.assert_close(la.retrained_predictions(5, 2), want, rtol=1e-7, atol=1e-9)
 
 
 def _pinv_resolve(theta, f, y_train, train, test, k, full):
     """f0 + Θ(test, train) Θ(train, train)⁺ (Y − f0(train)), the min-norm kernel regression."""
     if not full:
-        sol = torch.linalg.pinv(theta[train][:, train], rtol=1e-9, hermitian=True) \
-            @ (y_train - f[train])
+        sol = torch.linalg.pinv(theta[train][:, train], rtol=1e-9, hermitian=True) @ (
+            y_train - f[train]
+        )
         return f[test] + theta[test][:, train] @ sol
     flat = theta.permute(0, 2, 1, 3)
     ktt = flat[train][:, :, train].reshape(len(train) * k, len(train) * k)
@@ -108,18 +115,22 @@ def test_narrow_network_look_ahead_equals_pinv_resolve(kernel, engine):
     x = torch.cat([xl, xc])
     theta, f, _ = empirical_ntk(model, x, kind=kernel, dtype=F64, return_outputs=True)
     f = f.to(F64)
-    la = Lookahead.fit(model, xl, yl, xc, kernel=kernel, engine=engine, eval_size="all",
-                       max_memory=10**8)
+    la = Lookahead.fit(
+        model, xl, yl, xc, kernel=kernel, engine=engine, eval_size="all", max_memory=10**8
+    )
     lab, cand = list(range(n)), list(range(n, n + m))
     full = kernel == "full"
-    torch.testing.assert_close(la.base_predictions(),
-                               _pinv_resolve(theta, f, _onehot(yl), lab, cand, k, full),
-                               rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        la.base_predictions(),
+        _pinv_resolve(theta, f, _onehot(yl), lab, cand, k, full),
+        rtol=1e-6,
+        atol=1e-8,
+    )
     for j, label in [(0, 2), (5, 1)]:
-        want = _pinv_resolve(theta, f, torch.cat([_onehot(yl), _onehot(label)]),
-                             lab + [n + j], cand, k, full)
-        torch.testing.assert_close(la.retrained_predictions(j, label), want, rtol=1e-6,
-                                   atol=1e-8)
+        want = _pinv_resolve(
+            theta, f, torch.cat([_onehot(yl), _onehot(label)]), lab + [n + j], cand, k, full
+        )
+        torch.testing.assert_close(la.retrained_predictions(j, label), want, rtol=1e-6, atol=1e-8)
 
 
 def test_full_kernel_candidate_partly_in_the_span():
@@ -129,34 +140,41 @@ def test_full_kernel_candidate_partly_in_the_span():
     g = torch.Generator().manual_seed(4)
     d, k, n, m = 9, 2, 3, 5
     basis = torch.randn(4, d, generator=g, dtype=F64)
-    lab = torch.randn(n * k, 4, generator=g, dtype=F64) @ basis          # rows (point, class)
+    lab = torch.randn(n * k, 4, generator=g, dtype=F64) @ basis  # rows (point, class)
     cand = torch.randn(m * k, d, generator=g, dtype=F64)
-    cand[0] = torch.randn(4, generator=g, dtype=F64) @ basis             # candidate 0, class 0
+    cand[0] = torch.randn(4, generator=g, dtype=F64) @ basis  # candidate 0, class 0
     phi = torch.cat([lab, cand]).reshape(n + m, k, d)
     theta = torch.einsum("icx,jdx->ijcd", phi, phi)
     f = 0.3 * torch.randn(n + m, k, generator=g, dtype=F64)
     y = _onehot(torch.tensor([0, 1, 1]), k)
     la = Lookahead.from_kernels(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y)
     lab_idx, cand_idx = list(range(n)), list(range(n, n + m))
-    torch.testing.assert_close(la.base_predictions(),
-                               _pinv_resolve(theta, f, y, lab_idx, cand_idx, k, True),
-                               rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(
+        la.base_predictions(),
+        _pinv_resolve(theta, f, y, lab_idx, cand_idx, k, True),
+        rtol=1e-7,
+        atol=1e-9,
+    )
     block = next(la.iter_blocks([0]))
     assert block.lev is not None and la.rank == 4
     maps = step_maps(la.posterior_variance([0]), theta[n, n].unsqueeze(0), la.eps, None)
-    assert maps.independent.tolist() == [[False, True]]                 # in the span, partly
+    assert maps.independent.tolist() == [[False, True]]  # in the span, partly
     for label in (0, 1):
-        want = _pinv_resolve(theta, f, torch.cat([y, _onehot(label, k)]), lab_idx + [n],
-                             cand_idx, k, True)
-        torch.testing.assert_close(la.retrained_predictions(0, label), want, rtol=1e-7,
-                                   atol=1e-9)
+        want = _pinv_resolve(
+            theta, f, torch.cat([y, _onehot(label, k)]), lab_idx + [n], cand_idx, k, True
+        )
+        torch.testing.assert_close(la.retrained_predictions(0, label), want, rtol=1e-7, atol=1e-9)
     la.condition(0, 1)
     y1 = torch.cat([y, _onehot(1, k)])
-    torch.testing.assert_close(la.base_predictions(),
-                               _pinv_resolve(theta, f, y1, lab_idx + [n], cand_idx, k, True),
-                               rtol=1e-7, atol=1e-9)
-    want = _pinv_resolve(theta, f, torch.cat([y1, _onehot(0, k)]), lab_idx + [n, n + 3],
-                         cand_idx, k, True)
+    torch.testing.assert_close(
+        la.base_predictions(),
+        _pinv_resolve(theta, f, y1, lab_idx + [n], cand_idx, k, True),
+        rtol=1e-7,
+        atol=1e-9,
+    )
+    want = _pinv_resolve(
+        theta, f, torch.cat([y1, _onehot(0, k)]), lab_idx + [n, n + 3], cand_idx, k, True
+    )
     torch.testing.assert_close(la.retrained_predictions(3, 0), want, rtol=1e-7, atol=1e-9)
 
 
@@ -171,8 +189,14 @@ def test_candidate_with_zero_prior_variance_scores_finite(name):
     feats[7] = 0.0
     theta = feats @ feats.T
     f = 0.3 * torch.randn(10, 3, generator=g, dtype=F64)
-    la = Lookahead.from_kernels(theta[:5, :5], theta[5:, :5], theta[5:, 5:], f[:5], f[5:],
-                                _onehot(torch.tensor([0, 1, 2, 0, 1])))
+    la = Lookahead.from_kernels(
+        theta[:5, :5],
+        theta[5:, :5],
+        theta[5:, 5:],
+        f[:5],
+        f[5:],
+        _onehot(torch.tensor([0, 1, 2, 0, 1])),
+    )
     torch.testing.assert_close(la.retrained_predictions(2, 1), la.base_predictions())
     primary, secondary = get_strategy(name).score_candidates(la)
     assert np.isfinite(primary).all() and np.isfinite(secondary).all()

@@ -1,5 +1,8 @@
 """LookaheadSettings: checked once, when built, in the Python API and in a config alike."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -8,14 +11,34 @@ from ntkal.lookahead import LookaheadSettings
 from ntkal.strategies import get_strategy
 from ntkal.strategies.lookahead import MLMOC
 
-BAD = [("eval_size", -3), ("eval_size", 0), ("eval_size", "most"), ("eval_size", True),
-       ("engine", "fast"), ("ridge", -1), ("ridge", float("nan")), ("max_memory", -5),
-       ("max_memory", 1.5), ("eps", 0.0), ("kernel", "rbf"), ("implementation", "fast"),
-       ("block_size", 0), ("block_memory", -1)]
+BAD = [
+    ("eval_size", -3),
+    ("eval_size", 0),
+    ("eval_size", "most"),
+    ("eval_size", True),
+    ("engine", "fast"),
+    ("ridge", -1),
+    ("ridge", float("nan")),
+    ("max_memory", -5),
+    ("max_memory", 1.5),
+    ("eps", 0.0),
+    ("kernel", "rbf"),
+    ("implementation", "fast"),
+    ("block_size", 0),
+    ("block_memory", -1),
+]
 
-RAW = {"name": "tiny", "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
-       "model": {"name": "mlp", "width": 8}, "trainer": {"epochs": 1, "batch_size": 16},
-       "initial_size": 8, "budget": 4, "cycles": 1, "seeds": [0], "threads": 1}
+RAW = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "train_size": 100, "test_size": 40},
+    "model": {"name": "mlp", "width": 8},
+    "trainer": {"epochs": 1, "batch_size": 16},
+    "initial_size": 8,
+    "budget": 4,
+    "cycles": 1,
+    "seeds": [0],
+    "threads": 1,
+}
 
 
 @pytest.mark.parametrize("key, value", BAD)
@@ -43,7 +66,7 @@ def test_flat_parameters_and_settings_object_are_one_thing():
 
 
 def test_unknown_parameter_lists_the_valid_ones():
-    with pytest.raises(TypeError, match="unknown look-ahead parameter.*eval_sise.*valid: kernel"):
+    with pytest.raises(TypeError, match=r"unknown look-ahead parameter.*eval_sise.*valid: kernel"):
         get_strategy("mlmoc", eval_sise=3)
 
 
@@ -56,8 +79,8 @@ def test_old_names_are_accepted_with_a_deprecation_warning():
 
 
 def test_settings_are_frozen_and_normalised():
-    s = LookaheadSettings(ridge=1, max_memory=2.0**20)     # YAML writes 1048576.0
+    s = LookaheadSettings(ridge=1, max_memory=2.0**20)  # YAML writes 1048576.0
     assert isinstance(s.ridge, float) and s.max_memory == 2**20
     assert isinstance(s.max_memory, int)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.ridge = 2.0  # type: ignore[misc]

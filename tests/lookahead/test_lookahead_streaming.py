@@ -1,4 +1,5 @@
 """The streaming look-ahead engine against the dense one, the evaluation set, and memory budgets."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,13 @@ import torch
 from torch import nn
 
 from ntkal.kernels import empirical_ntk, make_featuriser
-from ntkal.lookahead import (Lookahead, StreamingLookahead, choose_engine, dense_bytes,
-                             eval_positions_for)
+from ntkal.lookahead import (
+    Lookahead,
+    StreamingLookahead,
+    choose_engine,
+    dense_bytes,
+    eval_positions_for,
+)
 from ntkal.strategies.base import QueryContext
 from ntkal.strategies.lookahead import MLMOC
 
@@ -20,8 +26,9 @@ F64 = torch.float64
 
 def _setup(seed=0, n=12, m=48, d=6, k=3):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                          nn.Linear(16, k))
+    model = nn.Sequential(
+        nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, k)
+    )
     x = torch.randn(n + m, d)
     return model, x[:n], torch.randint(0, k, (n,)), x[n:]
 
@@ -56,10 +63,11 @@ def test_featuriser_blocks_equal_empirical_ntk():
         fb, logits = fz.featurise(xs)
         want = empirical_ntk(model, xl, xs, kind=kind)
         torch.testing.assert_close(fz.kernel(fa, fb), want, rtol=1e-12, atol=1e-12)
-        diag = torch.stack([empirical_ntk(model, xs[i:i + 1], kind=kind)[0, 0]
-                            for i in range(12)])
+        diag = torch.stack(
+            [empirical_ntk(model, xs[i : i + 1], kind=kind)[0, 0] for i in range(12)]
+        )
         torch.testing.assert_close(fz.diagonal(fb, chunk=5)[:12], diag, rtol=1e-12, atol=1e-12)
-        with torch.no_grad():   # logits of the float64 copy the kernel is computed on
+        with torch.no_grad():  # logits of the float64 copy the kernel is computed on
             want_logits = copy.deepcopy(model).double()(xs.double())
         torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-12)
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -99,13 +107,14 @@ def test_sequential_streaming_equals_dense_conditioning(kernel, max_memory):
     for j, y in steps:
         dense.condition(j, y)
         stream.condition(j, y)
-        torch.testing.assert_close(stream.base_predictions(), dense.base_predictions(),
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            stream.base_predictions(), dense.base_predictions(), rtol=0, atol=1e-10
+        )
         live = np.setdiff1d(np.arange(48), dense.conditioned)
         _assert_blocks_equal(dense, stream, positions=live, block_size=11)
     assert stream.conditioned == dense.conditioned == [j for j, _ in steps]
     live = np.setdiff1d(np.arange(48), dense.conditioned)
-    for score in ("flip", "expected"):        # criteria read the held Σ[E, C] as views
+    for score in ("flip", "expected"):  # criteria read the held Σ[E, C] as views
         strat = MLMOC(kernel=kernel, score=score, block_size=13)
         for a, b in zip(strat.score_candidates(dense, live), strat.score_candidates(stream, live)):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
@@ -116,8 +125,9 @@ def test_sequential_streaming_equals_dense_conditioning(kernel, max_memory):
 def test_streaming_conditioned_point_is_interpolated():
     _, stream = _pair("pseudo", "all")
     stream.condition(7, 2)
-    torch.testing.assert_close(stream.base_predictions()[7], torch.eye(3, dtype=F64)[2],
-                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        stream.base_predictions()[7], torch.eye(3, dtype=F64)[2], rtol=0, atol=1e-9
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation set
@@ -142,8 +152,9 @@ def test_scores_are_measured_on_the_eval_set_only(engine):
     look-ahead on all candidates (dense retrained predictions restricted to E)."""
     model, xl, yl, xs = _setup(1)
     full = Lookahead.fit(model, xl, yl, xs, engine="dense", eval_size="all")
-    la = Lookahead.fit(model, xl, yl, xs, engine=engine, eval_size=15, eval_seed=5,
-                       max_memory=10**8)
+    la = Lookahead.fit(
+        model, xl, yl, xs, engine=engine, eval_size=15, eval_seed=5, max_memory=10**8
+    )
     e = eval_positions_for(48, 15, seed=5)
     np.testing.assert_array_equal(la.eval_positions.cpu().numpy(), e)
     primary, secondary = MLMOC(score="flip").score_candidates(la)
@@ -158,8 +169,9 @@ def test_scores_are_measured_on_the_eval_set_only(engine):
 
 def test_strategy_passes_eval_size_and_seed():
     model, xl, yl, xs = _setup(2)
-    ctx = QueryContext(model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl, num_classes=3,
-                       seed=4)
+    ctx = QueryContext(
+        model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl, num_classes=3, seed=4
+    )
     la = MLMOC(eval_size=5, max_memory=10**8).lookahead(ctx)
     assert isinstance(la, StreamingLookahead)
     np.testing.assert_array_equal(la.eval_positions.numpy(), eval_positions_for(48, 5, seed=4))
@@ -169,16 +181,16 @@ def test_strategy_passes_eval_size_and_seed():
 # ----------------------------------------------------------------------------- memory
 def test_engine_rule():
     assert choose_engine(10, 100, 100, 1, 10**9) == "dense"
-    assert choose_engine(10, 100, 50, 1, 10**9) == "dense"           # E half the pool: dense
-    assert choose_engine(10, 100, 20, 1, 10**9) == "streaming"       # E a small sample
+    assert choose_engine(10, 100, 50, 1, 10**9) == "dense"  # E half the pool: dense
+    assert choose_engine(10, 100, 20, 1, 10**9) == "streaming"  # E a small sample
     assert choose_engine(1000, 10_000, 5000, 1, 10**10) == "dense"
     assert choose_engine(1000, 20_000, 5000, 1, 10**11) == "streaming"
     assert choose_engine(1000, 60_000, 5000, 1, 10**12) == "streaming"
     need = dense_bytes(1000, 10_000, 1)
-    assert need == 8 * (11_000 ** 2 + 10 ** 7)
+    assert need == 8 * (11_000**2 + 10**7)
     assert choose_engine(1000, 10_000, 10_000, 1, need) == "dense"
     assert choose_engine(1000, 10_000, 10_000, 1, need - 1) == "streaming"
-    assert dense_bytes(10, 20, 3) == 8 * 9 * (2 * 30 ** 2 + 200)
+    assert dense_bytes(10, 20, 3) == 8 * 9 * (2 * 30**2 + 200)
     assert choose_engine(10, 100, 50, 1, 10**9, engine="dense") == "dense"
     with pytest.raises(ValueError, match="engine"):
         choose_engine(1, 1, 1, 1, 1, engine="fast")
@@ -216,7 +228,7 @@ def test_streaming_never_builds_candidate_by_candidate_matrices(monkeypatch):
     monkeypatch.setattr(stream.featuriser, "kernel", spy)
     list(stream.iter_blocks(block_size=8))
     stream.condition(3, 1)
-    assert shapes and all(min(s[:2]) <= 12 for s in shapes)    # one side is always L, E or J
+    assert shapes and all(min(s[:2]) <= 12 for s in shapes)  # one side is always L, E or J
 
 
 def test_fit_leaves_model_modes_and_weights_alone():
@@ -290,20 +302,32 @@ def test_one_interface_one_row_convention(kernel):
     for la in (dense, stream):
         assert la.retrained_predictions(5, 1).shape == (20, 3)
         assert la.retrained_predictions_batch([5, 9], [1, 0]).shape == (2, 20, 3)
-    torch.testing.assert_close(stream.retrained_predictions(5, 1),
-                               dense.retrained_predictions(5, 1), rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(stream.posterior_variance(), dense.posterior_variance(),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        stream.retrained_predictions(5, 1), dense.retrained_predictions(5, 1), rtol=1e-9, atol=1e-10
+    )
+    torch.testing.assert_close(
+        stream.posterior_variance(), dense.posterior_variance(), rtol=1e-9, atol=1e-12
+    )
     e = dense.eval_positions
-    torch.testing.assert_close(stream.posterior_variance(e), dense.posterior_variance()[e],
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        stream.posterior_variance(e), dense.posterior_variance()[e], rtol=1e-9, atol=1e-12
+    )
     # rows on E of the explicit dense look-ahead over every candidate
     full = Lookahead.fit(*_setup(0), kernel=kernel, ridge=0.01, engine="dense", eval_size="all")
-    torch.testing.assert_close(stream.retrained_predictions(5, 1),
-                               full.retrained_predictions(5, 1)[e], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        stream.retrained_predictions(5, 1),
+        full.retrained_predictions(5, 1)[e],
+        rtol=1e-9,
+        atol=1e-10,
+    )
     # Σ_jj on a block equals the engine's posterior variance (clamped only when tiny)
     block = next(stream.iter_blocks([5, 9]))
     want = stream.posterior_variance([5, 9])
-    got = block.pivot_evals if not block.full_kernel else \
-        block.pivot_evecs @ torch.diag_embed(block.pivot_evals) @ block.pivot_evecs.transpose(1, 2)
+    got = (
+        block.pivot_evals
+        if not block.full_kernel
+        else block.pivot_evecs
+        @ torch.diag_embed(block.pivot_evals)
+        @ block.pivot_evecs.transpose(1, 2)
+    )
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -5,6 +5,7 @@ L ∪ {(x_j, y)} from those weights. The change of its outputs on S caused by th
 (fine-tuned-with-point minus fine-tuned-on-L-alone) must match the Lookahead prediction
 f^{(j,y)}(S) − f̄(S), and must not match the prediction for a different candidate.
 """
+
 import torch
 from torch import nn
 
@@ -49,14 +50,14 @@ def test_lookahead_change_tracks_gradient_descent_on_a_wide_network():
     la = Lookahead.fit(net, x_l, y_l, x_s, kernel="full")
 
     def sgd_change(j, label):
-        x_aug = torch.cat([x_l, x_s[j:j + 1]])
+        x_aug = torch.cat([x_l, x_s[j : j + 1]])
         y_aug = torch.cat([onehot, torch.nn.functional.one_hot(torch.tensor([label]), k).double()])
         with_point = _gd(_copy(net), x_aug, y_aug, steps=STEPS, lr=lr)
         control = _gd(_copy(net), x_l, onehot, steps=STEPS, lr=lr)
         with torch.no_grad():
             return with_point(x_s) - control(x_s), with_point(x_s[j])
 
-    j, label = 4, int((la.f0_candidates[4].argmax() + 1) % k)   # a label the net disagrees with
+    j, label = 4, int((la.f0_candidates[4].argmax() + 1) % k)  # a label the net disagrees with
     change_sgd, fitted = sgd_change(j, label)
     change_ntk = la.retrained_predictions(j, label) - la.base_predictions()
     other = 17

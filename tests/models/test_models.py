@@ -1,4 +1,5 @@
 """Every model honours the ntkal.models contract: logits, flat embed, classifier, dropout placement."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,10 @@ CASES = [
     ("resnet18", (3, 32, 32), dict(width=4)),
     ("wideresnet", (3, 32, 32), dict(width=1, depth=10)),
 ]
-IDS = [f"{n}-{'x'.join(map(str, s))}-{'-'.join(f'{k}{v}' for k, v in kw.items())}"
-       for n, s, kw in CASES]
+IDS = [
+    f"{n}-{'x'.join(map(str, s))}-{'-'.join(f'{k}{v}' for k, v in kw.items())}"
+    for n, s, kw in CASES
+]
 
 
 def _build(name, shape, kwargs, dropout=0.0, seed=0):
@@ -97,8 +100,8 @@ def test_seeded_construction_is_deterministic(name, shape, kwargs):
 
 def test_parameter_counts_match_the_standard_architectures():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(build_model("cnn", (1, 28, 28), 10)) == 105_866      # conv16-conv32-fc64-fc10
-    assert count(build_model("mlp", (1, 28, 28), 10)) == 669_706      # 784-512-512-10
+    assert count(build_model("cnn", (1, 28, 28), 10)) == 105_866  # conv16-conv32-fc64-fc10
+    assert count(build_model("mlp", (1, 28, 28), 10)) == 669_706  # 784-512-512-10
     assert count(build_model("resnet18", (3, 32, 32), 10)) == 11_173_962
     assert count(build_model("wideresnet", (3, 32, 32), 10)) == 1_467_610  # WRN-28-2
 
@@ -136,23 +139,30 @@ def test_available_models():
     assert available_models() == ["cnn", "mlp", "resnet18", "wideresnet"]
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: build_model("vgg", (1, 8, 8), 10), "unknown model 'vgg'.*cnn, mlp"),
-    (lambda: build_model("cnn", (64,), 10), r"\(channels, height, width\)"),
-    (lambda: build_model("cnn", (1, 2, 2), 10), "at least 4x4"),
-    (lambda: build_model("resnet18", (3, 32), 10), r"\(channels, height, width\)"),
-    (lambda: build_model("mlp", (1, 0, 8), 10), "positive integers"),
-    (lambda: build_model("mlp", (1, 8.5, 8), 10), "positive integers"),
-    (lambda: build_model("mlp", (), 10), "non-empty"),
-    (lambda: build_model("mlp", (1, 8, 8), 0), "num_classes"),
-    (lambda: build_model("mlp", (1, 8, 8), 10, dropout=1.0), "dropout"),
-    (lambda: build_model("mlp", (1, 8, 8), 10, dropout=-0.1), "dropout"),
-    (lambda: build_model("cnn", (1, 8, 8), 10, width=0), "width"),
-    (lambda: build_model("mlp", (1, 8, 8), 10, depth=-1), "depth"),
-    (lambda: build_model("mlp", (1, 8, 8), 10, batchnorm=True), "does not take batchnorm.*depth"),
-    (lambda: build_model("wideresnet", (3, 8, 8), 10, depth=12), "6n \\+ 4"),
-    (lambda: build_model("wideresnet", (3, 8, 8), 10, width=2, widen_factor=4), "give one"),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: build_model("vgg", (1, 8, 8), 10), "unknown model 'vgg'.*cnn, mlp"),
+        (lambda: build_model("cnn", (64,), 10), r"\(channels, height, width\)"),
+        (lambda: build_model("cnn", (1, 2, 2), 10), "at least 4x4"),
+        (lambda: build_model("resnet18", (3, 32), 10), r"\(channels, height, width\)"),
+        (lambda: build_model("mlp", (1, 0, 8), 10), "positive integers"),
+        (lambda: build_model("mlp", (1, 8.5, 8), 10), "positive integers"),
+        (lambda: build_model("mlp", (), 10), "non-empty"),
+        (lambda: build_model("mlp", (1, 8, 8), 0), "num_classes"),
+        (lambda: build_model("mlp", (1, 8, 8), 10, dropout=1.0), "dropout"),
+        (lambda: build_model("mlp", (1, 8, 8), 10, dropout=-0.1), "dropout"),
+        (lambda: build_model("cnn", (1, 8, 8), 10, width=0), "width"),
+        (lambda: build_model("mlp", (1, 8, 8), 10, depth=-1), "depth"),
+        (
+            lambda: build_model("mlp", (1, 8, 8), 10, batchnorm=True),
+            "does not take batchnorm.*depth",
+        ),
+        (lambda: build_model("wideresnet", (3, 8, 8), 10, depth=12), "6n \\+ 4"),
+        (lambda: build_model("wideresnet", (3, 8, 8), 10, width=2, widen_factor=4), "give one"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_bad_arguments_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -168,12 +178,17 @@ def _no_cwd_on_path(monkeypatch, folder):
 def test_a_factory_in_the_working_directory_gets_a_path_hint(tmp_path, monkeypatch):
     from ntkal.models import ModelFactoryError, build_from_factory
 
-    (tmp_path / "mynet_here.py").write_text("from torch import nn\n"
-                                            "def make(in_shape, num_classes):\n"
-                                            "    return nn.Linear(in_shape[0], num_classes)\n")
+    (tmp_path / "mynet_here.py").write_text(
+        "from torch import nn\n"
+        "def make(in_shape, num_classes):\n"
+        "    return nn.Linear(in_shape[0], num_classes)\n"
+    )
     _no_cwd_on_path(monkeypatch, tmp_path)
-    with pytest.raises(ModelFactoryError, match=r"No module named 'mynet_here'.*mynet_here.py is in "
-                                                r"the working directory .*PYTHONPATH=\. ntkal run"):
+    with pytest.raises(
+        ModelFactoryError,
+        match=r"No module named 'mynet_here'.*mynet_here.py is in "
+        r"the working directory .*PYTHONPATH=\. ntkal run",
+    ):
         build_from_factory("mynet_here:make", (4,), 3)
 
 
@@ -181,8 +196,11 @@ def test_a_factory_nowhere_says_where_modules_come_from(tmp_path, monkeypatch):
     from ntkal.models import ModelFactoryError, build_from_factory
 
     _no_cwd_on_path(monkeypatch, tmp_path)
-    with pytest.raises(ModelFactoryError, match=r"No module named 'nowhere_net'.*importable from "
-                                                r"the Python path: put its folder on PYTHONPATH"):
+    with pytest.raises(
+        ModelFactoryError,
+        match=r"No module named 'nowhere_net'.*importable from "
+        r"the Python path: put its folder on PYTHONPATH",
+    ):
         build_from_factory("nowhere_net:make", (4,), 3)
 
 

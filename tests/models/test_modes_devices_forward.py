@@ -1,4 +1,5 @@
 """The one home of train/eval modes, devices and the batched forward pass."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,14 @@ from ntkal.models.modes import evaluating, modes_restored
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3)), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Linear(4, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3)),
+        nn.Linear(8, 3),
+    )
 
 
 def _modes(model):
@@ -22,14 +29,14 @@ def _modes(model):
 
 def test_evaluating_restores_every_submodule_not_just_the_root():
     model = _net().train()
-    model[4].eval()       # a nested block the user froze
+    model[4].eval()  # a nested block the user froze
     model[1].eval()
     before = _modes(model)
     with evaluating(model) as m:
         assert m is model and not any(_modes(model))
     assert _modes(model) == before
     model.eval()
-    model[3].train()      # and the other way round: one layer training in an eval model
+    model[3].train()  # and the other way round: one layer training in an eval model
     before = _modes(model)
     with pytest.raises(RuntimeError):
         with evaluating(model):
@@ -51,9 +58,9 @@ def test_predict_logits_is_the_eval_forward_batched():
     model = _net()
     x = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))
     model.train()
-    for _ in range(3):   # move the BatchNorm running statistics away from their start
+    for _ in range(3):  # move the BatchNorm running statistics away from their start
         model(torch.randn(16, 4))
-    model[1].eval()      # mixed modes must survive
+    model[1].eval()  # mixed modes must survive
     before = _modes(model)
     stats = model[1].running_mean.clone()
     with torch.no_grad():
@@ -80,7 +87,7 @@ def test_predict_logits_dtypes_devices_and_edge_cases():
     assert ints.shape == (3, 2)
     with pytest.raises(ValueError, match="batch_size"):
         predict_logits(model, x, batch_size=0)
-    with pytest.raises(TypeError, match="torch.Tensor or numpy array"):
+    with pytest.raises(TypeError, match=r"torch.Tensor or numpy array"):
         predict_logits(model, [[1.0] * 4])
 
 
@@ -128,6 +135,7 @@ def test_evaluating_on_another_device_moves_back():
         assert model_device(m).type == "cuda"
     assert model_device(model).type == "cpu" and _modes(model) == before
     x = torch.randn(9, 4)
-    torch.testing.assert_close(predict_logits(model, x, device="cuda"), predict_logits(model, x),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        predict_logits(model, x, device="cuda"), predict_logits(model, x), atol=1e-5, rtol=1e-5
+    )
     assert model_device(model).type == "cpu"

@@ -4,6 +4,7 @@ Each piece is checked against an independent computation: LOO by re-solving with
 the criterion by Σ from a direct solve of the kernel regression, and the two ends of the rule
 (β = 0 is variance reduction; β = 1 prefers candidates that inform uncertain points).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,9 @@ def test_loo_reliability_is_one_for_a_kernel_that_separates_the_classes():
     # Points of a class share a feature direction: every point is predicted by its classmates.
     k, per = 3, 6
     y = torch.arange(k).repeat_interleave(per)
-    feats = torch.nn.functional.one_hot(y, k).to(F64) * 3.0 + 0.01 * torch.randn(k * per, k,
-                                                                               dtype=F64)
+    feats = torch.nn.functional.one_hot(y, k).to(F64) * 3.0 + 0.01 * torch.randn(
+        k * per, k, dtype=F64
+    )
     theta = feats @ feats.T
     beta, acc = loo_reliability(theta, torch.zeros(k * per, k, dtype=F64), y, k)
     assert acc == 1.0 and beta == 1.0
@@ -57,9 +59,9 @@ def test_weights_are_flat_at_zero_reliability_and_scale_free():
     w = uncertainty_weights(ref, 1.0)
     gap = torch.tensor([2.0, 0.1, 0.0], dtype=F64)
     torch.testing.assert_close(w, torch.exp(-gap / gap.mean()))
-    torch.testing.assert_close(uncertainty_weights(10 * ref, 1.0), w)   # MSE outputs or logits
+    torch.testing.assert_close(uncertainty_weights(10 * ref, 1.0), w)  # MSE outputs or logits
     torch.testing.assert_close(uncertainty_weights(ref, 0.5), 0.5 + 0.5 * w)
-    assert w[2] > w[1] > w[0]                                            # unsure points weigh more
+    assert w[2] > w[1] > w[0]  # unsure points weigh more
 
 
 def _problem(n=5, m=8, k=3, seed=1):
@@ -96,16 +98,21 @@ def test_reliable_network_prefers_the_candidate_that_informs_uncertain_points():
     b = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
     lab = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
     pts = torch.stack([a] * 6 + [b] * 3 + [a * 1.01, b * 1.01])
-    pts = pts + 0.01 * torch.randn(pts.shape, generator=torch.Generator().manual_seed(0),
-                                   dtype=F64)
+    pts = pts + 0.01 * torch.randn(pts.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
     feats = torch.cat([lab[None], pts])
     theta = feats @ feats.T + 1e-3 * torch.eye(feats.shape[0], dtype=F64)
     f0 = torch.zeros(feats.shape[0], k, dtype=F64)
-    f0[1:7, 0] = 3.0                    # cluster A: a wide margin
-    f0[7:10, 0] = 0.1                   # cluster B: nearly tied
+    f0[1:7, 0] = 3.0  # cluster A: a wide margin
+    f0[7:10, 0] = 0.1  # cluster B: nearly tied
     f0[10, 0], f0[11, 0] = 3.0, 0.1
-    la = DenseLookahead(theta[:1, :1], theta[1:, :1], theta[1:, 1:], f0[:1], f0[1:],
-                   torch.tensor([[0.0, 1.0]], dtype=F64))
+    la = DenseLookahead(
+        theta[:1, :1],
+        theta[1:, :1],
+        theta[1:, 1:],
+        f0[:1],
+        f0[1:],
+        torch.tensor([[0.0, 1.0]], dtype=F64),
+    )
     picks = {}
     for beta in (0.0, 1.0):
         strategy = Auto()
@@ -120,15 +127,20 @@ def test_reliable_network_prefers_the_candidate_that_informs_uncertain_points():
 def test_auto_is_registered_greedy_and_reports_its_reliability():
     strategy = get_strategy("auto")
     assert isinstance(strategy, Auto) and strategy.selection == "greedy"
-    from ntkal.strategies import QueryContext
     from torch import nn
+
+    from ntkal.strategies import QueryContext
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
     g = torch.Generator().manual_seed(2)
-    ctx = QueryContext(model=model, x_candidates=torch.randn(20, 4, generator=g),
-                       x_labelled=torch.randn(9, 4, generator=g),
-                       y_labelled=torch.arange(9) % 3, num_classes=3)
+    ctx = QueryContext(
+        model=model,
+        x_candidates=torch.randn(20, 4, generator=g),
+        x_labelled=torch.randn(9, 4, generator=g),
+        y_labelled=torch.arange(9) % 3,
+        num_classes=3,
+    )
     result = strategy.query(ctx, 3)
     assert 0.0 <= result.info["reliability"] <= 1.0
     assert result.info["loo_accuracy"] == pytest.approx(strategy.loo_accuracy)

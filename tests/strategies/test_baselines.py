@@ -1,4 +1,5 @@
 """Behaviour of the baseline strategies on hand-built cases whose right answer is known."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,11 +13,24 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 from torch import nn
 
-from ntkal.strategies import (BADGE, BALD, BatchBALD, Coreset, Entropy, LeastConfidence,
-                              LearningLoss, Margin, QueryContext, RandomSampling, Strategy,
-                              available_strategies, get_strategy, register_strategy)
-from ntkal.strategies.forward_passes import mc_dropout_probabilities
+from ntkal.strategies import (
+    BADGE,
+    BALD,
+    BatchBALD,
+    Coreset,
+    Entropy,
+    LearningLoss,
+    LeastConfidence,
+    Margin,
+    QueryContext,
+    RandomSampling,
+    Strategy,
+    available_strategies,
+    get_strategy,
+    register_strategy,
+)
 from ntkal.strategies.bald import _sampled_configurations, batchbald_batch, mutual_information
+from ntkal.strategies.forward_passes import mc_dropout_probabilities
 from ntkal.strategies.learning_loss import LossPredictionModule, margin_ranking_loss
 from ntkal.training import TrainConfig, train
 
@@ -31,8 +45,11 @@ class _FixedNet(nn.Module):
         self.classifier = nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
             self.classifier.weight.copy_(weight)
-            self.classifier.bias.copy_(torch.zeros(weight.shape[0]) if bias is None
-                                       else torch.as_tensor(bias, dtype=torch.float32))
+            self.classifier.bias.copy_(
+                torch.zeros(weight.shape[0])
+                if bias is None
+                else torch.as_tensor(bias, dtype=torch.float32)
+            )
 
     def embed(self, x):
         return x
@@ -44,10 +61,18 @@ class _FixedNet(nn.Module):
 def _ctx(model, x, seed=0, x_lab=None, k=None):
     x = torch.as_tensor(x, dtype=torch.float32)
     k = k or model.classifier.out_features
-    x_lab = torch.zeros(0, x.shape[1]) if x_lab is None else torch.as_tensor(x_lab, dtype=torch.float32)
-    return QueryContext(model=model, x_candidates=x, x_labelled=x_lab,
-                        y_labelled=torch.zeros(x_lab.shape[0], dtype=torch.long), num_classes=k,
-                        seed=seed, batch_size=4)
+    x_lab = (
+        torch.zeros(0, x.shape[1]) if x_lab is None else torch.as_tensor(x_lab, dtype=torch.float32)
+    )
+    return QueryContext(
+        model=model,
+        x_candidates=x,
+        x_labelled=x_lab,
+        y_labelled=torch.zeros(x_lab.shape[0], dtype=torch.long),
+        num_classes=k,
+        seed=seed,
+        batch_size=4,
+    )
 
 
 def _logit_ctx(probs, seed=0):
@@ -95,12 +120,17 @@ def test_min_squared_distances_in_chunks_of_centres():
     from ntkal.strategies.coreset import _min_sq_distances
 
     g = torch.Generator().manual_seed(0)
-    points, centres = torch.randn(50, 4, generator=g).double(), torch.randn(9, 4, generator=g).double()
+    points, centres = (
+        torch.randn(50, 4, generator=g).double(),
+        torch.randn(9, 4, generator=g).double(),
+    )
     expected = torch.cdist(points, centres).min(dim=1).values ** 2
     for chunk in (1, 2, 4, 9, 100):
         got = _min_sq_distances(points, (points * points).sum(1), centres, chunk=chunk)
         torch.testing.assert_close(got, expected)
         assert got.dtype == torch.float64
+
+
 def test_coreset_picks_the_far_away_points():
     g = torch.Generator().manual_seed(0)
     near = 0.1 * torch.randn(20, 2, generator=g)
@@ -123,13 +153,16 @@ def test_coreset_picks_the_far_away_points():
 def _cdist_k_center_greedy(emb, labelled, budget, first=None):
     """The k-center greedy written the plain way: pairwise distances from ``torch.cdist``."""
     chosen = [] if first is None else [first]
-    dist = (torch.cdist(emb, labelled).min(dim=1).values if labelled is not None
-            else torch.cdist(emb, emb[first:first + 1]).squeeze(1))
+    dist = (
+        torch.cdist(emb, labelled).min(dim=1).values
+        if labelled is not None
+        else torch.cdist(emb, emb[first : first + 1]).squeeze(1)
+    )
     while len(chosen) < budget:
         masked = dist.clone()
         masked[chosen] = -1.0
         chosen.append(int(torch.argmax(masked)))
-        dist = torch.minimum(dist, torch.cdist(emb, emb[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+        dist = torch.minimum(dist, torch.cdist(emb, emb[chosen[-1] : chosen[-1] + 1]).squeeze(1))
     return chosen, dist
 
 
@@ -145,8 +178,9 @@ def test_coreset_picks_what_the_cdist_greedy_picks(seed):
     assert len(set(torch.cdist(emb, lab).argmin(dim=1).tolist())) == 7  # every centre matters
     expected, _ = _cdist_k_center_greedy(emb, lab, 40)
     assert result.indices.tolist() == expected
-    np.testing.assert_allclose(result.scores, torch.cdist(emb, lab).min(dim=1).values.numpy(),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        result.scores, torch.cdist(emb, lab).min(dim=1).values.numpy(), rtol=1e-9, atol=1e-9
+    )
     first = int(np.random.default_rng(seed).integers(300))
     no_labels = Coreset().query(_ctx(model, x, seed=seed), 40)
     assert no_labels.indices.tolist() == _cdist_k_center_greedy(emb, None, 40, first)[0]
@@ -156,8 +190,9 @@ def test_coreset_picks_what_the_cdist_greedy_picks(seed):
 def test_badge_batch_is_diverse():
     g = torch.Generator().manual_seed(1)
     duplicates = torch.tensor([0.3, 0.2, 0.1]) + 1e-4 * torch.randn(10, 3, generator=g)
-    distinct = torch.tensor([[1.0, 0.8, 0.0], [0.0, 1.0, 0.8], [0.8, 0.0, 1.0],
-                             [-1.0, 0.5, 0.4], [0.2, -1.0, 0.5]])
+    distinct = torch.tensor(
+        [[1.0, 0.8, 0.0], [0.0, 1.0, 0.8], [0.8, 0.0, 1.0], [-1.0, 0.5, 0.4], [0.2, -1.0, 0.5]]
+    )
     x = torch.cat([duplicates, distinct])
     model = _FixedNet(torch.eye(3))
     for seed in range(5):
@@ -171,8 +206,9 @@ def test_badge_scores_are_gradient_embedding_norms():
     p = torch.softmax(x.double(), 1)
     a = p - torch.nn.functional.one_hot(p.argmax(1), 3)
     g = torch.einsum("nk,nd->nkd", a, torch.cat([x.double(), torch.ones(2, 1)], 1)).flatten(1)
-    np.testing.assert_allclose(BADGE().query(_ctx(model, x), 1).scores, g.norm(dim=1).numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        BADGE().query(_ctx(model, x), 1).scores, g.norm(dim=1).numpy(), rtol=1e-6
+    )
 
 
 def _gradient_embeddings(x):
@@ -194,8 +230,12 @@ def test_badge_factorised_distances_equal_explicit_embedding_distances():
     h = x.numpy()
     sq_norm = (a * a).sum(1) * ((h * h).sum(1) + 1.0)
     for c in (0, 5, 11):
-        np.testing.assert_allclose(_sq_distances_to(c, a, h, sq_norm),
-                                   ((emb - emb[c]) ** 2).sum(1).numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            _sq_distances_to(c, a, h, sq_norm),
+            ((emb - emb[c]) ** 2).sum(1).numpy(),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_badge_on_identical_candidates_picks_distinct_points_by_seed():
@@ -230,7 +270,7 @@ def test_badge_samples_proportionally_to_squared_distance():
     emb = _gradient_embeddings(x)
     first = int(emb.norm(dim=1).argmax())
     d = (emb - emb[first]).norm(dim=1).numpy()
-    p_d2, p_d = d ** 2 / (d ** 2).sum(), d / d.sum()
+    p_d2, p_d = d**2 / (d**2).sum(), d / d.sum()
     in_cluster = np.arange(len(x)) < 40
     assert abs(p_d2[in_cluster].sum() - p_d[in_cluster].sum()) > 0.15  # the laws differ (8 s.e.)
     model = _FixedNet(torch.eye(3))
@@ -271,14 +311,15 @@ def test_batchbald_query_is_batchbald_batch_on_the_seeded_mc_dropout_probabiliti
     strategy = BatchBALD(num_samples=6, max_configurations=3, num_sampled_configurations=40)
     result = strategy.query(_ctx(model, x, seed=3), 5)
     probs = mc_dropout_probabilities(model, x, num_samples=6, seed=3)
-    chosen, estimates, exact_steps = batchbald_batch(probs, 5, max_configurations=3,
-                                                     num_sampled_configurations=40,
-                                                     rng=np.random.default_rng(3))
+    chosen, estimates, exact_steps = batchbald_batch(
+        probs, 5, max_configurations=3, num_sampled_configurations=40, rng=np.random.default_rng(3)
+    )
     assert result.indices.tolist() == chosen and exact_steps == 2
     np.testing.assert_allclose(result.info["mutual_information_estimates"], estimates)
     np.testing.assert_allclose(result.scores, mutual_information(probs))
-    other = batchbald_batch(probs, 5, max_configurations=3, num_sampled_configurations=40,
-                            rng=np.random.default_rng(0))[1]
+    other = batchbald_batch(
+        probs, 5, max_configurations=3, num_sampled_configurations=40, rng=np.random.default_rng(0)
+    )[1]
     assert not np.allclose(other, estimates)  # the seed matters once sampling starts
 
 
@@ -288,11 +329,14 @@ def test_batchbald_with_impossible_labels_and_its_default_seed():
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.ones(2), size=(8, 6))
     probs = np.concatenate([probs, np.zeros((8, 6, 1))], axis=2)
-    chosen, estimates, exact_steps = batchbald_batch(probs, 5, max_configurations=8,
-                                                     num_sampled_configurations=64)
+    chosen, estimates, exact_steps = batchbald_batch(
+        probs, 5, max_configurations=8, num_sampled_configurations=64
+    )
     assert np.isfinite(estimates).all() and exact_steps == 3 and len(set(chosen)) == 5
-    assert batchbald_batch(probs, 5, max_configurations=8,
-                           num_sampled_configurations=64)[1] == estimates
+    assert (
+        batchbald_batch(probs, 5, max_configurations=8, num_sampled_configurations=64)[1]
+        == estimates
+    )
 
 
 def test_bald_without_dropout_tells_the_user_to_add_it():
@@ -313,15 +357,17 @@ def test_batchbald_avoids_the_duplicates_bald_picks():
     model, x = _duplicate_case()
     bald = BALD(num_samples=100).query(_ctx(model, x), 3)
     assert set(bald.indices.tolist()) == {0, 1, 2}
-    for strategy in (BatchBALD(num_samples=100),
-                     BatchBALD(num_samples=100, max_configurations=2, num_sampled_configurations=500)):
+    for strategy in (
+        BatchBALD(num_samples=100),
+        BatchBALD(num_samples=100, max_configurations=2, num_sampled_configurations=500),
+    ):
         batch = strategy.query(_ctx(model, x), 3)
         assert np.sum(batch.indices < 3) == 1, batch.indices
         assert batch.info["mutual_information_estimates"][0] == pytest.approx(bald.scores.max())
 
 
 def _brute_force_joint_mi(probs, subset):
-    t, _, k = probs.shape
+    _t, _, k = probs.shape
     joint = np.zeros(k ** len(subset))
     for c, labels in enumerate(itertools.product(range(k), repeat=len(subset))):
         joint[c] = np.mean(np.prod([probs[:, j, y] for j, y in zip(subset, labels)], axis=0))
@@ -341,9 +387,11 @@ def test_batchbald_exact_joint_mutual_information_matches_brute_force():
     assert result.info["exact_steps"] == 3 and result.info["exact_joint_entropy"]
     for step in range(1, 4):
         assert result.info["mutual_information_estimates"][step - 1] == pytest.approx(
-            _brute_force_joint_mi(probs, chosen[:step]), rel=1e-8, abs=1e-10)
+            _brute_force_joint_mi(probs, chosen[:step]), rel=1e-8, abs=1e-10
+        )
     assert result.info["batch_mutual_information"] == pytest.approx(
-        _brute_force_joint_mi(probs, chosen), rel=1e-8)
+        _brute_force_joint_mi(probs, chosen), rel=1e-8
+    )
 
 
 def test_batchbald_sampled_joint_entropy_estimates_the_exact_one():
@@ -352,14 +400,16 @@ def test_batchbald_sampled_joint_entropy_estimates_the_exact_one():
     x = torch.randn(7, 5)
     probs = mc_dropout_probabilities(model, x, num_samples=8, seed=1)
     # Beyond the first pick every step is sampled (3 configurations > max_configurations=2).
-    result = BatchBALD(num_samples=8, max_configurations=2,
-                       num_sampled_configurations=20000).query(_ctx(model, x, seed=1), 4)
+    result = BatchBALD(num_samples=8, max_configurations=2, num_sampled_configurations=20000).query(
+        _ctx(model, x, seed=1), 4
+    )
     assert not result.info["exact_joint_entropy"] and result.info["exact_steps"] == 1
     assert result.info["batch_mutual_information"] is None  # only estimates: not the batch's MI
     chosen = result.indices.tolist()
     for step in range(2, 5):
         assert result.info["mutual_information_estimates"][step - 1] == pytest.approx(
-            _brute_force_joint_mi(probs, chosen[:step]), rel=0.05)
+            _brute_force_joint_mi(probs, chosen[:step]), rel=0.05
+        )
 
 
 def test_batchbald_samples_the_same_number_of_configurations_per_mask():
@@ -376,9 +426,10 @@ def test_batchbald_samples_the_same_number_of_configurations_per_mask():
     # p(y_A = (c, c, c)) = 2/6 for each class c: two masks predict it.
     np.testing.assert_allclose(np.exp(log_p), 1 / 3, rtol=1e-6)
     for t in range(t_count):
-        block = ratio[:, 3 * t:3 * t + 3]  # configurations drawn from mask t
-        np.testing.assert_allclose(block[[u for u in range(t_count) if u % k == t % k]], 3.0,
-                                   rtol=1e-6)
+        block = ratio[:, 3 * t : 3 * t + 3]  # configurations drawn from mask t
+        np.testing.assert_allclose(
+            block[[u for u in range(t_count) if u % k == t % k]], 3.0, rtol=1e-6
+        )
     np.testing.assert_allclose(ratio.mean(axis=0), 1.0)
 
 
@@ -390,7 +441,9 @@ def _monte_carlo_joint_mi(probs, subset, per_mask=3000, seed=11):
     sub = probs[:, subset, :]
     neg_log_p = []
     for t in range(t_count):
-        labels = np.stack([rng.choice(k, size=per_mask, p=sub[t, j]) for j in range(len(subset))], 1)
+        labels = np.stack(
+            [rng.choice(k, size=per_mask, p=sub[t, j]) for j in range(len(subset))], 1
+        )
         log_pt = np.log(sub[:, np.arange(len(subset)), labels]).sum(axis=2)  # (T, per_mask)
         neg_log_p.append(-np.log(np.exp(log_pt).mean(axis=0)))
     neg_log_p = np.concatenate(neg_log_p)
@@ -452,8 +505,17 @@ def test_ll4al_loss_module_learns_to_rank_losses():
     torch.manual_seed(0)
     model = _SmallMLP()
     x, y = _noisy_halves(256, 0)
-    config = TrainConfig(epochs=30, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                         schedule="cosine", loss="ce", seed=0, device="cpu")
+    config = TrainConfig(
+        epochs=30,
+        batch_size=32,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        loss="ce",
+        seed=0,
+        device="cpu",
+    )
     strategy = LearningLoss()
     history = strategy.train(model, x, y, config, 2)
     assert history.losses[-1] < history.losses[0]
@@ -478,8 +540,9 @@ def _record_optimiser_steps(monkeypatch):
 
     def step(self, *args, **kwargs):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
-                                                           for g in grads])))
+        norm = float(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        )
         steps.append(([(g["lr"], g["momentum"]) for g in self.param_groups], norm))
         return original(self, *args, **kwargs)
 
@@ -503,8 +566,10 @@ def test_ll4al_trains_through_the_one_training_loop(monkeypatch):
     joint = strategy.train(_SmallMLP(), x, y, config, 2)
     torch.manual_seed(config.seed)  # the loss module's initialisation, redone
     initial = LossPredictionModule(strategy.loss_module.in_dims, strategy.hidden)
-    moved = [not torch.equal(a, b) for a, b in zip(initial.state_dict().values(),
-                                                   strategy.loss_module.state_dict().values())]
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(initial.state_dict().values(), strategy.loss_module.state_dict().values())
+    ]
     assert all(moved)  # the loss module is optimised with the model
     assert plain.steps == joint.steps == len(steps) == 12
     assert [s[0] for s in steps] == [s[0] for s in plain_steps]
@@ -543,8 +608,10 @@ def test_ll4al_pools_feature_maps_and_taps_named_layers():
     with pytest.raises(ValueError, match="feature_layers: 'nope' is not a submodule of _SmallMLP"):
         LearningLoss(feature_layers=["nope"]).train(_SmallMLP(), x, y, config, 2)
     headless = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(TypeError, match="Sequential has no `classifier` module; LL4AL reads the "
-                                        "penultimate embedding"):
+    with pytest.raises(
+        TypeError,
+        match="Sequential has no `classifier` module; LL4AL reads the penultimate embedding",
+    ):
         LearningLoss().train(headless, x, y, config, 2)
 
 
@@ -568,11 +635,17 @@ def test_random_depends_only_on_the_seed():
 
 
 def test_registry_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match=r"unknown strategy 'no_such_strategy'; available: "
-                                         r"auto, badge, bald, batchbald, coreset, eer, emoc, entropy"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown strategy 'no_such_strategy'; available: "
+        r"auto, badge, bald, batchbald, coreset, eer, emoc, entropy",
+    ):
         get_strategy("no_such_strategy")
-    with pytest.raises(TypeError, match=r"strategy 'bald' got unknown parameter\(s\) samples, "
-                                        r"size; valid parameters: num_samples$"):
+    with pytest.raises(
+        TypeError,
+        match=r"strategy 'bald' got unknown parameter\(s\) samples, "
+        r"size; valid parameters: num_samples$",
+    ):
         get_strategy("bald", samples=3, size=2)
     with pytest.raises(TypeError, match=r"valid parameters: \(none\)$"):
         get_strategy("random", seed=1)
@@ -612,6 +685,7 @@ def test_register_strategy_rules(monkeypatch):
 
             def query(self, context, budget):  # pragma: no cover - never called
                 raise AssertionError
+
         return Fresh
 
     first = make()
@@ -687,8 +761,17 @@ def test_ll4al_state_round_trip_gives_the_same_query():
     torch.manual_seed(0)
     model = _SmallMLP()
     x, y = _noisy_halves(64, 0)
-    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                         schedule="cosine", loss="ce", seed=0, device="cpu")
+    config = TrainConfig(
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        loss="ce",
+        seed=0,
+        device="cpu",
+    )
     trained = LearningLoss()
     assert trained.state_dict() is None
     trained.train(model, x, y, config, 2)
@@ -705,8 +788,9 @@ def test_ll4al_state_round_trip_gives_the_same_query():
     narrow.train(model, x, y, config, 2)
     restored = LearningLoss(hidden=8)
     restored.load_state_dict(narrow.state_dict())
-    np.testing.assert_allclose(restored.query(_ctx(model, x_test), 5).scores,
-                               narrow.query(_ctx(model, x_test), 5).scores)
+    np.testing.assert_allclose(
+        restored.query(_ctx(model, x_test), 5).scores, narrow.query(_ctx(model, x_test), 5).scores
+    )
     restored.load_state_dict(None)
     assert restored.loss_module is None
     with pytest.raises(RuntimeError, match="untrained"):

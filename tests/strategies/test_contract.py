@@ -1,4 +1,5 @@
 """The query contract of ``ntkal.strategies.base``, checked for every registered strategy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,17 @@ class _TinyNet(nn.Module):
 
 
 def _train_config():
-    return TrainConfig(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0,
-                       schedule="constant", loss="mse", seed=0, device="cpu")
+    return TrainConfig(
+        epochs=2,
+        batch_size=8,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        loss="mse",
+        seed=0,
+        device="cpu",
+    )
 
 
 # Small parameters so the whole contract run stays fast.
@@ -52,10 +62,15 @@ def _make(name):
 
 def _context(m=12, n_lab=6, seed=0):
     g = torch.Generator().manual_seed(123)
-    return QueryContext(model=_MODEL, x_candidates=torch.randn(m, 4, generator=g),
-                        x_labelled=torch.randn(n_lab, 4, generator=g),
-                        y_labelled=torch.arange(n_lab) % NUM_CLASSES, num_classes=NUM_CLASSES,
-                        seed=seed, batch_size=5)
+    return QueryContext(
+        model=_MODEL,
+        x_candidates=torch.randn(m, 4, generator=g),
+        x_labelled=torch.randn(n_lab, 4, generator=g),
+        y_labelled=torch.arange(n_lab) % NUM_CLASSES,
+        num_classes=NUM_CLASSES,
+        seed=seed,
+        batch_size=5,
+    )
 
 
 torch.manual_seed(0)
@@ -103,9 +118,24 @@ def test_strategy_contract(name):
 
 
 def test_every_family_is_registered():
-    expected = {"random", "entropy", "margin", "least_confidence", "bald", "batchbald", "badge",
-                "coreset", "ll4al", "mlmoc", "sgd_lookahead", "epig", "ntk_epig", "ntk_bald",
-                "maxherding", "uherding"}
+    expected = {
+        "random",
+        "entropy",
+        "margin",
+        "least_confidence",
+        "bald",
+        "batchbald",
+        "badge",
+        "coreset",
+        "ll4al",
+        "mlmoc",
+        "sgd_lookahead",
+        "epig",
+        "ntk_epig",
+        "ntk_bald",
+        "maxherding",
+        "uherding",
+    }
     assert expected <= set(NAMES)
 
 

@@ -4,6 +4,7 @@ Every criterion is checked against a from-scratch computation: kernel regression
 L ∪ {(x_j, y)} with an explicit solve (no Σ, no rank-one update), for scalar and full block kernels;
 then a behavioural case each, where the criterion must pick a specific point.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,8 @@ from ntkal.lookahead import DenseLookahead
 from ntkal.strategies import QueryContext, get_strategy
 from ntkal.strategies.expected_error import EER
 from ntkal.strategies.lookahead import MLMOC
-from ntkal.strategies.selection import select_greedy
 from ntkal.strategies.output_change import EMOC
+from ntkal.strategies.selection import select_greedy
 from ntkal.strategies.variance_reduction import VarianceReduction
 
 F64 = torch.float64
@@ -122,8 +123,9 @@ def test_variance_reduction_equals_explicit_posterior_variances(block):
     la = _lookahead(theta, f0, y, n, k)
     lab, cand = list(range(n)), list(range(n, n + m))
     before = _posterior_trace(theta, lab, cand, k, block)
-    direct = np.array([before - _posterior_trace(theta, lab + [n + j], cand, k, block)
-                       for j in range(m)])
+    direct = np.array(
+        [before - _posterior_trace(theta, lab + [n + j], cand, k, block) for j in range(m)]
+    )
     got, own = VarianceReduction().score_candidates(la)
     np.testing.assert_allclose(got, direct, rtol=1e-7, atol=1e-10)
     assert np.all(got > 0)
@@ -139,15 +141,22 @@ def test_greedy_second_pick_equals_a_from_scratch_model_conditioned_on_the_first
     theta, f0, y, n, m, k = _problem(seed=2, m=12)
     lab, cand = list(range(n)), list(range(n, n + m))
     strategy = VarianceReduction(selection="greedy")
-    chosen, first_scores, _ = select_greedy(strategy, _lookahead(theta, f0, y, n, k), 3,
-                                                     np.random.default_rng(0))
+    chosen, first_scores, _ = select_greedy(
+        strategy, _lookahead(theta, f0, y, n, k), 3, np.random.default_rng(0)
+    )
     assert chosen[0] == int(np.argmax(first_scores))
     picked = [chosen[0]]
     for step in (1, 2):
         train = lab + [n + j for j in picked]
         before = _posterior_trace(theta, train, cand, k, False)
-        gains = np.array([before - _posterior_trace(theta, train + [n + j], cand, k, False)
-                          if j not in picked else -np.inf for j in range(m)])
+        gains = np.array(
+            [
+                before - _posterior_trace(theta, train + [n + j], cand, k, False)
+                if j not in picked
+                else -np.inf
+                for j in range(m)
+            ]
+        )
         assert chosen[step] == int(np.argmax(gains))
         picked.append(chosen[step])
 
@@ -164,11 +173,21 @@ def test_greedy_mlmoc_conditions_on_the_pseudo_label():
     j1 = int(chosen[0])
     pseudo = int(f0[n + j1].argmax())
     train = list(range(n)) + [n + j1]
-    targets = torch.cat([torch.nn.functional.one_hot(y, k).to(F64),
-                         torch.nn.functional.one_hot(torch.tensor([pseudo]), k).to(F64)])
-    with pytest.warns(RuntimeWarning, match="clamped"):   # x_j1 is in L now: Σ_j1j1 = 0
-        fresh = DenseLookahead(_flat(theta, train, train, k, False), theta[n:, train],
-                          theta[n:, n:], f0[train], f0[n:], targets)
+    targets = torch.cat(
+        [
+            torch.nn.functional.one_hot(y, k).to(F64),
+            torch.nn.functional.one_hot(torch.tensor([pseudo]), k).to(F64),
+        ]
+    )
+    with pytest.warns(RuntimeWarning, match="clamped"):  # x_j1 is in L now: Σ_j1j1 = 0
+        fresh = DenseLookahead(
+            _flat(theta, train, train, k, False),
+            theta[n:, train],
+            theta[n:, n:],
+            f0[train],
+            f0[n:],
+            targets,
+        )
     rest = np.array([j for j in range(m) if j != j1])
     scores, _ = strategy.score_candidates(fresh, rest, f_bar0)
     assert chosen[1] == rest[int(np.argmax(scores))]
@@ -189,19 +208,19 @@ def test_greedy_mlmoc_does_not_pick_copies_of_one_point():
     x_l = torch.cat([centres[c] + 0.5 * torch.randn(4, d, generator=g) for c in range(k)])
     y_l = torch.arange(k).repeat_interleave(4)
     base = torch.cat([centres[c] + 1.5 * torch.randn(8, d, generator=g) for c in range(k)])
-    x_c = base.repeat(5, 1)                                       # every point five times
+    x_c = base.repeat(5, 1)  # every point five times
     torch.manual_seed(0)
     model = build_model("mlp", (d,), k, width=64)
-    train(model, x_l, y_l, TrainConfig(epochs=30, batch_size=12, loss="mse", seed=0),
-          num_classes=k)
-    context = QueryContext(model=model, x_candidates=x_c, x_labelled=x_l, y_labelled=y_l,
-                           num_classes=k, seed=0)
+    train(model, x_l, y_l, TrainConfig(epochs=30, batch_size=12, loss="mse", seed=0), num_classes=k)
+    context = QueryContext(
+        model=model, x_candidates=x_c, x_labelled=x_l, y_labelled=y_l, num_classes=k, seed=0
+    )
     budget = 10
     distinct = lambda idx: len({int(i) % base.shape[0] for i in idx})  # noqa: E731
     topk = MLMOC(score="norm").query(context, budget).indices
     greedy = MLMOC(score="norm", selection="greedy").query(context, budget).indices
-    assert distinct(topk) <= budget // 2       # the defect: copies of the same few points
-    assert distinct(greedy) == budget          # greedy: ten different points
+    assert distinct(topk) <= budget // 2  # the defect: copies of the same few points
+    assert distinct(greedy) == budget  # greedy: ten different points
     assert len(set(greedy.tolist())) == budget
 
 
@@ -229,10 +248,14 @@ def _rbf_problem():
     xs_c = torch.cat([a, b, torch.tensor([20.0], dtype=F64)])
     xs = torch.cat([xs_l, xs_c])
     theta = torch.exp(-0.5 * (xs[:, None] - xs[None, :]) ** 2)
-    f0 = torch.cat([torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64),
-                    torch.full((8, 2), 0.5, dtype=F64),
-                    torch.tensor([[1.0, 0.0]], dtype=F64).repeat(8, 1),
-                    torch.tensor([[0.5, 0.5]], dtype=F64)])
+    f0 = torch.cat(
+        [
+            torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64),
+            torch.full((8, 2), 0.5, dtype=F64),
+            torch.tensor([[1.0, 0.0]], dtype=F64).repeat(8, 1),
+            torch.tensor([[0.5, 0.5]], dtype=F64),
+        ]
+    )
     y = torch.tensor([0, 1])
     return _lookahead(theta, f0, y, 2, 2), np.arange(0, 8), np.arange(8, 16), 16
 
@@ -290,7 +313,7 @@ def test_greedy_pseudo_targets_include_what_earlier_picks_taught():
     """Each greedy pick after the first is conditioned on softmax(f0 + f̄_t − f̄_0) at that pick
     (greedy_target="expected"): the trained network moved by the batch's earlier pseudo-labels.
     Kills a pseudo-target taken from f0 alone (without the f̄_0 shift)."""
-    theta, f0, y, n, m, k = _problem(seed=5, m=10)
+    theta, f0, y, n, _m, k = _problem(seed=5, m=10)
     strategy = MLMOC(selection="greedy", greedy_target="expected")
     la = _lookahead(theta, f0, y, n, k)
     f_bar0 = la.base_predictions()

@@ -15,6 +15,7 @@ copy fine-tuned on L alone gives the real-refit version of each criterion:
 The closed-form scores must rank the candidates as the refits do (Spearman) and agree on the top
 choice. The fast twin runs in the default suite; the larger case is ``slow``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,17 +69,22 @@ def _compare(d, k, width, n, m, steps, seed=0):
         base = control(x_s)
 
     def refit(j, target):
-        model = _gd(copy.deepcopy(net), torch.cat([x_l, x_s[j:j + 1]]),
-                    torch.cat([onehot, target.unsqueeze(0)]), steps, lr)
+        model = _gd(
+            copy.deepcopy(net),
+            torch.cat([x_l, x_s[j : j + 1]]),
+            torch.cat([onehot, target.unsqueeze(0)]),
+            steps,
+            lr,
+        )
         with torch.no_grad():
             return model(x_s) - base
 
     probs = torch.softmax(f0 / T, dim=1)
-    pivots = la.posterior_variance()                                   # (m, k, k)
+    pivots = la.posterior_variance()  # (m, k, k)
     emoc, eer, vr = np.zeros(m), np.zeros(m), np.zeros(m)
     for j in range(m):
         zero = refit(j, torch.zeros(k, dtype=F64))
-        influence = torch.zeros(m, k, k, dtype=F64)                    # G_ij, (i, out, target)
+        influence = torch.zeros(m, k, k, dtype=F64)  # G_ij, (i, out, target)
         for c in range(k):
             change = refit(j, torch.eye(k, dtype=F64)[c])
             emoc[j] += float(probs[j, c] * change.abs().sum(dim=1).mean())
@@ -86,9 +92,11 @@ def _compare(d, k, width, n, m, steps, seed=0):
             influence[:, :, c] = change - zero
         eer[j] = _entropy(base) - eer[j]
         vr[j] = float(torch.einsum("iab,bc,iac->", influence, pivots[j], influence))
-    ntk = {"emoc": EMOC(kernel="full", temperature=T).score_candidates(la)[0],
-           "eer": EER(kernel="full", temperature=T).score_candidates(la)[0],
-           "vr": VarianceReduction(kernel="full").score_candidates(la)[0]}
+    ntk = {
+        "emoc": EMOC(kernel="full", temperature=T).score_candidates(la)[0],
+        "eer": EER(kernel="full", temperature=T).score_candidates(la)[0],
+        "vr": VarianceReduction(kernel="full").score_candidates(la)[0],
+    }
     return ntk, {"emoc": emoc, "eer": eer, "vr": vr}
 
 

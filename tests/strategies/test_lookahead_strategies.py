@@ -1,6 +1,6 @@
 """MLMOC (eNTK look-ahead) and its SGD ground truth, on a tiny network (Mohamadi et al., 2022)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ntkal.strategies.base import QueryContext
-
 from ntkal.strategies.lookahead import MLMOC, SGDLookahead, flip_fraction, output_change
 
 
@@ -45,13 +44,20 @@ def ctx():
         loss.backward()
         opt.step()
     model.eval()
-    return QueryContext(model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl,
-                        num_classes=3, seed=7)
+    return QueryContext(
+        model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl, num_classes=3, seed=7
+    )
 
 
 def _with(ctx, **kw):
-    fields = dict(model=ctx.model, x_candidates=ctx.x_candidates, x_labelled=ctx.x_labelled,
-                  y_labelled=ctx.y_labelled, num_classes=ctx.num_classes, seed=ctx.seed)
+    fields = dict(
+        model=ctx.model,
+        x_candidates=ctx.x_candidates,
+        x_labelled=ctx.x_labelled,
+        y_labelled=ctx.y_labelled,
+        num_classes=ctx.num_classes,
+        seed=ctx.seed,
+    )
     fields.update(kw)
     return QueryContext(**fields)
 
@@ -84,8 +90,11 @@ def test_expected_score_weights_labels_by_softmax(ctx):
     ref = la.base_predictions()
     j = 5
     probs = torch.softmax(ref[j], 0)
-    want = sum(float(probs[c]) * float(flip_fraction(la.retrained_predictions(j, c)[None],
-                                                     ref.argmax(1))[0]) for c in range(3))
+    want = sum(
+        float(probs[c])
+        * float(flip_fraction(la.retrained_predictions(j, c)[None], ref.argmax(1))[0])
+        for c in range(3)
+    )
     assert res.scores[j] == pytest.approx(want)
 
 
@@ -145,15 +154,19 @@ def test_sequential_session(ctx):
     # the conditioned look-ahead equals a fresh one whose labelled set includes the observed points
     from ntkal.lookahead import Lookahead
 
-    fresh = Lookahead.fit(ctx.model, torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
-                          torch.cat([ctx.y_labelled, torch.tensor(labels)]), ctx.x_candidates,
-                          eval_size="all")
+    fresh = Lookahead.fit(
+        ctx.model,
+        torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
+        torch.cat([ctx.y_labelled, torch.tensor(labels)]),
+        ctx.x_candidates,
+        eval_size="all",
+    )
     la = session.lookahead
-    torch.testing.assert_close(la.base_predictions(), fresh.base_predictions(),
-                               rtol=0, atol=1e-8)
+    torch.testing.assert_close(la.base_predictions(), fresh.base_predictions(), rtol=0, atol=1e-8)
     live = [j for j in range(ctx.num_candidates) if j not in seen]
-    torch.testing.assert_close(la.sigma[live][:, live], fresh.sigma[live][:, live],
-                               rtol=0, atol=1e-8)
+    torch.testing.assert_close(
+        la.sigma[live][:, live], fresh.sigma[live][:, live], rtol=0, atol=1e-8
+    )
 
 
 def test_sequential_session_runs_out(ctx):
@@ -169,8 +182,16 @@ def test_sequential_session_runs_out(ctx):
 def test_sgd_lookahead_runs_and_caps(ctx):
     from ntkal.training import TrainConfig
 
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,
-                      schedule="constant", loss="mse", seed=0)
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        loss="mse",
+        seed=0,
+    )
     strat = SGDLookahead(finetune=cfg, max_candidates=4)
     res = strat.query(ctx, 2)
     scored = res.info["scored_positions"]
@@ -184,7 +205,8 @@ def test_sgd_lookahead_runs_and_caps(ctx):
 # ----------------------------------------------------------------------------- margin screen
 def _explicit_flips_and_norms(block, targets, ref_cls):
     preds = block.f_bar_eval.unsqueeze(0) + block.cov.unsqueeze(2) * block.coefficients(
-        targets).unsqueeze(1)
+        targets
+    ).unsqueeze(1)
     return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
 
 
@@ -192,9 +214,16 @@ def _block(cov, f_bar_eval, f_bar_cand, pivots):
     from ntkal.lookahead import LookaheadBlock
 
     b = cov.shape[0]
-    return LookaheadBlock(positions=torch.arange(b), cov=cov, pivot_evals=pivots,
-                          pivot_evecs=None, f_bar_eval=f_bar_eval, f_bar_cand=f_bar_cand,
-                          f0_eval=f_bar_eval, f0_cand=f_bar_cand)
+    return LookaheadBlock(
+        positions=torch.arange(b),
+        cov=cov,
+        pivot_evals=pivots,
+        pivot_evecs=None,
+        f_bar_eval=f_bar_eval,
+        f_bar_cand=f_bar_cand,
+        f0_eval=f_bar_eval,
+        f0_cand=f_bar_cand,
+    )
 
 
 def test_margin_screen_equals_explicit_argmax_random():
@@ -203,19 +232,20 @@ def test_margin_screen_equals_explicit_argmax_random():
     g = torch.Generator().manual_seed(0)
     for k in (1, 2, 5):
         b, e = 30, 200
-        block = _block(torch.randn(b, e, generator=g, dtype=torch.float64) * 0.3,
-                       torch.randn(e, k, generator=g, dtype=torch.float64),
-                       torch.randn(b, k, generator=g, dtype=torch.float64),
-                       torch.rand(b, generator=g, dtype=torch.float64) + 0.1)
-        ref_cls = torch.randint(0, k, (e,), generator=g)    # a reference that is not argmax f̄
+        block = _block(
+            torch.randn(b, e, generator=g, dtype=torch.float64) * 0.3,
+            torch.randn(e, k, generator=g, dtype=torch.float64),
+            torch.randn(b, k, generator=g, dtype=torch.float64),
+            torch.rand(b, generator=g, dtype=torch.float64) + 0.1,
+        )
+        ref_cls = torch.randint(0, k, (e,), generator=g)  # a reference that is not argmax f̄
         targets = torch.nn.functional.one_hot(torch.randint(0, k, (b,), generator=g), k).double()
         want = _explicit_flips_and_norms(block, targets, ref_cls)
         assert 0 < float(want[0].mean()) < 1 or k == 1
         # rows (b, e) as gathered, or a transposed view of a held (e, m) Σ
         for cov in (block.cov, block.cov.T.contiguous().T):
             block.cov = cov
-            got = flips_and_norms(block, targets, ref_cls,
-                                   EvalMargins(block.f_bar_eval, ref_cls))
+            got = flips_and_norms(block, targets, ref_cls, EvalMargins(block.f_bar_eval, ref_cls))
             assert torch.equal(got[0], want[0])
             torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=0)
 
@@ -228,12 +258,16 @@ def test_margin_screen_exact_on_ties_and_boundaries():
     # one candidate, coefficient (y - f̄_j) / Σ_jj = [1, 0, 0] - [0, 0, 0] -> coef = [1, 0, 0]
     f_cand = torch.zeros(1, 3, dtype=torch.float64)
     targets = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
-    f_eval = torch.tensor([[0.0, 0.5, 0.0],    # Σ = 0.5 moves class 0 exactly onto class 1: tie
-                           [0.0, 0.5, 0.0],    # Σ = 0.25: stays
-                           [0.5, 0.5, 0.0],    # already tied, reference 1 -> argmax 0: a flip
-                           [0.0, 0.0, 0.0],    # all tied, reference 0 -> argmax 0: no flip
-                           [0.0, 0.5, 0.0]],   # Σ = -0.5: moves away
-                          dtype=torch.float64)
+    f_eval = torch.tensor(
+        [
+            [0.0, 0.5, 0.0],  # Σ = 0.5 moves class 0 exactly onto class 1: tie
+            [0.0, 0.5, 0.0],  # Σ = 0.25: stays
+            [0.5, 0.5, 0.0],  # already tied, reference 1 -> argmax 0: a flip
+            [0.0, 0.0, 0.0],  # all tied, reference 0 -> argmax 0: no flip
+            [0.0, 0.5, 0.0],
+        ],  # Σ = -0.5: moves away
+        dtype=torch.float64,
+    )
     cov = torch.tensor([[0.5, 0.25, 0.0, 0.0, -0.5]], dtype=torch.float64)
     ref_cls = torch.tensor([1, 1, 1, 0, 1])
     block = _block(cov, f_eval, f_cand, torch.ones(1, dtype=torch.float64))
@@ -271,7 +305,7 @@ def test_sequential_reference(ctx, reference):
         return out
 
     want = explicit(f0_out if reference == "f0" else f_bar_t)
-    assert not np.allclose(want, explicit(moved))   # the test can tell the references apart
+    assert not np.allclose(want, explicit(moved))  # the test can tell the references apart
     assert not np.allclose(explicit(f0_out), explicit(f_bar_t))
     live = np.setdiff1d(np.arange(ctx.num_candidates), [3, 10, 17])
     got, _ = strat.score_candidates(la, live)
@@ -308,10 +342,14 @@ def test_rebuilt_session_proposes_what_a_continuing_one_does(ctx, reference):
             session.observe(pos, labels[-1])
         pos_continuing, _ = session.propose()
         rest = np.setdiff1d(np.arange(ctx.num_candidates), seen)
-        rebuilt = strat.begin_sequential(_with(
-            ctx, x_candidates=ctx.x_candidates[rest],
-            x_labelled=torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
-            y_labelled=torch.cat([ctx.y_labelled, torch.tensor(labels)])))
+        rebuilt = strat.begin_sequential(
+            _with(
+                ctx,
+                x_candidates=ctx.x_candidates[rest],
+                x_labelled=torch.cat([ctx.x_labelled, ctx.x_candidates[seen]]),
+                y_labelled=torch.cat([ctx.y_labelled, torch.tensor(labels)]),
+            )
+        )
         pos_rebuilt, _ = rebuilt.propose()
         agree += int(rest[pos_rebuilt] == pos_continuing)
     assert agree == 6

@@ -1,6 +1,7 @@
 """SGDLookahead against its definition, recomputed here with plain ``ntkal.training.train`` calls:
 each candidate is fine-tuned with the network's own predicted label (``score="flip"``/``"norm"``)
 or every label weighted by its softmax probability (``score="expected"``)."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,16 @@ from ntkal.strategies import QueryContext, SGDLookahead
 from ntkal.training import TrainConfig, predict_logits, train
 
 K = 3
-FINETUNE = TrainConfig(epochs=3, batch_size=8, lr=0.2, momentum=0.9, weight_decay=0.0,
-                       schedule="constant", loss="mse", seed=4)
+FINETUNE = TrainConfig(
+    epochs=3,
+    batch_size=8,
+    lr=0.2,
+    momentum=0.9,
+    weight_decay=0.0,
+    schedule="constant",
+    loss="mse",
+    seed=4,
+)
 
 
 def _problem():
@@ -27,8 +36,15 @@ def _problem():
     x_lab = torch.randn(12, 2, generator=g)
     y_lab = torch.arange(12) % K
     x_cand = 2 * torch.randn(7, 2, generator=g)
-    return QueryContext(model=model, x_candidates=x_cand, x_labelled=x_lab, y_labelled=y_lab,
-                        num_classes=K, seed=0, batch_size=4)
+    return QueryContext(
+        model=model,
+        x_candidates=x_cand,
+        x_labelled=x_lab,
+        y_labelled=y_lab,
+        num_classes=K,
+        seed=0,
+        batch_size=4,
+    )
 
 
 def _outputs_after_finetune(ctx, x, y):
@@ -49,7 +65,7 @@ def _expected_scores(ctx, score):
             labels, weights = [int(ref[j])], [1.0]
         flip = norm = 0.0
         for c, w in zip(labels, weights):
-            x = torch.cat([ctx.x_labelled, ctx.x_candidates[j:j + 1]])
+            x = torch.cat([ctx.x_labelled, ctx.x_candidates[j : j + 1]])
             y = torch.cat([ctx.y_labelled, torch.tensor([c])])
             out = _outputs_after_finetune(ctx, x, y)
             flip += w * float((out.argmax(1) != ref).double().mean())
@@ -78,7 +94,9 @@ def test_the_pseudo_label_changes_the_score():
     ctx = _problem()
     f0 = predict_logits(ctx.model, ctx.x_candidates)
     j = int(torch.nonzero(f0.argmax(1) != 0)[0])
-    x = torch.cat([ctx.x_labelled, ctx.x_candidates[j:j + 1]])
-    outs = [_outputs_after_finetune(ctx, x, torch.cat([ctx.y_labelled, torch.tensor([c])]))
-            for c in (0, int(f0[j].argmax()))]
+    x = torch.cat([ctx.x_labelled, ctx.x_candidates[j : j + 1]])
+    outs = [
+        _outputs_after_finetune(ctx, x, torch.cat([ctx.y_labelled, torch.tensor([c])]))
+        for c in (0, int(f0[j].argmax()))
+    ]
     assert float((outs[0] - outs[1]).abs().max()) > 1e-3

@@ -1,9 +1,9 @@
 """The :class:`Dataset` container every other part of ntkal consumes."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ __all__ = ["Dataset", "DatasetNotFoundError", "UNLABELLED"]
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are not where they were looked for; the message says how to get them."""
+
 
 #: Label of a training point whose class is not known yet (an unlabelled pool point).
 UNLABELLED = -1
@@ -41,7 +42,9 @@ def _as_inputs(name: str, x) -> torch.Tensor:
             "scale raw pixels before building a Dataset"
         )
     if x.ndim < 2:
-        raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N, ...) with at least 2 dimensions, got {tuple(x.shape)}"
+        )
     x = x.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -76,12 +79,24 @@ class Dataset:
     y_test: torch.Tensor
     classes: tuple[str, ...]
 
-    def __init__(self, name: str, x_train: torch.Tensor | np.ndarray,
-                 y_train: torch.Tensor | np.ndarray, x_test: torch.Tensor | np.ndarray,
-                 y_test: torch.Tensor | np.ndarray, classes: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        x_train: torch.Tensor | np.ndarray,
+        y_train: torch.Tensor | np.ndarray,
+        x_test: torch.Tensor | np.ndarray,
+        y_test: torch.Tensor | np.ndarray,
+        classes: Sequence[str],
+    ) -> None:
         # The dataclass __init__, taking arrays as well as tensors: __post_init__ converts them.
-        for field, value in (("name", name), ("x_train", x_train), ("y_train", y_train),
-                             ("x_test", x_test), ("y_test", y_test), ("classes", classes)):
+        for field, value in (
+            ("name", name),
+            ("x_train", x_train),
+            ("y_train", y_train),
+            ("x_test", x_test),
+            ("y_test", y_test),
+            ("classes", classes),
+        ):
             object.__setattr__(self, field, value)
         self.__post_init__()
 
@@ -100,7 +115,9 @@ class Dataset:
         y_train = torch.from_numpy(as_class_labels(self.y_train, k, name="y_train"))
         y_test = torch.from_numpy(as_class_labels(self.y_test, k, name="y_test"))
         if x_train.shape[0] != y_train.shape[0]:
-            raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
+            raise ValueError(
+                f"x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}"
+            )
         if x_test.shape[0] != y_test.shape[0]:
             raise ValueError(f"x_test has {x_test.shape[0]} rows but y_test has {y_test.shape[0]}")
         if x_train.shape[1:] != x_test.shape[1:]:
@@ -108,8 +125,13 @@ class Dataset:
                 f"train inputs have shape {tuple(x_train.shape[1:])} but test inputs "
                 f"{tuple(x_test.shape[1:])}"
             )
-        for field, value in (("classes", classes), ("x_train", x_train), ("y_train", y_train),
-                             ("x_test", x_test), ("y_test", y_test)):
+        for field, value in (
+            ("classes", classes),
+            ("x_train", x_train),
+            ("y_train", y_train),
+            ("x_test", x_test),
+            ("y_test", y_test),
+        ):
             object.__setattr__(self, field, value)
         if unknown is not None:
             object.__setattr__(self, "y_train", torch.where(unknown[1], UNLABELLED, self.y_train))
@@ -137,8 +159,9 @@ class Dataset:
     def num_test(self) -> int:
         return int(self.x_test.shape[0])
 
-    def subset(self, train_size: Optional[int] = None, test_size: Optional[int] = None, *,
-               seed: int = 0) -> "Dataset":
+    def subset(
+        self, train_size: int | None = None, test_size: int | None = None, *, seed: int = 0
+    ) -> Dataset:
         """A seeded, stratified subset of the train and/or test split (``None`` keeps a split whole).
 
         The train and test choices use independent streams of ``seed``, so changing ``test_size``
@@ -146,11 +169,21 @@ class Dataset:
         """
         train_idx = subset_positions(self.y_train.numpy(), train_size, seed, 0, "train_size")
         test_idx = subset_positions(self.y_test.numpy(), test_size, seed, 1, "test_size")
-        pick = (lambda t, i: t if i is None else t[torch.from_numpy(i)])
-        return Dataset(self.name, pick(self.x_train, train_idx), pick(self.y_train, train_idx),
-                       pick(self.x_test, test_idx), pick(self.y_test, test_idx), self.classes)
+
+        def pick(t, i):
+            return t if i is None else t[torch.from_numpy(i)]
+
+        return Dataset(
+            self.name,
+            pick(self.x_train, train_idx),
+            pick(self.y_train, train_idx),
+            pick(self.x_test, test_idx),
+            pick(self.y_test, test_idx),
+            self.classes,
+        )
 
     def __repr__(self) -> str:
-        return (f"Dataset(name={self.name!r}, train={self.num_train}, test={self.num_test}, "
-                f"in_shape={self.in_shape}, num_classes={self.num_classes})")
-
+        return (
+            f"Dataset(name={self.name!r}, train={self.num_train}, test={self.num_test}, "
+            f"in_shape={self.in_shape}, num_classes={self.num_classes})"
+        )

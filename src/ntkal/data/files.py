@@ -25,6 +25,7 @@ unless ``normalise="none"``: per feature for tables and flat arrays, per channel
 Images are read with PIL, scaled to ``[0, 1]``, converted to grey when every image is grey (one
 channel) and to RGB otherwise.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,9 +33,10 @@ import math
 import os
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +44,21 @@ from ntkal.arguments import as_float
 from ntkal.data.dataset import UNLABELLED, Dataset
 from ntkal.data.sampling import stratified_indices
 
-__all__ = ["load_file_dataset", "read_file_source", "FileSource", "is_file_source",
-           "DataWarning", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "NORMALISE"]
+__all__ = [
+    "load_file_dataset",
+    "read_file_source",
+    "FileSource",
+    "is_file_source",
+    "DataWarning",
+    "IMAGE_SUFFIXES",
+    "TABLE_SUFFIXES",
+    "NORMALISE",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 NORMALISE = ("standard", "none")
-_PathLike = Union[str, os.PathLike]
+_PathLike = str | os.PathLike
 
 
 class DataWarning(UserWarning):
@@ -79,7 +89,7 @@ class FileSource:
     dataset: Dataset
     kind: str
     feature_names: tuple[str, ...] = ()
-    raw_train: Optional[np.ndarray] = None
+    raw_train: np.ndarray | None = None
     train_files: tuple[str, ...] = field(default_factory=tuple)
     train_rows: tuple[int, ...] = field(default_factory=tuple)
 
@@ -92,8 +102,12 @@ def is_file_source(name: Any) -> bool:
     if not isinstance(name, str):
         return False
     text = name.strip()
-    return (os.sep in text or "/" in text or Path(text).suffix.lower() in (".npz",) + TABLE_SUFFIXES
-            or Path(text).expanduser().exists())
+    return (
+        os.sep in text
+        or "/" in text
+        or Path(text).suffix.lower() in (".npz",) + TABLE_SUFFIXES
+        or Path(text).expanduser().exists()
+    )
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -105,7 +119,7 @@ def _check_options(path: Path, normalise: str, test_fraction: float) -> None:
         raise ValueError(f"test_fraction must lie in [0, 1), got {test_fraction!r}")
 
 
-def _class_names(path: Path, classes: Optional[Sequence[Any]]) -> Optional[tuple[str, ...]]:
+def _class_names(path: Path, classes: Sequence[Any] | None) -> tuple[str, ...] | None:
     if classes is None:
         return None
     names = tuple(str(c) for c in classes)
@@ -114,25 +128,33 @@ def _class_names(path: Path, classes: Optional[Sequence[Any]]) -> Optional[tuple
     return names
 
 
-def _labels_from_names(path: Path, raw: Sequence[Optional[str]], classes: Optional[tuple[str, ...]],
-                       where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def _labels_from_names(
+    path: Path, raw: Sequence[str | None], classes: tuple[str, ...] | None, where: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Class names (None = unknown) -> int labels, with the class list (given or discovered)."""
-    present = sorted({r for r in raw if r is not None},
-                     key=lambda s: (0, float(s), s) if _is_number(s) else (1, 0.0, s))
+    present = sorted(
+        {r for r in raw if r is not None},
+        key=lambda s: (0, float(s), s) if _is_number(s) else (1, 0.0, s),
+    )
     if classes is None:
         if not present:
-            raise ValueError(f"{path} has no labels at all: pass classes=[...] (dataset.classes) "
-                             "to say which classes the annotator chooses from")
+            raise ValueError(
+                f"{path} has no labels at all: pass classes=[...] (dataset.classes) "
+                "to say which classes the annotator chooses from"
+            )
         if len(present) < 2:
-            raise ValueError(f"{path}: only one class ({present[0]!r}) appears in {where}; pass "
-                             "classes=[...] to list every class")
+            raise ValueError(
+                f"{path}: only one class ({present[0]!r}) appears in {where}; pass "
+                "classes=[...] to list every class"
+            )
         _check_spellings(path, present, where)
         classes = tuple(present)
     lookup = {c: i for i, c in enumerate(classes)}
     unknown = [r for r in present if r not in lookup]
     if unknown:
-        raise ValueError(f"{path}: label {unknown[0]!r} in {where} is not one of the classes "
-                         f"{list(classes)}")
+        raise ValueError(
+            f"{path}: label {unknown[0]!r} in {where} is not one of the classes {list(classes)}"
+        )
     return np.array([UNLABELLED if r is None else lookup[r] for r in raw], dtype=np.int64), classes
 
 
@@ -149,10 +171,12 @@ def _check_spellings(path: Path, present: Sequence[str], where: str) -> None:
     for name in present:
         first = seen.setdefault(_spelling_key(name), name)
         if first != name:
-            raise ValueError(f"{path}: labels {first!r} and {name!r} in {where} differ only in "
-                             "case or number format and would become two classes; write every "
-                             "label of a class the same way, or pass classes=[...] "
-                             "(dataset.classes) to list the classes as they are spelt")
+            raise ValueError(
+                f"{path}: labels {first!r} and {name!r} in {where} differ only in "
+                "case or number format and would become two classes; write every "
+                "label of a class the same way, or pass classes=[...] "
+                "(dataset.classes) to list the classes as they are spelt"
+            )
 
 
 def _is_number(text: str) -> bool:
@@ -172,7 +196,7 @@ def _held_out(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         values, counts = np.unique(y[labelled], return_counts=True)
         single = values[counts == 1]
         labelled = labelled[~np.isin(y[labelled], single)]
-    n = int(math.floor(fraction * labelled.size))
+    n = math.floor(fraction * labelled.size)
     if n < 1 or labelled.size - n < 1:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng([int(seed), 3])
@@ -189,9 +213,18 @@ def _statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _finish(path: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: Optional[np.ndarray],
-            y_test: Optional[np.ndarray], classes: tuple[str, ...], normalise: str,
-            test_fraction: float, seed: int) -> tuple[Dataset, np.ndarray]:
+def _finish(
+    path: Path,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    classes: tuple[str, ...],
+    normalise: str,
+    test_fraction: float,
+    seed: int,
+) -> tuple[Dataset, np.ndarray]:
     """Split off the test set if the source has none, normalise, build the Dataset; also returns
     the training positions kept (into ``x``)."""
     keep = np.arange(x.shape[0])
@@ -215,8 +248,13 @@ def _finish(path: Path, name: str, x: np.ndarray, y: np.ndarray, x_test: Optiona
     return dataset, keep
 
 
-def _warn_small_classes(path: Path, y: np.ndarray, y_test: Optional[np.ndarray],
-                        classes: tuple[str, ...], test_fraction: float) -> None:
+def _warn_small_classes(
+    path: Path,
+    y: np.ndarray,
+    y_test: np.ndarray | None,
+    classes: tuple[str, ...],
+    test_fraction: float,
+) -> None:
     """:class:`DataWarning` for classes with no labelled row (when every point is labelled: an
     unlabelled pool is expected to have them) and, with a held-out split, for classes with a
     single row (kept for training, so the test set has none of it)."""
@@ -226,15 +264,22 @@ def _warn_small_classes(path: Path, y: np.ndarray, y_test: Optional[np.ndarray],
     counts = np.bincount(known, minlength=len(classes))
     empty = [classes[i] for i in np.flatnonzero(counts == 0)]
     if empty and known.size and not (y == UNLABELLED).any():
-        warnings.warn(f"{path}: class(es) {', '.join(map(repr, empty))} of {list(classes)} have no "
-                      "labelled rows: the model is never shown them; remove them from classes, or "
-                      "add rows of them", DataWarning, stacklevel=4)
+        warnings.warn(
+            f"{path}: class(es) {', '.join(map(repr, empty))} of {list(classes)} have no "
+            "labelled rows: the model is never shown them; remove them from classes, or "
+            "add rows of them",
+            DataWarning,
+            stacklevel=4,
+        )
     single = [classes[i] for i in np.flatnonzero(counts == 1)]
     if single and test_fraction > 0:
-        warnings.warn(f"{path}: class(es) {', '.join(map(repr, single))} have a single labelled "
-                      "row: it stays in training and the test set has none of it; add rows of "
-                      "them (at least two each) for a test score that covers them", DataWarning,
-                      stacklevel=4)
+        warnings.warn(
+            f"{path}: class(es) {', '.join(map(repr, single))} have a single labelled "
+            "row: it stays in training and the test set has none of it; add rows of "
+            "them (at least two each) for a test score that covers them",
+            DataWarning,
+            stacklevel=4,
+        )
 
 
 # ----------------------------------------------------------------------------- .npz
@@ -244,22 +289,33 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as fh:
             magic = fh.read(4)
         if not magic.startswith(b"PK"):
-            raise ValueError("it is not a zip archive" + (
-                ": it is a single .npy array; save it with np.savez(path, x=..., y=...)"
-                if magic.startswith(b"\x93NUM") else ""))
+            raise ValueError(
+                "it is not a zip archive"
+                + (
+                    ": it is a single .npy array; save it with np.savez(path, x=..., y=...)"
+                    if magic.startswith(b"\x93NUM")
+                    else ""
+                )
+            )
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable .npz file ({err}); an .npz is the zip "
-                         "archive np.savez writes, with arrays x, y and optionally x_test, y_test, "
-                         "classes") from None
+        raise ValueError(
+            f"{path} is not a readable .npz file ({err}); an .npz is the zip "
+            "archive np.savez writes, with arrays x, y and optionally x_test, y_test, "
+            "classes"
+        ) from None
     if "x" not in arrays:
-        raise ValueError(f"{path} has no array 'x' (it holds: {', '.join(sorted(arrays)) or 'nothing'})")
+        raise ValueError(
+            f"{path} has no array 'x' (it holds: {', '.join(sorted(arrays)) or 'nothing'})"
+        )
     allowed = {"x", "y", "x_test", "y_test", "classes"}
     extra = sorted(set(arrays) - allowed)
     if extra:
-        raise ValueError(f"{path}: unexpected array(s) {', '.join(extra)}; "
-                         f"expected x, y, x_test, y_test, classes")
+        raise ValueError(
+            f"{path}: unexpected array(s) {', '.join(extra)}; "
+            f"expected x, y, x_test, y_test, classes"
+        )
     x = arrays["x"]
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"{path}: 'x' must have shape (n, ...) with n >= 1, got {x.shape}")
@@ -276,10 +332,14 @@ def _npz_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> 
         return np.full(n, UNLABELLED, dtype=np.int64)
     v = arrays[key]
     if v.ndim != 1 or v.shape[0] != n or not np.issubdtype(v.dtype, np.integer):
-        raise ValueError(f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
-                         f"dtype {v.dtype} shape {v.shape}")
+        raise ValueError(
+            f"{path}: '{key}' must be {n} integer labels (-1 = unknown), got "
+            f"dtype {v.dtype} shape {v.shape}"
+        )
     if (v < UNLABELLED).any():
-        raise ValueError(f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown")
+        raise ValueError(
+            f"{path}: '{key}' holds {int(v.min())}; labels are >= 0, or -1 for unknown"
+        )
     return v.astype(np.int64)
 
 
@@ -298,27 +358,37 @@ def _read_npz(path: Path, classes, normalise, test_fraction, seed) -> FileSource
     y_test = None
     if x_test is not None:
         if x_test.shape[1:] != x.shape[1:]:
-            raise ValueError(f"{path}: 'x_test' has shape {x_test.shape[1:]} per point but 'x' "
-                             f"{x.shape[1:]}")
+            raise ValueError(
+                f"{path}: 'x_test' has shape {x_test.shape[1:]} per point but 'x' {x.shape[1:]}"
+            )
         if "y_test" not in arrays:
-            raise ValueError(f"{path}: 'x_test' needs labels 'y_test' (a test set must be labelled)")
+            raise ValueError(
+                f"{path}: 'x_test' needs labels 'y_test' (a test set must be labelled)"
+            )
         y_test = labels("y_test", x_test.shape[0])
         if (y_test == UNLABELLED).any():
-            raise ValueError(f"{path}: 'y_test' has unknown (-1) labels; a test set must be labelled")
+            raise ValueError(
+                f"{path}: 'y_test' has unknown (-1) labels; a test set must be labelled"
+            )
     elif "y_test" in arrays:
         raise ValueError(f"{path}: 'y_test' given without 'x_test'")
     if names is None:
         known = np.concatenate([y[y >= 0], y_test if y_test is not None else np.zeros(0, np.int64)])
         if known.size == 0:
-            raise ValueError(f"{path} has no labels at all: pass classes=[...] (dataset.classes) "
-                             "or store a 'classes' array")
+            raise ValueError(
+                f"{path} has no labels at all: pass classes=[...] (dataset.classes) "
+                "or store a 'classes' array"
+            )
         _check_dense_ids(path, known)
         names = tuple(str(i) for i in range(max(int(known.max()) + 1, 2)))
     top = max(int(y.max()), int(y_test.max()) if y_test is not None and y_test.size else -1)
     if top >= len(names):
-        raise ValueError(f"{path}: label {top} is out of range for {len(names)} classes {list(names)}")
-    dataset, keep = _finish(path, path.stem, x, y, x_test, y_test, names, normalise,
-                            test_fraction, seed)
+        raise ValueError(
+            f"{path}: label {top} is out of range for {len(names)} classes {list(names)}"
+        )
+    dataset, keep = _finish(
+        path, path.stem, x, y, x_test, y_test, names, normalise, test_fraction, seed
+    )
     kind = "image" if x.ndim == 4 else "array"
     return FileSource(dataset, kind, raw_train=x[keep], train_rows=tuple(int(i) + 1 for i in keep))
 
@@ -330,10 +400,12 @@ def _check_dense_ids(path: Path, known: np.ndarray) -> None:
     if ids.size != top + 1 and top >= 1:
         missing = sorted(set(range(top + 1)) - set(ids.tolist()))
         shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
-        raise ValueError(f"{path}: the labels are {_ids_text(ids)}, so ids {shown} have no rows and "
-                         f"would be {len(missing)} empty classes of {top + 1}; renumber the labels "
-                         "0..k-1 (np.unique(y, return_inverse=True)), or store a 'classes' array "
-                         "naming every class")
+        raise ValueError(
+            f"{path}: the labels are {_ids_text(ids)}, so ids {shown} have no rows and "
+            f"would be {len(missing)} empty classes of {top + 1}; renumber the labels "
+            "0..k-1 (np.unique(y, return_inverse=True)), or store a 'classes' array "
+            "naming every class"
+        )
 
 
 def _ids_text(ids: np.ndarray) -> str:
@@ -369,24 +441,28 @@ def _read_parquet_rows(path: Path) -> tuple[list[str], list[list[Any]]]:
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError(f"reading {path} needs pandas and pyarrow: pip install 'ntkal[parquet]'"
-                          ) from None
+        raise ImportError(
+            f"reading {path} needs pandas and pyarrow: pip install 'ntkal[parquet]'"
+        ) from None
     try:
         frame = pd.read_parquet(path)
     except ImportError as err:
-        raise ImportError(f"reading {path} needs pyarrow: pip install 'ntkal[parquet]' ({err})"
-                          ) from None
-    except Exception as err:  # pyarrow raises its own types for corrupt files
+        raise ImportError(
+            f"reading {path} needs pyarrow: pip install 'ntkal[parquet]' ({err})"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
         raise ValueError(f"{path} is not a readable Parquet file ({err})") from None
     header = [str(c) for c in frame.columns]
-    rows = [["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row]
-            for row in frame.itertuples(index=False, name=None)]
+    rows = [
+        ["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row]
+        for row in frame.itertuples(index=False, name=None)
+    ]
     if not rows:
         raise ValueError(f"{path} has no rows")
     return header, rows
 
 
-def _label_text(v: Any) -> Optional[str]:
+def _label_text(v: Any) -> str | None:
     if v is None:
         return None
     if isinstance(v, float):
@@ -399,8 +475,9 @@ def _label_text(v: Any) -> Optional[str]:
 
 
 def _read_table(path: Path, label_column, classes, normalise, test_fraction, seed) -> FileSource:
-    header, rows = (_read_csv_rows(path) if path.suffix.lower() == ".csv"
-                    else _read_parquet_rows(path))
+    header, rows = (
+        _read_csv_rows(path) if path.suffix.lower() == ".csv" else _read_parquet_rows(path)
+    )
     if label_column is None and "label" in header:
         label_column = "label"
     if label_column is not None and label_column not in header:
@@ -417,24 +494,40 @@ def _read_table(path: Path, label_column, classes, normalise, test_fraction, see
                 x[r, c] = float(v)
             except (TypeError, ValueError):
                 what = "empty" if v == "" else f"{v!r} is not a number"
-                raise ValueError(f"{path}, row {r + 1}, column {features[c]!r}: {what}; feature "
-                                 "columns must be numeric and complete") from None
+                raise ValueError(
+                    f"{path}, row {r + 1}, column {features[c]!r}: {what}; feature "
+                    "columns must be numeric and complete"
+                ) from None
     if not np.isfinite(x).all():
         r, c = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"{path}, row {r + 1}, column {features[c]!r}: not a finite number")
-    raw = ([None] * len(rows) if label_column is None
-           else [_label_text(row[header.index(label_column)]) for row in rows])
-    y, names = _labels_from_names(path, raw, _class_names(path, classes),
-                                  f"column {label_column!r}")
-    dataset, keep = _finish(path, path.stem, x, y, None, None, names, normalise, test_fraction, seed)
-    return FileSource(dataset, "table", feature_names=tuple(features), raw_train=x[keep],
-                      train_rows=tuple(int(i) + 1 for i in keep))
+    raw = (
+        [None] * len(rows)
+        if label_column is None
+        else [_label_text(row[header.index(label_column)]) for row in rows]
+    )
+    y, names = _labels_from_names(
+        path, raw, _class_names(path, classes), f"column {label_column!r}"
+    )
+    dataset, keep = _finish(
+        path, path.stem, x, y, None, None, names, normalise, test_fraction, seed
+    )
+    return FileSource(
+        dataset,
+        "table",
+        feature_names=tuple(features),
+        raw_train=x[keep],
+        train_rows=tuple(int(i) + 1 for i in keep),
+    )
 
 
 # ----------------------------------------------------------------------------- image folders
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed) -> FileSource:
@@ -444,24 +537,34 @@ def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed
     labelled = [(d.name, f) for d in subdirs for f in _image_files(d)]
     loose = _image_files(path)
     if not labelled and not loose:
-        raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}), neither directly "
-                         "(an unlabelled pool) nor in one subfolder per class")
+        raise ValueError(
+            f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}), neither directly "
+            "(an unlabelled pool) nor in one subfolder per class"
+        )
     names = _class_names(path, classes)
     folder_classes = [d.name for d in subdirs if _image_files(d)]
     if names is None:
         if len(folder_classes) < 2:
-            raise ValueError(f"{path}: found {len(folder_classes)} class subfolder(s) with images; "
-                             "pass classes=[...] (dataset.classes) to name the classes, or make "
-                             "one subfolder per class")
+            raise ValueError(
+                f"{path}: found {len(folder_classes)} class subfolder(s) with images; "
+                "pass classes=[...] (dataset.classes) to name the classes, or make "
+                "one subfolder per class"
+            )
         names = tuple(folder_classes)
     stray = [c for c in folder_classes if c not in names]
     if stray:
         raise ValueError(f"{path}: subfolder {stray[0]!r} is not one of the classes {list(names)}")
     if image_size is not None:
-        size = tuple(int(s) for s in (image_size if isinstance(image_size, (list, tuple))
-                                      else (image_size, image_size)))
+        size = tuple(
+            int(s)
+            for s in (
+                image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+            )
+        )
         if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"image_size must be [height, width] of positive integers, got {image_size!r}")
+            raise ValueError(
+                f"image_size must be [height, width] of positive integers, got {image_size!r}"
+            )
     else:
         size = None
     files = [f for _, f in labelled] + loose
@@ -482,24 +585,38 @@ def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed
         if size is not None:
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         elif im.size != first:
-            raise ValueError(f"{f} is {im.size[0]}x{im.size[1]} pixels but {files[0]} is "
-                             f"{first[0]}x{first[1]}; pass image_size=[height, width] to resize")
+            raise ValueError(
+                f"{f} is {im.size[0]}x{im.size[1]} pixels but {files[0]} is "
+                f"{first[0]}x{first[1]}; pass image_size=[height, width] to resize"
+            )
         a = np.asarray(im, dtype=np.float64) / 255.0
         arrays.append(a[None] if a.ndim == 2 else np.transpose(a, (2, 0, 1)))
     x = np.stack(arrays)
     raw = [c for c, _ in labelled] + [None] * len(loose)
     y, names = _labels_from_names(path, raw, names, "the class subfolders")
-    dataset, keep = _finish(path, path.name, x, y, None, None, names, normalise, test_fraction, seed)
-    return FileSource(dataset, "image", raw_train=x[keep],
-                      train_files=tuple(str(files[i]) for i in keep),
-                      train_rows=tuple(int(i) + 1 for i in keep))
+    dataset, keep = _finish(
+        path, path.name, x, y, None, None, names, normalise, test_fraction, seed
+    )
+    return FileSource(
+        dataset,
+        "image",
+        raw_train=x[keep],
+        train_files=tuple(str(files[i]) for i in keep),
+        train_rows=tuple(int(i) + 1 for i in keep),
+    )
 
 
 # ----------------------------------------------------------------------------- entry points
-def read_file_source(path: _PathLike, *, label_column: Optional[str] = None,
-                     image_size: Optional[Sequence[int]] = None, normalise: str = "standard",
-                     classes: Optional[Sequence[Any]] = None, test_fraction: float = 0.2,
-                     seed: int = 0) -> FileSource:
+def read_file_source(
+    path: _PathLike,
+    *,
+    label_column: str | None = None,
+    image_size: Sequence[int] | None = None,
+    normalise: str = "standard",
+    classes: Sequence[Any] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> FileSource:
     """Read ``path`` into a :class:`FileSource` (the dataset and how to display its points).
 
     Parameters are those of :func:`load_file_dataset`.
@@ -523,14 +640,22 @@ def read_file_source(path: _PathLike, *, label_column: Optional[str] = None,
         return _read_npz(p, classes, normalise, float(test_fraction), seed)
     if suffix in TABLE_SUFFIXES:
         return _read_table(p, label_column, classes, normalise, float(test_fraction), seed)
-    raise ValueError(f"{p}: unsupported file type {suffix or '(none)'}; expected .npz, "
-                     f"{', '.join(TABLE_SUFFIXES)} or a folder of images")
+    raise ValueError(
+        f"{p}: unsupported file type {suffix or '(none)'}; expected .npz, "
+        f"{', '.join(TABLE_SUFFIXES)} or a folder of images"
+    )
 
 
-def load_file_dataset(path: _PathLike, *, label_column: Optional[str] = None,
-                      image_size: Optional[Sequence[int]] = None, normalise: str = "standard",
-                      classes: Optional[Sequence[Any]] = None, test_fraction: float = 0.2,
-                      seed: int = 0) -> Dataset:
+def load_file_dataset(
+    path: _PathLike,
+    *,
+    label_column: str | None = None,
+    image_size: Sequence[int] | None = None,
+    normalise: str = "standard",
+    classes: Sequence[Any] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
     """A :class:`Dataset` from a user's ``.npz``, CSV / Parquet table or image folder.
 
     Parameters
@@ -562,6 +687,12 @@ def load_file_dataset(path: _PathLike, *, label_column: Optional[str] = None,
     ImportError
         A Parquet file without pandas / pyarrow installed.
     """
-    return read_file_source(path, label_column=label_column, image_size=image_size,
-                            normalise=normalise, classes=classes, test_fraction=test_fraction,
-                            seed=seed).dataset
+    return read_file_source(
+        path,
+        label_column=label_column,
+        image_size=image_size,
+        normalise=normalise,
+        classes=classes,
+        test_fraction=test_fraction,
+        seed=seed,
+    ).dataset

@@ -6,13 +6,14 @@ unsigned bytes (``TT == 0x08``) are supported: it is the only type the image dat
 check raises :class:`IDXFormatError` naming the file, so a corrupted download is reported as such
 instead of surfacing later as a reshape error or silently wrong data.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def _read_bytes(path: Path) -> bytes:
         raise IDXFormatError(f"{path}: corrupted gzip stream ({exc})") from exc
 
 
-def read_idx(path: PathLike, *, ndim: Optional[int] = None) -> np.ndarray:
+def read_idx(path: PathLike, *, ndim: int | None = None) -> np.ndarray:
     """Parse an IDX file (raw or gzip-compressed) into a read-only ``uint8`` array.
 
     Parameters
@@ -102,7 +103,7 @@ def read_idx(path: PathLike, *, ndim: Optional[int] = None) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
-def write_idx(path: PathLike, array: np.ndarray, *, compress: Optional[bool] = None) -> Path:
+def write_idx(path: PathLike, array: np.ndarray, *, compress: bool | None = None) -> Path:
     """Write a ``uint8`` array as an IDX file; gzip-compressed if ``compress`` (default: the name
     ends in ``.gz``). Used to build small fixtures and to re-export subsets in the same format."""
     path = Path(path)

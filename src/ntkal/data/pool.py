@@ -1,8 +1,10 @@
 """Labelled / unlabelled bookkeeping for a pool of training points."""
+
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +25,7 @@ def _check_size(size: Any) -> int:
     return int(size)
 
 
-def _as_index_array(indices: Union[int, Iterable[int], np.ndarray]) -> np.ndarray:
+def _as_index_array(indices: int | Iterable[int] | np.ndarray) -> np.ndarray:
     """Indices as an ``int64`` array, refusing anything that is not an integer (floats, bools)."""
     if isinstance(indices, (bool, np.bool_)):
         raise ValueError("indices must be integers, got a bool")
@@ -111,7 +113,7 @@ class Pool:
         self._check_range(i)
         return bool(self._mask[i[0]])
 
-    def class_counts(self, y, num_classes: Optional[int] = None) -> np.ndarray:
+    def class_counts(self, y, num_classes: int | None = None) -> np.ndarray:
         """How many labelled points fall in each class.
 
         Parameters
@@ -127,8 +129,9 @@ class Pool:
             raise ValueError(f"y has {y.shape[0]} labels but the pool has {self._size} points")
         if num_classes is None:
             num_classes = int(y.max()) + 1 if y.size else 0
-        labels = as_class_labels(y[self.labelled_indices], int(num_classes),
-                                 name="the labelled points' y")
+        labels = as_class_labels(
+            y[self.labelled_indices], int(num_classes), name="the labelled points' y"
+        )
         return np.bincount(labels, minlength=int(num_classes)).astype(np.int64)
 
     # --------------------------------------------------------------- mutation
@@ -137,7 +140,7 @@ class Pool:
         if bad.size:
             raise ValueError(f"index {int(bad[0])} is out of range for a pool of size {self._size}")
 
-    def label(self, indices: Union[int, Iterable[int], np.ndarray]) -> np.ndarray:
+    def label(self, indices: int | Iterable[int] | np.ndarray) -> np.ndarray:
         """Mark ``indices`` as labelled, appending them to the labelling order.
 
         Raises
@@ -157,7 +160,9 @@ class Pool:
         self._check_range(idx)
         uniq, counts = np.unique(idx, return_counts=True)
         if (counts > 1).any():
-            raise ValueError(f"index {int(uniq[counts > 1][0])} appears more than once in this call")
+            raise ValueError(
+                f"index {int(uniq[counts > 1][0])} appears more than once in this call"
+            )
         already = idx[self._mask[idx]]
         if already.size:
             raise ValueError(f"index {int(already[0])} is already labelled")
@@ -165,14 +170,15 @@ class Pool:
         self._order.extend(idx.tolist())
         return idx
 
-    def copy(self) -> "Pool":
+    def copy(self) -> Pool:
         """An independent copy (labelling one does not affect the other)."""
         return Pool(self._size, self._order)
 
     # -------------------------------------------------------- construction
     @classmethod
-    def random_initial(cls, size: int, n_initial: int, seed: int, y=None,
-                       stratified: bool = False) -> "Pool":
+    def random_initial(
+        cls, size: int, n_initial: int, seed: int, y=None, stratified: bool = False
+    ) -> Pool:
         """A pool with ``n_initial`` points labelled at random, reproducibly from ``seed``.
 
         Parameters
@@ -190,7 +196,9 @@ class Pool:
         if not is_integer(n_initial):
             raise TypeError(f"n_initial must be an integer, got {type(n_initial).__name__}")
         if not 0 <= n_initial <= size:
-            raise ValueError(f"n_initial must be between 0 and the pool size {size}, got {n_initial}")
+            raise ValueError(
+                f"n_initial must be between 0 and the pool size {size}, got {n_initial}"
+            )
         rng = np.random.default_rng(seed)
         if y is not None:
             y = as_class_labels(y, None, name="y")
@@ -209,11 +217,13 @@ class Pool:
         return {"version": _STATE_VERSION, "size": self._size, "labelled": list(self._order)}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "Pool":
+    def from_state_dict(cls, state: dict[str, Any]) -> Pool:
         """Rebuild a pool from :meth:`state_dict`, validating it like any other input."""
         if not isinstance(state, dict) or "size" not in state or "labelled" not in state:
             raise ValueError("a Pool state must be a dict with keys 'size' and 'labelled'")
         version = state.get("version", _STATE_VERSION)
         if version != _STATE_VERSION:
-            raise ValueError(f"unsupported Pool state version {version!r} (expected {_STATE_VERSION})")
+            raise ValueError(
+                f"unsupported Pool state version {version!r} (expected {_STATE_VERSION})"
+            )
         return cls(state["size"], state["labelled"])

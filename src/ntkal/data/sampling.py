@@ -1,7 +1,6 @@
 """Seeded stratified sampling, shared by dataset subsets and initial labelled pools."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -59,14 +58,16 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     members = np.argsort(inverse, kind="stable")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     chosen = [
-        rng.choice(members[s:s + c], size=t, replace=False)
-        for s, c, t in zip(starts, counts, take) if t
+        rng.choice(members[s : s + c], size=t, replace=False)
+        for s, c, t in zip(starts, counts, take)
+        if t
     ]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def subset_positions(y: np.ndarray, size: Optional[int], seed: int, stream: int,
-                     what: str) -> Optional[np.ndarray]:
+def subset_positions(
+    y: np.ndarray, size: int | None, seed: int, stream: int, what: str
+) -> np.ndarray | None:
     """Positions of a stratified subset of ``size`` items of ``y``, or ``None`` for "keep all".
 
     ``stream`` separates independent choices made from one ``seed`` (0: train, 1: test), and

@@ -4,11 +4,27 @@
 ``results.json`` / ``results.csv`` (resumable) and, at the end, ``learning_curves.png`` and an AUC
 table; :mod:`ntkal.experiments.plots` redraws them from any ``results.json``.
 """
+
 from __future__ import annotations
 
-from ntkal.experiments.config import (ConfigError, DatasetConfig, ExperimentConfig, ModelConfig,
-                                      StrategySpec, load_config, parse_config)
+from ntkal.experiments.config import (
+    ConfigError,
+    DatasetConfig,
+    ExperimentConfig,
+    ModelConfig,
+    StrategySpec,
+    load_config,
+    parse_config,
+)
 from ntkal.experiments.runner import run_experiment
 
-__all__ = ["ConfigError", "DatasetConfig", "ExperimentConfig", "ModelConfig", "StrategySpec",
-           "load_config", "parse_config", "run_experiment"]
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "StrategySpec",
+    "load_config",
+    "parse_config",
+    "run_experiment",
+]

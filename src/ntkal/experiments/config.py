@@ -29,6 +29,7 @@ A strategy entry may carry ``model:`` overrides (e.g. ``{dropout: 0.3}`` for BAL
 the network for that strategy only, so its curve is no longer a like-for-like comparison. Giving
 the shared model dropout keeps every strategy on the same network (the shipped configs do that).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,13 +37,23 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, overload
+from typing import Any, Literal, overload
 
 from ntkal.arguments import as_float, as_int, is_integer
 from ntkal.learner.active_learner import MODES
 
-__all__ = ["ConfigError", "DatasetConfig", "ModelConfig", "Resources", "StrategySpec",
-           "ExperimentConfig", "load_config", "parse_config", "MODES", "RETRAIN"]
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "ModelConfig",
+    "Resources",
+    "StrategySpec",
+    "ExperimentConfig",
+    "load_config",
+    "parse_config",
+    "MODES",
+    "RETRAIN",
+]
 
 RETRAIN = ("warm", "scratch")
 
@@ -53,17 +64,18 @@ class ConfigError(ValueError):
 
 # ----------------------------------------------------------------------------- small checkers
 @overload
-def _int(key: str, value: Any, minimum: int | None = None,
-         allow_none: Literal[False] = False) -> int: ...
+def _int(
+    key: str, value: Any, minimum: int | None = None, allow_none: Literal[False] = False
+) -> int: ...
 
 
 @overload
-def _int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False
-         ) -> int | None: ...
+def _int(
+    key: str, value: Any, minimum: int | None = None, allow_none: bool = False
+) -> int | None: ...
 
 
-def _int(key: str, value: Any, minimum: Optional[int] = None, allow_none: bool = False
-         ) -> Optional[int]:
+def _int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     return as_int(value, key, minimum=minimum, error=ConfigError)
@@ -101,8 +113,9 @@ def _no_unknown(key: str, given: dict, valid: tuple[str, ...]) -> None:
     unknown = sorted(set(given) - set(valid))
     if unknown:
         where = f"in {key}" if key else "at the top level"
-        raise ConfigError(f"unknown key(s) {', '.join(map(str, unknown))} {where}; "
-                          f"valid keys: {', '.join(valid)}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(str, unknown))} {where}; valid keys: {', '.join(valid)}"
+        )
 
 
 # ----------------------------------------------------------------------------- sections
@@ -118,49 +131,53 @@ class DatasetConfig:
     """
 
     name: str
-    train_size: Optional[int] = None
-    test_size: Optional[int] = None
-    root: Optional[str] = None
-    path: Optional[str] = None
-    label_column: Optional[str] = None
-    image_size: Optional[tuple[int, int]] = None
+    train_size: int | None = None
+    test_size: int | None = None
+    root: str | None = None
+    path: str | None = None
+    label_column: str | None = None
+    image_size: tuple[int, int] | None = None
     normalise: str = "standard"
-    classes: Optional[tuple[str, ...]] = None
+    classes: tuple[str, ...] | None = None
     test_fraction: float = 0.2
 
     _FILE_KEYS = ("label_column", "image_size", "normalise", "classes", "test_fraction")
 
     @classmethod
-    def parse(cls, raw: Any) -> "DatasetConfig":
+    def parse(cls, raw: Any) -> DatasetConfig:
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping("dataset", raw)
-        _no_unknown("dataset", raw, ("name", "train_size", "test_size", "root", "path")
-                    + cls._FILE_KEYS)
+        _no_unknown(
+            "dataset", raw, ("name", "train_size", "test_size", "root", "path") + cls._FILE_KEYS
+        )
         sizes: dict[str, Any] = dict(
             train_size=_int("dataset.train_size", raw.get("train_size"), 1, True),
             test_size=_int("dataset.test_size", raw.get("test_size"), 1, True),
-            root=None if raw.get("root") is None else str(raw["root"]))
+            root=None if raw.get("root") is None else str(raw["root"]),
+        )
         if raw.get("path") is not None:
             return cls._parse_file(raw, sizes)
         given = sorted(k for k in cls._FILE_KEYS if k in raw)
         if given:
-            raise ConfigError(f"dataset: {', '.join(given)} apply to a user's files; give "
-                              "dataset.path too")
+            raise ConfigError(
+                f"dataset: {', '.join(given)} apply to a user's files; give dataset.path too"
+            )
         from ntkal.data import available_datasets, builtin_dataset_name
 
         names = tuple(available_datasets())
         name = raw.get("name")
         if name is None:
-            raise ConfigError(f"dataset.name or dataset.path is required; valid names: "
-                              f"{', '.join(names)}")
+            raise ConfigError(
+                f"dataset.name or dataset.path is required; valid names: {', '.join(names)}"
+            )
         key = builtin_dataset_name(str(name))
         if key is None:
             raise ConfigError(f"dataset.name must be one of {', '.join(names)}; got {name!r}")
         return cls(name=key, **sizes)
 
     @classmethod
-    def _parse_file(cls, raw: dict, sizes: dict) -> "DatasetConfig":
+    def _parse_file(cls, raw: dict, sizes: dict) -> DatasetConfig:
         from ntkal.data.files import NORMALISE
 
         path = str(raw["path"])
@@ -174,28 +191,34 @@ class DatasetConfig:
         classes = raw.get("classes")
         if classes is not None:
             if not isinstance(classes, (list, tuple)) or len(classes) < 2:
-                raise ConfigError(f"dataset.classes must be a list of at least two names, got "
-                                  f"{classes!r}")
+                raise ConfigError(
+                    f"dataset.classes must be a list of at least two names, got {classes!r}"
+                )
             classes = tuple(str(c) for c in classes)
         label_column = raw.get("label_column")
-        return cls(name=str(raw.get("name") or Path(path.rstrip("/\\")).stem), path=path,
-                   label_column=None if label_column is None else str(label_column),
-                   image_size=size,
-                   normalise=_choice("dataset.normalise", raw.get("normalise", "standard"),
-                                     NORMALISE),
-                   classes=classes,
-                   test_fraction=_float("dataset.test_fraction", raw.get("test_fraction", 0.2),
-                                        0.0, 0.95),
-                   **sizes)
+        return cls(
+            name=str(raw.get("name") or Path(path.rstrip("/\\")).stem),
+            path=path,
+            label_column=None if label_column is None else str(label_column),
+            image_size=size,
+            normalise=_choice("dataset.normalise", raw.get("normalise", "standard"), NORMALISE),
+            classes=classes,
+            test_fraction=_float("dataset.test_fraction", raw.get("test_fraction", 0.2), 0.0, 0.95),
+            **sizes,
+        )
 
     def file_options(self) -> dict:
         """Keyword arguments of :func:`ntkal.data.files.load_file_dataset` (``{}`` for a built-in
         dataset)."""
         if self.path is None:
             return {}
-        return {"label_column": self.label_column, "image_size": self.image_size,
-                "normalise": self.normalise, "classes": self.classes,
-                "test_fraction": self.test_fraction}
+        return {
+            "label_column": self.label_column,
+            "image_size": self.image_size,
+            "normalise": self.normalise,
+            "classes": self.classes,
+            "test_fraction": self.test_fraction,
+        }
 
     def resolved_path(self) -> Path:
         """Where a user's data lies: ``path``, read relative to ``root`` when that is given."""
@@ -212,8 +235,13 @@ class DatasetConfig:
         from ntkal.data.files import load_file_dataset
 
         if self.path is None:
-            return load_dataset(self.name, self.root, train_size=self.train_size,
-                                test_size=self.test_size, seed=seed)
+            return load_dataset(
+                self.name,
+                self.root,
+                train_size=self.train_size,
+                test_size=self.test_size,
+                seed=seed,
+            )
         dataset = load_file_dataset(self.resolved_path(), seed=0, **self.file_options())
         if self.train_size is None and self.test_size is None:
             return dataset
@@ -227,35 +255,49 @@ class ModelConfig:
     called with ``kwargs``."""
 
     name: str = "mlp"
-    width: Optional[int] = None
+    width: int | None = None
     dropout: float = 0.0
     kwargs: dict = field(default_factory=dict)
-    factory: Optional[str] = None
+    factory: str | None = None
 
     @classmethod
-    def parse(cls, raw: Any, key: str = "model") -> "ModelConfig":
+    def parse(cls, raw: Any, key: str = "model") -> ModelConfig:
         if isinstance(raw, str):
             raw = {"name": raw}
         raw = _mapping(key, raw)
         _no_unknown(key, raw, ("name", "width", "dropout", "kwargs", "factory"))
         factory = raw.get("factory")
         if factory is not None:
-            if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
-                raise ConfigError(f"{key}.factory must look like 'package.module:function', got "
-                                  f"{factory!r}")
-            clash = sorted(k for k in ("name", "width", "dropout") if raw.get(k) not in (None, 0, 0.0)
-                           and not (k == "name" and raw.get(k) == "factory"))
+            if (
+                not isinstance(factory, str)
+                or factory.count(":") != 1
+                or not all(factory.split(":"))
+            ):
+                raise ConfigError(
+                    f"{key}.factory must look like 'package.module:function', got {factory!r}"
+                )
+            clash = sorted(
+                k
+                for k in ("name", "width", "dropout")
+                if raw.get(k) not in (None, 0, 0.0)
+                and not (k == "name" and raw.get(k) == "factory")
+            )
             if clash:
-                raise ConfigError(f"{key}: {', '.join(clash)} apply to the built-in models; a "
-                                  "factory takes its options in kwargs")
-            return cls(name="factory", factory=factory,
-                       kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
+                raise ConfigError(
+                    f"{key}: {', '.join(clash)} apply to the built-in models; a "
+                    "factory takes its options in kwargs"
+                )
+            return cls(
+                name="factory", factory=factory, kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs"))
+            )
         from ntkal.models import available_models
 
-        return cls(name=_choice(f"{key}.name", raw.get("name", "mlp"), tuple(available_models())),
-                   width=_int(f"{key}.width", raw.get("width"), 1, True),
-                   dropout=_float(f"{key}.dropout", raw.get("dropout", 0.0), 0.0, 0.99),
-                   kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")))
+        return cls(
+            name=_choice(f"{key}.name", raw.get("name", "mlp"), tuple(available_models())),
+            width=_int(f"{key}.width", raw.get("width"), 1, True),
+            dropout=_float(f"{key}.dropout", raw.get("dropout", 0.0), 0.0, 0.99),
+            kwargs=_mapping(f"{key}.kwargs", raw.get("kwargs")),
+        )
 
     def build(self, in_shape, num_classes: int):
         """The network (built-in by name, or from the factory)."""
@@ -268,7 +310,7 @@ class ModelConfig:
             kwargs["width"] = self.width
         return build_model(self.name, in_shape, num_classes, dropout=self.dropout, **kwargs)
 
-    def merged(self, overrides: dict) -> "ModelConfig":
+    def merged(self, overrides: dict) -> ModelConfig:
         """This config with ``overrides`` (a strategy's ``model:`` entry) applied."""
         raw = dataclasses.asdict(self)
         raw.update(overrides)
@@ -285,7 +327,7 @@ class Resources:
     gpus: float = 0.0
 
     @classmethod
-    def parse(cls, raw: Any, key: str = "resources") -> "Resources":
+    def parse(cls, raw: Any, key: str = "resources") -> Resources:
         raw = _mapping(key, raw)
         _no_unknown(key, raw, ("cpus", "gpus"))
         cpus = _float(f"{key}.cpus", raw.get("cpus", 1.0), 0.0, 1024.0)
@@ -305,11 +347,11 @@ class StrategySpec:
     params: dict = field(default_factory=dict)
     label: str = ""
     model: dict = field(default_factory=dict)
-    mode: Optional[str] = None
-    resources: Optional[Resources] = None
+    mode: str | None = None
+    resources: Resources | None = None
 
     @classmethod
-    def parse(cls, raw: Any, position: int) -> "StrategySpec":
+    def parse(cls, raw: Any, position: int) -> StrategySpec:
         key = f"strategies[{position}]"
         if isinstance(raw, str):
             raw = {"name": raw}
@@ -320,7 +362,9 @@ class StrategySpec:
         names = tuple(available_strategies())
         name = raw.get("name")
         if name not in names:
-            raise ConfigError(f"{key}.name: unknown strategy {name!r}; valid names: {', '.join(names)}")
+            raise ConfigError(
+                f"{key}.name: unknown strategy {name!r}; valid names: {', '.join(names)}"
+            )
         params = _mapping(f"{key}.params", raw.get("params"))
         model = _mapping(f"{key}.model", raw.get("model"))
         _no_unknown(f"{key}.model", model, ("name", "width", "dropout", "kwargs", "factory"))
@@ -331,8 +375,9 @@ class StrategySpec:
         resources = raw.get("resources")
         if resources is not None:
             resources = Resources.parse(resources, f"{key}.resources")
-        return cls(name=name, params=params, label=label, model=model, mode=mode,
-                   resources=resources)
+        return cls(
+            name=name, params=params, label=label, model=model, mode=mode, resources=resources
+        )
 
     def build(self):
         """The strategy object (errors in ``params`` name this entry and the key). A look-ahead
@@ -347,7 +392,7 @@ class StrategySpec:
             text = str(err)
             key = text.split(" ", 1)[0]
             if key in self.params and key in LookaheadSettings.names():
-                text = f"params.{text}"   # "eval_size must be ..." -> "params.eval_size must ..."
+                text = f"params.{text}"  # "eval_size must be ..." -> "params.eval_size must ..."
             raise ConfigError(f"strategy {self.label!r}: {text}") from err
 
 
@@ -358,9 +403,25 @@ def _trainer_fields() -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- the experiment
-_TOP = ("name", "dataset", "model", "trainer", "strategies", "initial_size", "budget", "cycles",
-        "subset", "seeds", "mode", "device", "retrain", "stratified_initial", "threads", "resources",
-        "initial_strategy")
+_TOP = (
+    "name",
+    "dataset",
+    "model",
+    "trainer",
+    "strategies",
+    "initial_size",
+    "budget",
+    "cycles",
+    "subset",
+    "seeds",
+    "mode",
+    "device",
+    "retrain",
+    "stratified_initial",
+    "threads",
+    "resources",
+    "initial_strategy",
+)
 
 
 @dataclass(frozen=True)
@@ -400,16 +461,16 @@ class ExperimentConfig:
     initial_size: int
     budget: int
     cycles: int
-    subset: Optional[int] = None
+    subset: int | None = None
     seeds: tuple[int, ...] = (0,)
     mode: str = "batch"
     device: str = "cpu"
     retrain: str = "warm"
     stratified_initial: bool = True
     name: str = "experiment"
-    threads: Optional[int] = None
+    threads: int | None = None
     resources: Resources = field(default_factory=Resources)
-    initial_strategy: Optional[StrategySpec] = None
+    initial_strategy: StrategySpec | None = None
 
     # ------------------------------------------------------------------ derived
     def train_config(self):
@@ -465,8 +526,13 @@ class ExperimentConfig:
         if entry["mode"] is None:
             del entry["mode"]  # entries without a mode hash as before the key existed
         del entry["resources"]  # scheduling, not results
-        return _hash({"shared": self.shared_hash(), "strategy": entry,
-                      "model": _model_entry(self.model_for(spec))})
+        return _hash(
+            {
+                "shared": self.shared_hash(),
+                "strategy": entry,
+                "model": _model_entry(self.model_for(spec)),
+            }
+        )
 
     def resources_for(self, spec: StrategySpec) -> Resources:
         """The strategy's own ``resources`` if it has them, else the config's."""
@@ -474,19 +540,27 @@ class ExperimentConfig:
 
     def validate_against(self, num_train: int, num_classes: int) -> None:
         """Checks that need the loaded dataset: sizes against the pool and the classes."""
-        if self.stratified_initial and self.initial_strategy is None \
-                and self.initial_size < num_classes:
-            raise ConfigError(f"initial_size ({self.initial_size}) must be >= the number of classes "
-                              f"({num_classes}) so that every class is labelled at the start")
+        if (
+            self.stratified_initial
+            and self.initial_strategy is None
+            and self.initial_size < num_classes
+        ):
+            raise ConfigError(
+                f"initial_size ({self.initial_size}) must be >= the number of classes "
+                f"({num_classes}) so that every class is labelled at the start"
+            )
         need = self.initial_size + self.budget * self.cycles
         if need > num_train:
-            raise ConfigError(f"initial_size + budget * cycles = {need} labels exceeds the pool of "
-                              f"{num_train} training points; lower budget or cycles")
+            raise ConfigError(
+                f"initial_size + budget * cycles = {need} labels exceeds the pool of "
+                f"{num_train} training points; lower budget or cycles"
+            )
         if self.subset is not None and self.subset < self.budget:
             raise ConfigError(f"subset ({self.subset}) must be >= budget ({self.budget})")
 
-    def with_overrides(self, *, seeds=None, device=None, threads=None, data_root=None
-                       ) -> "ExperimentConfig":
+    def with_overrides(
+        self, *, seeds=None, device=None, threads=None, data_root=None
+    ) -> ExperimentConfig:
         """A copy with command-line overrides applied (``data_root`` says where the files are,
         not what is run, so it does not change the results' identity)."""
         changes: dict[str, Any] = {}
@@ -531,7 +605,7 @@ def _device(value: Any) -> str:
     return value
 
 
-def _initial_strategy(raw: Any) -> Optional[StrategySpec]:
+def _initial_strategy(raw: Any) -> StrategySpec | None:
     """Parse ``initial_strategy``: a batch strategy run once per seed on the untrained network."""
     if raw is None:
         return None
@@ -540,16 +614,20 @@ def _initial_strategy(raw: Any) -> Optional[StrategySpec]:
     except ConfigError as err:
         raise ConfigError(str(err).replace("strategies[0]", "initial_strategy")) from err
     if spec.model or spec.mode not in (None, "batch"):
-        raise ConfigError("initial_strategy takes only name and params (it runs once, in batch "
-                          "mode, on the shared model)")
+        raise ConfigError(
+            "initial_strategy takes only name and params (it runs once, in batch "
+            "mode, on the shared model)"
+        )
     from ntkal.strategies.registry import strategy_parameters
 
     if "representation" in strategy_parameters(spec.name) and "representation" not in spec.params:
         spec = dataclasses.replace(spec, params={**spec.params, "representation": "pca"})
     strategy = spec.build()
     if getattr(strategy, "needs_dropout", False):
-        raise ConfigError(f"initial_strategy {spec.name!r} uses MC dropout on a trained network; "
-                          "use a cold-start strategy such as typiclust, probcover or random")
+        raise ConfigError(
+            f"initial_strategy {spec.name!r} uses MC dropout on a trained network; "
+            "use a cold-start strategy such as typiclust, probcover or random"
+        )
     return spec
 
 
@@ -570,11 +648,15 @@ def parse_config(raw: Any) -> ExperimentConfig:
     labels = [s.label for s in strategies]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
-        raise ConfigError(f"strategies: {', '.join(dupes)} appear(s) more than once; give each "
-                          "entry a distinct `label`")
+        raise ConfigError(
+            f"strategies: {', '.join(dupes)} appear(s) more than once; give each "
+            "entry a distinct `label`"
+        )
     model = ModelConfig.parse(raw.get("model"))
     cfg = ExperimentConfig(
-        dataset=DatasetConfig.parse(raw["dataset"]), model=model, trainer=trainer,
+        dataset=DatasetConfig.parse(raw["dataset"]),
+        model=model,
+        trainer=trainer,
         strategies=strategies,
         initial_size=_int("initial_size", raw["initial_size"], 1),
         budget=_int("budget", raw["budget"], 1),
@@ -596,13 +678,19 @@ def parse_config(raw: Any) -> ExperimentConfig:
 
     for spec in strategies:
         strategy = spec.build()  # parameter errors now, not mid-run
-        if cfg.mode_for(spec) == "sequential" and \
-                type(strategy).begin_sequential is Strategy.begin_sequential:
-            raise ConfigError(f"mode: sequential needs look-ahead strategies; {spec.label!r} has no "
-                              "sequential mode (use mode: batch)")
+        if (
+            cfg.mode_for(spec) == "sequential"
+            and type(strategy).begin_sequential is Strategy.begin_sequential
+        ):
+            raise ConfigError(
+                f"mode: sequential needs look-ahead strategies; {spec.label!r} has no "
+                "sequential mode (use mode: batch)"
+            )
         if getattr(strategy, "needs_dropout", False) and cfg.model_for(spec).dropout <= 0:
-            raise ConfigError(f"strategy {spec.label!r} uses MC dropout: set model.dropout > 0 "
-                              f"(or strategies[{labels.index(spec.label)}].model.dropout)")
+            raise ConfigError(
+                f"strategy {spec.label!r} uses MC dropout: set model.dropout > 0 "
+                f"(or strategies[{labels.index(spec.label)}].model.dropout)"
+            )
     cfg.train_config()  # TrainConfig's own validation
     return cfg
 
@@ -621,15 +709,17 @@ def _yaml_loader():
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
-                raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases "
-                                  f"(*{event.anchor}) are not allowed in configs; write the "
-                                  "values out")
+                raise ConfigError(
+                    f"line {event.start_mark.line + 1}: YAML aliases "
+                    f"(*{event.anchor}) are not allowed in configs; write the "
+                    "values out"
+                )
             return super().compose_node(parent, index)
 
     return NoAliasLoader
 
 
-def load_config(path: Union[str, Path]) -> ExperimentConfig:
+def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML experiment config.
 
     Raises
@@ -645,13 +735,16 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
         raise ConfigError(f"config file {path} does not exist")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is {size} bytes, more than the "
-                          f"{MAX_CONFIG_BYTES} a config may have; is it the right file?")
+        raise ConfigError(
+            f"config file {path} is {size} bytes, more than the "
+            f"{MAX_CONFIG_BYTES} a config may have; is it the right file?"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); is it the "
-                          "right file?") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); is it the right file?"
+        ) from None
     try:
         raw = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as err:

@@ -5,19 +5,30 @@ against the number of labels, divided by the width of the label range: the mean 
 acquisition budget, in ``[0, 1]``, comparable across configs with different sizes. Strategies are
 compared by its mean ± standard deviation over seeds (sample std, ``ddof=1``; 0 for one seed).
 """
+
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
-__all__ = ["load_records", "check_records", "curves", "normalised_auc", "auc_table", "plot_learning_curves",
-           "auc_markdown", "auc_rich_table", "accuracy_rich_table", "write_report"]
+__all__ = [
+    "load_records",
+    "check_records",
+    "curves",
+    "normalised_auc",
+    "auc_table",
+    "plot_learning_curves",
+    "auc_markdown",
+    "auc_rich_table",
+    "accuracy_rich_table",
+    "write_report",
+]
 
-_PathLike = Union[str, Path]
+_PathLike = str | Path
 
 
 #: Fields every record needs for curves and AUCs.
@@ -34,10 +45,13 @@ def check_records(records: Any, source: str, fields: tuple[str, ...] = CURVE_FIE
             raise ValueError(f"{source}: record {i} is a {type(record).__name__}, not a mapping")
         missing = [f for f in fields if f not in record]
         if missing:
-            which = ", ".join(f"{k}={record[k]!r}" for k in ("strategy", "seed", "cycle")
-                              if k in record)
-            raise ValueError(f"{source}: record {i}{f' ({which})' if which else ''} lacks "
-                             f"field(s) {', '.join(map(repr, missing))}")
+            which = ", ".join(
+                f"{k}={record[k]!r}" for k in ("strategy", "seed", "cycle") if k in record
+            )
+            raise ValueError(
+                f"{source}: record {i}{f' ({which})' if which else ''} lacks "
+                f"field(s) {', '.join(map(repr, missing))}"
+            )
     return records
 
 
@@ -49,8 +63,10 @@ def load_records(path: _PathLike) -> list[dict]:
     try:
         doc = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise ValueError(f"results file {path} is not UTF-8 text (byte {err.start}); is it an "
-                         "ntkal results.json?") from None
+        raise ValueError(
+            f"results file {path} is not UTF-8 text (byte {err.start}); is it an "
+            "ntkal results.json?"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     return check_records(doc.get("records") if isinstance(doc, dict) else None, str(path))
@@ -61,8 +77,9 @@ def _by_run(records: list[dict]) -> dict[str, dict[int, list[tuple[int, float]]]
     runs: dict[str, dict[int, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         runs[r["strategy"]][r["seed"]].append((int(r["labelled"]), float(r["accuracy"])))
-    return {s: {seed: sorted(points) for seed, points in by_seed.items()}
-            for s, by_seed in runs.items()}
+    return {
+        s: {seed: sorted(points) for seed, points in by_seed.items()} for s, by_seed in runs.items()
+    }
 
 
 def _std(values: np.ndarray) -> float:
@@ -106,8 +123,7 @@ def auc_table(records: list[dict]) -> dict[str, dict[str, float]]:
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["mean"]))
 
 
-def plot_learning_curves(records: list[dict], path: _PathLike, *, title: Optional[str] = None
-                         ) -> Path:
+def plot_learning_curves(records: list[dict], path: _PathLike, *, title: str | None = None) -> Path:
     """Mean ± std test accuracy against labels, one line per strategy, saved as PNG."""
     import matplotlib
 
@@ -120,13 +136,21 @@ def plot_learning_curves(records: list[dict], path: _PathLike, *, title: Optiona
     try:
         for strategy, c in curves(records).items():
             (line,) = ax.plot(c["labelled"], c["mean"], marker="o", ms=3, label=strategy)
-            ax.fill_between(c["labelled"], c["mean"] - c["std"], c["mean"] + c["std"],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.fill_between(
+                c["labelled"],
+                c["mean"] - c["std"],
+                c["mean"] + c["std"],
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
         ax.set_xlabel("labelled examples")
         ax.set_ylabel("test accuracy")
         seeds = len({r["seed"] for r in records})
-        ax.set_title(f"{title or 'learning curves'} (mean ± std over {seeds} seed"
-                     f"{'s' if seeds != 1 else ''})")
+        ax.set_title(
+            f"{title or 'learning curves'} (mean ± std over {seeds} seed"
+            f"{'s' if seeds != 1 else ''})"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -138,7 +162,9 @@ def plot_learning_curves(records: list[dict], path: _PathLike, *, title: Optiona
 
 def auc_markdown(table: dict[str, dict[str, float]]) -> str:
     lines = ["| strategy | normalised AUC (mean ± std) | seeds |", "|---|---|---|"]
-    lines += [f"| {s} | {v['mean']:.4f} ± {v['std']:.4f} | {v['seeds']} |" for s, v in table.items()]
+    lines += [
+        f"| {s} | {v['mean']:.4f} ± {v['std']:.4f} | {v['seeds']} |" for s, v in table.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -172,13 +198,17 @@ def accuracy_rich_table(records: list[dict]):
     return t
 
 
-def write_report(records: list[dict], out_dir: _PathLike, *, title: Optional[str] = None
-                 ) -> dict[str, Path]:
+def write_report(
+    records: list[dict], out_dir: _PathLike, *, title: str | None = None
+) -> dict[str, Path]:
     """``learning_curves.png``, ``auc.json`` and ``auc.md`` in ``out_dir``."""
     out = Path(out_dir)
     table = auc_table(records)
-    paths = {"png": plot_learning_curves(records, out / "learning_curves.png", title=title),
-             "auc_json": out / "auc.json", "auc_md": out / "auc.md"}
+    paths = {
+        "png": plot_learning_curves(records, out / "learning_curves.png", title=title),
+        "auc_json": out / "auc.json",
+        "auc_md": out / "auc.md",
+    }
     paths["auc_json"].write_text(json.dumps(table, indent=1))
     paths["auc_md"].write_text(auc_markdown(table))
     return paths

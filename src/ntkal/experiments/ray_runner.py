@@ -19,20 +19,26 @@ The driver loads and checks the dataset exactly as the local runner does
 (:func:`ntkal.experiments.results.load_run_dataset`) before any task starts. Install with
 ``pip install 'ntkal[ray]'``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
 from ntkal.atomic_files import atomic_write
 from ntkal.experiments.config import ConfigError, ExperimentConfig, StrategySpec
-from ntkal.experiments.results import (Results, is_quiet, load_run_dataset, progress_display,
-                                       resolve_device, state_path)
+from ntkal.experiments.results import (
+    Results,
+    is_quiet,
+    load_run_dataset,
+    progress_display,
+    resolve_device,
+    state_path,
+)
 from ntkal.experiments.runner import run_strategy_seed
 from ntkal.ray_cluster import LOOPBACK, RayTaskFailed, as_completed, import_ray, ray_cluster
 
@@ -49,8 +55,13 @@ def _dataset(cfg):
     return _DATASETS[cfg]
 
 
-def _run_in_worker(config: ExperimentConfig, spec: StrategySpec, seed: int, finished: set[int],
-                   state: Optional[bytes]) -> dict:
+def _run_in_worker(
+    config: ExperimentConfig,
+    spec: StrategySpec,
+    seed: int,
+    finished: set[int],
+    state: bytes | None,
+) -> dict:
     """One (strategy, seed) run inside a Ray task; returns what the driver merges."""
     threads = config.threads or max(1, int(config.resources_for(spec).cpus))
     torch.set_num_threads(threads)
@@ -62,9 +73,17 @@ def _run_in_worker(config: ExperimentConfig, spec: StrategySpec, seed: int, fini
         state_path = Path(tmp) / "learner.pt"
         if state is not None:
             state_path.write_bytes(state)
-        run_strategy_seed(config, spec, seed, dataset, device=device, finished=finished,
-                          state_path=state_path, restart_from=restarts.append,
-                          add_record=records.append)
+        run_strategy_seed(
+            config,
+            spec,
+            seed,
+            dataset,
+            device=device,
+            finished=finished,
+            state_path=state_path,
+            restart_from=restarts.append,
+            add_record=records.append,
+        )
         final = state_path.read_bytes() if state_path.exists() else None
     return {"restarts": restarts, "records": records, "state": final, "pid": os.getpid()}
 
@@ -85,24 +104,33 @@ def _canonical_order(config: ExperimentConfig, records: list[dict]) -> list[dict
     entries no longer in the config keep their place after those."""
     seeds = {s: i for i, s in enumerate(config.seeds)}
     labels = {s.label: i for i, s in enumerate(config.strategies)}
-    return sorted(records, key=lambda r: (seeds.get(r["seed"], len(seeds)),
-                                          labels.get(r["strategy"], len(labels)), r["cycle"]))
+    return sorted(
+        records,
+        key=lambda r: (
+            seeds.get(r["seed"], len(seeds)),
+            labels.get(r["strategy"], len(labels)),
+            r["cycle"],
+        ),
+    )
 
 
 def _task_error(cause: BaseException, spec: StrategySpec, seed: int) -> BaseException:
     message = f"run {spec.label!r} seed {seed} failed on a Ray worker: {cause}"
     if isinstance(cause, ConfigError):
         return ConfigError(message)
-    return RuntimeError(f"run {spec.label!r} seed {seed} failed on a Ray worker: "
-                        f"{type(cause).__name__}: {cause}")
+    return RuntimeError(
+        f"run {spec.label!r} seed {seed} failed on a Ray worker: {type(cause).__name__}: {cause}"
+    )
 
 
 def _check_gpu_shares(config: ExperimentConfig) -> None:
     if config.device.startswith("cuda"):
         for spec in config.strategies:
             if config.resources_for(spec).gpus <= 0:
-                raise ConfigError(f"device {config.device!r} under Ray needs resources.gpus > 0 "
-                                  f"(strategy {spec.label!r} asks for none)")
+                raise ConfigError(
+                    f"device {config.device!r} under Ray needs resources.gpus > 0 "
+                    f"(strategy {spec.label!r} asks for none)"
+                )
 
 
 def _for_workers(config: ExperimentConfig) -> ExperimentConfig:
@@ -110,13 +138,15 @@ def _for_workers(config: ExperimentConfig) -> ExperimentConfig:
     since a Ray worker does not run in the driver's working directory."""
     if config.dataset.path is None:
         return config
-    ds = dataclasses.replace(config.dataset, path=str(config.dataset.resolved_path().resolve()),
-                             root=None)
+    ds = dataclasses.replace(
+        config.dataset, path=str(config.dataset.resolved_path().resolve()), root=None
+    )
     return dataclasses.replace(config, dataset=ds)
 
 
-def _run_tasks(ray, config: ExperimentConfig, out: Path, results: Results, todo: list,
-               advance) -> None:
+def _run_tasks(
+    ray, config: ExperimentConfig, out: Path, results: Results, todo: list, advance
+) -> None:
     """Submit one task per unfinished run, merge each outcome as it arrives."""
     remote = ray.remote(_run_in_worker)
     shipped = _for_workers(config)
@@ -127,7 +157,8 @@ def _run_tasks(ray, config: ExperimentConfig, out: Path, results: Results, todo:
         state = path.read_bytes() if finished and path.exists() else None
         share = config.resources_for(spec)
         ref = remote.options(num_cpus=share.cpus, num_gpus=share.gpus, max_retries=0).remote(
-            shipped, spec, seed, finished, state)
+            shipped, spec, seed, finished, state
+        )
         futures[ref] = (spec, seed)
     try:
         for (spec, seed), outcome in as_completed(ray, futures, force_cancel=True):
@@ -138,10 +169,17 @@ def _run_tasks(ray, config: ExperimentConfig, out: Path, results: Results, todo:
         raise _task_error(err.cause, spec, seed) from err
 
 
-def run_experiment_ray(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *,
-                       address: Optional[str] = None, num_cpus: Optional[int] = None,
-                       quiet: Optional[bool] = None, overwrite: bool = False, console=None,
-                       plot: bool = True) -> list[dict]:
+def run_experiment_ray(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    quiet: bool | None = None,
+    overwrite: bool = False,
+    console=None,
+    plot: bool = True,
+) -> list[dict]:
     """:func:`ntkal.experiments.run_experiment` with every (strategy, seed) run a Ray task.
 
     Parameters
@@ -179,15 +217,25 @@ def run_experiment_ray(config: ExperimentConfig, out_dir: Union[str, os.PathLike
     load_run_dataset(config)  # the local runner's data checks, before any task starts
     all_cycles = set(range(config.cycles + 1))
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
-    todo = [(spec, seed) for spec, seed in runs
-            if not results.finished(spec.label, seed) >= all_cycles]
+    todo = [
+        (spec, seed) for spec, seed in runs if not results.finished(spec.label, seed) >= all_cycles
+    ]
     with progress_display(quiet, console) as progress:
-        task = progress.add_task("runs (Ray)", total=len(runs),
-                                 completed=len(runs) - len(todo)) if progress is not None else None
+        task = (
+            progress.add_task("runs (Ray)", total=len(runs), completed=len(runs) - len(todo))
+            if progress is not None
+            else None
+        )
         if todo:
             with ray_cluster(address, num_cpus=num_cpus) as ray:
-                _run_tasks(ray, config, out, results, todo,
-                           lambda: progress.advance(task) if progress is not None else None)
+                _run_tasks(
+                    ray,
+                    config,
+                    out,
+                    results,
+                    todo,
+                    lambda: progress.advance(task) if progress is not None else None,
+                )
     results.records = _canonical_order(config, results.records)
     results.write()
     if plot and results.records:

@@ -5,6 +5,7 @@ The local runner (:mod:`ntkal.experiments.runner`) and the Ray driver
 (:mod:`ntkal.experiments.ray_runner`) both use these, so that the two cannot drift apart: the
 same files, the same resuming rules, and the same data checks before any run starts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,21 +14,36 @@ import json
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
 
 from ntkal.atomic_files import atomic_write_text
 from ntkal.experiments.config import ConfigError, ExperimentConfig
 from ntkal.progress import environment_is_quiet
 
-__all__ = ["Results", "RECORD_FIELDS", "RESULTS_FORMAT", "is_quiet", "records_to_csv",
-           "resolve_device", "state_path", "progress_display", "load_run_dataset"]
+__all__ = [
+    "Results",
+    "RECORD_FIELDS",
+    "RESULTS_FORMAT",
+    "is_quiet",
+    "records_to_csv",
+    "resolve_device",
+    "state_path",
+    "progress_display",
+    "load_run_dataset",
+]
 
 RESULTS_FORMAT = "ntkal.results"
-RECORD_FIELDS = ("strategy", "seed", "cycle", "labelled", "accuracy", "query_seconds",
-                 "train_seconds")
+RECORD_FIELDS = (
+    "strategy",
+    "seed",
+    "cycle",
+    "labelled",
+    "accuracy",
+    "query_seconds",
+    "train_seconds",
+)
 
 
-def is_quiet(quiet: Optional[bool] = None) -> bool:
+def is_quiet(quiet: bool | None = None) -> bool:
     """Explicit ``quiet`` wins; otherwise quiet when ``NTKAL_QUIET=1`` or ``CI`` is set."""
     if quiet is not None:
         return bool(quiet)
@@ -37,8 +53,9 @@ def is_quiet(quiet: Optional[bool] = None) -> bool:
 def records_to_csv(records: list[dict]) -> str:
     """The records as ``results.csv`` text (columns :data:`RECORD_FIELDS`)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(RECORD_FIELDS), extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=list(RECORD_FIELDS), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(records)
     return buf.getvalue()
@@ -67,27 +84,38 @@ class Results:
         try:
             old = json.loads(self.json_path.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{self.json_path} exists but cannot be read ({err}); use another "
-                              "output directory or --overwrite") from err
+            raise ConfigError(
+                f"{self.json_path} exists but cannot be read ({err}); use another "
+                "output directory or --overwrite"
+            ) from err
         if not isinstance(old, dict) or old.get("format") != RESULTS_FORMAT:
-            raise ConfigError(f"{self.json_path} is not an ntkal results file; use another output "
-                              "directory or --overwrite")
+            raise ConfigError(
+                f"{self.json_path} is not an ntkal results file; use another output "
+                "directory or --overwrite"
+            )
         if old.get("config_hash") != self.config.shared_hash():
-            raise ConfigError(f"{self.out} holds results of a different config (dataset, model, "
-                              "trainer, sizes, mode or retrain changed); use another output "
-                              "directory (--out) or --overwrite")
+            raise ConfigError(
+                f"{self.out} holds results of a different config (dataset, model, "
+                "trainer, sizes, mode or retrain changed); use another output "
+                "directory (--out) or --overwrite"
+            )
         old_hashes = old.get("strategy_hashes", {})
         for spec in self.config.strategies:
-            if spec.label in old_hashes and old_hashes[spec.label] != self.config.strategy_hash(spec):
-                raise ConfigError(f"strategy {spec.label!r} was run in {self.out} with different "
-                                  "parameters; give the new entry another label, use another "
-                                  "output directory (--out) or --overwrite")
+            if spec.label in old_hashes and old_hashes[spec.label] != self.config.strategy_hash(
+                spec
+            ):
+                raise ConfigError(
+                    f"strategy {spec.label!r} was run in {self.out} with different "
+                    "parameters; give the new entry another label, use another "
+                    "output directory (--out) or --overwrite"
+                )
         self.strategy_hashes.update(old_hashes)
         from ntkal.experiments.plots import check_records
 
         try:
-            self.records = list(check_records(old.get("records", []), str(self.json_path),
-                                              RECORD_FIELDS[:5]))
+            self.records = list(
+                check_records(old.get("records", []), str(self.json_path), RECORD_FIELDS[:5])
+            )
         except ValueError as err:
             raise ConfigError(f"{err}; use another output directory or --overwrite") from None
 
@@ -95,8 +123,11 @@ class Results:
         return {r["cycle"] for r in self.records if r["strategy"] == label and r["seed"] == seed}
 
     def drop_from(self, label: str, seed: int, cycle: int) -> None:
-        self.records = [r for r in self.records
-                        if not (r["strategy"] == label and r["seed"] == seed and r["cycle"] >= cycle)]
+        self.records = [
+            r
+            for r in self.records
+            if not (r["strategy"] == label and r["seed"] == seed and r["cycle"] >= cycle)
+        ]
 
     def add(self, record: dict) -> None:
         self.records.append(record)
@@ -104,9 +135,15 @@ class Results:
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        doc = {"format": RESULTS_FORMAT, "version": 1, "name": self.config.name,
-               "config_hash": self.config.shared_hash(), "strategy_hashes": self.strategy_hashes,
-               "config": self.config.to_dict(), "records": self.records}
+        doc = {
+            "format": RESULTS_FORMAT,
+            "version": 1,
+            "name": self.config.name,
+            "config_hash": self.config.shared_hash(),
+            "strategy_hashes": self.strategy_hashes,
+            "config": self.config.to_dict(),
+            "records": self.records,
+        }
         atomic_write_text(self.json_path, json.dumps(doc, indent=1))
         atomic_write_text(self.csv_path, records_to_csv(self.records))
 
@@ -132,11 +169,16 @@ def progress_display(quiet: bool, console):
     """A rich progress display, or a context yielding ``None`` when ``quiet``."""
     if quiet:
         return nullcontext(None)
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def load_run_dataset(config: ExperimentConfig):
@@ -147,11 +189,15 @@ def load_run_dataset(config: ExperimentConfig):
     dataset = ds.load(seed=0)
     where = ds.path or ds.name
     if dataset.num_unlabelled:
-        raise ConfigError(f"dataset {where!r} has {dataset.num_unlabelled} unlabelled "
-                          "training points: `ntkal run` simulates the annotator with the known "
-                          "labels, so every pool point needs one; label them with `ntkal label`")
+        raise ConfigError(
+            f"dataset {where!r} has {dataset.num_unlabelled} unlabelled "
+            "training points: `ntkal run` simulates the annotator with the known "
+            "labels, so every pool point needs one; label them with `ntkal label`"
+        )
     if dataset.num_test == 0:
-        raise ConfigError(f"dataset {where!r} has no labelled test points to score "
-                          "on; add x_test/y_test or set dataset.test_fraction > 0")
+        raise ConfigError(
+            f"dataset {where!r} has no labelled test points to score "
+            "on; add x_test/y_test or set dataset.test_fraction > 0"
+        )
     config.validate_against(dataset.num_train, dataset.num_classes)
     return dataset

@@ -21,20 +21,29 @@ one would. Seeds and strategies may be added between invocations; a change to an
 refused with :class:`ConfigError` rather than silently mixing results: use a new ``--out`` or
 ``overwrite=True``.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 
 from ntkal.experiments.config import ExperimentConfig, StrategySpec
-from ntkal.experiments.results import (RECORD_FIELDS, RESULTS_FORMAT, Results, is_quiet,
-                                       load_run_dataset, progress_display, resolve_device,
-                                       state_path)
+from ntkal.experiments.results import (
+    RECORD_FIELDS,
+    RESULTS_FORMAT,
+    Results,
+    is_quiet,
+    load_run_dataset,
+    progress_display,
+    resolve_device,
+    state_path,
+)
 
 __all__ = ["run_experiment", "run_strategy_seed", "is_quiet", "RECORD_FIELDS", "RESULTS_FORMAT"]
 
@@ -45,9 +54,15 @@ def _build_model(config: ExperimentConfig, spec: StrategySpec, dataset, seed: in
     return mcfg.build(dataset.in_shape, dataset.num_classes)
 
 
-def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *,
-                   quiet: Optional[bool] = None, overwrite: bool = False, console=None,
-                   plot: bool = True) -> list[dict]:
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    quiet: bool | None = None,
+    overwrite: bool = False,
+    console=None,
+    plot: bool = True,
+) -> list[dict]:
     """Run (or resume) every strategy x seed of ``config``, writing results into ``out_dir``.
 
     Parameters
@@ -81,8 +96,15 @@ def run_experiment(config: ExperimentConfig, out_dir: Union[str, os.PathLike], *
         torch.set_num_threads(threads_before)
 
 
-def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, overwrite: bool,
-             console, plot: bool) -> list[dict]:
+def _run_all(
+    config: ExperimentConfig,
+    out: Path,
+    quiet: bool,
+    device: str,
+    overwrite: bool,
+    console,
+    plot: bool,
+) -> list[dict]:
     results = Results(out, config, overwrite)
     dataset = load_run_dataset(config)
     runs = [(spec, seed) for seed in config.seeds for spec in config.strategies]
@@ -100,16 +122,20 @@ def _run_all(config: ExperimentConfig, out: Path, quiet: bool, device: str, over
             cycles_task = progress.add_task("cycles", total=config.cycles + 1)
         for spec, seed in runs:
             if progress is not None:
-                progress.update(cycles_task, completed=0,
-                                description=f"{spec.label} seed {seed}")
+                progress.update(cycles_task, completed=0, description=f"{spec.label} seed {seed}")
             run_strategy_seed(
-                config, spec, seed, dataset, device=device,
+                config,
+                spec,
+                seed,
+                dataset,
+                device=device,
                 finished=results.finished(spec.label, seed),
                 state_path=state_path(out, spec.label, seed),
                 restart_from=functools.partial(results.drop_from, spec.label, seed),
                 add_record=results.add,
                 tick=lambda: progress.advance(cycles_task) if progress is not None else None,
-                initial_for=initial_for)
+                initial_for=initial_for,
+            )
             if progress is not None:
                 progress.advance(all_runs)
     results.write()
@@ -128,25 +154,39 @@ def _initial_labelled(config: ExperimentConfig, dataset, y_train, seed: int, dev
     from ntkal.data import Pool
 
     if config.initial_strategy is None:
-        return Pool.random_initial(dataset.num_train, config.initial_size, seed, y=y_train,
-                                   stratified=config.stratified_initial).labelled_indices
+        return Pool.random_initial(
+            dataset.num_train,
+            config.initial_size,
+            seed,
+            y=y_train,
+            stratified=config.stratified_initial,
+        ).labelled_indices
     from ntkal.strategies.base import QueryContext
 
     spec = config.initial_strategy
     model = _build_model(config, StrategySpec(name=spec.name), dataset, seed)
     x = dataset.x_train
-    context = QueryContext(model=model, x_candidates=x, x_labelled=x[:0],
-                           y_labelled=torch.zeros(0, dtype=torch.long),
-                           num_classes=dataset.num_classes, seed=seed, device=torch.device(device))
+    context = QueryContext(
+        model=model,
+        x_candidates=x,
+        x_labelled=x[:0],
+        y_labelled=torch.zeros(0, dtype=torch.long),
+        num_classes=dataset.num_classes,
+        seed=seed,
+        device=torch.device(device),
+    )
     chosen = np.asarray(spec.build().query(context, config.initial_size).indices, dtype=np.int64)
     if np.unique(chosen).size != config.initial_size:
-        raise RuntimeError(f"initial_strategy {spec.name!r} returned {np.unique(chosen).size} "
-                           f"distinct points, expected {config.initial_size}")
+        raise RuntimeError(
+            f"initial_strategy {spec.name!r} returned {np.unique(chosen).size} "
+            f"distinct points, expected {config.initial_size}"
+        )
     return np.sort(chosen)
 
 
-def _saved_learner(config: ExperimentConfig, dataset, model, strategy, state_path: Path,
-                   device: str):
+def _saved_learner(
+    config: ExperimentConfig, dataset, model, strategy, state_path: Path, device: str
+):
     """The learner saved at ``state_path``, or ``None`` when there is none, it is unreadable, or
     its labelled count does not fit its cycle (the run is then redone from the start)."""
     from ntkal.learner import ActiveLearner
@@ -154,9 +194,15 @@ def _saved_learner(config: ExperimentConfig, dataset, model, strategy, state_pat
     if not state_path.exists():
         return None
     try:
-        learner = ActiveLearner.load(state_path, model=model, strategy=strategy,
-                                     x_pool=dataset.x_train, y_pool=dataset.y_train.numpy(),
-                                     train_config=config.train_config(), device=device)
+        learner = ActiveLearner.load(
+            state_path,
+            model=model,
+            strategy=strategy,
+            x_pool=dataset.x_train,
+            y_pool=dataset.y_train.numpy(),
+            train_config=config.train_config(),
+            device=device,
+        )
     except (ValueError, RuntimeError, KeyError):
         return None
     if learner.labelled_indices.size != config.initial_size + learner.cycle * config.budget:
@@ -164,11 +210,20 @@ def _saved_learner(config: ExperimentConfig, dataset, model, strategy, state_pat
     return learner
 
 
-def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, dataset, *,
-                      device: str, finished: set[int], state_path: Path,
-                      restart_from: Callable[[int], None], add_record: Callable[[dict], None],
-                      tick: Callable[[], None] = lambda: None,
-                      initial_for: Optional[Callable[[int], Any]] = None) -> None:
+def run_strategy_seed(
+    config: ExperimentConfig,
+    spec: StrategySpec,
+    seed: int,
+    dataset,
+    *,
+    device: str,
+    finished: set[int],
+    state_path: Path,
+    restart_from: Callable[[int], None],
+    add_record: Callable[[dict], None],
+    tick: Callable[[], None] = lambda: None,
+    initial_for: Callable[[int], Any] | None = None,
+) -> None:
     """One (strategy, seed) run from its first unfinished cycle: what every runner executes.
 
     Parameters
@@ -208,17 +263,27 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
     model = _build_model(config, spec, dataset, seed)
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     strategy = spec.build()
-    learner = _saved_learner(config, dataset, model, strategy, state_path, device) if done \
-        else None
+    learner = _saved_learner(config, dataset, model, strategy, state_path, device) if done else None
     if learner is None:
         restart_from(0)
         model.load_state_dict(init_state)
-        learner = ActiveLearner(model, strategy, dataset.x_train, y_pool=y_train,
-                                labelled=(initial_for(seed) if initial_for is not None else
-                                         _initial_labelled(config, dataset, y_train, seed, device)),
-                                num_classes=dataset.num_classes,
-                                train_config=train_config, mode=config.mode_for(spec),
-                                subset=config.subset, seed=seed, device=device)
+        learner = ActiveLearner(
+            model,
+            strategy,
+            dataset.x_train,
+            y_pool=y_train,
+            labelled=(
+                initial_for(seed)
+                if initial_for is not None
+                else _initial_labelled(config, dataset, y_train, seed, device)
+            ),
+            num_classes=dataset.num_classes,
+            train_config=train_config,
+            mode=config.mode_for(spec),
+            subset=config.subset,
+            seed=seed,
+            device=device,
+        )
     start = learner.cycle
     restart_from(start)  # records ahead of the saved state are redone
     for _ in range(start):
@@ -237,8 +302,16 @@ def run_strategy_seed(config: ExperimentConfig, spec: StrategySpec, seed: int, d
             idx = learner.query(config.budget)
             query_seconds = time.perf_counter() - t0
             learner.teach(idx, y_train[idx])
-        add_record({"strategy": label, "seed": seed, "cycle": cycle, "labelled": labelled,
-                    "accuracy": accuracy, "query_seconds": query_seconds,
-                    "train_seconds": train_seconds})
+        add_record(
+            {
+                "strategy": label,
+                "seed": seed,
+                "cycle": cycle,
+                "labelled": labelled,
+                "accuracy": accuracy,
+                "query_seconds": query_seconds,
+                "train_seconds": train_seconds,
+            }
+        )
         learner.save(state_path, include_pool=False)  # after the record: a crash between redoes it
         tick()

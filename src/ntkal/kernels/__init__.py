@@ -34,17 +34,26 @@ their choice and memory estimates), :mod:`~ntkal.kernels.inputs` (input checks, 
 The kernel lives on the model's device. Examples must not interact in eval mode (standard layers
 do not; BatchNorm then uses its running statistics).
 """
+
 from __future__ import annotations
 
 from ntkal.kernels._common import KINDS
 from ntkal.kernels.blocking import PRECISIONS
-from ntkal.kernels.featuriser import (IMPLEMENTATIONS, Featuriser, make_featuriser,
-                                      slice_features)
+from ntkal.kernels.featuriser import IMPLEMENTATIONS, Featuriser, make_featuriser, slice_features
 from ntkal.kernels.ntk import empirical_ntk
 
-__all__ = ["empirical_ntk", "available_kinds", "available_implementations", "KINDS",
-           "IMPLEMENTATIONS", "PRECISIONS", "Featuriser", "make_featuriser", "slice_features",
-           "chosen_implementation"]
+__all__ = [
+    "empirical_ntk",
+    "available_kinds",
+    "available_implementations",
+    "KINDS",
+    "IMPLEMENTATIONS",
+    "PRECISIONS",
+    "Featuriser",
+    "make_featuriser",
+    "slice_features",
+    "chosen_implementation",
+]
 
 
 def available_kinds() -> tuple[str, ...]:
@@ -60,5 +69,6 @@ def available_implementations() -> tuple[str, ...]:
 def chosen_implementation(model, x, kind: str = "pseudo", implementation: str = "auto") -> str:
     """What :func:`empirical_ntk` would run for Θ(x, x): ``"jacobian"``, ``"structured"`` or
     ``"last_layer"`` (for benchmarks and reports)."""
-    return make_featuriser(model, x, kind=kind, implementation=implementation,
-                           n1=len(x), n2=len(x)).implementation
+    return make_featuriser(
+        model, x, kind=kind, implementation=implementation, n1=len(x), n2=len(x)
+    ).implementation

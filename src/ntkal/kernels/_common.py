@@ -1,8 +1,10 @@
 """Helpers shared by the kernel engines: parameter split, kind arithmetic (eval mode and the
 model's device come from :mod:`ntkal.models.modes` and :mod:`ntkal.models.devices`)."""
+
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 

@@ -5,21 +5,32 @@ output sensitivities) and contracts a row block's features with a column block's
 the loop over blocks, so no engine ever holds more than two blocks of features at once, and the
 symmetric case computes each off-diagonal block once and mirrors it.
 """
+
 from __future__ import annotations
 
 import contextvars
 import math
 import os
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 
 from ntkal.progress import progress_allowed
 
-__all__ = ["default_max_memory", "free_memory", "plan_blocks", "BlockPlan", "run_blocked",
-           "PRECISIONS", "gram_precision", "current_gram_precision", "cast_features"]
+__all__ = [
+    "default_max_memory",
+    "free_memory",
+    "plan_blocks",
+    "BlockPlan",
+    "run_blocked",
+    "PRECISIONS",
+    "gram_precision",
+    "current_gram_precision",
+    "cast_features",
+]
 
 #: Fraction of the free memory a kernel call may use by default.
 MEMORY_FRACTION = 0.5
@@ -71,9 +82,17 @@ class BlockPlan:
     cache_cols: bool
 
 
-def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: float,
-                max_memory: int, *, transient_per_example: float = 0.0,
-                symmetric: bool = False, max_block: int = 1024) -> BlockPlan:
+def plan_blocks(
+    n1: int,
+    n2: int,
+    bytes_per_example: float,
+    bytes_per_pair: float,
+    max_memory: int,
+    *,
+    transient_per_example: float = 0.0,
+    symmetric: bool = False,
+    max_block: int = 1024,
+) -> BlockPlan:
     """Largest square-ish blocks whose features and pairwise intermediates fit ``max_memory``.
 
     Parameters
@@ -134,12 +153,13 @@ def plan_blocks(n1: int, n2: int, bytes_per_example: float, bytes_per_pair: floa
 #: bfloat16 (8-bit mantissa) before each Gram product.
 PRECISIONS = ("fp32", "tf32", "bf16")
 
-_GRAM_PRECISION: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "ntkal_gram_precision", default=None)
+_GRAM_PRECISION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ntkal_gram_precision", default=None
+)
 
 
 @contextmanager
-def gram_precision(precision: Optional[str]) -> Iterator[None]:
+def gram_precision(precision: str | None) -> Iterator[None]:
     """Within the block, :func:`run_blocked` contracts features in ``precision`` (one of
     :data:`PRECISIONS`; ``None``: in the features' own dtype). Set by ``empirical_ntk``, and
     inherited by any engine that drives :func:`run_blocked` inside it."""
@@ -152,7 +172,7 @@ def gram_precision(precision: Optional[str]) -> Iterator[None]:
         _GRAM_PRECISION.reset(token)
 
 
-def current_gram_precision() -> Optional[str]:
+def current_gram_precision() -> str | None:
     """The precision set by the innermost :func:`gram_precision` (``None`` outside one)."""
     return _GRAM_PRECISION.get()
 
@@ -169,7 +189,7 @@ def cast_features(feats: Any, dtype: torch.dtype) -> Any:
 
 
 @contextmanager
-def _matmul_precision(precision: Optional[str], device: torch.device) -> Iterator[None]:
+def _matmul_precision(precision: str | None, device: torch.device) -> Iterator[None]:
     """TF32 matmuls on for ``tf32`` and off for ``fp32`` (CUDA; restored afterwards)."""
     if device.type != "cuda" or precision not in ("tf32", "fp32"):
         yield
@@ -188,11 +208,19 @@ def _slices(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
-                contract: Callable[[Any, Any, torch.Tensor], None],
-                x1: torch.Tensor, x2: Optional[torch.Tensor], *, block_shape: tuple[int, ...],
-                plan: BlockPlan, dtype: torch.dtype, device: torch.device, progress: bool = False,
-                description: str = "eNTK") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_blocked(
+    featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
+    contract: Callable[[Any, Any, torch.Tensor], None],
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    block_shape: tuple[int, ...],
+    plan: BlockPlan,
+    dtype: torch.dtype,
+    device: torch.device,
+    progress: bool = False,
+    description: str = "eNTK",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assemble a kernel block by block.
 
     Parameters
@@ -233,8 +261,8 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j >= i]
     # Every entry is written exactly once (computed or mirrored), so no zero fill of the whole.
     out = torch.empty((n1, n2, *block_shape), dtype=dtype, device=device)
-    f_rows: list[Optional[torch.Tensor]] = [None] * len(rows)
-    f_cols: list[Optional[torch.Tensor]] = [None] * len(cols)
+    f_rows: list[torch.Tensor | None] = [None] * len(rows)
+    f_cols: list[torch.Tensor | None] = [None] * len(cols)
     cache: dict[int, Any] = {}
     precision = current_gram_precision()
     featurise = _in_gram_precision(featurise, precision)
@@ -283,7 +311,7 @@ def run_blocked(featurise: Callable[[torch.Tensor], tuple[Any, torch.Tensor]],
     return (out, *_joined_logits(f_rows, f_cols, symmetric))
 
 
-def _in_gram_precision(featurise: Callable, precision: Optional[str]) -> Callable:
+def _in_gram_precision(featurise: Callable, precision: str | None) -> Callable:
     """``featurise`` with its features cast to the Gram dtype of ``precision`` (unchanged for
     ``None``): once per block, not once per contraction."""
     if precision is None:
@@ -309,8 +337,9 @@ def _start_bar(progress: bool, description: str, total: int):
     return bar, task
 
 
-def _joined_logits(f_rows: list, f_cols: list, symmetric: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _joined_logits(
+    f_rows: list, f_cols: list, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(f1, f2)`` from the per-block logits; an empty side gets ``(0, k)`` like the other
     side's, not a bare ``(0,)``."""
     f1 = torch.cat(f_rows, 0) if f_rows else None

@@ -24,13 +24,16 @@ contraction dominating at large ``n`` this is the price of needing no feature ex
 :class:`SerialBlockExecutor` runs the same schedule in this process (a reference, and for tests);
 :class:`RayBlockExecutor` needs ``pip install 'ntkal[ray]'``.
 """
+
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from typing import Any, Iterator, Literal, Optional, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -42,14 +45,21 @@ from ntkal.kernels.local import local_ntk
 from ntkal.models.modes import evaluating
 from ntkal.ray_cluster import RayTaskFailed, as_completed, ray_cluster
 
-__all__ = ["BlockJob", "BlockExecutor", "SerialBlockExecutor", "RayBlockExecutor",
-           "KernelStripes", "stripe_bounds", "empirical_ntk_on"]
+__all__ = [
+    "BlockJob",
+    "BlockExecutor",
+    "SerialBlockExecutor",
+    "RayBlockExecutor",
+    "KernelStripes",
+    "stripe_bounds",
+    "empirical_ntk_on",
+]
 
 
 class BlockJob(Protocol):
     """A picklable unit of block work (see the module docstring)."""
 
-    def to(self, device: torch.device) -> "BlockJob": ...
+    def to(self, device: torch.device) -> BlockJob: ...
 
     def __call__(self, part: Any) -> Any: ...
 
@@ -68,7 +78,7 @@ class SerialBlockExecutor:
 
     workers = 1
 
-    def __init__(self, device: Optional[torch.device] = None) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
 
     def map(self, job: BlockJob, parts: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -85,11 +95,14 @@ def _worker_class(ray):
 
         def __init__(self, threads: int) -> None:
             torch.set_num_threads(max(1, int(threads)))
-            self.key: Optional[str] = None
+            self.key: str | None = None
             self.job: Any = None
             gpus = ray.get_gpu_ids()
-            self.device = torch.device("cuda", 0) if gpus and torch.cuda.is_available() \
+            self.device = (
+                torch.device("cuda", 0)
+                if gpus and torch.cuda.is_available()
                 else torch.device("cpu")
+            )
 
         def run(self, job_ref: list, index: int, part: Any) -> tuple[int, Any]:
             ref = job_ref[0]  # wrapped in a list so that Ray does not fetch it for every call
@@ -131,12 +144,18 @@ class RayBlockExecutor:
     Use as a context manager, or call :meth:`close`, so that the actors (and a private Ray) stop.
     """
 
-    _actors: Optional[list[Any]]  # None once closed
+    _actors: list[Any] | None  # None once closed
 
-    def __init__(self, workers: Optional[int] = None, *, gpus_per_worker: Optional[float] = None,
-                 cpus_per_worker: float = 1.0, address: Optional[str] = None,
-                 num_cpus: Optional[int] = None, object_store_memory: Optional[int] = None
-                 ) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: float = 1.0,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        object_store_memory: int | None = None,
+    ) -> None:
         if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0:
@@ -145,7 +164,8 @@ class RayBlockExecutor:
             raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
         self._stack = ExitStack()
         self._ray = self._stack.enter_context(
-            ray_cluster(address, num_cpus=num_cpus, object_store_memory=object_store_memory))
+            ray_cluster(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
+        )
         ray = self._ray
         try:
             total = ray.cluster_resources()
@@ -153,13 +173,18 @@ class RayBlockExecutor:
             if gpus_per_worker is None:
                 gpus_per_worker = 1.0 if gpus >= 1 else 0.0
             if workers is None:
-                workers = int(gpus // gpus_per_worker) if gpus_per_worker > 0 else \
-                    int(float(total.get("CPU", 1.0)) // cpus_per_worker)
+                workers = (
+                    int(gpus // gpus_per_worker)
+                    if gpus_per_worker > 0
+                    else int(float(total.get("CPU", 1.0)) // cpus_per_worker)
+                )
             self.workers = max(1, int(workers))
             cls = _worker_class(ray)
             threads = max(1, math.floor(cpus_per_worker))
-            self._actors = [cls.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker
-                                        ).remote(threads) for _ in range(self.workers)]
+            self._actors = [
+                cls.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote(threads)
+                for _ in range(self.workers)
+            ]
             self._info = ray.get([a.info.remote() for a in self._actors])
         except BaseException:
             self._stack.close()
@@ -187,7 +212,7 @@ class RayBlockExecutor:
         for actor in self._actors:
             submit(actor)
         try:
-            for (index, actor), result in as_completed(ray, inflight):
+            for (_index, actor), result in as_completed(ray, inflight):
                 submit(actor)
                 yield result
         except RayTaskFailed as err:
@@ -202,7 +227,7 @@ class RayBlockExecutor:
             self._actors = None
         self._stack.close()
 
-    def __enter__(self) -> "RayBlockExecutor":
+    def __enter__(self) -> RayBlockExecutor:
         return self
 
     def __exit__(self, *exc) -> Literal[False]:
@@ -224,7 +249,7 @@ def stripe_bounds(n: int, stripes: int, symmetric: bool) -> list[tuple[int, int]
     if not symmetric:
         stripes = min(stripes, n)
         cuts = sorted({round(n * i / stripes) for i in range(stripes)} | {n})
-        return list(zip(cuts[:-1], cuts[1:]))
+        return list(itertools.pairwise(cuts))
 
     def cut(work: int) -> list[int]:
         cuts = [0]
@@ -241,7 +266,7 @@ def stripe_bounds(n: int, stripes: int, symmetric: bool) -> list[tuple[int, int]
         else:
             lo = mid + 1
     cuts = cut(lo)
-    return list(zip(cuts[:-1], cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 class KernelStripes:
@@ -249,14 +274,23 @@ class KernelStripes:
     upper-triangle stripes ``[a, b) x [a, n)`` of Θ(x1, x1). ``job((a, b))`` returns
     ``(kernel stripe, logits of rows a:b, logits of the columns)`` on the CPU."""
 
-    def __init__(self, model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor], *,
-                 kind: str, implementation: str, dtype: torch.dtype,
-                 max_memory: Optional[int], precision: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None,
+        *,
+        kind: str,
+        implementation: str,
+        dtype: torch.dtype,
+        max_memory: int | None,
+        precision: str | None = None,
+    ) -> None:
         self.model, self.x1, self.x2 = model, x1, x2
         self.kind, self.implementation = kind, implementation
         self.dtype, self.max_memory, self.precision = dtype, max_memory, precision
 
-    def to(self, device: torch.device) -> "KernelStripes":
+    def to(self, device: torch.device) -> KernelStripes:
         moved = copy.copy(self)
         moved.model = copy.deepcopy(self.model).to(device)
         moved.x1 = self.x1.to(device)
@@ -266,16 +300,34 @@ class KernelStripes:
     def __call__(self, part: tuple[int, int]):
         a, b = part
         cols = self.x1[a:] if self.x2 is None else self.x2
-        kern, f1, f2 = local_ntk(self.model, self.x1[a:b], cols, kind=self.kind,
-                                 implementation=self.implementation, max_memory=self.max_memory,
-                                 dtype=self.dtype, progress=False, precision=self.precision)
+        kern, f1, f2 = local_ntk(
+            self.model,
+            self.x1[a:b],
+            cols,
+            kind=self.kind,
+            implementation=self.implementation,
+            max_memory=self.max_memory,
+            dtype=self.dtype,
+            progress=False,
+            precision=self.precision,
+        )
         return kern.cpu(), f1.cpu(), f2.cpu()
 
 
-def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor,
-                     x2: Optional[torch.Tensor], *, kind: str, implementation: str,
-                     max_memory: Optional[int], dtype: torch.dtype, return_outputs: bool,
-                     precision: Optional[str] = None, stripes: Optional[int] = None):
+def empirical_ntk_on(
+    executor: BlockExecutor,
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    kind: str,
+    implementation: str,
+    max_memory: int | None,
+    dtype: torch.dtype,
+    return_outputs: bool,
+    precision: str | None = None,
+    stripes: int | None = None,
+):
     """``empirical_ntk`` with its row stripes computed by ``executor`` (what
     ``empirical_ntk(..., executor=...)`` calls; inputs are checked here, before shipping).
 
@@ -289,20 +341,36 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
     n1 = int(x1.shape[0])
     n2 = n1 if symmetric else int(x2.shape[0])
     if probed is None or n1 == 0 or n2 == 0:
-        empty = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                          max_memory=max_memory, dtype=dtype, progress=False, precision=precision)
+        empty = local_ntk(
+            model,
+            x1,
+            x2,
+            kind=kind,
+            implementation=implementation,
+            max_memory=max_memory,
+            dtype=dtype,
+            progress=False,
+            precision=precision,
+        )
         return empty if return_outputs else empty[0]
     k = int(probed[0].shape[1])
     if stripes is None:
         stripes = 4 * max(1, int(getattr(executor, "workers", 1)))
     parts = stripe_bounds(n1, stripes, symmetric)
-    job = KernelStripes(model, x1.detach(), None if symmetric else x2.detach(), kind=kind,
-                        implementation=implementation, dtype=dtype, max_memory=max_memory,
-                        precision=precision)
+    job = KernelStripes(
+        model,
+        x1.detach(),
+        None if symmetric else x2.detach(),
+        kind=kind,
+        implementation=implementation,
+        dtype=dtype,
+        max_memory=max_memory,
+        precision=precision,
+    )
     shape = (n1, n2, k, k) if kind == "full" else (n1, n2)
     out = torch.empty(shape, dtype=dtype, device=device)
-    f1: Optional[torch.Tensor] = None
-    f2: Optional[torch.Tensor] = None
+    f1: torch.Tensor | None = None
+    f2: torch.Tensor | None = None
     for index, (stripe, rows_f, cols_f) in executor.map(job, parts):
         a, b = parts[index]
         stripe = stripe.to(device)
@@ -312,7 +380,7 @@ def empirical_ntk_on(executor: BlockExecutor, model: nn.Module, x1: torch.Tensor
         if symmetric:
             out[a:b, a:] = stripe
             out[a:, a:b] = mirror(stripe)
-            diag = stripe[:, :b - a]
+            diag = stripe[:, : b - a]
             out[a:b, a:b] = 0.5 * (diag + mirror(diag))  # exactly symmetric, as run_blocked
         else:
             out[a:b] = stripe

@@ -8,24 +8,37 @@ the blocked kernel of :func:`ntkal.kernels.empirical_ntk` and the streaming look
 (through :func:`make_featuriser`) both use it, so the implementations, their choice and their
 memory estimates exist once.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ntkal.kernels._common import (KINDS, add_contracted_rows, model_device_dtype, num_outputs,
-                                   split_parameters)
 from ntkal.kernels import structured
+from ntkal.kernels._common import (
+    KINDS,
+    add_contracted_rows,
+    model_device_dtype,
+    num_outputs,
+    split_parameters,
+)
 from ntkal.kernels.inputs import check_inputs, network_for
 from ntkal.kernels.jacobian import make_jacobian_featuriser
 from ntkal.kernels.last_layer import last_layer_pair
 
-__all__ = ["Featuriser", "build_featuriser", "make_featuriser", "slice_features",
-           "choose_implementation", "IMPLEMENTATIONS"]
+__all__ = [
+    "Featuriser",
+    "build_featuriser",
+    "make_featuriser",
+    "slice_features",
+    "choose_implementation",
+    "IMPLEMENTATIONS",
+]
 
 IMPLEMENTATIONS = ("auto", "jacobian", "structured")
 
@@ -90,7 +103,7 @@ class Featuriser:
             sub = slice_features(feats, slice(s, min(b, s + chunk)))
             blk = self.kernel(sub, sub)
             idx = torch.arange(blk.shape[0], device=blk.device)
-            out[s:s + blk.shape[0]] = blk[idx, idx]
+            out[s : s + blk.shape[0]] = blk[idx, idx]
         return out
 
 
@@ -120,8 +133,16 @@ def _feature_rows(feats) -> int:
     return -1
 
 
-def choose_implementation(implementation: str, model: nn.Module, params: dict, calls: dict,
-                          kind: str, k: int, n1: int, n2: int) -> str:
+def choose_implementation(
+    implementation: str,
+    model: nn.Module,
+    params: dict,
+    calls: dict,
+    kind: str,
+    k: int,
+    n1: int,
+    n2: int,
+) -> str:
     """``"jacobian"`` or ``"structured"``: the asked one, or for ``"auto"`` the cheaper by the
     FLOP models of both (see :mod:`ntkal.kernels`)."""
     if implementation != "auto":
@@ -132,42 +153,72 @@ def choose_implementation(implementation: str, model: nn.Module, params: dict, c
     return "structured" if plan.cost <= jac_cost else "jacobian"
 
 
-def build_featuriser(model: nn.Module, params: dict, constants: dict, calls: dict, *, kind: str,
-                     k: int, act_numel: int, implementation: str, dtype: torch.dtype,
-                     device: torch.device, input_dtype: torch.dtype, n1: int, n2: int
-                     ) -> Featuriser:
+def build_featuriser(
+    model: nn.Module,
+    params: dict,
+    constants: dict,
+    calls: dict,
+    *,
+    kind: str,
+    k: int,
+    act_numel: int,
+    implementation: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    input_dtype: torch.dtype,
+    n1: int,
+    n2: int,
+) -> Featuriser:
     """The :class:`Featuriser` of ``model`` (already in its computing dtype, in eval mode) for
     ``kind``: the last-layer pair, or the implementation ``implementation`` names (``"auto"``:
     costed for an ``n1 x n2`` kernel). ``params`` / ``constants`` and ``calls`` come from
     :func:`~ntkal.kernels._common.split_parameters` and the probe forward pass."""
     item = torch.empty((), dtype=input_dtype).element_size()
-    common: dict[str, Any] = dict(kind=kind, num_classes=k, model=model, device=device,
-                                  input_dtype=input_dtype, dtype=dtype)
+    common: dict[str, Any] = dict(
+        kind=kind, num_classes=k, model=model, device=device, input_dtype=input_dtype, dtype=dtype
+    )
     if kind == "last_layer":
         featurise, contract, width = last_layer_pair(model)
-        return Featuriser(block_shape=(), bytes_per_example=width * item,
-                          transient_per_example=act_numel * item, bytes_per_pair=2 * item,
-                          _featurise=featurise, _contract=contract, implementation="last_layer",
-                          **common)
+        return Featuriser(
+            block_shape=(),
+            bytes_per_example=width * item,
+            transient_per_example=act_numel * item,
+            bytes_per_pair=2 * item,
+            _featurise=featurise,
+            _contract=contract,
+            implementation="last_layer",
+            **common,
+        )
     chosen = choose_implementation(implementation, model, params, calls, kind, k, n1, n2)
     kk = num_outputs(kind, k)
     block_shape = (k, k) if kind == "full" else ()
     if chosen == "jacobian":
         p = sum(t.numel() for t in params.values())
-        return Featuriser(block_shape=block_shape, bytes_per_example=kk * p * item,
-                          transient_per_example=2 * kk * p * item + 3 * kk * act_numel * item,
-                          bytes_per_pair=(kk * kk if kind == "full" else 1) * (item + 8),
-                          _featurise=make_jacobian_featuriser(model, params, constants, kind, k),
-                          _contract=lambda a, b, dest: add_contracted_rows(dest, a, b, kind),
-                          implementation=chosen, **common)
+        return Featuriser(
+            block_shape=block_shape,
+            bytes_per_example=kk * p * item,
+            transient_per_example=2 * kk * p * item + 3 * kk * act_numel * item,
+            bytes_per_pair=(kk * kk if kind == "full" else 1) * (item + 8),
+            _featurise=make_jacobian_featuriser(model, params, constants, kind, k),
+            _contract=lambda a, b, dest: add_contracted_rows(dest, a, b, kind),
+            implementation=chosen,
+            **common,
+        )
     plan = structured.plan_layers(model, params, calls, kind, k, n1, n2)
     featurise, contract = structured.make_structured(model, params, constants, plan, kind, k, dtype)
     transient = (3 + 2 * kk) * act_numel * item
     if plan.generic:
         transient += 3 * kk * act_numel * item + 2 * kk * plan.generic_params * item
-    return Featuriser(block_shape=block_shape, bytes_per_example=plan.bytes_per_example,
-                      transient_per_example=transient, bytes_per_pair=plan.bytes_per_pair,
-                      _featurise=featurise, _contract=contract, implementation=chosen, **common)
+    return Featuriser(
+        block_shape=block_shape,
+        bytes_per_example=plan.bytes_per_example,
+        transient_per_example=transient,
+        bytes_per_pair=plan.bytes_per_pair,
+        _featurise=featurise,
+        _contract=contract,
+        implementation=chosen,
+        **common,
+    )
 
 
 def check_kind(kind: str, implementation: str) -> None:
@@ -175,13 +226,21 @@ def check_kind(kind: str, implementation: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown kernel kind {kind!r}; choose one of {KINDS}")
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown implementation {implementation!r}; choose one of "
-                         f"{IMPLEMENTATIONS}")
+        raise ValueError(
+            f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}"
+        )
 
 
-def make_featuriser(model: nn.Module, x_sample: torch.Tensor, *, kind: str = "pseudo",
-                    implementation: str = "auto", dtype: torch.dtype = torch.float64,
-                    n1: int = 1000, n2: int = 1000) -> Featuriser:
+def make_featuriser(
+    model: nn.Module,
+    x_sample: torch.Tensor,
+    *,
+    kind: str = "pseudo",
+    implementation: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    n1: int = 1000,
+    n2: int = 1000,
+) -> Featuriser:
     """A :class:`Featuriser` for ``model`` (inputs shaped like ``x_sample``) on an eval-mode copy
     of it that it owns (float64 for a float64 kernel); ``n1, n2`` are the kernel sizes the
     engine choice ("auto") is costed for."""
@@ -196,6 +255,18 @@ def make_featuriser(model: nn.Module, x_sample: torch.Tensor, *, kind: str = "ps
     params, constants = split_parameters(own)
     if kind != "last_layer" and not params:
         raise ValueError("the model has no trainable parameters: its eNTK is zero")
-    return build_featuriser(own, params, constants, calls, kind=kind, k=int(out0.shape[1]),
-                            act_numel=act_numel, implementation=implementation, dtype=dtype,
-                            device=device, input_dtype=mdtype, n1=n1, n2=n2)
+    return build_featuriser(
+        own,
+        params,
+        constants,
+        calls,
+        kind=kind,
+        k=int(out0.shape[1]),
+        act_numel=act_numel,
+        implementation=implementation,
+        dtype=dtype,
+        device=device,
+        input_dtype=mdtype,
+        n1=n1,
+        n2=n2,
+    )

@@ -4,9 +4,10 @@ Simple and general (any module ``functional_call`` can run), but it materialises
 per example and costs ``2·n1·n2·k'^2·P`` FLOPs for the Gram, so it is the slow, trusted path and the
 fallback for parameters the structured engine does not recognise.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,9 +18,14 @@ from ntkal.kernels._common import output_weights
 __all__ = ["make_jacobian_featuriser", "per_example_gradients"]
 
 
-def per_example_gradients(model: nn.Module, names: Sequence[str], params: dict[str, torch.Tensor],
-                          constants: dict[str, torch.Tensor], x: torch.Tensor,
-                          weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_example_gradients(
+    model: nn.Module,
+    names: Sequence[str],
+    params: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``weights @ J(x)`` of each example's Jacobian w.r.t. the parameters ``names``.
 
     Parameters
@@ -56,9 +62,13 @@ def per_example_gradients(model: nn.Module, names: Sequence[str], params: dict[s
     return rows, logits.detach()
 
 
-def make_jacobian_featuriser(model: nn.Module, params: dict[str, torch.Tensor],
-                             constants: dict[str, torch.Tensor], kind: str, k: int
-                             ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def make_jacobian_featuriser(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    kind: str,
+    k: int,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``x_block -> (per-example Jacobian rows (b, k', P), logits)`` for all trainable parameters."""
     p0 = next(iter(params.values()))
     weights = output_weights(kind, k, p0.dtype, p0.device)

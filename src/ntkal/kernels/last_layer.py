@@ -1,5 +1,6 @@
 """The last-layer kernel: the final ``nn.Linear``'s inputs ``a(x)``, Θ(x, x') = a(x)·a(x') (+1
 with a trainable bias), the same for every class (read as Θ ⊗ I_k)."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,10 @@ def classifier_of(model: nn.Module) -> nn.Linear:
         if isinstance(m, nn.Linear):
             last = m
     if last is None:
-        raise ValueError("kind='last_layer' needs a final nn.Linear (model.classifier, or the last "
-                         "nn.Linear in module order); none found")
+        raise ValueError(
+            "kind='last_layer' needs a final nn.Linear (model.classifier, or the last "
+            "nn.Linear in module order); none found"
+        )
     return last
 
 

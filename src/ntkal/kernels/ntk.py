@@ -1,9 +1,8 @@
 """``empirical_ntk``: the public entry point, its checks, and the choice between this process
 (:func:`ntkal.kernels.local.local_ntk`) and a pool of workers
 (:func:`ntkal.kernels.distributed.empirical_ntk_on`). See :mod:`ntkal.kernels` for the engines."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -15,12 +14,20 @@ from ntkal.kernels.local import local_ntk
 __all__ = ["empirical_ntk"]
 
 
-def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor] = None, *,
-                  kind: str = "pseudo", implementation: str = "auto",
-                  max_memory: Optional[int] = None, dtype: torch.dtype = torch.float64,
-                  progress: bool = False, return_outputs: bool = False, executor=None,
-                  precision: Optional[str] = None
-                  ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def empirical_ntk(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    kind: str = "pseudo",
+    implementation: str = "auto",
+    max_memory: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+    return_outputs: bool = False,
+    executor=None,
+    precision: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Empirical NTK of ``model`` at its current weights.
 
     Parameters
@@ -89,10 +96,27 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     if executor is not None:
         from ntkal.kernels.distributed import empirical_ntk_on
 
-        return empirical_ntk_on(executor, model, x1, x2, kind=kind, implementation=implementation,
-                                max_memory=max_memory, dtype=dtype, return_outputs=return_outputs,
-                                precision=precision)
-    kern, f1, f2 = local_ntk(model, x1, x2, kind=kind, implementation=implementation,
-                             max_memory=max_memory, dtype=dtype, progress=progress,
-                             precision=precision)
+        return empirical_ntk_on(
+            executor,
+            model,
+            x1,
+            x2,
+            kind=kind,
+            implementation=implementation,
+            max_memory=max_memory,
+            dtype=dtype,
+            return_outputs=return_outputs,
+            precision=precision,
+        )
+    kern, f1, f2 = local_ntk(
+        model,
+        x1,
+        x2,
+        kind=kind,
+        implementation=implementation,
+        max_memory=max_memory,
+        dtype=dtype,
+        progress=progress,
+        precision=precision,
+    )
     return (kern, f1, f2) if return_outputs else kern

@@ -21,11 +21,11 @@ to ``torch.func`` per-example gradients, so the kernel is always exact.
 batched vector-Jacobian product per needed output row. This assumes examples do not interact in
 eval mode (true for standard layers; BatchNorm uses running statistics).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 #: Override the per-layer FLOP model for weights applied at several positions: ``"factor"`` or
 #: ``"grad"`` (for tests and benchmarks); ``None`` lets :func:`layer_costs` decide.
-FORCE_MODE: Optional[str] = None
+FORCE_MODE: str | None = None
 
 
 @dataclass
@@ -80,8 +80,9 @@ def _pair_factor(kind: str, kk: int) -> int:
     return kk * kk if kind == "full" else kk
 
 
-def layer_costs(kind: str, kk: int, positions: int, din: int, dout: int, n1: int, n2: int
-                ) -> dict[str, float]:
+def layer_costs(
+    kind: str, kk: int, positions: int, din: int, dout: int, n1: int, n2: int
+) -> dict[str, float]:
     """Estimated FLOPs of the weight's contribution under each mode, for an ``n1 x n2`` kernel.
 
     factor: per pair 2L²·din (patch Gram) + 2L²·c·dout (sensitivity Gram) + L²·c (reduction);
@@ -96,8 +97,9 @@ def layer_costs(kind: str, kk: int, positions: int, din: int, dout: int, n1: int
     return {"factor": factor, "grad": grad}
 
 
-def jacobian_cost(num_params: int, kk: int, n1: int, n2: int, forward_flops: float,
-                  kind: str = "full") -> float:
+def jacobian_cost(
+    num_params: int, kk: int, n1: int, n2: int, forward_flops: float, kind: str = "full"
+) -> float:
     """FLOPs of the plain ``torch.func`` route: ``(1 + 2k')`` forward-equivalents per example for
     the Jacobian rows, plus ``2·c·P`` per pair for the Gram."""
     c = _pair_factor(kind, kk)
@@ -123,7 +125,7 @@ def _owned_parameters(model: nn.Module, params: dict[str, torch.Tensor]):
     return local, owners
 
 
-def _conv_padding(module: nn.Conv2d) -> Optional[tuple[int, int, int, int]]:
+def _conv_padding(module: nn.Conv2d) -> tuple[int, int, int, int] | None:
     """``(left, right, top, bottom)`` zero padding of a Conv2d, or None if not plain zeros."""
     if module.padding_mode != "zeros":
         return None
@@ -136,8 +138,15 @@ def _conv_padding(module: nn.Conv2d) -> Optional[tuple[int, int, int, int]]:
     return (pad[1], pad[1], pad[0], pad[0])
 
 
-def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, kind: str, k: int,
-                n1: int, n2: int) -> ModelPlan:
+def plan_layers(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    calls: dict,
+    kind: str,
+    k: int,
+    n1: int,
+    n2: int,
+) -> ModelPlan:
     """Decide, per layer, factorisation vs per-example gradients vs ``torch.func`` fallback.
 
     Parameters
@@ -176,8 +185,11 @@ def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, 
     grad_rows = 0
     for module, names in local.items():
         rec = calls.get(module, [])
-        if len(rec) != 1 or rec[0][0] is None or any(owners[id(getattr(module, pn))] > 1
-                                                     for pn in names):
+        if (
+            len(rec) != 1
+            or rec[0][0] is None
+            or any(owners[id(getattr(module, pn))] > 1 for pn in names)
+        ):
             continue  # unused, called twice or weight-tied: torch.func handles it exactly
         shape_in, shape_out = rec[0]
         use_w = "weight" in names
@@ -188,17 +200,26 @@ def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, 
             positions = int(math.prod(shape_out[1:-1])) if len(shape_out) > 2 else 1
             din, dout = module.in_features, module.out_features
             op = "linear"
-        elif type(module) is nn.Conv2d and module.groups == 1 and _conv_padding(module) is not None \
-                and len(shape_out) == 4:
+        elif (
+            type(module) is nn.Conv2d
+            and module.groups == 1
+            and _conv_padding(module) is not None
+            and len(shape_out) == 4
+        ):
             positions = int(shape_out[2] * shape_out[3])
             din = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
             dout = module.out_channels
             op = "conv"
-        elif isinstance(module, _BN) and module.running_mean is not None and module.affine \
-                and len(shape_in) >= 2:
+        elif (
+            isinstance(module, _BN)
+            and module.running_mean is not None
+            and module.affine
+            and len(shape_in) >= 2
+        ):
             ch = module.num_features
-            layers.append(LayerPlan(module, "bn", "grad", use_w, use_b,
-                                    int(math.prod(shape_in[2:])), ch, ch))
+            layers.append(
+                LayerPlan(module, "bn", "grad", use_w, use_b, int(math.prod(shape_in[2:])), ch, ch)
+            )
             claimed.update(names.values())
             grad_rows += ch * (use_w + use_b)
             continue
@@ -233,8 +254,9 @@ def plan_layers(model: nn.Module, params: dict[str, torch.Tensor], calls: dict, 
         cost += (n1 + n2) * (1 + 2 * kk) * max(fwd, 1.0)
     cost += (n1 + n2) * (1 + 2 * kk) * fwd
     per_pair += (c if kind == "full" else 1) * 2
-    return ModelPlan(layers, generic, cost, fwd, per_ex * item, per_pair * item + 8 * c,
-                     generic_params=generic_p)
+    return ModelPlan(
+        layers, generic, cost, fwd, per_ex * item, per_pair * item + 8 * c, generic_params=generic_p
+    )
 
 
 class _Capture:
@@ -262,8 +284,9 @@ class _Capture:
         return False
 
 
-def _sensitivities(out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Tensor
-                   ) -> list[torch.Tensor]:
+def _sensitivities(
+    out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Tensor
+) -> list[torch.Tensor]:
     """δ for every captured layer: ``(b, k', *layer output shape)``.
 
     A loop of ``k'`` plain backward passes through one retained graph (a batched
@@ -275,12 +298,14 @@ def _sensitivities(out: torch.Tensor, zs: list[torch.Tensor], weights: torch.Ten
     cot = weights[:, None, :].expand(kk, b, weights.shape[1])
     if kk == 1:
         grads = torch.autograd.grad(out, zs, grad_outputs=cot[0], allow_unused=True)
-        return [(g if g is not None else torch.zeros_like(z)).unsqueeze(1)
-                for g, z in zip(grads, zs)]
+        return [
+            (g if g is not None else torch.zeros_like(z)).unsqueeze(1) for g, z in zip(grads, zs)
+        ]
     per_row = []
     for r in range(kk):
-        g = torch.autograd.grad(out, zs, grad_outputs=cot[r], retain_graph=r < kk - 1,
-                                allow_unused=True)
+        g = torch.autograd.grad(
+            out, zs, grad_outputs=cot[r], retain_graph=r < kk - 1, allow_unused=True
+        )
         per_row.append([gi if gi is not None else torch.zeros_like(z) for gi, z in zip(g, zs)])
     return [torch.stack([row[i] for row in per_row], 1) for i in range(len(zs))]
 
@@ -333,16 +358,24 @@ class _Features:
         self.factors = factors
         self.grads = grads
 
-    def cast(self, dtype: torch.dtype) -> "_Features":
+    def cast(self, dtype: torch.dtype) -> _Features:
         """The same features in ``dtype`` (for reduced-precision Grams, see
         :func:`ntkal.kernels.blocking.gram_precision`)."""
-        return _Features([(lay, a.to(dtype), d.to(dtype)) for lay, a, d in self.factors],
-                         [g.to(dtype) for g in self.grads])
+        return _Features(
+            [(lay, a.to(dtype), d.to(dtype)) for lay, a, d in self.factors],
+            [g.to(dtype) for g in self.grads],
+        )
 
 
-def make_structured(model: nn.Module, params: dict[str, torch.Tensor],
-                    constants: dict[str, torch.Tensor], plan: ModelPlan, kind: str, k: int,
-                    dtype: torch.dtype):
+def make_structured(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    plan: ModelPlan,
+    kind: str,
+    k: int,
+    dtype: torch.dtype,
+):
     """``(featurise, contract)`` pair for :func:`ntkal.kernels.blocking.run_blocked`."""
     p0 = next(iter(params.values()))
     weights = output_weights(kind, k, p0.dtype, p0.device)
@@ -416,7 +449,7 @@ def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: 
     L1, L2 = a1.shape[1], a2.shape[1]
     pg = (a1.reshape(b1 * L1, -1) @ a2.reshape(b2 * L2, -1).T).reshape(b1, L1, b2, L2)
     if kind == "full":
-        dg = (d1.reshape(b1 * kk * L1, -1) @ d2.reshape(b2 * kk * L2, -1).T)
+        dg = d1.reshape(b1 * kk * L1, -1) @ d2.reshape(b2 * kk * L2, -1).T
         dg = dg.reshape(b1, kk, L1, b2, kk, L2)
         dest.add_(torch.einsum("iljm,icljdm->ijcd", pg, dg))
         return

@@ -14,7 +14,8 @@ Phases:
 * **warm-up**: until ``warmup`` labels exist and the model has been trained once, items come in a
   seeded random order (a look-ahead of an untrained network says nothing); reaching ``warmup``
   labels starts a retrain automatically.
-* **look-ahead**: the item is the strategy's proposal (see :mod:`ntkal.labelling.picks`). Several annotators (browser tabs) at
+* **look-ahead**: the item is the strategy's proposal (see :mod:`ntkal.labelling.picks`). Several
+annotators (browser tabs) at
   once: an item handed to one is leased to it for ``lease_seconds`` and not handed to another; when
   the look-ahead pick is leased, another annotator gets the unlabelled point with the smallest
   margin between the network's top two classes (cheap, and still informative).
@@ -34,14 +35,16 @@ Restart safety: the store is the only source of truth for labels. A restarted se
 the learner from it (and the weights from the saved file), so after ``kill -9`` every acknowledged
 label is there and the queue continues; leases are in memory and simply vanish.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +55,7 @@ from ntkal.labelling.items import ItemView
 from ntkal.labelling.leases import Leases
 from ntkal.labelling.picks import DEFAULT_STRATEGY, PickPolicy
 from ntkal.labelling.queue import ItemQueue, dashboard
-from ntkal.labelling.retrain import RetrainStatus, Retrainer, adopt, default_train_config
+from ntkal.labelling.retrain import Retrainer, RetrainStatus, adopt, default_train_config
 from ntkal.labelling.validation import LabelConflict, as_client, as_index, as_label
 from ntkal.labelstore import LabelStore
 
@@ -94,12 +97,25 @@ class LabellingSession:
         (:mod:`ntkal.labelling.speculation`; exact, costs a second copy of the session state).
     """
 
-    def __init__(self, dataset: Dataset, store: Union[LabelStore, str, Path], model: nn.Module, *,
-                 train_config: Any = None, subset: int = 500, warmup: Optional[int] = None,
-                 lease_seconds: float = 300.0, weights_path: Union[str, Path, None] = None,
-                 seed: int = 0, use_dataset_labels: bool = False, strategy: str = DEFAULT_STRATEGY,
-                 strategy_params: Optional[dict] = None, auto_retrain: bool = True,
-                 source: Any = None, speculate: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        store: LabelStore | str | Path,
+        model: nn.Module,
+        *,
+        train_config: Any = None,
+        subset: int = 500,
+        warmup: int | None = None,
+        lease_seconds: float = 300.0,
+        weights_path: str | Path | None = None,
+        seed: int = 0,
+        use_dataset_labels: bool = False,
+        strategy: str = DEFAULT_STRATEGY,
+        strategy_params: dict | None = None,
+        auto_retrain: bool = True,
+        source: Any = None,
+        speculate: bool = True,
+    ) -> None:
         from ntkal.arguments import as_float, as_int
 
         subset = as_int(subset, "subset", minimum=1)
@@ -115,18 +131,30 @@ class LabellingSession:
         self.store = self._open_store(store)
         self.train_config = train_config if train_config is not None else default_train_config()
         self.subset = subset
-        self.warmup = as_int(warmup, "warmup", minimum=1) if warmup is not None else \
-            max(10, self.num_classes)
+        self.warmup = (
+            as_int(warmup, "warmup", minimum=1) if warmup is not None else max(10, self.num_classes)
+        )
         self.seed = as_int(seed, "seed")
         self.auto_retrain = bool(auto_retrain)
         self.leases = Leases(as_float(lease_seconds, "lease_seconds", minimum=0))
-        self.picks = PickPolicy(strategy, strategy_params, self.x_pool, self.num_classes,
-                                self.train_config, subset, self.seed, speculate=speculate)
-        self.weights_path = Path(weights_path) if weights_path is not None else \
-            (Path(self.store.path + ".weights.pt") if self.store.path != ":memory:" else None)
+        self.picks = PickPolicy(
+            strategy,
+            strategy_params,
+            self.x_pool,
+            self.num_classes,
+            self.train_config,
+            subset,
+            self.seed,
+            speculate=speculate,
+        )
+        self.weights_path = (
+            Path(weights_path)
+            if weights_path is not None
+            else (Path(self.store.path + ".weights.pt") if self.store.path != ":memory:" else None)
+        )
         self._lock = threading.RLock()
         self._latencies: deque = deque(maxlen=200)
-        self._last_latency: Optional[dict] = None
+        self._last_latency: dict | None = None
         self._retrainer = Retrainer(self.train_config, self.num_classes, self.x_pool, dataset)
         self.trained = False
         self.queue = ItemQueue(self)
@@ -143,13 +171,15 @@ class LabellingSession:
         if self.auto_retrain and not self.trained and len(self.store) >= self.warmup:
             self.start_retrain()  # e.g. a file with enough labelled rows: no warm-up needed
 
-    def _open_store(self, store: Union[LabelStore, str, Path]) -> LabelStore:
+    def _open_store(self, store: LabelStore | str | Path) -> LabelStore:
         if not isinstance(store, LabelStore):
             store = LabelStore(store, pool_size=self.pool_size, num_classes=self.num_classes)
         if store.pool_size != self.pool_size or store.num_classes != self.num_classes:
-            raise ValueError(f"label store {store.path} is for a pool of {store.pool_size} points "
-                             f"and {store.num_classes} classes, this data has {self.pool_size} and "
-                             f"{self.num_classes}; use another --store")
+            raise ValueError(
+                f"label store {store.path} is for a pool of {store.pool_size} points "
+                f"and {store.num_classes} classes, this data has {self.pool_size} and "
+                f"{self.num_classes}; use another --store"
+            )
         return store
 
     # ------------------------------------------------------------------ views
@@ -182,8 +212,9 @@ class LabellingSession:
 
     def _reset_learner(self) -> None:
         """A new session over the store's labels (after an undo, a relabel or an import)."""
-        self.picks.install(self.picks.build(self.model, *self.store.labelled()),
-                           model_changed=False)
+        self.picks.install(
+            self.picks.build(self.model, *self.store.labelled()), model_changed=False
+        )
 
     # ------------------------------------------------------------------ choosing items
     def release(self, index: Any, client: Any = None, *, skip: bool = False) -> bool:
@@ -226,30 +257,45 @@ class LabellingSession:
             stored = self.store.label_of(index)
             if stored is not None:
                 if stored != value:
-                    raise LabelConflict(f"item {index} is already labelled {self.classes[stored]!r}"
-                                        "; change it from the history instead")
+                    raise LabelConflict(
+                        f"item {index} is already labelled {self.classes[stored]!r}"
+                        "; change it from the history instead"
+                    )
                 self.leases.release(index, client)
-                return {"index": index, "label": value, "duplicate": True, "latency": None,
-                        "next": self.next_item(client)}
-            self.store.add([index], [value], annotator=client)   # on disk from here on
+                return {
+                    "index": index,
+                    "label": value,
+                    "duplicate": True,
+                    "latency": None,
+                    "next": self.next_item(client),
+                }
+            self.store.add([index], [value], annotator=client)  # on disk from here on
             t1 = time.perf_counter()
             self.leases.drop(index)
             self.leases.unskip(index)
-            speculated = self.picks.teach(index, value)          # closed-form conditioning
+            speculated = self.picks.teach(index, value)  # closed-form conditioning
             t2 = time.perf_counter()
-            nxt = self.next_item(client)                         # the next query, reflecting it
+            nxt = self.next_item(client)  # the next query, reflecting it
             t3 = time.perf_counter()
-            latency = {"store_ms": 1000 * (t1 - t0), "condition_ms": 1000 * (t2 - t1),
-                       "next_ms": 1000 * (t3 - t2), "total_ms": 1000 * (t3 - t0),
-                       "phase": self.phase, "speculated": speculated}
+            latency = {
+                "store_ms": 1000 * (t1 - t0),
+                "condition_ms": 1000 * (t2 - t1),
+                "next_ms": 1000 * (t3 - t2),
+                "total_ms": 1000 * (t3 - t0),
+                "phase": self.phase,
+                "speculated": speculated,
+            }
             self._latencies.append(latency)
             self._last_latency = latency
-            start = (self.auto_retrain and not self.trained and self._retrainer.status.state
-                     == "idle" and self.learner.labelled_indices.size >= self.warmup)
+            start = (
+                self.auto_retrain
+                and not self.trained
+                and self._retrainer.status.state == "idle"
+                and self.learner.labelled_indices.size >= self.warmup
+            )
         if start:
             self.start_retrain()
-        return {"index": index, "label": value, "duplicate": False, "latency": latency,
-                "next": nxt}
+        return {"index": index, "label": value, "duplicate": False, "latency": latency, "next": nxt}
 
     def relabel(self, index: Any, label: Any, client: Any = "default") -> dict:
         """Change the label of an already labelled item (a new event in the store); the
@@ -268,8 +314,13 @@ class LabellingSession:
                 held = self.leases.held(client)
                 if held is not None:  # its pick came from the labels as they were
                     self.leases.release(held, client)
-            return {"index": index, "label": value, "previous": previous,
-                    "changed": previous != value, "next": self.next_item(client)}
+            return {
+                "index": index,
+                "label": value,
+                "previous": previous,
+                "changed": previous != value,
+                "next": self.next_item(client),
+            }
 
     def history(self, limit: Any = 50) -> list[dict]:
         """The most recent labels, newest first, with class names and provenance."""
@@ -290,21 +341,29 @@ class LabellingSession:
         with self._lock:
             undone = self.store.undo_last(annotator=client)
             if undone is None:
-                return {"undone": None,
-                        "next": self.next_item(client) if client is not None else None}
+                return {
+                    "undone": None,
+                    "next": self.next_item(client) if client is not None else None,
+                }
             self._reset_learner()
             index, label = undone
             if client is not None:
                 self.leases.lease(index, client)
-            return {"undone": {"index": index, "label": label, "class": self.classes[label]},
-                    "next": self.describe(index, source="undone")}
+            return {
+                "undone": {"index": index, "label": label, "class": self.classes[label]},
+                "next": self.describe(index, source="undone"),
+            }
 
     def import_labels(self, indices: Sequence[Any], labels: Sequence[Any]) -> dict:
         """Add labels from elsewhere (all or nothing); the look-ahead session is rebuilt."""
-        idx = [as_index(i, self.pool_size, f"import row {n} index", text=True)
-               for n, i in enumerate(indices, start=1)]
-        values = [as_label(y, self.classes, f"import row {n} label")
-                  for n, y in enumerate(labels, start=1)]
+        idx = [
+            as_index(i, self.pool_size, f"import row {n} index", text=True)
+            for n, i in enumerate(indices, start=1)
+        ]
+        values = [
+            as_label(y, self.classes, f"import row {n} label")
+            for n, y in enumerate(labels, start=1)
+        ]
         with self._lock:
             result = self.store.import_labels(idx, values, annotator="import")
             if result["added"]:
@@ -339,12 +398,13 @@ class LabellingSession:
             idx, lab = self.store.labelled()
             return self._retrainer.start(copy.deepcopy(self.model), idx, lab, self._adopt)
 
-    def wait_for_retrain(self, timeout: Optional[float] = None) -> bool:
+    def wait_for_retrain(self, timeout: float | None = None) -> bool:
         """Block until a running retrain has finished; True if none is running now."""
         return self._retrainer.wait(timeout)
 
-    def _adopt(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
-               status: RetrainStatus) -> None:
+    def _adopt(
+        self, model: nn.Module, idx: np.ndarray, lab: np.ndarray, status: RetrainStatus
+    ) -> None:
         """See :func:`ntkal.labelling.retrain.adopt`."""
         adopt(self, model, idx, lab, status)
 

@@ -6,22 +6,30 @@ model gets, scaled up without smoothing) and ``original`` (the source file's byt
 index, never by a path from the client). Every item also names where it came from (the file, or
 the data row of a table), and so does every export.
 """
+
 from __future__ import annotations
 
 import io
 import mimetypes
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 __all__ = ["ItemView", "IMAGE_TYPES"]
 
 #: Media types an original file may be served as (anything else is not an image we show).
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-               ".gif": "image/gif", ".bmp": "image/bmp", ".webp": "image/webp",
-               ".tif": "image/tiff", ".tiff": "image/tiff"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 
 
 class ItemView:
@@ -35,8 +43,11 @@ class ItemView:
         self.pool_size = int(self.x_pool.shape[0])
         self.files = tuple(getattr(source, "train_files", ()) or ())
         self.rows = tuple(getattr(source, "train_rows", ()) or ())
-        self._folder = os.path.commonpath(self.files) if len(self.files) > 1 else (
-            os.path.dirname(self.files[0]) if self.files else "")
+        self._folder = (
+            os.path.commonpath(self.files)
+            if len(self.files) > 1
+            else (os.path.dirname(self.files[0]) if self.files else "")
+        )
 
     @property
     def kind(self) -> str:
@@ -68,8 +79,9 @@ class ItemView:
         """A table row (or flat array) as ``{column: value}``, values as read from the file."""
         raw = getattr(self.source, "raw_train", None)
         values = (np.asarray(raw[index]) if raw is not None else self.x_pool[index].numpy()).ravel()
-        names = tuple(getattr(self.source, "feature_names", ())) or \
-            tuple(f"x{j}" for j in range(values.size))
+        names = tuple(getattr(self.source, "feature_names", ())) or tuple(
+            f"x{j}" for j in range(values.size)
+        )
         return {n: float(v) for n, v in zip(names, values.tolist())}
 
     def image_png(self, index: int, min_size: int = 224) -> bytes:
@@ -86,8 +98,11 @@ class ItemView:
             lo, hi = float(img.min()), float(img.max())
             img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
         pixels = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-        pil = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else \
-            Image.fromarray(np.transpose(pixels, (1, 2, 0)))
+        pil = (
+            Image.fromarray(pixels[0])
+            if pixels.shape[0] == 1
+            else Image.fromarray(np.transpose(pixels, (1, 2, 0)))
+        )
         scale = max(1, int(np.ceil(min_size / min(pil.size))))
         pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.Resampling.NEAREST)
         buf = io.BytesIO()
@@ -107,25 +122,36 @@ class ItemView:
         try:
             data = path.read_bytes()
         except OSError as err:
-            raise ValueError(f"the file of item {index} cannot be read ({err.strerror}): "
-                             f"{path.name}") from None
-        return data, IMAGE_TYPES.get(path.suffix.lower()) or \
-            (mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            raise ValueError(
+                f"the file of item {index} cannot be read ({err.strerror}): {path.name}"
+            ) from None
+        return data, IMAGE_TYPES.get(path.suffix.lower()) or (
+            mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
 
-    def describe(self, index: int, probs: Optional[np.ndarray], classes: tuple,
-                 trained: bool) -> dict:
+    def describe(self, index: int, probs: np.ndarray | None, classes: tuple, trained: bool) -> dict:
         """What the page shows about pool point ``index``: how to render it, where it came from,
         and the model's predicted class with its probability (the pre-annotation)."""
-        item = {"index": int(index), "done": False, "kind": self.kind,
-                "origin": self.origin(index),
-                "image_url": f"/api/items/{index}/image.png" if self.kind == "image" else None,
-                "original_url": f"/api/items/{index}/original" if self.kind == "image" else None,
-                "row": self.row(index) if self.kind != "image" else None}
+        item = {
+            "index": int(index),
+            "done": False,
+            "kind": self.kind,
+            "origin": self.origin(index),
+            "image_url": f"/api/items/{index}/image.png" if self.kind == "image" else None,
+            "original_url": f"/api/items/{index}/original" if self.kind == "image" else None,
+            "row": self.row(index) if self.kind != "image" else None,
+        }
         if probs is not None:
             order = np.argsort(-probs, kind="stable")[:3]
             pred = int(order[0])
-            item["prediction"] = {"label": pred, "class": classes[pred],
-                                  "probability": float(probs[pred]), "trained": bool(trained),
-                                  "top": [{"label": int(c), "class": classes[int(c)],
-                                           "probability": float(probs[int(c)])} for c in order]}
+            item["prediction"] = {
+                "label": pred,
+                "class": classes[pred],
+                "probability": float(probs[pred]),
+                "trained": bool(trained),
+                "top": [
+                    {"label": int(c), "class": classes[int(c)], "probability": float(probs[int(c)])}
+                    for c in order
+                ],
+            }
         return item

@@ -5,10 +5,10 @@ handed to another; a skipped item goes to a list the annotator can return to, an
 out again until then. Leases live in memory only (after a restart they simply vanish); callers
 hold the session lock.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 __all__ = ["Leases"]
 
@@ -18,9 +18,9 @@ class Leases:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
-        self._until: dict[int, tuple[str, float]] = {}   # index -> (client, deadline)
-        self._held: dict[str, int] = {}                  # client -> index
-        self.skipped: dict[int, str] = {}                # index -> who skipped it (in order)
+        self._until: dict[int, tuple[str, float]] = {}  # index -> (client, deadline)
+        self._held: dict[str, int] = {}  # client -> index
+        self.skipped: dict[int, str] = {}  # index -> who skipped it (in order)
 
     def __len__(self) -> int:
         return len(self._until)
@@ -30,15 +30,15 @@ class Leases:
 
     def expire(self) -> None:
         now = time.monotonic()
-        for index, (client, until) in list(self._until.items()):
+        for index, (_client, until) in list(self._until.items()):
             if until < now:
                 self.drop(index)
 
-    def holder(self, index: int) -> Optional[str]:
+    def holder(self, index: int) -> str | None:
         lease = self._until.get(int(index))
         return lease[0] if lease is not None else None
 
-    def held(self, client: str) -> Optional[int]:
+    def held(self, client: str) -> int | None:
         return self._held.get(client)
 
     def lease(self, index: int, client: str) -> None:

@@ -11,10 +11,12 @@
 When the pick is held by another annotator or was skipped, the unlabelled point with the smallest
 margin between the network's top two classes stands in (cheap, and still informative).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,9 +49,17 @@ class PickPolicy:
         Its options (checked now: a bad one fails at start, not at the first pick).
     """
 
-    def __init__(self, strategy: str, params: Optional[dict], x_pool: torch.Tensor,
-                 num_classes: int, train_config: Any, subset: int, seed: int,
-                 speculate: bool = True) -> None:
+    def __init__(
+        self,
+        strategy: str,
+        params: dict | None,
+        x_pool: torch.Tensor,
+        num_classes: int,
+        train_config: Any,
+        subset: int,
+        seed: int,
+        speculate: bool = True,
+    ) -> None:
         from ntkal.strategies import get_strategy
 
         self.strategy_name = str(strategy)
@@ -64,18 +74,18 @@ class PickPolicy:
         self.random_order = np.random.default_rng([self.seed, 7]).permutation(self.pool_size)
         self.learner: Any = None
         self._version = 0
-        self._proposal: Optional[int] = None
-        self._margin_order: Optional[np.ndarray] = None
+        self._proposal: int | None = None
+        self._margin_order: np.ndarray | None = None
         self.speculator = Speculator(self._twin) if (speculate and self.sequential) else None
 
     @property
     def description(self) -> str:
         """How the page names the strategy, e.g. ``"vr (sequential, closed form)"``."""
-        return f"{self.strategy_name} ({'sequential, closed form' if self.sequential else 're-queried after each label'})"
+        how = "sequential, closed form" if self.sequential else "re-queried after each label"
+        return f"{self.strategy_name} ({how})"
 
     # ------------------------------------------------------------------ learners
-    def build(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
-              seed: Optional[int] = None):
+    def build(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray, seed: int | None = None):
         """An ActiveLearner over the pool with labels ``(idx, lab)``: a fresh session (a new
         seed unless ``seed`` is given)."""
         from ntkal.learner import ActiveLearner
@@ -84,11 +94,18 @@ class PickPolicy:
         if seed is None:
             self._version += 1
             seed = self.seed + 1000 * self._version
-        return ActiveLearner(model, get_strategy(self.strategy_name, **self.params), self.x_pool,
-                             labelled=idx, labels=lab, num_classes=self.num_classes,
-                             train_config=self.train_config,
-                             mode="sequential" if self.sequential else "batch",
-                             subset=self.subset, seed=seed)
+        return ActiveLearner(
+            model,
+            get_strategy(self.strategy_name, **self.params),
+            self.x_pool,
+            labelled=idx,
+            labels=lab,
+            num_classes=self.num_classes,
+            train_config=self.train_config,
+            mode="sequential" if self.sequential else "batch",
+            subset=self.subset,
+            seed=seed,
+        )
 
     def _twin(self, idx: np.ndarray, lab: np.ndarray, num_queries: int):
         """A learner in the current one's lineage (its model, seed and query count) with labels
@@ -139,14 +156,18 @@ class PickPolicy:
         return min(self.subset, unlabelled)
 
     # ------------------------------------------------------------------ picks
-    def _strategy_pick(self, is_free: Callable[[int], bool]) -> Optional[int]:
+    def _strategy_pick(self, is_free: Callable[[int], bool]) -> int | None:
         if self.sequential:
             if self._proposal is None:
                 try:
                     self._proposal = int(self.learner.query(1)[0])
                 except ValueError:  # this session's subset is all labelled: a new session
-                    self.install(self.build(self.learner.model, self.learner.labelled_indices,
-                                            self.learner.labels), model_changed=False)
+                    self.install(
+                        self.build(
+                            self.learner.model, self.learner.labelled_indices, self.learner.labels
+                        ),
+                        model_changed=False,
+                    )
                     self._proposal = int(self.learner.query(1)[0])
                 if self.speculator is not None:
                     self.speculator.queried(self.learner)
@@ -158,29 +179,40 @@ class PickPolicy:
                 return int(index)
         return None
 
-    def _margin_pick(self, is_free: Callable[[int], bool]) -> Optional[int]:
+    def _margin_pick(self, is_free: Callable[[int], bool]) -> int | None:
         if self._margin_order is None:
             logits = self.learner.predict_logits(self.x_pool)
             top2 = torch.softmax(logits.double(), dim=1).topk(2, dim=1).values
             self._margin_order = np.argsort((top2[:, 0] - top2[:, 1]).numpy(), kind="stable")
         return next((int(i) for i in self._margin_order if is_free(int(i))), None)
 
-    def _random_pick(self, is_free: Callable[[int], bool]) -> Optional[int]:
+    def _random_pick(self, is_free: Callable[[int], bool]) -> int | None:
         return next((int(i) for i in self.random_order if is_free(int(i))), None)
 
-    def choose(self, trained: bool, is_free: Callable[[int], bool]) -> tuple[Optional[int], str, float]:
+    def choose(
+        self, trained: bool, is_free: Callable[[int], bool]
+    ) -> tuple[int | None, str, float]:
         """``(index, why, seconds)``: the next item for a client (``None`` when nothing is free)."""
         t0 = time.perf_counter()
         if trained and self.learner.labelled_indices.size:
             pick = self._strategy_pick(is_free)
             if pick is not None:
-                why = (f"look-ahead (sequential {self.strategy_name})" if self.sequential else
-                       f"{self.strategy_name} (re-queried)")
+                why = (
+                    f"look-ahead (sequential {self.strategy_name})"
+                    if self.sequential
+                    else f"{self.strategy_name} (re-queried)"
+                )
                 return pick, why, time.perf_counter() - t0
             pick = self._margin_pick(is_free)
             if pick is not None:
-                return pick, (f"smallest margin (the {self.strategy_name} pick is with another "
-                              "annotator or skipped)"), time.perf_counter() - t0
+                return (
+                    pick,
+                    (
+                        f"smallest margin (the {self.strategy_name} pick is with another "
+                        "annotator or skipped)"
+                    ),
+                    time.perf_counter() - t0,
+                )
         pick = self._random_pick(is_free)
         return pick, "random (warm-up)", time.perf_counter() - t0
 

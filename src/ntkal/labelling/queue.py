@@ -3,9 +3,11 @@
 Everything here runs under the session's lock and reads the session's store, leases, pick policy
 and item view; :class:`~ntkal.labelling.engine.LabellingSession` delegates to it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,9 +56,11 @@ class ItemQueue:
                 return {"index": None, "done": True, "reason": "done"}
             index, source, seconds = self.s.picks.choose(self.s.trained, is_free)
             if index is None:
-                reason = ("every remaining item is skipped or with another annotator"
-                          if self.s.leases.skipped else
-                          "all remaining items are with other annotators")
+                reason = (
+                    "every remaining item is skipped or with another annotator"
+                    if self.s.leases.skipped
+                    else "all remaining items are with other annotators"
+                )
                 return {"index": None, "done": False, "reason": reason}
             self.s.leases.lease(index, client)
             item = self.describe(index, source=source)
@@ -85,8 +89,10 @@ class ItemQueue:
     def skipped(self) -> list[dict]:
         """The skipped items, oldest first, with where they came from."""
         with self.s._lock:
-            return [dict(index=i, skipped_by=who, **self.s.items.origin(i))
-                    for i, who in self.s.leases.skipped.items()]
+            return [
+                dict(index=i, skipped_by=who, **self.s.items.origin(i))
+                for i, who in self.s.leases.skipped.items()
+            ]
 
     def grid(self, n: Any, client: Any = "default") -> list[dict]:
         """Up to ``n`` upcoming free items (not leased) for fast triage on one screen."""
@@ -102,7 +108,9 @@ class ItemQueue:
     def _describe_many(self, indices: Sequence[int], source: str) -> list[dict]:
         if not indices:
             return []
-        logits = self.s.learner.predict_logits(self.s.x_pool[torch.as_tensor(list(indices))]).double()
+        logits = self.s.learner.predict_logits(
+            self.s.x_pool[torch.as_tensor(list(indices))]
+        ).double()
         probs = torch.softmax(logits, dim=1).numpy()
         out = []
         for index, p in zip(indices, probs):
@@ -125,21 +133,31 @@ def dashboard(session: Any) -> dict:
     labelled = int(sum(counts))
     spec = session.picks.speculator
     return {
-        "pool_size": session.pool_size, "labelled": labelled,
+        "pool_size": session.pool_size,
+        "labelled": labelled,
         "unlabelled": session.pool_size - labelled,
         "classes": list(session.classes),
         "per_class": dict(zip(session.classes, counts)),
-        "phase": session.phase, "trained": session.trained, "warmup": session.warmup,
-        "strategy": session.strategy, "strategy_text": session.picks.description,
-        "subset": session.subset, "scored": session.picks.scored(), "kind": session.kind,
-        "latency": {"last": session._last_latency,
-                    "median_total_ms": float(np.median(total)) if total else None,
-                    "max_total_ms": float(np.max(total)) if total else None,
-                    "count": len(total)},
+        "phase": session.phase,
+        "trained": session.trained,
+        "warmup": session.warmup,
+        "strategy": session.strategy,
+        "strategy_text": session.picks.description,
+        "subset": session.subset,
+        "scored": session.picks.scored(),
+        "kind": session.kind,
+        "latency": {
+            "last": session._last_latency,
+            "median_total_ms": float(np.median(total)) if total else None,
+            "max_total_ms": float(np.max(total)) if total else None,
+            "count": len(total),
+        },
         "retrain": dict(vars(session._retrainer.status)),
         "curve": [{"labels": n, "accuracy": a} for n, a in session.store.evaluations()],
         "test_size": session.dataset.num_test,
-        "leased": len(session.leases), "skipped": len(session.leases.skipped),
-        "speculation": None if spec is None else {"hits": spec.hits, "misses": spec.misses,
-                                                  "disabled": spec.disabled},
+        "leased": len(session.leases),
+        "skipped": len(session.leases.skipped),
+        "speculation": None
+        if spec is None
+        else {"hits": spec.hits, "misses": spec.misses, "disabled": spec.disabled},
     }

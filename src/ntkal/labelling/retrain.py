@@ -3,13 +3,15 @@
 The epochs run in at most 20 calls of :func:`ntkal.training.train` so that progress can be shown;
 each call restarts momentum and the schedule, hence :func:`default_train_config`'s constant rate.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,22 +31,31 @@ def default_train_config(epochs: int = 30):
     in at most 20 calls so that progress can be shown."""
     from ntkal.training import TrainConfig
 
-    return TrainConfig(epochs=int(epochs), batch_size=32, lr=0.1, momentum=0.9,
-                       weight_decay=5e-4, schedule="constant", loss="mse", seed=0, min_steps=300,
-                       grad_clip=5.0)
+    return TrainConfig(
+        epochs=int(epochs),
+        batch_size=32,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="constant",
+        loss="mse",
+        seed=0,
+        min_steps=300,
+        grad_clip=5.0,
+    )
 
 
 @dataclasses.dataclass
 class RetrainStatus:
-    state: str = "idle"            # idle | training | preparing | done | failed
+    state: str = "idle"  # idle | training | preparing | done | failed
     epoch: int = 0
     epochs: int = 0
     labels: int = 0
-    started: Optional[float] = None
-    finished: Optional[float] = None
-    seconds: Optional[float] = None
-    accuracy: Optional[float] = None
-    error: Optional[str] = None
+    started: float | None = None
+    finished: float | None = None
+    seconds: float | None = None
+    accuracy: float | None = None
+    error: str | None = None
 
 
 class Retrainer:
@@ -54,33 +65,41 @@ class Retrainer:
     the new look-ahead session and swapping it in are the session's business).
     """
 
-    def __init__(self, train_config: Any, num_classes: int, x_pool: torch.Tensor,
-                 dataset: Any) -> None:
+    def __init__(
+        self, train_config: Any, num_classes: int, x_pool: torch.Tensor, dataset: Any
+    ) -> None:
         self.train_config = train_config
         self.num_classes = int(num_classes)
         self.x_pool = x_pool
         self.dataset = dataset
         self.status = RetrainStatus()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
-              finish: Callable[[nn.Module, np.ndarray, np.ndarray, RetrainStatus], None]) -> bool:
+    def start(
+        self,
+        model: nn.Module,
+        idx: np.ndarray,
+        lab: np.ndarray,
+        finish: Callable[[nn.Module, np.ndarray, np.ndarray, RetrainStatus], None],
+    ) -> bool:
         """Train ``model`` (already a copy) on ``(idx, lab)``; False if a retrain is running."""
         if self.running:
             return False
         epochs = self.train_config.epochs_for(idx.size)
-        self.status = RetrainStatus(state="training", epochs=epochs, labels=int(idx.size),
-                                    started=time.time())
-        self._thread = threading.Thread(target=self._work, args=(model, idx, lab, finish),
-                                        name="ntkal-retrain", daemon=True)
+        self.status = RetrainStatus(
+            state="training", epochs=epochs, labels=int(idx.size), started=time.time()
+        )
+        self._thread = threading.Thread(
+            target=self._work, args=(model, idx, lab, finish), name="ntkal-retrain", daemon=True
+        )
         self._thread.start()
         return True
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until a running retrain has finished; True if none is running now."""
         thread = self._thread
         if thread is not None:
@@ -98,10 +117,18 @@ class Retrainer:
             done = 0
             while done < status.epochs:
                 chunk = min(per_call, status.epochs - done)
-                train(model, x, y, dataclasses.replace(self.train_config, epochs=chunk,
-                                                       min_steps=None,
-                                                       seed=self.train_config.seed + done),
-                      num_classes=self.num_classes)
+                train(
+                    model,
+                    x,
+                    y,
+                    dataclasses.replace(
+                        self.train_config,
+                        epochs=chunk,
+                        min_steps=None,
+                        seed=self.train_config.seed + done,
+                    ),
+                    num_classes=self.num_classes,
+                )
                 done += chunk
                 status.epoch = done
             if self.dataset.num_test:
@@ -118,17 +145,22 @@ class Retrainer:
             status.seconds = status.finished - (status.started or status.finished)
 
 
-def adopt(session: Any, model: nn.Module, idx: np.ndarray, lab: np.ndarray,
-          status: RetrainStatus) -> None:
+def adopt(
+    session: Any, model: nn.Module, idx: np.ndarray, lab: np.ndarray, status: RetrainStatus
+) -> None:
     """After SGD (in the retrain thread): record the accuracy, save the weights, build the
     new look-ahead session here rather than in a request, teach it every label given
     meanwhile, and swap it into ``session`` (a :class:`LabellingSession`)."""
     if status.accuracy is not None:
         session.store.add_evaluation(int(idx.size), status.accuracy)
     if session.weights_path is not None:
-        atomic_torch_save({"model_state": {k: v.detach().cpu() for k, v in
-                                           model.state_dict().items()},
-                           "num_labels": int(idx.size)}, session.weights_path)
+        atomic_torch_save(
+            {
+                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "num_labels": int(idx.size),
+            },
+            session.weights_path,
+        )
     learner = session.picks.build(model, idx, lab)
     if learner.unlabelled_indices.size:
         learner.query(1)

@@ -17,18 +17,28 @@ name of the attacker's that resolves to 127.0.0.1) can even read the answers. So
 
 Implemented as plain ASGI middleware, so a refused request never reaches a handler.
 """
+
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import json
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Guard", "parse_json", "allowed_hosts", "is_loopback", "host_name",
-           "MAX_BODY", "MAX_IMPORT_BODY", "MAX_DEPTH"]
+__all__ = [
+    "Guard",
+    "parse_json",
+    "allowed_hosts",
+    "is_loopback",
+    "host_name",
+    "MAX_BODY",
+    "MAX_IMPORT_BODY",
+    "MAX_DEPTH",
+]
 
-MAX_BODY = 1 << 20          # 1 MiB: a label is ~60 bytes
+MAX_BODY = 1 << 20  # 1 MiB: a label is ~60 bytes
 MAX_IMPORT_BODY = 16 << 20  # an import of ~250 000 labels
 MAX_DEPTH = 16
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -48,11 +58,11 @@ def host_name(netloc: str) -> str:
     """The host part of ``host[:port]`` / ``[v6]:port``, lower-cased."""
     netloc = netloc.strip().lower()
     if netloc.startswith("["):
-        return netloc[1:netloc.index("]")] if "]" in netloc else netloc
+        return netloc[1 : netloc.index("]")] if "]" in netloc else netloc
     return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
 
 
-def allowed_hosts(bind: str, allow_remote: bool) -> Optional[frozenset]:
+def allowed_hosts(bind: str, allow_remote: bool) -> frozenset | None:
     """Host names requests may carry; ``None`` means any (a wildcard bind with
     ``--allow-remote``, where the token is what protects the server)."""
     names = set(LOOPBACK_NAMES) | {bind.lower()}
@@ -104,8 +114,15 @@ class Guard:
     """ASGI middleware applying the checks of the module docstring; a write's parsed JSON
     object is left in ``scope["state"]["json"]`` for the handler."""
 
-    def __init__(self, app: Callable, *, hosts: Optional[Iterable[str]], token: Optional[str],
-                 csrf: str, large_paths: Iterable[str] = ("/api/import",)) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        *,
+        hosts: Iterable[str] | None,
+        token: str | None,
+        csrf: str,
+        large_paths: Iterable[str] = ("/api/import",),
+    ) -> None:
         self.app = app
         self.hosts = None if hosts is None else frozenset(h.lower() for h in hosts)
         self.token = token
@@ -116,24 +133,33 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         refusal = self._check_request(scope, headers)
         if refusal is None and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             refusal = await self._read_write(scope, headers, receive)
         if refusal is not None:
             await self._send(send, *refusal)
             return
-        await self.app(scope, receive if "body" not in scope.get("state", {}) else
-                       self._replay(scope["state"]["body"]), send)
+        await self.app(
+            scope,
+            receive
+            if "body" not in scope.get("state", {})
+            else self._replay(scope["state"]["body"]),
+            send,
+        )
 
-    def _check_request(self, scope: dict, headers: dict) -> Optional[tuple[int, bytes]]:
+    def _check_request(self, scope: dict, headers: dict) -> tuple[int, bytes] | None:
         host = headers.get("host")
         if not host:
             return _refuse(400, "the request has no Host header")
         if self.hosts is not None and host_name(host) not in self.hosts:
-            return _refuse(421, f"this server answers to {', '.join(sorted(self.hosts))}, not "
-                                f"{host_name(host)!r} (a page on another site cannot reach it)")
+            return _refuse(
+                421,
+                f"this server answers to {', '.join(sorted(self.hosts))}, not "
+                f"{host_name(host)!r} (a page on another site cannot reach it)",
+            )
         if self.token:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             given = headers.get("x-ntkal-token") or (query.get("token") or [""])[0]
@@ -144,22 +170,30 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None:
             parts = urlsplit(origin)
-            if origin == "null" or parts.netloc.lower() != host.lower() or \
-                    parts.scheme not in ("http", "https"):
-                return _refuse(403, f"cross-origin write refused (Origin {origin!r}); nothing "
-                                    "was stored")
+            if (
+                origin == "null"
+                or parts.netloc.lower() != host.lower()
+                or parts.scheme not in ("http", "https")
+            ):
+                return _refuse(
+                    403, f"cross-origin write refused (Origin {origin!r}); nothing was stored"
+                )
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return _refuse(403, "cross-site write refused; nothing was stored")
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             return _refuse(415, f"writes must be application/json, got {ctype or 'no type'!r}")
         if not hmac.compare_digest(headers.get("x-ntkal-csrf", "").encode(), self.csrf.encode()):
-            return _refuse(403, "missing or wrong X-Ntkal-Csrf header (reload the page; scripts "
-                                "read it from GET /api/session)")
+            return _refuse(
+                403,
+                "missing or wrong X-Ntkal-Csrf header (reload the page; scripts "
+                "read it from GET /api/session)",
+            )
         return None
 
-    async def _read_write(self, scope: dict, headers: dict,
-                          receive: Callable) -> Optional[tuple[int, bytes]]:
+    async def _read_write(
+        self, scope: dict, headers: dict, receive: Callable
+    ) -> tuple[int, bytes] | None:
         limit = MAX_IMPORT_BODY if scope["path"] in self.large_paths else MAX_BODY
         too_big = _refuse(413, f"the request body is larger than {limit // (1 << 20)} MiB")
         declared = headers.get("content-length", "")
@@ -197,11 +231,19 @@ class Guard:
                 return {"type": "http.disconnect"}
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+
         return receive
 
     @staticmethod
     async def _send(send: Callable, status: int, body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

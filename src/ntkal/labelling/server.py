@@ -35,21 +35,23 @@ import csv
 import io
 import secrets
 from importlib import resources
-from typing import Any, Optional
+from typing import Any
 
 from ntkal.labelling.security import Guard, allowed_hosts, is_loopback
 
 __all__ = ["create_app", "check_bind", "serve", "is_loopback", "parse_import"]
 
 
-def check_bind(host: str, allow_remote: bool, token: Optional[str]) -> None:
+def check_bind(host: str, allow_remote: bool, token: str | None) -> None:
     """Refuse a non-loopback address unless both ``allow_remote`` and a token are given."""
     if is_loopback(host):
         return
     if not allow_remote:
-        raise ValueError(f"refusing to listen on {host}: anyone on the network could label and "
-                         "export your data. Use 127.0.0.1, or pass --allow-remote together with "
-                         "--token")
+        raise ValueError(
+            f"refusing to listen on {host}: anyone on the network could label and "
+            "export your data. Use 127.0.0.1, or pass --allow-remote together with "
+            "--token"
+        )
     if not token or len(token) < 8:
         raise ValueError(f"listening on {host} needs --token with at least 8 characters")
 
@@ -70,14 +72,20 @@ def parse_import(doc: dict) -> tuple[list[Any], list[Any]]:
     else:
         rows = doc.get("labels")
         if not isinstance(rows, list):
-            raise ValueError('an import must be {"labels": [{"index": i, "label": y}, ...]} or '
-                             '{"csv": "index,label\\n..."}')
+            raise ValueError(
+                'an import must be {"labels": [{"index": i, "label": y}, ...]} or '
+                '{"csv": "index,label\\n..."}'
+            )
     indices, labels = [], []
     for n, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or "index" not in row or \
-                (row.get("label") in (None, "") and row.get("class") in (None, "")):
-            raise ValueError(f"import row {n} needs 'index' and 'label' (or 'class'), got "
-                             f"{str(row)[:200]}")
+        if (
+            not isinstance(row, dict)
+            or "index" not in row
+            or (row.get("label") in (None, "") and row.get("class") in (None, ""))
+        ):
+            raise ValueError(
+                f"import row {n} needs 'index' and 'label' (or 'class'), got {str(row)[:200]}"
+            )
         indices.append(row["index"])
         labels.append(row["label"] if row.get("label") not in (None, "") else row["class"])
     return indices, labels
@@ -99,6 +107,7 @@ def _error_handlers(app: Any) -> None:
     def answer(status: int):
         async def handler(request: Request, err: Exception):
             return JSONResponse({"detail": str(err) or type(err).__name__}, status_code=status)
+
         return handler
 
     app.add_exception_handler(LabelConflict, answer(409))
@@ -109,13 +118,13 @@ def _error_handlers(app: Any) -> None:
     async def bad_query(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
-                            status_code=400)
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, err: Exception):
-        return JSONResponse({"detail": f"the server failed: {type(err).__name__}: {err}"},
-                            status_code=500)
+        return JSONResponse(
+            {"detail": f"the server failed: {type(err).__name__}: {err}"}, status_code=500
+        )
 
 
 def _item_routes(app: Any, session: Any) -> None:
@@ -136,7 +145,7 @@ def _item_routes(app: Any, session: Any) -> None:
     @app.post("/api/release")
     async def release(request: Request):
         doc = request.state.json
-        skip = doc.get("skip", True)   # a release from the page is a skip: the next item differs
+        skip = doc.get("skip", True)  # a release from the page is a skip: the next item differs
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be true or false, got {skip!r}")
         released = await pool(session.release, doc.get("index"), doc.get("client"), skip=skip)
@@ -158,9 +167,15 @@ def _item_routes(app: Any, session: Any) -> None:
     @app.get("/api/items/{index}/original")
     async def original(index: int):
         data, media = await pool(session.original, index)
-        return Response(data, media_type=media, headers={
-            "Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'"})
+        return Response(
+            data,
+            media_type=media,
+            headers={
+                "Cache-Control": "max-age=3600",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'",
+            },
+        )
 
 
 def _label_routes(app: Any, session: Any) -> None:
@@ -195,8 +210,11 @@ def _label_routes(app: Any, session: Any) -> None:
     async def export(format: str = "csv"):
         text = await pool(session.export, format)
         media = "text/csv" if format == "csv" else "application/json"
-        return Response(text, media_type=media, headers={
-            "Content-Disposition": f'attachment; filename="labels.{format}"'})
+        return Response(
+            text,
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="labels.{format}"'},
+        )
 
     @app.post("/api/import")
     async def import_labels(request: Request):
@@ -211,16 +229,22 @@ def _page_routes(app: Any, session: Any, csrf: str) -> None:
 
     @app.get("/")
     def index():
-        return Response(_page(csrf), media_type="text/html; charset=utf-8", headers={
-            # scripts only from this server; inline style attributes are fine (bar widths)
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                                       "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-            "X-Frame-Options": "DENY", "Cache-Control": "no-store"})
+        return Response(
+            _page(csrf),
+            media_type="text/html; charset=utf-8",
+            headers={
+                # scripts only from this server; inline style attributes are fine (bar widths)
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY",
+                "Cache-Control": "no-store",
+            },
+        )
 
     @app.get("/static/{name}")
     def static(name: str):
         types = {".js": "text/javascript", ".css": "text/css"}
-        suffix = name[name.rfind("."):] if "." in name else ""
+        suffix = name[name.rfind(".") :] if "." in name else ""
         if suffix not in types or "/" in name or name.startswith("."):
             return JSONResponse({"detail": "not found"}, status_code=404)
         try:
@@ -230,9 +254,14 @@ def _page_routes(app: Any, session: Any, csrf: str) -> None:
 
     @app.get("/api/session")
     def describe():
-        return {"csrf": csrf, "strategy": session.strategy,
-                "strategy_text": session.picks.description, "classes": list(session.classes),
-                "kind": session.kind, "pool_size": session.pool_size}
+        return {
+            "csrf": csrf,
+            "strategy": session.strategy,
+            "strategy_text": session.picks.description,
+            "classes": list(session.classes),
+            "kind": session.kind,
+            "pool_size": session.pool_size,
+        }
 
     @app.get("/api/stats")
     async def stats():
@@ -246,8 +275,14 @@ def _page_routes(app: Any, session: Any, csrf: str) -> None:
         return JSONResponse({"started": False, "detail": reason}, status_code=409)
 
 
-def create_app(session, *, token: Optional[str] = None, host: str = "127.0.0.1",
-               allow_remote: bool = False, csrf: Optional[str] = None):
+def create_app(
+    session,
+    *,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    allow_remote: bool = False,
+    csrf: str | None = None,
+):
     """The FastAPI application serving ``session`` (a :class:`LabellingSession`), answering
     only to the names of ``host`` (loopback names unless ``allow_remote``)."""
     from fastapi import FastAPI
@@ -263,11 +298,23 @@ def create_app(session, *, token: Optional[str] = None, host: str = "127.0.0.1",
     return app
 
 
-def serve(session, *, host: str = "127.0.0.1", port: int = 8765, token: Optional[str] = None,
-          allow_remote: bool = False, log_level: str = "warning") -> None:
+def serve(
+    session,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    allow_remote: bool = False,
+    log_level: str = "warning",
+) -> None:
     """Run the app with uvicorn until interrupted (binding checked by :func:`check_bind`)."""
     import uvicorn
 
     check_bind(host, allow_remote, token)
-    uvicorn.run(create_app(session, token=token, host=host, allow_remote=allow_remote),
-                host=host, port=int(port), log_level=log_level, access_log=False)
+    uvicorn.run(
+        create_app(session, token=token, host=host, allow_remote=allow_remote),
+        host=host,
+        port=int(port),
+        log_level=log_level,
+        access_log=False,
+    )

@@ -16,11 +16,13 @@ order, so its picks equal the learner's; the tests compare whole pick sequences 
 speculation. Memory: the twin holds a second copy of the session's state (for the dense engine,
 ``Σ`` over the candidates).
 """
+
 from __future__ import annotations
 
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,20 +40,20 @@ class Speculator:
         self._build = build
         self.hits = 0
         self.misses = 0
-        self.disabled: Optional[str] = None   # why speculation stopped for good, if it did
+        self.disabled: str | None = None  # why speculation stopped for good, if it did
         self._generation = 0
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self.reset()
 
     def reset(self) -> None:
         """A new learner (retrain, undo, relabel, import): the twin and its work are void."""
         self._generation += 1
-        self._base: Optional[tuple] = None   # (session, idx, lab, num_queries) at session start
+        self._base: tuple | None = None  # (session, idx, lab, num_queries) at session start
         self._twin: Any = None
-        self._twin_count = 0                 # how many of ``_log`` the twin has been taught
+        self._twin_count = 0  # how many of ``_log`` the twin has been taught
         self._log: list[tuple[int, int]] = []
-        self._result: Optional[tuple] = None  # (log length, index, label, pick)
-        self._current: Optional[tuple] = None  # (log length, index, label) being speculated
+        self._result: tuple | None = None  # (log length, index, label, pick)
+        self._current: tuple | None = None  # (log length, index, label) being speculated
 
     @property
     def busy(self) -> bool:
@@ -66,8 +68,12 @@ class Speculator:
             self._base = (session,) + self._base[1:]
             return
         self.reset()
-        self._base = (session, learner.labelled_indices.copy(), learner.labels.copy(),
-                      int(learner.num_queries) - 1)
+        self._base = (
+            session,
+            learner.labelled_indices.copy(),
+            learner.labels.copy(),
+            int(learner.num_queries) - 1,
+        )
 
     def taught(self, index: int, label: int) -> None:
         """The learner was taught ``(index, label)`` the ordinary way."""
@@ -78,30 +84,43 @@ class Speculator:
         """Start computing the pick after ``(index, label)`` in the background (if idle)."""
         if self._base is None or self.busy or self.disabled:
             return
-        self._generation += 1                       # a new speculation voids any older one
+        self._generation += 1  # a new speculation voids any older one
         self._current = (len(self._log), int(index), int(label))
         self._result = None
         self._thread = threading.Thread(
-            target=self._work, args=(self._generation, self._base, list(self._log), self._twin,
-                                     self._twin_count, self._current),
-            name="ntkal-speculate", daemon=True)
+            target=self._work,
+            args=(
+                self._generation,
+                self._base,
+                list(self._log),
+                self._twin,
+                self._twin_count,
+                self._current,
+            ),
+            name="ntkal-speculate",
+            daemon=True,
+        )
         self._thread.start()
 
-    def _work(self, generation: int, base: tuple, log: list, twin: Any, twin_count: int,
-              current: tuple) -> None:
+    def _work(
+        self, generation: int, base: tuple, log: list, twin: Any, twin_count: int, current: tuple
+    ) -> None:
         """In the thread: bring the twin up to ``log``, teach it the speculative label, pick."""
         count, index, label = current
         try:
             if twin is None:
                 _, idx, lab, num_queries = base
                 twin = self._build(idx, lab, num_queries)
-                twin.query(1)                       # the session starts as the learner's did
+                twin.query(1)  # the session starts as the learner's did
                 twin_count = 0
-                engines = [type(getattr(x, "lookahead", None)).__name__
-                           for x in (base[0], twin.session)]
-                if engines[0] != engines[1]:        # less memory left for the second copy
-                    self.disabled = (f"the twin got the {engines[1]} engine, the learner the "
-                                     f"{engines[0]}: picks could differ, so no speculation")
+                engines = [
+                    type(getattr(x, "lookahead", None)).__name__ for x in (base[0], twin.session)
+                ]
+                if engines[0] != engines[1]:  # less memory left for the second copy
+                    self.disabled = (
+                        f"the twin got the {engines[1]} engine, the learner the "
+                        f"{engines[0]}: picks could differ, so no speculation"
+                    )
                     return
             for i, y in log[twin_count:count]:
                 twin.teach([i], [y])
@@ -114,7 +133,7 @@ class Speculator:
             if generation == self._generation:
                 self._twin, self._result = None, None
 
-    def take(self, learner: Any, index: int, label: int) -> Optional[tuple[Any, int]]:
+    def take(self, learner: Any, index: int, label: int) -> tuple[Any, int] | None:
         """``(twin, pick)`` if the twin speculated exactly ``(index, label)`` on the learner's
         current state, else None (the caller teaches the learner itself, and the twin, taught
         a label that did not happen, is dropped). On success the former ``learner`` becomes
@@ -125,7 +144,7 @@ class Speculator:
         if self._current != wanted:
             self._void()
             return None
-        self._thread.join()                         # it is ahead of us: wait for the rest
+        self._thread.join()  # it is ahead of us: wait for the rest
         result = self._result
         if result is None or result[:3] != wanted:
             self._void()
@@ -139,5 +158,5 @@ class Speculator:
 
     def _void(self) -> None:
         self.misses += 1
-        self._generation += 1                       # a running thread's result is dropped
+        self._generation += 1  # a running thread's result is dropped
         self._twin, self._result, self._current = None, None, None

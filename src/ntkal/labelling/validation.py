@@ -5,10 +5,12 @@ digit, which ``int()`` accepts), ``Infinity`` or ``1e400`` must be refused with 
 the field, never truncated to an index nor let through to a traceback. Class names are matched
 before indices, so with classes named ``1, 2, 3`` the label ``"1"`` is the class ``"1"``.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ntkal.arguments import is_integer
 

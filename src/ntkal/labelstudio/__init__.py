@@ -14,14 +14,30 @@ class as a pre-annotation and the acquisition score as ``score`` for every unlab
 - :mod:`ntkal.labelstudio.backend`: the loop; :mod:`ntkal.labelstudio.server`: its HTTP API
   (needs the ``label`` extra: FastAPI + uvicorn).
 """
+
 from __future__ import annotations
 
-from ntkal.labelstudio.exchange import (default_config, export_tasks, import_tasks, read_export,
-                                        write_export)
+from ntkal.labelstudio.exchange import (
+    default_config,
+    export_tasks,
+    import_tasks,
+    read_export,
+    write_export,
+)
 from ntkal.labelstudio.protocol import LabelConfig, ProtocolError, parse_label_config
 
-__all__ = ["LabelConfig", "ProtocolError", "parse_label_config", "export_tasks", "import_tasks",
-           "read_export", "write_export", "default_config", "export_store", "import_store"]
+__all__ = [
+    "LabelConfig",
+    "ProtocolError",
+    "parse_label_config",
+    "export_tasks",
+    "import_tasks",
+    "read_export",
+    "write_export",
+    "default_config",
+    "export_store",
+    "import_store",
+]
 
 
 def export_store(store, classes, out, **kwargs) -> int:
@@ -47,7 +63,7 @@ def import_store(store, classes, path, **kwargs) -> dict:
     return store.import_labels(indices, labels, annotator="labelstudio-import")
 
 
-def _choices_name(tasks) -> "str | None":
+def _choices_name(tasks) -> str | None:
     """The ``from_name`` of the first ``choices`` region in an export (its control's name)."""
     for task in tasks if isinstance(tasks, list) else []:
         for ann in (task.get("annotations") or []) if isinstance(task, dict) else []:

@@ -15,6 +15,7 @@ for which task each item is; on start the backend rebuilds the learner from the 
 any annotation Label Studio holds that the store lacks (made while the backend was down), so after
 ``kill -9`` no acknowledged annotation is lost.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,9 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +34,24 @@ from ntkal.labelling.picks import DEFAULT_STRATEGY
 from ntkal.labelstore import LabelStore
 from ntkal.labelstudio.exchange import task_label
 from ntkal.labelstudio.pool import ProjectPool, build_pool, load_task_ids, save_task_ids
-from ntkal.labelstudio.protocol import (AnnotationEvent, LabelConfig, ProtocolError,
-                                        parse_label_config, prediction, scaled_scores)
+from ntkal.labelstudio.protocol import (
+    AnnotationEvent,
+    LabelConfig,
+    ProtocolError,
+    parse_label_config,
+    prediction,
+    scaled_scores,
+)
 
-__all__ = ["Backend", "DEFAULT_STRATEGY", "LOOKAHEAD_STRATEGIES", "make_session",
-           "lookahead_scores", "annotator_tag", "annotation_of"]
+__all__ = [
+    "Backend",
+    "DEFAULT_STRATEGY",
+    "LOOKAHEAD_STRATEGIES",
+    "make_session",
+    "lookahead_scores",
+    "annotator_tag",
+    "annotation_of",
+]
 
 #: Strategies with a sequential look-ahead session whose per-candidate scores can be written (the
 #: default is the labelling page's :data:`~ntkal.labelling.picks.DEFAULT_STRATEGY`, ``auto``).
@@ -45,13 +60,13 @@ LOOKAHEAD_STRATEGIES = ("auto", "vr", "mlmoc", "emoc", "eer", "ntk_epig", "ntk_b
 _TAG = "labelstudio"
 
 
-def annotator_tag(user: Optional[str], annotation_id: int) -> str:
+def annotator_tag(user: str | None, annotation_id: int) -> str:
     """The store's ``annotator`` for a Label Studio annotation: who, and which annotation (so a
     later update or deletion of that annotation finds its label)."""
     return f"{_TAG}:{user or '?'}:{int(annotation_id)}"
 
 
-def annotation_of(annotator: Optional[str]) -> Optional[int]:
+def annotation_of(annotator: str | None) -> int | None:
     """The Label Studio annotation id in a store ``annotator`` written by :func:`annotator_tag`."""
     if not annotator or not annotator.startswith(_TAG + ":"):
         return None
@@ -65,8 +80,10 @@ def make_session(dataset, store, model, *, strategy: str = DEFAULT_STRATEGY, **k
     from ntkal.labelling.engine import LabellingSession
 
     if strategy not in LOOKAHEAD_STRATEGIES:
-        raise ValueError(f"--strategy must be a look-ahead strategy ({', '.join(LOOKAHEAD_STRATEGIES)})"
-                         f", got {strategy!r}")
+        raise ValueError(
+            f"--strategy must be a look-ahead strategy ({', '.join(LOOKAHEAD_STRATEGIES)})"
+            f", got {strategy!r}"
+        )
     return LabellingSession(dataset, store, model, strategy=strategy, **kwargs)
 
 
@@ -92,18 +109,18 @@ def lookahead_scores(learner) -> tuple[np.ndarray, np.ndarray, int]:
 
 @dataclasses.dataclass
 class _Scores:
-    labels: int = -1                 # stored labels these scores reflect
-    changes: int = -1                # store changes (events) these scores reflect
-    pick: Optional[int] = None       # pool index of the session's proposal
-    task_pick: Optional[int] = None  # its task id
-    predicted: Optional[np.ndarray] = None   # (pool,) predicted class
-    score: Optional[dict] = None     # pool index -> acquisition score scaled onto [0, 1]
-    raw: Optional[dict] = None       # pool index -> acquisition score
-    pushed: int = 0                  # predictions written in the last push
-    seconds: Optional[float] = None  # event received -> predictions written
-    finished: Optional[float] = None
-    error: Optional[str] = None
-    model: Any = None                # the learner the scores came from
+    labels: int = -1  # stored labels these scores reflect
+    changes: int = -1  # store changes (events) these scores reflect
+    pick: int | None = None  # pool index of the session's proposal
+    task_pick: int | None = None  # its task id
+    predicted: np.ndarray | None = None  # (pool,) predicted class
+    score: dict | None = None  # pool index -> acquisition score scaled onto [0, 1]
+    raw: dict | None = None  # pool index -> acquisition score
+    pushed: int = 0  # predictions written in the last push
+    seconds: float | None = None  # event received -> predictions written
+    finished: float | None = None
+    error: str | None = None
+    model: Any = None  # the learner the scores came from
 
 
 class Backend:
@@ -124,9 +141,17 @@ class Backend:
         after ``session.warmup`` labels, and on Label Studio's "start training").
     """
 
-    def __init__(self, client, project: int, pool: ProjectPool, session, *,
-                 strategy: str = DEFAULT_STRATEGY, retrain_every: int = 50,
-                 start_worker: bool = True) -> None:
+    def __init__(
+        self,
+        client,
+        project: int,
+        pool: ProjectPool,
+        session,
+        *,
+        strategy: str = DEFAULT_STRATEGY,
+        retrain_every: int = 50,
+        start_worker: bool = True,
+    ) -> None:
         self.client = client
         self.project = int(project)
         self.pool = pool
@@ -136,30 +161,44 @@ class Backend:
         self.strategy = strategy
         self.model_version = f"ntkal-{strategy}"
         self.retrain_every = int(retrain_every)
-        self._lock = threading.RLock()           # scoring: one refresh at a time
-        self._events = threading.RLock()         # store changes; never waits for scoring
+        self._lock = threading.RLock()  # scoring: one refresh at a time
+        self._events = threading.RLock()  # store changes; never waits for scoring
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rebuild = False
-        self._received: deque = deque()          # perf_counter() of events not yet scored
-        self.changes = 0                         # events that changed the store
+        self._received: deque = deque()  # perf_counter() of events not yet scored
+        self.changes = 0  # events that changed the store
         self.scores = _Scores()
         self.latencies: deque = deque(maxlen=500)
         self.events = {"created": 0, "updated": 0, "deleted": 0, "ignored": 0}
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         if start_worker:
             self.start()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_project(cls, client, project: int, store: str, *, model: str = "mlp",
-                     width: Optional[int] = None, factory: Optional[str] = None,
-                     strategy: str = DEFAULT_STRATEGY, subset: int = 2000,
-                     warmup: Optional[int] = None, epochs: int = 30,
-                     image_size: Optional[Sequence[int]] = None,
-                     features: Optional[Sequence[str]] = None, data_root: Optional[Path] = None,
-                     from_name: Optional[str] = None, seed: int = 0, retrain_every: int = 50,
-                     tasks: Optional[list] = None, start_worker: bool = True) -> "Backend":
+    def from_project(
+        cls,
+        client,
+        project: int,
+        store: str,
+        *,
+        model: str = "mlp",
+        width: int | None = None,
+        factory: str | None = None,
+        strategy: str = DEFAULT_STRATEGY,
+        subset: int = 2000,
+        warmup: int | None = None,
+        epochs: int = 30,
+        image_size: Sequence[int] | None = None,
+        features: Sequence[str] | None = None,
+        data_root: Path | None = None,
+        from_name: str | None = None,
+        seed: int = 0,
+        retrain_every: int = 50,
+        tasks: list | None = None,
+        start_worker: bool = True,
+    ) -> Backend:
         """Read the project from Label Studio, build (or restore) the pool, model and session,
         and catch up with annotations made while the backend was not running."""
         from ntkal.labelling.engine import default_train_config
@@ -170,22 +209,48 @@ class Backend:
         tasks = client.export_tasks(project) if tasks is None else tasks
         ids_path = Path(str(store) + ".tasks.json")
         saved = load_task_ids(ids_path, project) if str(store) != ":memory:" else None
-        pool = build_pool(tasks, config, fetch=client.file, task_ids=saved, data_root=data_root,
-                          image_size=image_size, features=features)
+        pool = build_pool(
+            tasks,
+            config,
+            fetch=client.file,
+            task_ids=saved,
+            data_root=data_root,
+            image_size=image_size,
+            features=features,
+        )
         if saved is None and str(store) != ":memory:":
             if Path(store).exists():
-                raise ProtocolError(f"{store} exists but {ids_path} does not: the store's items "
-                                    "cannot be matched to tasks; use a new --store")
+                raise ProtocolError(
+                    f"{store} exists but {ids_path} does not: the store's items "
+                    "cannot be matched to tasks; use a new --store"
+                )
             save_task_ids(ids_path, project, pool.task_ids)
         ds = pool.dataset
         torch.manual_seed(seed)
-        net = (build_from_factory(factory, ds.in_shape, ds.num_classes) if factory else
-               build_model(model, ds.in_shape, ds.num_classes, width=width))
-        session = make_session(ds, str(store), net, strategy=strategy, subset=subset,
-                               warmup=warmup, train_config=default_train_config(epochs),
-                               seed=seed)
-        backend = cls(client, project, pool, session, strategy=strategy,
-                      retrain_every=retrain_every, start_worker=False)
+        net = (
+            build_from_factory(factory, ds.in_shape, ds.num_classes)
+            if factory
+            else build_model(model, ds.in_shape, ds.num_classes, width=width)
+        )
+        session = make_session(
+            ds,
+            str(store),
+            net,
+            strategy=strategy,
+            subset=subset,
+            warmup=warmup,
+            train_config=default_train_config(epochs),
+            seed=seed,
+        )
+        backend = cls(
+            client,
+            project,
+            pool,
+            session,
+            strategy=strategy,
+            retrain_every=retrain_every,
+            start_worker=False,
+        )
         backend.reconcile(tasks)
         if start_worker:
             backend.start()
@@ -195,7 +260,7 @@ class Backend:
     def _records_by_index(self) -> dict[int, dict]:
         return {r["index"]: r for r in self.store.records()}
 
-    def _rewrite(self, index: int, label: Optional[int], annotator: Optional[str]) -> None:
+    def _rewrite(self, index: int, label: int | None, annotator: str | None) -> None:
         """Replace (``label``) or remove (``None``) the stored label of ``index``.
 
         The store only removes its most recent labels, so the later ones are taken off and put
@@ -203,7 +268,7 @@ class Backend:
         """
         popped = []
         while True:
-            last = self.store.records()[-1:]   # the record undo_last is about to remove
+            last = self.store.records()[-1:]  # the record undo_last is about to remove
             undone = self.store.undo_last()
             if undone is None:
                 break
@@ -216,7 +281,7 @@ class Backend:
             self.store.add([index], [label], annotator=annotator)
         self._rebuild = True
 
-    def apply(self, events: Sequence[AnnotationEvent], received: Optional[float] = None) -> dict:
+    def apply(self, events: Sequence[AnnotationEvent], received: float | None = None) -> dict:
         """Store the label changes ``events`` make (durably, before returning) and wake the
         scorer. Returns counts of what happened."""
         received = time.perf_counter() if received is None else received
@@ -226,16 +291,23 @@ class Backend:
             for ev in events:
                 index = None if ev.task_id is None else self.pool.index_of(ev.task_id)
                 if ev.action == "deleted" and index is None:
-                    index = next((i for i, r in records.items()
-                                  if annotation_of(r["annotator"]) == ev.annotation_id), None)
+                    index = next(
+                        (
+                            i
+                            for i, r in records.items()
+                            if annotation_of(r["annotator"]) == ev.annotation_id
+                        ),
+                        None,
+                    )
                 if index is None:
                     done["ignored"] += 1
                     self.events["ignored"] += 1
                     continue
                 self.events[ev.action] += 1
                 current = records.get(index)
-                mine = current is not None and annotation_of(current["annotator"]) == \
-                    ev.annotation_id
+                mine = (
+                    current is not None and annotation_of(current["annotator"]) == ev.annotation_id
+                )
                 tag = annotator_tag(ev.user, ev.annotation_id)
                 if ev.label is None:
                     # deleted, cancelled or emptied: the label goes if this annotation gave it
@@ -248,7 +320,7 @@ class Backend:
                     self.store.add([index], [ev.label], annotator=tag)
                     done["stored"] += 1
                 elif current["label"] != ev.label:
-                    self._rewrite(index, ev.label, tag)   # the latest annotation wins
+                    self._rewrite(index, ev.label, tag)  # the latest annotation wins
                     done["changed"] += 1
                 else:
                     done["ignored"] += 1
@@ -282,12 +354,22 @@ class Backend:
             if label is not None and (current is None or current["label"] != label):
                 ann = max(anns, key=lambda a: str(a.get("updated_at") or a.get("created_at")))
                 who = ann.get("completed_by")
-                events.append(AnnotationEvent("created", int(ann["id"]), int(task["id"]), label,
-                                              None if who is None else str(who)))
+                events.append(
+                    AnnotationEvent(
+                        "created",
+                        int(ann["id"]),
+                        int(task["id"]),
+                        label,
+                        None if who is None else str(who),
+                    )
+                )
             elif label is None and made_here is not None:
                 events.append(AnnotationEvent("deleted", made_here, int(task["id"]), None))
-        return self.apply(events) if events else {"stored": 0, "changed": 0, "removed": 0,
-                                                  "ignored": 0}
+        return (
+            self.apply(events)
+            if events
+            else {"stored": 0, "changed": 0, "removed": 0, "ignored": 0}
+        )
 
     # ------------------------------------------------------------------ scoring
     def _session_lock(self):
@@ -314,17 +396,17 @@ class Backend:
                 rebuild, self._rebuild = self._rebuild, False
             with self._session_lock():
                 if rebuild:
-                    self.session._reset_learner()   # a label was changed or removed
+                    self.session._reset_learner()  # a label was changed or removed
                 learner = self.session.learner
                 try:
-                    self.store.sync(learner)        # closed-form conditioning on new labels
-                except ValueError:                  # relabelled while this ran: start afresh
+                    self.store.sync(learner)  # closed-form conditioning on new labels
+                except ValueError:  # relabelled while this ran: start afresh
                     self.session._reset_learner()
                     learner = self.session.learner
                     self.store.sync(learner)
                 n = int(learner.labelled_indices.size)
                 unlabelled = learner.unlabelled_indices
-                if unlabelled.size and n:   # no look-ahead before the first label
+                if unlabelled.size and n:  # no look-ahead before the first label
                     indices, scores, pick = lookahead_scores(learner)
                 else:
                     indices, scores, pick = np.zeros(0, np.int64), np.zeros(0), None
@@ -332,9 +414,16 @@ class Backend:
             self._maybe_retrain()
             raw = dict(zip(indices.tolist(), scores.tolist()))
             score = dict(zip(indices.tolist(), scaled_scores(scores.tolist())))
-            preds = [prediction(self.config, int(predicted[i]), score.get(int(i)),
-                                self.model_version, task=self.pool.task_ids[int(i)])
-                     for i in unlabelled.tolist()]
+            preds = [
+                prediction(
+                    self.config,
+                    int(predicted[i]),
+                    score.get(int(i)),
+                    self.model_version,
+                    task=self.pool.task_ids[int(i)],
+                )
+                for i in unlabelled.tolist()
+            ]
             pushed = 0
             if self.client is not None:
                 self.client.delete_predictions(self.project, self.model_version)
@@ -344,11 +433,19 @@ class Backend:
             now = time.perf_counter()
             seconds = [now - t for t in received]
             self.latencies.extend(seconds)
-            self.scores = _Scores(labels=n, changes=changes, pick=pick,
-                                  task_pick=None if pick is None else self.pool.task_ids[pick],
-                                  predicted=predicted, score=score, raw=raw, pushed=pushed,
-                                  seconds=max(seconds) if seconds else None,
-                                  finished=time.time(), model=learner)
+            self.scores = _Scores(
+                labels=n,
+                changes=changes,
+                pick=pick,
+                task_pick=None if pick is None else self.pool.task_ids[pick],
+                predicted=predicted,
+                score=score,
+                raw=raw,
+                pushed=pushed,
+                seconds=max(seconds) if seconds else None,
+                finished=time.time(),
+                model=learner,
+            )
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -356,14 +453,14 @@ class Backend:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            stale = self.session.learner is not self.scores.model   # e.g. a retrain swapped in
+            stale = self.session.learner is not self.scores.model  # e.g. a retrain swapped in
             if not (woke or stale):
                 continue
             try:
                 self.refresh()
             except Exception as err:  # noqa: BLE001 - reported by /ntkal/stats; events go on
                 self.scores.error = f"{type(err).__name__}: {err}"
-                self.scores.model = self.session.learner   # do not retry a failing state forever
+                self.scores.model = self.session.learner  # do not retry a failing state forever
                 traceback.print_exc()
 
     def start(self) -> None:
@@ -371,8 +468,7 @@ class Backend:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._worker, name="ntkal-labelstudio",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._worker, name="ntkal-labelstudio", daemon=True)
         self._thread.start()
         self._wake.set()
 
@@ -416,8 +512,14 @@ class Backend:
             if index is None or s.predicted is None:
                 out.append({"result": [], "score": None, "model_version": self.model_version})
                 continue
-            out.append(prediction(self.config, int(s.predicted[index]), (s.score or {}).get(index),
-                                  self.model_version))
+            out.append(
+                prediction(
+                    self.config,
+                    int(s.predicted[index]),
+                    (s.score or {}).get(index),
+                    self.model_version,
+                )
+            )
         return out
 
     def stats(self) -> dict:
@@ -426,16 +528,30 @@ class Backend:
         session = self.session.stats()
         s = self.scores
         return {
-            "project": self.project, "tasks": len(self.pool.task_ids),
-            "labelled": session["labelled"], "strategy": self.strategy,
-            "model_version": self.model_version, "classes": list(self.config.classes),
+            "project": self.project,
+            "tasks": len(self.pool.task_ids),
+            "labelled": session["labelled"],
+            "strategy": self.strategy,
+            "model_version": self.model_version,
+            "classes": list(self.config.classes),
             "events": dict(self.events),
             "changes": self.changes,
-            "scores": {"labels": s.labels, "changes": s.changes, "pick_task": s.task_pick,
-                       "pick_index": s.pick,
-                       "written": s.pushed, "finished": s.finished, "error": s.error,
-                       "pending_events": len(self._received)},
-            "latency": {"last_s": s.seconds, "median_s": float(np.median(lat)) if lat else None,
-                        "max_s": float(np.max(lat)) if lat else None, "count": len(lat)},
-            "trained": session["trained"], "retrain": session["retrain"],
+            "scores": {
+                "labels": s.labels,
+                "changes": s.changes,
+                "pick_task": s.task_pick,
+                "pick_index": s.pick,
+                "written": s.pushed,
+                "finished": s.finished,
+                "error": s.error,
+                "pending_events": len(self._received),
+            },
+            "latency": {
+                "last_s": s.seconds,
+                "median_s": float(np.median(lat)) if lat else None,
+                "max_s": float(np.max(lat)) if lat else None,
+                "count": len(lat),
+            },
+            "trained": session["trained"],
+            "retrain": session["retrain"],
         }

@@ -5,6 +5,7 @@ token* (a JWT refresh token, Label Studio's default since 1.14) is exchanged at
 ``POST /api/token/refresh`` for a short-lived access token sent as ``Bearer``, refreshed again on a
 401. Every failure is a :class:`LabelStudioError` naming the request, never a raw traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["LabelStudioClient", "LabelStudioError", "is_personal_access_token"]
 
@@ -23,7 +24,7 @@ MAX_RESPONSE_BYTES = 512 * 2**20
 class LabelStudioError(RuntimeError):
     """A Label Studio request failed; the message names the method, path and status."""
 
-    def __init__(self, message: str, status: Optional[int] = None) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
@@ -50,16 +51,18 @@ class LabelStudioClient:
     def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"--ls-url must be an http(s) URL such as http://127.0.0.1:8080, "
-                             f"got {url!r}")
+            raise ValueError(
+                f"--ls-url must be an http(s) URL such as http://127.0.0.1:8080, got {url!r}"
+            )
         if not token or not isinstance(token, str):
-            raise ValueError("a Label Studio API token is needed (--ls-token or "
-                             "LABEL_STUDIO_API_KEY)")
+            raise ValueError(
+                "a Label Studio API token is needed (--ls-token or LABEL_STUDIO_API_KEY)"
+            )
         self.url = url.rstrip("/")
         self.origin = f"{parsed.scheme}://{parsed.netloc}"
         self.token = token.strip()
         self.timeout = float(timeout)
-        self._access: Optional[str] = None
+        self._access: str | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ transport
@@ -74,8 +77,9 @@ class LabelStudioClient:
                 self._access = doc["access"]
             return f"Bearer {self._access}"
 
-    def _send(self, method: str, path: str, body: Any = None, *, auth: Optional[str],
-              raw: bool = False) -> Any:
+    def _send(
+        self, method: str, path: str, body: Any = None, *, auth: str | None, raw: bool = False
+    ) -> Any:
         url = path if path.startswith(("http://", "https://")) else self.url + path
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
@@ -85,19 +89,23 @@ class LabelStudioClient:
             req.add_header("Authorization", auth)
         short = urllib.parse.urlparse(url).path
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = resp.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as err:
             detail = err.read(500).decode("utf-8", "replace").strip().replace("\n", " ")
-            raise LabelStudioError(f"Label Studio {method} {short} answered {err.code}: "
-                                   f"{detail[:300]}", status=err.code) from None
+            raise LabelStudioError(
+                f"Label Studio {method} {short} answered {err.code}: {detail[:300]}",
+                status=err.code,
+            ) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise LabelStudioError(f"cannot reach Label Studio at {self.url} ({method} {short}: "
-                                   f"{reason})") from None
+            raise LabelStudioError(
+                f"cannot reach Label Studio at {self.url} ({method} {short}: {reason})"
+            ) from None
         if len(payload) > MAX_RESPONSE_BYTES:
-            raise LabelStudioError(f"Label Studio {method} {short}: response larger than "
-                                   f"{MAX_RESPONSE_BYTES} bytes")
+            raise LabelStudioError(
+                f"Label Studio {method} {short}: response larger than {MAX_RESPONSE_BYTES} bytes"
+            )
         if raw:
             return payload
         if not payload.strip():
@@ -110,8 +118,9 @@ class LabelStudioClient:
     def request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         """One authenticated request; JSON in and out (``raw``: the response bytes)."""
         if path.startswith(("http://", "https://")) and not path.startswith(self.origin + "/"):
-            raise LabelStudioError(f"refusing to send the Label Studio token to {path}: not on "
-                                   f"{self.origin}")
+            raise LabelStudioError(
+                f"refusing to send the Label Studio token to {path}: not on {self.origin}"
+            )
         try:
             return self._send(method, path, body, auth=self._auth(), raw=raw)
         except LabelStudioError as err:
@@ -125,33 +134,41 @@ class LabelStudioClient:
 
     def export_tasks(self, project: int) -> list[dict]:
         """Every task of ``project`` with its annotations, in Label Studio's JSON export format."""
-        doc = self.request("GET", f"/api/projects/{int(project)}/export?exportType=JSON"
-                                  "&download_all_tasks=true")
+        doc = self.request(
+            "GET", f"/api/projects/{int(project)}/export?exportType=JSON&download_all_tasks=true"
+        )
         if not isinstance(doc, list):
             raise LabelStudioError(f"the export of project {project} is not a list of tasks")
         return doc
 
     def file(self, url: str) -> bytes:
         """A file Label Studio serves (``/data/upload/...``), by its task URL."""
-        return self.request("GET", url if url.startswith(("http://", "https://")) else
-                            "/" + url.lstrip("/"), raw=True)
+        return self.request(
+            "GET",
+            url if url.startswith(("http://", "https://")) else "/" + url.lstrip("/"),
+            raw=True,
+        )
 
     def import_predictions(self, project: int, predictions: list[dict]) -> Any:
         """Add predictions; Label Studio answers 201 even when it refuses some (e.g. a score
         outside [0, 1]), so the count it created is checked."""
-        doc = self.request("POST", f"/api/projects/{int(project)}/import/predictions",
-                           predictions)
+        doc = self.request("POST", f"/api/projects/{int(project)}/import/predictions", predictions)
         created = doc.get("created") if isinstance(doc, dict) else None
         if created is not None and created != len(predictions):
-            raise LabelStudioError(f"Label Studio stored {created} of {len(predictions)} "
-                                   "predictions (its log says why)")
+            raise LabelStudioError(
+                f"Label Studio stored {created} of {len(predictions)} "
+                "predictions (its log says why)"
+            )
         return doc
 
     def delete_predictions(self, project: int, model_version: str) -> Any:
         """Delete every prediction of ``model_version`` in the project."""
         try:
-            return self.request("DELETE", f"/api/projects/{int(project)}/model-versions/",
-                                {"model_version": model_version})
+            return self.request(
+                "DELETE",
+                f"/api/projects/{int(project)}/model-versions/",
+                {"model_version": model_version},
+            )
         except LabelStudioError as err:
             if err.status == 404:  # nothing of that version yet
                 return None

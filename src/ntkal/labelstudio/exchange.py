@@ -13,19 +13,28 @@ into ``(indices, labels)`` for :meth:`LabelStore.import_labels` (all or nothing)
 its most recent non-cancelled annotation with a choice of the control (Label Studio keeps every
 annotator's annotation; ntkal keeps one label per item).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from ntkal.arguments import is_integer
 from ntkal.atomic_files import atomic_write_text
 from ntkal.labelstudio.protocol import LabelConfig, ProtocolError, choice_of
 
-__all__ = ["export_tasks", "import_tasks", "write_export", "read_export", "default_config",
-           "INDEX_FIELD", "MAX_EXPORT_BYTES"]
+__all__ = [
+    "export_tasks",
+    "import_tasks",
+    "write_export",
+    "read_export",
+    "default_config",
+    "INDEX_FIELD",
+    "MAX_EXPORT_BYTES",
+]
 
 #: The task data field carrying ntkal's pool index.
 INDEX_FIELD = "ntkal_index"
@@ -33,24 +42,39 @@ INDEX_FIELD = "ntkal_index"
 MAX_EXPORT_BYTES = 256 * 2**20
 
 
-def default_config(classes: Sequence[str], *, from_name: str = "label",
-                   to_name: str = "image", object_tag: str = "Image",
-                   data_key: str = "image") -> LabelConfig:
+def default_config(
+    classes: Sequence[str],
+    *,
+    from_name: str = "label",
+    to_name: str = "image",
+    object_tag: str = "Image",
+    data_key: str = "image",
+) -> LabelConfig:
     """The config an export is written for when there is no Label Studio project."""
-    return LabelConfig(from_name=from_name, to_name=to_name, object_tag=object_tag,
-                       data_key=data_key, classes=tuple(str(c) for c in classes))
+    return LabelConfig(
+        from_name=from_name,
+        to_name=to_name,
+        object_tag=object_tag,
+        data_key=data_key,
+        classes=tuple(str(c) for c in classes),
+    )
 
 
-def _iso(ts: Optional[float]) -> Optional[str]:
+def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return _dt.datetime.fromtimestamp(float(ts), _dt.timezone.utc).isoformat().replace("+00:00",
-                                                                                          "Z")
+    return (
+        _dt.datetime.fromtimestamp(float(ts), _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    )
 
 
-def export_tasks(records: Iterable[dict], config: LabelConfig, *,
-                 task_ids: Optional[Sequence[int]] = None,
-                 data: Optional[Callable[[int], dict]] = None) -> list[dict]:
+def export_tasks(
+    records: Iterable[dict],
+    config: LabelConfig,
+    *,
+    task_ids: Sequence[int] | None = None,
+    data: Callable[[int], dict] | None = None,
+) -> list[dict]:
     """Label Studio tasks (JSON export format) for ``records`` (:meth:`LabelStore.records`).
 
     Parameters
@@ -68,23 +92,39 @@ def export_tasks(records: Iterable[dict], config: LabelConfig, *,
     for n, rec in enumerate(records):
         index, label = int(rec["index"]), int(rec["label"])
         if not 0 <= label < len(config.classes):
-            raise ProtocolError(f"label {label} of item {index} is not a class of the config "
-                                f"({len(config.classes)} classes)")
+            raise ProtocolError(
+                f"label {label} of item {index} is not a class of the config "
+                f"({len(config.classes)} classes)"
+            )
         tid = int(task_ids[index]) if task_ids is not None else index + 1
         task_data = dict(data(index)) if data is not None else {}
         task_data[INDEX_FIELD] = index
         created = _iso(rec.get("created"))
-        out.append({
-            "id": tid, "data": task_data,
-            "annotations": [{
-                "id": n + 1, "completed_by": rec.get("annotator"), "was_cancelled": False,
-                "ground_truth": False, "created_at": created, "updated_at": created,
-                "result": [{"from_name": config.from_name, "to_name": config.to_name,
-                            "type": "choices",
-                            "value": {"choices": [config.classes[label]]}}],
-            }],
-            "predictions": [],
-        })
+        out.append(
+            {
+                "id": tid,
+                "data": task_data,
+                "annotations": [
+                    {
+                        "id": n + 1,
+                        "completed_by": rec.get("annotator"),
+                        "was_cancelled": False,
+                        "ground_truth": False,
+                        "created_at": created,
+                        "updated_at": created,
+                        "result": [
+                            {
+                                "from_name": config.from_name,
+                                "to_name": config.to_name,
+                                "type": "choices",
+                                "value": {"choices": [config.classes[label]]},
+                            }
+                        ],
+                    }
+                ],
+                "predictions": [],
+            }
+        )
     return out
 
 
@@ -92,11 +132,11 @@ def _when(ann: dict) -> str:
     return str(ann.get("updated_at") or ann.get("created_at") or "")
 
 
-def task_label(task: dict, config: LabelConfig) -> Optional[int]:
+def task_label(task: dict, config: LabelConfig) -> int | None:
     """The class a task's annotations give: its latest non-cancelled annotation with a choice."""
     anns = task.get("annotations") or []
     if not isinstance(anns, list):
-        raise ProtocolError(f"task {task.get('id')}: \"annotations\" must be a list")
+        raise ProtocolError(f'task {task.get("id")}: "annotations" must be a list')
     best = None
     for ann in sorted((a for a in anns if isinstance(a, dict)), key=_when):
         if ann.get("was_cancelled"):
@@ -107,9 +147,9 @@ def task_label(task: dict, config: LabelConfig) -> Optional[int]:
     return best
 
 
-def import_tasks(tasks: Any, config: LabelConfig, *,
-                 index_of: Optional[Callable[[dict], Optional[int]]] = None
-                 ) -> tuple[list[int], list[int]]:
+def import_tasks(
+    tasks: Any, config: LabelConfig, *, index_of: Callable[[dict], int | None] | None = None
+) -> tuple[list[int], list[int]]:
     """``(indices, labels)`` from a Label Studio JSON export, for ``LabelStore.import_labels``.
 
     Parameters
@@ -148,9 +188,11 @@ def import_tasks(tasks: Any, config: LabelConfig, *,
         else:
             index = (task.get("data") or {}).get(INDEX_FIELD)
             if index is None or not is_integer(index) or index < 0:
-                raise ProtocolError(f"task {task.get('id')} has no data.{INDEX_FIELD} (the pool "
-                                    "index ntkal writes on export); import it through the "
-                                    "backend's project instead")
+                raise ProtocolError(
+                    f"task {task.get('id')} has no data.{INDEX_FIELD} (the pool "
+                    "index ntkal writes on export); import it through the "
+                    "backend's project instead"
+                )
         index = int(index)
         if index in seen:
             raise ProtocolError(f"tasks {seen[index]} and {task.get('id')} are both item {index}")

@@ -5,6 +5,7 @@ store (``<store>.tasks.json``), so that after a restart (or ``kill -9``) every s
 means the same task. Tasks added to the project later are not in the pool until the backend is
 started on a new store.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ import json
 import math
 import numbers
 import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ class ProjectPool:
     task_ids: tuple
     config: LabelConfig
 
-    def index_of(self, task_id: int) -> Optional[int]:
+    def index_of(self, task_id: int) -> int | None:
         """Pool index of a task, ``None`` if the task is not in the pool."""
         return self._positions.get(int(task_id))
 
@@ -61,12 +63,13 @@ def _image_array(blob: bytes, what: str) -> Any:
     except ProtocolError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is one clear message
-        raise ProtocolError(f"{what} is not a readable image ({type(err).__name__}: {err})") \
-            from None
+        raise ProtocolError(
+            f"{what} is not a readable image ({type(err).__name__}: {err})"
+        ) from None
     return img
 
 
-def _local_file(url: str, root: Optional[Path]) -> Optional[bytes]:
+def _local_file(url: str, root: Path | None) -> bytes | None:
     """Bytes of a ``/data/local-files/?d=REL`` URL or a plain path under ``root``; ``None`` when
     the URL is not a local file."""
     parsed = urllib.parse.urlparse(url)
@@ -80,8 +83,10 @@ def _local_file(url: str, root: Optional[Path]) -> Optional[bytes]:
     if rel is None:
         return None
     if root is None:
-        raise ProtocolError(f"task image {url!r} is a local file: pass --data-root, the folder "
-                            "Label Studio serves local files from")
+        raise ProtocolError(
+            f"task image {url!r} is a local file: pass --data-root, the folder "
+            "Label Studio serves local files from"
+        )
     base = root.resolve()
     path = Path(rel).resolve() if Path(rel).is_absolute() else (base / rel).resolve()
     if base not in path.parents:
@@ -92,8 +97,13 @@ def _local_file(url: str, root: Optional[Path]) -> Optional[bytes]:
         raise ProtocolError(f"task image {url!r}: cannot read {path} ({err.strerror})") from None
 
 
-def _images(tasks: list[dict], key: str, fetch: Callable[[str], bytes],
-            data_root: Optional[Path], size: Optional[Sequence[int]]) -> torch.Tensor:
+def _images(
+    tasks: list[dict],
+    key: str,
+    fetch: Callable[[str], bytes],
+    data_root: Path | None,
+    size: Sequence[int] | None,
+) -> torch.Tensor:
     pics = []
     for task in tasks:
         url = task.get("data", {}).get(key)
@@ -120,7 +130,7 @@ def _images(tasks: list[dict], key: str, fetch: Callable[[str], bytes],
     return torch.from_numpy((x - mean) / np.where(std > 0, std, 1.0)).float()
 
 
-def _rows(tasks: list[dict], key: str, features: Optional[Sequence[str]]) -> tuple:
+def _rows(tasks: list[dict], key: str, features: Sequence[str] | None) -> tuple:
     def numeric(v: Any) -> bool:
         return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -133,26 +143,35 @@ def _rows(tasks: list[dict], key: str, features: Optional[Sequence[str]]) -> tup
     if features is None:
         features = sorted(k for k, v in datas[0].items() if numeric(v))
         if not features:
-            raise ProtocolError(f"task {tasks[0].get('id')} has no numeric data fields: ntkal "
-                                "learns from images or table rows of numbers")
+            raise ProtocolError(
+                f"task {tasks[0].get('id')} has no numeric data fields: ntkal "
+                "learns from images or table rows of numbers"
+            )
     x = np.zeros((len(tasks), len(features)))
     for r, (task, data) in enumerate(zip(tasks, datas)):
         for c, name in enumerate(features):
             value = data.get(name)
             if not numeric(value):
-                raise ProtocolError(f"task {task.get('id')}: data field {name!r} is {value!r}, "
-                                    "not a finite number")
+                raise ProtocolError(
+                    f"task {task.get('id')}: data field {name!r} is {value!r}, not a finite number"
+                )
             x[r, c] = value
     std = x.std(axis=0)
     x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
     return torch.from_numpy(x).float(), tuple(features)
 
 
-def build_pool(tasks: list[dict], config: LabelConfig, *, fetch: Callable[[str], bytes],
-               task_ids: Optional[Sequence[int]] = None, data_root: Optional[Path] = None,
-               image_size: Optional[Sequence[int]] = None,
-               features: Optional[Sequence[str]] = None, name: str = "labelstudio"
-               ) -> ProjectPool:
+def build_pool(
+    tasks: list[dict],
+    config: LabelConfig,
+    *,
+    fetch: Callable[[str], bytes],
+    task_ids: Sequence[int] | None = None,
+    data_root: Path | None = None,
+    image_size: Sequence[int] | None = None,
+    features: Sequence[str] | None = None,
+    name: str = "labelstudio",
+) -> ProjectPool:
     """The pool of ``tasks`` (Label Studio task objects) for ``config``.
 
     Parameters
@@ -171,8 +190,10 @@ def build_pool(tasks: list[dict], config: LabelConfig, *, fetch: Callable[[str],
     ids = list(task_ids) if task_ids is not None else sorted_task_ids(tasks)
     missing = [t for t in ids if t not in by_id]
     if missing:
-        raise ProtocolError(f"task {missing[0]} of this label store is no longer in the project; "
-                            "use a new --store for the changed project")
+        raise ProtocolError(
+            f"task {missing[0]} of this label store is no longer in the project; "
+            "use a new --store for the changed project"
+        )
     if not ids:
         raise ProtocolError("the project has no tasks: import data into Label Studio first")
     ordered = [by_id[t] for t in ids]
@@ -188,11 +209,12 @@ def build_pool(tasks: list[dict], config: LabelConfig, *, fetch: Callable[[str],
 
 def save_task_ids(path: Path, project: int, task_ids: Sequence[int]) -> None:
     """Record which task each pool index is (written atomically)."""
-    atomic_write_text(path, json.dumps({"project": int(project),
-                                        "task_ids": [int(t) for t in task_ids]}))
+    atomic_write_text(
+        path, json.dumps({"project": int(project), "task_ids": [int(t) for t in task_ids]})
+    )
 
 
-def load_task_ids(path: Path, project: int) -> Optional[list[int]]:
+def load_task_ids(path: Path, project: int) -> list[int] | None:
     """The saved task ids, ``None`` if there is no file; an error if it is for another project."""
     if not path.is_file():
         return None
@@ -201,9 +223,13 @@ def load_task_ids(path: Path, project: int) -> Optional[list[int]]:
         ids = [int(t) for t in doc["task_ids"]]
         saved = int(doc["project"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ProtocolError(f"{path} is damaged ({err}); it maps the label store's items to "
-                            "tasks: restore it or use a new --store") from None
+        raise ProtocolError(
+            f"{path} is damaged ({err}); it maps the label store's items to "
+            "tasks: restore it or use a new --store"
+        ) from None
     if saved != int(project):
-        raise ProtocolError(f"label store belongs to Label Studio project {saved}, not {project}; "
-                            "use another --store")
+        raise ProtocolError(
+            f"label store belongs to Label Studio project {saved}, not {project}; "
+            "use another --store"
+        )
     return ids

@@ -14,19 +14,30 @@ REST API (Label Studio Community Edition 1.23):
 - a webhook is ``{"action": "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" | "ANNOTATIONS_DELETED",
   "annotation" | "annotations", "task", "project"}``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
 import xml.etree.ElementTree as ET
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ntkal.arguments import is_integer
 
-__all__ = ["LabelConfig", "ProtocolError", "parse_label_config", "choice_of", "prediction",
-           "scaled_scores",
-           "AnnotationEvent", "parse_event", "task_id_of", "MAX_CONFIG_CHARS"]
+__all__ = [
+    "LabelConfig",
+    "ProtocolError",
+    "parse_label_config",
+    "choice_of",
+    "prediction",
+    "scaled_scores",
+    "AnnotationEvent",
+    "parse_event",
+    "task_id_of",
+    "MAX_CONFIG_CHARS",
+]
 
 #: Longer labelling configs are refused before parsing (a classification config is a few lines).
 MAX_CONFIG_CHARS = 200_000
@@ -78,7 +89,7 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_label_config(xml: str, *, from_name: Optional[str] = None) -> LabelConfig:
+def parse_label_config(xml: str, *, from_name: str | None = None) -> LabelConfig:
     """The ``Choices`` control of a labelling config and the object tag it labels.
 
     Parameters
@@ -99,8 +110,9 @@ def parse_label_config(xml: str, *, from_name: Optional[str] = None) -> LabelCon
     if len(xml) > MAX_CONFIG_CHARS:
         raise ProtocolError(f"the labelling config is longer than {MAX_CONFIG_CHARS} characters")
     if re.search(r"<!\s*(DOCTYPE|ENTITY)", xml, re.IGNORECASE):
-        raise ProtocolError("the labelling config declares a DOCTYPE or entities; ntkal reads "
-                            "plain XML only")
+        raise ProtocolError(
+            "the labelling config declares a DOCTYPE or entities; ntkal reads plain XML only"
+        )
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
@@ -110,52 +122,67 @@ def parse_label_config(xml: str, *, from_name: Optional[str] = None) -> LabelCon
     if from_name is not None:
         choices = [t for t in choices if t.get("name") == from_name]
         if not choices:
-            raise ProtocolError(f"the labelling config has no <Choices name=\"{from_name}\">")
+            raise ProtocolError(f'the labelling config has no <Choices name="{from_name}">')
     if not choices:
-        raise ProtocolError("the labelling config has no <Choices> control: ntkal labels whole "
-                            "items with one class (e.g. <Choices name=\"label\" toName=\"image\">)")
+        raise ProtocolError(
+            "the labelling config has no <Choices> control: ntkal labels whole "
+            'items with one class (e.g. <Choices name="label" toName="image">)'
+        )
     if len(choices) > 1:
         names = ", ".join(repr(t.get("name")) for t in choices)
-        raise ProtocolError(f"the labelling config has several <Choices> ({names}); name the one "
-                            "ntkal learns with --from-name")
+        raise ProtocolError(
+            f"the labelling config has several <Choices> ({names}); name the one "
+            "ntkal learns with --from-name"
+        )
     control = choices[0]
     name, to_name = control.get("name"), control.get("toName")
     if not name or not to_name:
         raise ProtocolError("the <Choices> control needs both name and toName attributes")
     if "," in to_name:
-        raise ProtocolError(f"<Choices name=\"{name}\"> labels several objects ({to_name}); "
-                            "ntkal needs exactly one")
+        raise ProtocolError(
+            f'<Choices name="{name}"> labels several objects ({to_name}); ntkal needs exactly one'
+        )
     classes = []
     for choice in control.iter():
         if _local(choice.tag) == "Choice":
             value = choice.get("alias") or choice.get("value")
             if not value:
-                raise ProtocolError(f"a <Choice> of \"{name}\" has no value")
+                raise ProtocolError(f'a <Choice> of "{name}" has no value')
             classes.append(value)
     if len(classes) < 2:
-        raise ProtocolError(f"<Choices name=\"{name}\"> has {len(classes)} choice(s); a "
-                            "classifier needs at least two")
+        raise ProtocolError(
+            f'<Choices name="{name}"> has {len(classes)} choice(s); a classifier needs at least two'
+        )
     if len(set(classes)) != len(classes):
         dup = next(c for c in classes if classes.count(c) > 1)
-        raise ProtocolError(f"<Choices name=\"{name}\"> lists the choice {dup!r} twice")
+        raise ProtocolError(f'<Choices name="{name}"> lists the choice {dup!r} twice')
     objects = [t for t in tags if t.get("name") == to_name and t is not control]
     if not objects:
-        raise ProtocolError(f"<Choices name=\"{name}\"> has toName=\"{to_name}\", but no tag of "
-                            "the config has that name")
+        raise ProtocolError(
+            f'<Choices name="{name}"> has toName="{to_name}", but no tag of '
+            "the config has that name"
+        )
     obj = objects[0]
     tag = _local(obj.tag)
     if tag not in IMAGE_TAGS + ROW_TAGS:
-        raise ProtocolError(f"ntkal learns from images and table rows; <{tag} name=\"{to_name}\"> "
-                            f"is neither ({', '.join(IMAGE_TAGS + ROW_TAGS)} are)")
+        raise ProtocolError(
+            f'ntkal learns from images and table rows; <{tag} name="{to_name}"> '
+            f"is neither ({', '.join(IMAGE_TAGS + ROW_TAGS)} are)"
+        )
     value = obj.get("value") or ""
     match = re.fullmatch(r"\$([A-Za-z_][\w.-]*)", value.strip())
     if tag in IMAGE_TAGS and not match:
-        raise ProtocolError(f"<Image name=\"{to_name}\"> needs value=\"$field\", got {value!r}")
-    return LabelConfig(from_name=name, to_name=to_name, object_tag=tag,
-                       data_key=match.group(1) if match else "", classes=tuple(classes))
+        raise ProtocolError(f'<Image name="{to_name}"> needs value="$field", got {value!r}')
+    return LabelConfig(
+        from_name=name,
+        to_name=to_name,
+        object_tag=tag,
+        data_key=match.group(1) if match else "",
+        classes=tuple(classes),
+    )
 
 
-def choice_of(result: Any, config: LabelConfig) -> Optional[int]:
+def choice_of(result: Any, config: LabelConfig) -> int | None:
     """The class index an annotation ``result`` gives (``None`` if it has no choice of this
     control: e.g. an empty or cancelled annotation).
 
@@ -180,11 +207,14 @@ def choice_of(result: Any, config: LabelConfig) -> Optional[int]:
     if not picked:
         return None
     if len(set(picked)) > 1:
-        raise ProtocolError(f"the annotation picks several classes ({', '.join(picked)}); ntkal "
-                            "learns one class per item")
+        raise ProtocolError(
+            f"the annotation picks several classes ({', '.join(picked)}); ntkal "
+            "learns one class per item"
+        )
     if picked[0] not in config.classes:
-        raise ProtocolError(f"unknown class {picked[0]!r}; the config's classes: "
-                            f"{', '.join(config.classes)}")
+        raise ProtocolError(
+            f"unknown class {picked[0]!r}; the config's classes: {', '.join(config.classes)}"
+        )
     return config.classes.index(picked[0])
 
 
@@ -205,8 +235,13 @@ def scaled_scores(scores: Sequence[float]) -> list[float]:
     return [(v - lo) / (hi - lo) for v in values]
 
 
-def prediction(config: LabelConfig, label: int, score: Optional[float], model_version: str,
-               task: Optional[int] = None) -> dict:
+def prediction(
+    config: LabelConfig,
+    label: int,
+    score: float | None,
+    model_version: str,
+    task: int | None = None,
+) -> dict:
     """A Label Studio prediction: ``label`` as the pre-annotation, ``score`` for sorting.
 
     ``score`` must be ``None`` or lie in [0, 1] (:func:`scaled_scores`): Label Studio silently
@@ -216,10 +251,18 @@ def prediction(config: LabelConfig, label: int, score: Optional[float], model_ve
         raise ProtocolError(f"label {label!r} is not a class index of this config")
     if score is not None and not (math.isfinite(float(score)) and 0.0 <= float(score) <= 1.0):
         raise ProtocolError(f"prediction score {score!r} is not a number in [0, 1]")
-    out = {"model_version": str(model_version),
-           "score": None if score is None else float(score),
-           "result": [{"from_name": config.from_name, "to_name": config.to_name,
-                       "type": "choices", "value": {"choices": [config.classes[int(label)]]}}]}
+    out = {
+        "model_version": str(model_version),
+        "score": None if score is None else float(score),
+        "result": [
+            {
+                "from_name": config.from_name,
+                "to_name": config.to_name,
+                "type": "choices",
+                "value": {"choices": [config.classes[int(label)]]},
+            }
+        ],
+    }
     if task is not None:
         out["task"] = int(task)
     return out
@@ -235,19 +278,19 @@ class AnnotationEvent:
 
     action: str
     annotation_id: int
-    task_id: Optional[int]
-    label: Optional[int]
-    user: Optional[str] = None
+    task_id: int | None
+    label: int | None
+    user: str | None = None
 
 
-def task_id_of(value: Any) -> Optional[int]:
+def task_id_of(value: Any) -> int | None:
     """A task id from an annotation's ``task`` field (an id, or a task object)."""
     if isinstance(value, dict):
         value = value.get("id")
     return int(value) if is_integer(value) else None
 
 
-def _user(annotation: dict) -> Optional[str]:
+def _user(annotation: dict) -> str | None:
     who = annotation.get("completed_by")
     if isinstance(who, dict):
         who = who.get("email") or who.get("id")
@@ -264,7 +307,7 @@ def parse_event(payload: Any, config: LabelConfig) -> list[AnnotationEvent]:
         :func:`choice_of` refuses.
     """
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
-        raise ProtocolError("a webhook body must be a JSON object with an \"action\"")
+        raise ProtocolError('a webhook body must be a JSON object with an "action"')
     action = payload["action"]
     if action in (CREATED, UPDATED):
         ann = payload.get("annotation")
@@ -276,8 +319,15 @@ def parse_event(payload: Any, config: LabelConfig) -> list[AnnotationEvent]:
         if task is None:
             raise ProtocolError(f"{action} for annotation {ann['id']} names no task")
         label = None if ann.get("was_cancelled") else choice_of(ann.get("result"), config)
-        return [AnnotationEvent("created" if action == CREATED else "updated", int(ann["id"]),
-                                task, label, _user(ann))]
+        return [
+            AnnotationEvent(
+                "created" if action == CREATED else "updated",
+                int(ann["id"]),
+                task,
+                label,
+                _user(ann),
+            )
+        ]
     if action in (DELETED, "ANNOTATION_DELETED"):
         anns = payload.get("annotations")
         if anns is None and isinstance(payload.get("annotation"), dict):
@@ -288,8 +338,9 @@ def parse_event(payload: Any, config: LabelConfig) -> list[AnnotationEvent]:
         for ann in anns:
             if not isinstance(ann, dict) or not is_integer(ann.get("id")):
                 raise ProtocolError(f"{action} lists an annotation without an integer id")
-            out.append(AnnotationEvent("deleted", int(ann["id"]), task_id_of(ann.get("task")),
-                                       None))
+            out.append(
+                AnnotationEvent("deleted", int(ann["id"]), task_id_of(ann.get("task")), None)
+            )
         return out
     return []
 

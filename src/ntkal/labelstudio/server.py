@@ -29,7 +29,7 @@ import json
 import threading
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["create_app", "serve", "MAX_BODY_BYTES"]
 
@@ -50,7 +50,7 @@ def _token_of(request) -> str:
     return request.headers.get("x-ntkal-token", "")
 
 
-def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str] = None):
+def create_app(backend, *, token: str | None = None, public_url: str | None = None):
     """The FastAPI application serving ``backend``; with ``token`` and ``public_url`` (the
     address Label Studio reaches it at), ``/setup`` also puts the token on the webhook Label
     Studio creates for it."""
@@ -61,8 +61,9 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
     from ntkal.labelstudio.client import LabelStudioError
     from ntkal.labelstudio.protocol import ProtocolError, parse_event, parse_label_config
 
-    app = FastAPI(title="ntkal Label Studio backend", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="ntkal Label Studio backend", docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"detail": message, "error": message}, status_code=status)
@@ -107,8 +108,12 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
             raise ValueError("the request body nests too deeply") from None
 
     def health_doc() -> dict:
-        return {"status": "UP", "model_class": "ntkal", "model_version": backend.model_version,
-                "strategy": backend.strategy}
+        return {
+            "status": "UP",
+            "model_class": "ntkal",
+            "model_version": backend.model_version,
+            "strategy": backend.strategy,
+        }
 
     @app.get("/")
     def root():
@@ -124,8 +129,10 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
             return
         head = str(given).split(".", 1)[0]
         if head.isdigit() and int(head) != backend.project:
-            raise ValueError(f"this ntkal backend serves Label Studio project {backend.project}, "
-                             f"not {head}; start another backend (its own --store) for it")
+            raise ValueError(
+                f"this ntkal backend serves Label Studio project {backend.project}, "
+                f"not {head}; start another backend (its own --store) for it"
+            )
 
     @app.post("/setup")
     async def setup(request: Request):
@@ -137,9 +144,11 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
         if isinstance(schema, str) and schema.strip():
             config = parse_label_config(schema, from_name=backend.config.from_name)
             if config.classes != backend.config.classes:
-                raise ValueError(f"the project's classes are now {', '.join(config.classes)}; "
-                                 f"this backend learns {', '.join(backend.config.classes)}: "
-                                 "restart it on a new --store")
+                raise ValueError(
+                    f"the project's classes are now {', '.join(config.classes)}; "
+                    f"this backend learns {', '.join(backend.config.classes)}: "
+                    "restart it on a new --store"
+                )
         if token and public_url and backend.client is not None:
             threading.Thread(target=_secure, name="ntkal-webhook-token", daemon=True).start()
         return {"model_version": backend.model_version}
@@ -152,15 +161,16 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
                 if backend.secure_webhooks(public_url, token):
                     return
             except Exception as err:  # noqa: BLE001 - reported, the backend goes on
-                print(f"ntkal: could not set the token on Label Studio's webhook: {err}",
-                      flush=True)
+                print(
+                    f"ntkal: could not set the token on Label Studio's webhook: {err}", flush=True
+                )
                 return
 
     @app.post("/predict")
     async def predict(request: Request):
         doc = await body_json(request)
         if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
-            raise ValueError("the /predict body must be {\"tasks\": [...]}")
+            raise ValueError('the /predict body must be {"tasks": [...]}')
         check_project(doc)
         return {"results": backend.predict(doc["tasks"]), "model_version": backend.model_version}
 
@@ -170,8 +180,11 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
         doc = await body_json(request)
         if isinstance(doc, dict) and doc.get("action") == "START_TRAINING":
             return JSONResponse({"started": backend.session.start_retrain()}, status_code=201)
-        if isinstance(doc, dict) and isinstance(doc.get("project"), dict) and \
-                doc["project"].get("id") not in (None, backend.project):
+        if (
+            isinstance(doc, dict)
+            and isinstance(doc.get("project"), dict)
+            and doc["project"].get("id") not in (None, backend.project)
+        ):
             return {"ignored": "another project"}
         try:
             events = parse_event(doc, backend.config)
@@ -195,9 +208,16 @@ def create_app(backend, *, token: Optional[str] = None, public_url: Optional[str
     return app
 
 
-def serve(backend, *, host: str = "127.0.0.1", port: int = 9090, token: Optional[str] = None,
-          allow_remote: bool = False, public_url: Optional[str] = None,
-          log_level: str = "warning") -> None:
+def serve(
+    backend,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9090,
+    token: str | None = None,
+    allow_remote: bool = False,
+    public_url: str | None = None,
+    log_level: str = "warning",
+) -> None:
     """Run the app with uvicorn until interrupted (loopback unless ``allow_remote`` + token).
     ``public_url``: the address Label Studio connects to (default ``http://HOST:PORT``)."""
     import uvicorn

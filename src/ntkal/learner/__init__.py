@@ -20,6 +20,7 @@ Modules: :mod:`~ntkal.learner.active_learner` (the facade), :mod:`~ntkal.learner
 :mod:`~ntkal.learner.persistence` (save/load), :mod:`~ntkal.learner.inputs` (input and model
 checks).
 """
+
 from __future__ import annotations
 
 from ntkal.learner.active_learner import MODES, ActiveLearner

@@ -6,11 +6,13 @@ candidate sampling to :mod:`ntkal.learner.candidates`, sequential sessions to
 :mod:`ntkal.learner.sequential`, files to :mod:`ntkal.learner.persistence`, input and model checks
 to :mod:`ntkal.learner.inputs`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ __all__ = ["ActiveLearner", "MODES"]
 #: How queries are made: a batch per call, or one at a time with closed-form conditioning. The
 #: one list that configs, the CLI and the learner read.
 MODES = ("batch", "sequential")
-_PathLike = Union[str, os.PathLike]
+_PathLike = str | os.PathLike
 
 
 class ActiveLearner:
@@ -73,11 +75,23 @@ class ActiveLearner:
         Let training and long strategy computations show progress bars.
     """
 
-    def __init__(self, model: nn.Module, strategy: Union[Strategy, str], x_pool: Any, *,
-                 y_pool: Any = None, labelled: Iterable[int] = (), labels: Any = None,
-                 num_classes: int, train_config: Any, mode: str = "batch",
-                 subset: Optional[int] = None, seed: int = 0,
-                 device: Union[str, torch.device] = "cpu", progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy | str,
+        x_pool: Any,
+        *,
+        y_pool: Any = None,
+        labelled: Iterable[int] = (),
+        labels: Any = None,
+        num_classes: int,
+        train_config: Any,
+        mode: str = "batch",
+        subset: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+    ) -> None:
         self.num_classes = as_int(num_classes, "num_classes", minimum=2)
         self.mode = as_choice(mode, "mode", MODES)
         self.subset = as_optional_int(subset, "subset", minimum=1)
@@ -93,15 +107,22 @@ class ActiveLearner:
         self.x_pool = x_pool
         self.y_pool = None
         if y_pool is not None:
-            self.y_pool = as_class_labels(y_pool, self.num_classes, name="y_pool",
-                                          expected=x_pool.shape[0], against="pool inputs")
+            self.y_pool = as_class_labels(
+                y_pool,
+                self.num_classes,
+                name="y_pool",
+                expected=x_pool.shape[0],
+                against="pool inputs",
+            )
 
         if isinstance(strategy, str):
             from ntkal.strategies import get_strategy
 
             strategy = get_strategy(strategy)
         if not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be a Strategy or a registry name, got {type(strategy).__name__}")
+            raise TypeError(
+                f"strategy must be a Strategy or a registry name, got {type(strategy).__name__}"
+            )
         self.strategy = strategy
 
         if not isinstance(model, nn.Module):
@@ -118,7 +139,9 @@ class ActiveLearner:
         if idx.size:
             if labels is None:
                 if self.y_pool is None:
-                    raise ValueError("labelled indices were given without labels and without y_pool")
+                    raise ValueError(
+                        "labelled indices were given without labels and without y_pool"
+                    )
                 self._check_indices(idx)
                 labels = self.y_pool[idx]
             self._record(idx, labels)
@@ -129,11 +152,14 @@ class ActiveLearner:
     def _check_indices(self, idx: np.ndarray) -> None:
         bad = idx[(idx < 0) | (idx >= self.pool.size)]
         if bad.size:
-            raise ValueError(f"index {int(bad[0])} is out of range for a pool of size {self.pool.size}")
+            raise ValueError(
+                f"index {int(bad[0])} is out of range for a pool of size {self.pool.size}"
+            )
 
     def _as_labels(self, labels: Any, n: int) -> np.ndarray:
-        return as_class_labels(labels, self.num_classes, name="labels", expected=n,
-                               against="indices")
+        return as_class_labels(
+            labels, self.num_classes, name="labels", expected=n, against="indices"
+        )
 
     def _record(self, indices: Any, labels: Any) -> np.ndarray:
         idx = _as_index_array(indices)
@@ -158,12 +184,12 @@ class ActiveLearner:
         return self.pool.unlabelled_indices
 
     @property
-    def session(self) -> Optional[SequentialSession]:
+    def session(self) -> SequentialSession | None:
         """The strategy's current sequential session (``None`` in batch mode or between sessions)."""
         return self._sequential.session
 
     @property
-    def session_candidates(self) -> Optional[np.ndarray]:
+    def session_candidates(self) -> np.ndarray | None:
         """Sorted pool indices the current sequential session chooses from."""
         return self._sequential.candidates
 
@@ -173,17 +199,26 @@ class ActiveLearner:
         return self.x_pool[torch.from_numpy(idx)], torch.from_numpy(self._labels[idx].copy())
 
     def __repr__(self) -> str:
-        return (f"ActiveLearner(strategy={getattr(self.strategy, 'name', '?')!r}, mode={self.mode!r}, "
-                f"labelled={self.pool.num_labelled}/{self.pool.size}, cycle={self.cycle})")
+        return (
+            f"ActiveLearner(strategy={getattr(self.strategy, 'name', '?')!r}, mode={self.mode!r}, "
+            f"labelled={self.pool.num_labelled}/{self.pool.size}, cycle={self.cycle})"
+        )
 
     # ------------------------------------------------------------------ ask
     def _context(self, candidates: np.ndarray, seed: int) -> QueryContext:
         x_l, y_l = self.labelled_data()
         batch = getattr(self.train_config, "batch_size", 512) or 512
-        return QueryContext(model=self.model, x_candidates=self.x_pool[torch.from_numpy(candidates)],
-                            x_labelled=x_l, y_labelled=y_l, num_classes=self.num_classes,
-                            seed=seed, device=self.device, progress=self.progress,
-                            batch_size=max(int(batch), 512))
+        return QueryContext(
+            model=self.model,
+            x_candidates=self.x_pool[torch.from_numpy(candidates)],
+            x_labelled=x_l,
+            y_labelled=y_l,
+            num_classes=self.num_classes,
+            seed=seed,
+            device=self.device,
+            progress=self.progress,
+            batch_size=max(int(batch), 512),
+        )
 
     def query(self, budget: int) -> np.ndarray:
         """Pool indices of the next ``budget`` points to label (distinct, all unlabelled).
@@ -207,9 +242,11 @@ class ActiveLearner:
                 raise ValueError(
                     f"sequential mode chooses one point at a time and conditions on its label: "
                     f"without oracle labels (y_pool), query one at a time: call query(1), then "
-                    f"teach its label, {budget} times")
-            return self._sequential.query(budget, self.pool, self.y_pool, self._start_session,
-                                          self.strategy.name)
+                    f"teach its label, {budget} times"
+                )
+            return self._sequential.query(
+                budget, self.pool, self.y_pool, self._start_session, self.strategy.name
+            )
         seed = query_seed(self.seed, self.num_queries)
         candidates = sample_candidates(self.pool.unlabelled_indices, self.subset, seed)
         budget = check_budget(budget, candidates.size)
@@ -264,8 +301,9 @@ class ActiveLearner:
         if self.pool.num_labelled == 0:
             raise ValueError("no labelled points: teach some labels before fit()")
         x, y = self.labelled_data()
-        result = self.strategy.train(self.model, x, y, self._fit_config(), self.num_classes,
-                                     progress=self.progress)
+        result = self.strategy.train(
+            self.model, x, y, self._fit_config(), self.num_classes, progress=self.progress
+        )
         self._sequential.reset()
         self.cycle += 1
         return result
@@ -274,12 +312,15 @@ class ActiveLearner:
         x = as_input_tensor(name, x)
         check_finite(name, x)
         logits = predict_logits(self.model, x, device=self.device)
-        finite = torch.isfinite(logits).all(dim=1) if logits.numel() else torch.ones(0, dtype=torch.bool)
+        finite = (
+            torch.isfinite(logits).all(dim=1) if logits.numel() else torch.ones(0, dtype=torch.bool)
+        )
         if not bool(finite.all()):
             raise FloatingPointError(
                 f"the model returned NaN or infinite outputs on {int((~finite).sum())} rows of "
                 f"{name} (first at row {int(torch.nonzero(~finite)[0, 0])}): its weights have "
-                "diverged; retrain with a lower learning rate")
+                "diverged; retrain with a lower learning rate"
+            )
         return logits
 
     def predict_logits(self, x: Any) -> torch.Tensor:
@@ -294,8 +335,9 @@ class ActiveLearner:
     def score(self, x_test: Any, y_test: Any) -> float:
         """Accuracy on ``(x_test, y_test)``."""
         logits = self._logits("x_test", x_test)
-        y = as_class_labels(y_test, self.num_classes, name="y_test", expected=logits.shape[0],
-                            against="x_test rows")
+        y = as_class_labels(
+            y_test, self.num_classes, name="y_test", expected=logits.shape[0], against="x_test rows"
+        )
         if y.size == 0:
             raise ValueError("x_test is empty: accuracy needs at least one test point")
         return float((logits.argmax(dim=1).numpy() == y).mean())
@@ -321,10 +363,18 @@ class ActiveLearner:
         persistence.save_learner(self, path, include_pool=include_pool)
 
     @classmethod
-    def load(cls, path: _PathLike, *, model: nn.Module, strategy: Union[Strategy, str, None] = None,
-             x_pool: Any = None, y_pool: Any = None, train_config: Any = None,
-             device: Union[str, torch.device, None] = None, progress: bool = False
-             ) -> "ActiveLearner":
+    def load(
+        cls,
+        path: _PathLike,
+        *,
+        model: nn.Module,
+        strategy: Strategy | str | None = None,
+        x_pool: Any = None,
+        y_pool: Any = None,
+        train_config: Any = None,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> ActiveLearner:
         """Rebuild a learner saved by :meth:`save`.
 
         Parameters
@@ -346,7 +396,14 @@ class ActiveLearner:
             The file is damaged, truncated, of another format or version, incomplete, or saved
             for another architecture than ``model``; the message names the file and the fix.
         """
-        return persistence.restore_learner(cls, path, model=model, strategy=strategy,
-                                           x_pool=x_pool, y_pool=y_pool,
-                                           train_config=train_config, device=device,
-                                           progress=progress)
+        return persistence.restore_learner(
+            cls,
+            path,
+            model=model,
+            strategy=strategy,
+            x_pool=x_pool,
+            y_pool=y_pool,
+            train_config=train_config,
+            device=device,
+            progress=progress,
+        )

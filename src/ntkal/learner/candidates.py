@@ -1,7 +1,6 @@
 """Which pool points a query scores, and how a strategy's positions map back to pool indices."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -13,7 +12,7 @@ def query_seed(seed: int, num_queries: int) -> int:
     return int(np.random.default_rng([seed, num_queries]).integers(2**31 - 1))
 
 
-def sample_candidates(available: np.ndarray, subset: Optional[int], seed: int) -> np.ndarray:
+def sample_candidates(available: np.ndarray, subset: int | None, seed: int) -> np.ndarray:
     """The sorted pool indices a query scores: all of ``available``, or a seeded random
     ``subset`` of them (the others go back to the pool for later queries)."""
     if available.size == 0:
@@ -33,8 +32,14 @@ def pool_indices_of(candidates: np.ndarray, positions, budget: int, strategy: st
         If the strategy did not return ``budget`` distinct positions in range.
     """
     positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-    if positions.size != budget or np.unique(positions).size != budget \
-            or positions.min() < 0 or positions.max() >= candidates.size:
-        raise RuntimeError(f"strategy {strategy!r} broke the query contract: expected {budget} "
-                           f"distinct positions in [0, {candidates.size}), got {positions}")
+    if (
+        positions.size != budget
+        or np.unique(positions).size != budget
+        or positions.min() < 0
+        or positions.max() >= candidates.size
+    ):
+        raise RuntimeError(
+            f"strategy {strategy!r} broke the query contract: expected {budget} "
+            f"distinct positions in [0, {candidates.size}), got {positions}"
+        )
     return candidates[positions]

@@ -1,4 +1,5 @@
 """What the learner checks about its inputs and its model before any work is done on them."""
+
 from __future__ import annotations
 
 import warnings
@@ -41,8 +42,10 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0, 0])
         count = int((~finite).sum())
-        raise ValueError(f"{name} contains NaN or infinite values ({count} of {x.shape[0]} rows, "
-                         f"first at row {bad}); clean or impute the inputs first")
+        raise ValueError(
+            f"{name} contains NaN or infinite values ({count} of {x.shape[0]} rows, "
+            f"first at row {bad}); clean or impute the inputs first"
+        )
 
 
 def looks_like_probabilities(out: torch.Tensor, atol: float = 1e-4) -> bool:
@@ -51,12 +54,14 @@ def looks_like_probabilities(out: torch.Tensor, atol: float = 1e-4) -> bool:
     if out.ndim != 2 or out.shape[0] == 0 or out.shape[1] < 2:
         return False
     in_unit = bool(((out >= 0) & (out <= 1)).all())
-    return in_unit and bool(torch.allclose(out.sum(dim=1), torch.ones(out.shape[0],
-                                                                      dtype=out.dtype), atol=atol))
+    return in_unit and bool(
+        torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype), atol=atol)
+    )
 
 
-def check_model_outputs(model: nn.Module, x_pool: torch.Tensor, num_classes: int,
-                        device: torch.device) -> None:
+def check_model_outputs(
+    model: nn.Module, x_pool: torch.Tensor, num_classes: int, device: torch.device
+) -> None:
     """One forward pass on a few pool inputs, so a wrong head fails here and not deep inside a
     strategy.
 
@@ -80,15 +85,21 @@ def check_model_outputs(model: nn.Module, x_pool: torch.Tensor, num_classes: int
         with evaluating(model), torch.no_grad():
             out = model(probe.to(device))
     except Exception as err:
-        raise ValueError(f"the model failed on a batch of pool inputs of shape "
-                         f"{tuple(probe.shape)}: {err}") from err
+        raise ValueError(
+            f"the model failed on a batch of pool inputs of shape {tuple(probe.shape)}: {err}"
+        ) from err
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits of shape (n, num_classes) = "
-                         f"(n, {num_classes}); got {shape} for n={n}")
+        raise ValueError(
+            f"the model must return logits of shape (n, num_classes) = "
+            f"(n, {num_classes}); got {shape} for n={n}"
+        )
     if looks_like_probabilities(out):
         warnings.warn(
             f"{type(model).__name__} seems to return probabilities (every output in [0, 1], rows "
             "summing to 1 on pool inputs), but ntkal expects raw logits: remove the final "
             "softmax (the strategies apply their own, and the look-ahead kernel linearises the "
-            "raw outputs)", ProbabilityOutputWarning, stacklevel=3)
+            "raw outputs)",
+            ProbabilityOutputWarning,
+            stacklevel=3,
+        )

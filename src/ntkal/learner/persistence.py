@@ -8,6 +8,7 @@ The file is a ``torch.save`` of plain values and tensors (read back with
 Every way a file can be unusable (damaged, truncated, of another format or version, missing a
 part, for another architecture) is reported with the file's name and what to do.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,8 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,19 +25,44 @@ from torch import nn
 
 from ntkal.atomic_files import atomic_torch_save
 from ntkal.data.pool import Pool
-from ntkal.strategies.base import Strategy
 from ntkal.learner.inputs import as_input_tensor
+from ntkal.strategies.base import Strategy
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED_KEYS", "learner_state", "save_learner",
-           "read_learner_state", "load_model_state", "strategy_params", "restore_learner"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "REQUIRED_KEYS",
+    "learner_state",
+    "save_learner",
+    "read_learner_state",
+    "load_model_state",
+    "strategy_params",
+    "restore_learner",
+]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 FORMAT = "ntkal.ActiveLearner"
 FORMAT_VERSION = 1
 #: Keys every saved learner has (``strategy_state`` is optional).
-REQUIRED_KEYS = ("format", "version", "pool", "labels", "num_classes", "mode", "subset", "seed",
-                 "device", "cycle", "num_queries", "train_config", "strategy", "model_state",
-                 "pool_shape", "x_pool", "y_pool")
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "pool",
+    "labels",
+    "num_classes",
+    "mode",
+    "subset",
+    "seed",
+    "device",
+    "cycle",
+    "num_queries",
+    "train_config",
+    "strategy",
+    "model_state",
+    "pool_shape",
+    "x_pool",
+    "y_pool",
+)
 _RESAVE = "save the learner again (or restore the file from a backup)"
 
 
@@ -67,16 +94,22 @@ def learner_state(learner: Any, include_pool: bool = True) -> dict[str, Any]:
     params = strategy_params(learner.strategy)
     strategy = learner.strategy
     return {
-        "format": FORMAT, "version": FORMAT_VERSION,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
         "pool": learner.pool.state_dict(),
         "labels": learner.labels.tolist(),
-        "num_classes": learner.num_classes, "mode": learner.mode, "subset": learner.subset,
-        "seed": learner.seed, "device": str(learner.device),
-        "cycle": learner.cycle, "num_queries": learner.num_queries,
+        "num_classes": learner.num_classes,
+        "mode": learner.mode,
+        "subset": learner.subset,
+        "seed": learner.seed,
+        "device": str(learner.device),
+        "cycle": learner.cycle,
+        "num_queries": learner.num_queries,
         "train_config": cfg_dict if cfg_dict is not None and _is_plain(cfg_dict) else None,
         "strategy": {"name": strategy.name, "params": params if _is_plain(params) else None},
-        "strategy_state": (strategy.state_dict()
-                           if callable(getattr(strategy, "state_dict", None)) else None),
+        "strategy_state": (
+            strategy.state_dict() if callable(getattr(strategy, "state_dict", None)) else None
+        ),
         "model_state": {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()},
         "pool_shape": list(learner.x_pool.shape),
         "x_pool": learner.x_pool.clone() if include_pool else None,
@@ -97,41 +130,53 @@ def _load_file(path: PathLike) -> Any:
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not a saved learner file")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path} is empty (0 bytes), probably left by an interrupted copy; "
-                         f"{_RESAVE}")
+        raise ValueError(
+            f"{path} is empty (0 bytes), probably left by an interrupted copy; {_RESAVE}"
+        )
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are noise here
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
-        raise PermissionError(f"{path} cannot be read: permission denied (check the file's "
-                              "permissions)") from None
+        raise PermissionError(
+            f"{path} cannot be read: permission denied (check the file's permissions)"
+        ) from None
     except (pickle.UnpicklingError, AttributeError, ImportError, TypeError):
         # torch's message here advises weights_only=False, i.e. running code from the file: no.
-        raise ValueError(f"{path} is not an ActiveLearner file ntkal can read safely: it holds "
-                         "something other than plain values and tensors, or is corrupt; "
-                         f"{_RESAVE}") from None
+        raise ValueError(
+            f"{path} is not an ActiveLearner file ntkal can read safely: it holds "
+            "something other than plain values and tensors, or is corrupt; "
+            f"{_RESAVE}"
+        ) from None
     except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
         # a truncated zip archive fails as a RuntimeError or as an OSError with no errno text
-        raise ValueError(f"{path} is truncated or corrupt (not a complete torch file), e.g. cut "
-                         f"short by an interrupted copy; {_RESAVE}") from None
+        raise ValueError(
+            f"{path} is truncated or corrupt (not a complete torch file), e.g. cut "
+            f"short by an interrupted copy; {_RESAVE}"
+        ) from None
 
 
 def read_learner_state(path: PathLike) -> dict[str, Any]:
     """The state saved in ``path``, checked for format, version and every required key."""
     state = _load_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ActiveLearner file (it was not written by "
-                         "ActiveLearner.save)")
+        raise ValueError(
+            f"{path} is not an ActiveLearner file (it was not written by ActiveLearner.save)"
+        )
     if state.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {state.get('version')!r}; "
-                         f"this ntkal reads version {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path} has format version {state.get('version')!r}; "
+            f"this ntkal reads version {FORMAT_VERSION}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
-        raise ValueError(f"{path} is an incomplete ActiveLearner file: it lacks "
-                         f"{', '.join(repr(k) for k in missing)}; {_RESAVE}")
+        raise ValueError(
+            f"{path} is an incomplete ActiveLearner file: it lacks "
+            f"{', '.join(repr(k) for k in missing)}; {_RESAVE}"
+        )
     if not isinstance(state["model_state"], dict) or not all(
-            isinstance(v, torch.Tensor) for v in state["model_state"].values()):
+        isinstance(v, torch.Tensor) for v in state["model_state"].values()
+    ):
         raise ValueError(f"{path} has a damaged 'model_state' (not a dict of tensors); {_RESAVE}")
     return state
 
@@ -150,17 +195,23 @@ def load_model_state(model: nn.Module, saved: dict[str, torch.Tensor], path: Pat
         if key not in current:
             problem = f"the file has {key!r} {tuple(value.shape)}, which the model lacks"
         elif tuple(current[key].shape) != tuple(value.shape):
-            problem = (f"{key!r} has shape {tuple(value.shape)} in the file but "
-                       f"{tuple(current[key].shape)} in the model")
+            problem = (
+                f"{key!r} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(current[key].shape)} in the model"
+            )
         if problem:
             break
     if problem is None:
         extra = [key for key in current if key not in saved]
         if extra:
-            problem = f"the model has {extra[0]!r} {tuple(current[extra[0]].shape)}, which the file lacks"
+            problem = (
+                f"the model has {extra[0]!r} {tuple(current[extra[0]].shape)}, which the file lacks"
+            )
     if problem is not None:
-        raise ValueError(f"the model does not match the one saved in {path}: {problem}; pass "
-                         "model= a network built like the saved one (same architecture and sizes)")
+        raise ValueError(
+            f"the model does not match the one saved in {path}: {problem}; pass "
+            "model= a network built like the saved one (same architecture and sizes)"
+        )
     model.load_state_dict(saved)
 
 
@@ -176,7 +227,7 @@ def saved_pool(state: dict[str, Any], path: PathLike) -> tuple[Pool, np.ndarray]
     return pool, labels
 
 
-def saved_device(state: dict[str, Any], device: Optional[Any], path: PathLike) -> torch.device:
+def saved_device(state: dict[str, Any], device: Any | None, path: PathLike) -> torch.device:
     """``device`` if given, else the saved one, which must be usable here."""
     from ntkal.models.devices import resolve_device
 
@@ -185,13 +236,24 @@ def saved_device(state: dict[str, Any], device: Optional[Any], path: PathLike) -
     try:
         return resolve_device(state["device"])
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path} was saved on device {state['device']!r}, which is not usable here "
-                         f"({err}); pass device='cpu' (or another) to ActiveLearner.load") from None
+        raise ValueError(
+            f"{path} was saved on device {state['device']!r}, which is not usable here "
+            f"({err}); pass device='cpu' (or another) to ActiveLearner.load"
+        ) from None
 
 
-def restore_learner(factory: Callable[..., Any], path: PathLike, *, model: nn.Module,
-                    strategy: Any = None, x_pool: Any = None, y_pool: Any = None,
-                    train_config: Any = None, device: Any = None, progress: bool = False) -> Any:
+def restore_learner(
+    factory: Callable[..., Any],
+    path: PathLike,
+    *,
+    model: nn.Module,
+    strategy: Any = None,
+    x_pool: Any = None,
+    y_pool: Any = None,
+    train_config: Any = None,
+    device: Any = None,
+    progress: bool = False,
+) -> Any:
     """What :meth:`ntkal.learner.ActiveLearner.load` does (see there): read and check ``path``,
     then build ``factory(model, strategy, x_pool, ...)`` (the learner class) from it."""
     state = read_learner_state(path)
@@ -201,15 +263,19 @@ def restore_learner(factory: Callable[..., Any], path: PathLike, *, model: nn.Mo
             raise ValueError(f"{path} was saved without the pool inputs: pass x_pool=")
     x_pool = as_input_tensor("x_pool", x_pool)
     if list(x_pool.shape) != list(state["pool_shape"]):
-        raise ValueError(f"x_pool has shape {tuple(x_pool.shape)} but the saved learner's pool "
-                         f"had shape {tuple(state['pool_shape'])}")
+        raise ValueError(
+            f"x_pool has shape {tuple(x_pool.shape)} but the saved learner's pool "
+            f"had shape {tuple(state['pool_shape'])}"
+        )
     if y_pool is None:
         y_pool = state["y_pool"]
     if strategy is None:
         spec = state["strategy"]
         if spec["params"] is None:
-            raise ValueError(f"the saved strategy {spec['name']!r} has parameters that cannot be "
-                             "stored as plain values: pass strategy=")
+            raise ValueError(
+                f"the saved strategy {spec['name']!r} has parameters that cannot be "
+                "stored as plain values: pass strategy="
+            )
         from ntkal.strategies import get_strategy
 
         strategy = get_strategy(spec["name"], **spec["params"])
@@ -222,12 +288,24 @@ def restore_learner(factory: Callable[..., Any], path: PathLike, *, model: nn.Mo
     device = saved_device(state, device, path)
     load_model_state(model, state["model_state"], path)
     pool, labels = saved_pool(state, path)
-    learner = factory(model, strategy, x_pool, y_pool=y_pool, labelled=pool.labelled_indices,
-                      labels=labels, num_classes=state["num_classes"],
-                      train_config=train_config, mode=state["mode"], subset=state["subset"],
-                      seed=state["seed"], device=device, progress=progress)
-    if state.get("strategy_state") is not None and \
-            callable(getattr(learner.strategy, "load_state_dict", None)):
+    learner = factory(
+        model,
+        strategy,
+        x_pool,
+        y_pool=y_pool,
+        labelled=pool.labelled_indices,
+        labels=labels,
+        num_classes=state["num_classes"],
+        train_config=train_config,
+        mode=state["mode"],
+        subset=state["subset"],
+        seed=state["seed"],
+        device=device,
+        progress=progress,
+    )
+    if state.get("strategy_state") is not None and callable(
+        getattr(learner.strategy, "load_state_dict", None)
+    ):
         learner.strategy.load_state_dict(state["strategy_state"])
     learner.cycle = int(state["cycle"])
     learner.num_queries = int(state["num_queries"])

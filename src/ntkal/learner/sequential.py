@@ -10,9 +10,10 @@ candidates. :class:`SequentialQueries` keeps it in step with the learner's label
 - when a session's candidates are used up, the next proposal comes from a new session over the
   rest of the pool (conditioned on the pending points), so the user is never stranded.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,12 +31,12 @@ class SequentialQueries:
     """The current session, its candidates and the pending oracle labels of a learner."""
 
     def __init__(self) -> None:
-        self.session: Optional[SequentialSession] = None
-        self.candidates: Optional[np.ndarray] = None  # sorted pool indices
+        self.session: SequentialSession | None = None
+        self.candidates: np.ndarray | None = None  # sorted pool indices
         self.pending: dict[int, int] = {}  # pool index -> oracle label, returned but not taught
 
     # ------------------------------------------------------------------ bookkeeping
-    def position(self, index: int) -> Optional[int]:
+    def position(self, index: int) -> int | None:
         """Position of pool ``index`` among the session's candidates (``None``: not one)."""
         cand = self.candidates
         if cand is None:
@@ -79,8 +80,14 @@ class SequentialQueries:
         return session, cand
 
     # ------------------------------------------------------------------ ask / tell
-    def query(self, budget: int, pool: Pool, oracle: Optional[np.ndarray], start: SessionStarter,
-              strategy: str) -> np.ndarray:
+    def query(
+        self,
+        budget: int,
+        pool: Pool,
+        oracle: np.ndarray | None,
+        start: SessionStarter,
+        strategy: str,
+    ) -> np.ndarray:
         """Pool indices of the next ``budget`` points, one session proposal at a time.
 
         With ``budget > 1`` each proposal is observed with its ``oracle`` label before the next
@@ -90,9 +97,11 @@ class SequentialQueries:
         if pool.num_unlabelled == 0:
             raise ValueError("every pool point is labelled: nothing left to query")
         if self.available(pool) == 0:
-            raise ValueError(f"every unlabelled pool point has been returned by a query and is "
-                             f"waiting for its label: teach the {len(self.pending)} pending "
-                             f"points {sorted(self.pending)} (or call fit())")
+            raise ValueError(
+                f"every unlabelled pool point has been returned by a query and is "
+                f"waiting for its label: teach the {len(self.pending)} pending "
+                f"points {sorted(self.pending)} (or call fit())"
+            )
         check_budget(budget, self.available(pool))
         chosen: list[int] = []
         try:
@@ -103,12 +112,16 @@ class SequentialQueries:
                 proposed, _ = session.propose()
                 position = int(proposed)
                 if not 0 <= position < candidates.size:
-                    raise RuntimeError(f"strategy {strategy!r} proposed position {position}, "
-                                       f"outside its {candidates.size} candidates")
+                    raise RuntimeError(
+                        f"strategy {strategy!r} proposed position {position}, "
+                        f"outside its {candidates.size} candidates"
+                    )
                 index = int(candidates[position])
                 if index in self.pending or index in chosen or pool.is_labelled(index):
-                    raise RuntimeError(f"strategy {strategy!r} proposed pool index {index}, which "
-                                       "is already labelled or awaiting its label")
+                    raise RuntimeError(
+                        f"strategy {strategy!r} proposed pool index {index}, which "
+                        "is already labelled or awaiting its label"
+                    )
                 if budget > 1:
                     if oracle is None:
                         raise ValueError("a query of more than one point needs oracle labels")

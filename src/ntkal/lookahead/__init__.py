@@ -40,13 +40,24 @@ gives Σ_jj), built by its one factory :meth:`Lookahead.fit` from a model and
   scoring; memory ``O(e · b · p² + (n + q)² + (n + q) · e · p)`` plus features, with the block
   size ``b`` chosen from the budgets.
 """
-from ntkal.lookahead.block import LookaheadBlock, eval_positions_for
-from ntkal.lookahead.engine import (ENGINES, Lookahead, choose_engine, dense_bytes,
-                                    fit_lookahead)
-from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, DEFAULT_EVAL_SIZE, LookaheadSettings
-from ntkal.lookahead.dense import DenseLookahead  # noqa: E402  (registers the engine)
-from ntkal.lookahead.streaming import StreamingLookahead  # noqa: E402  (registers the engine)
 
-__all__ = ["Lookahead", "LookaheadSettings", "DenseLookahead", "StreamingLookahead",
-           "LookaheadBlock", "choose_engine", "dense_bytes", "fit_lookahead",
-           "eval_positions_for", "ENGINES", "DEFAULT_EVAL_SIZE", "DEFAULT_BLOCK_MEMORY"]
+from ntkal.lookahead.block import LookaheadBlock, eval_positions_for
+from ntkal.lookahead.dense import DenseLookahead
+from ntkal.lookahead.engine import ENGINES, Lookahead, choose_engine, dense_bytes, fit_lookahead
+from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, DEFAULT_EVAL_SIZE, LookaheadSettings
+from ntkal.lookahead.streaming import StreamingLookahead
+
+__all__ = [
+    "Lookahead",
+    "LookaheadSettings",
+    "DenseLookahead",
+    "StreamingLookahead",
+    "LookaheadBlock",
+    "choose_engine",
+    "dense_bytes",
+    "fit_lookahead",
+    "eval_positions_for",
+    "ENGINES",
+    "DEFAULT_EVAL_SIZE",
+    "DEFAULT_BLOCK_MEMORY",
+]

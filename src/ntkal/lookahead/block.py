@@ -1,10 +1,11 @@
 """The block a look-ahead criterion consumes, and the small helpers both engines use (float64
 inputs, block-kernel layout, the evaluation set)."""
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ _DTYPE = torch.float64
 #: Default memory budget (bytes) for one block of batched look-ahead predictions.
 DEFAULT_CHUNK_BYTES = DEFAULT_BLOCK_MEMORY
 
-LabelLike = Union[int, np.integer, Sequence[float], np.ndarray, torch.Tensor]
-EvalSize = Union[int, str, None]
+LabelLike = int | np.integer | Sequence[float] | np.ndarray | torch.Tensor
+EvalSize = int | str | None
 
 
 def as_f64(x, name: str, device=None) -> torch.Tensor:
@@ -34,7 +35,7 @@ def all_finite(t: torch.Tensor, chunk_bytes: int = 2**24) -> bool:
     if t.ndim == 0 or t.numel() * t.element_size() <= chunk_bytes:
         return bool(torch.isfinite(t).all())
     rows = max(1, chunk_bytes // max(1, t[0].numel() * t.element_size()))
-    return all(bool(torch.isfinite(t[r:r + rows]).all()) for r in range(0, t.shape[0], rows))
+    return all(bool(torch.isfinite(t[r : r + rows]).all()) for r in range(0, t.shape[0], rows))
 
 
 def flatten_blocks(theta: torch.Tensor) -> torch.Tensor:
@@ -43,8 +44,9 @@ def flatten_blocks(theta: torch.Tensor) -> torch.Tensor:
     return theta.permute(0, 2, 1, 3).reshape(a * k, b * k)
 
 
-def eval_positions_for(num_candidates: int, eval_size: EvalSize = DEFAULT_EVAL_SIZE,
-                       seed: int = 0, positions=None) -> np.ndarray:
+def eval_positions_for(
+    num_candidates: int, eval_size: EvalSize = DEFAULT_EVAL_SIZE, seed: int = 0, positions=None
+) -> np.ndarray:
     """Positions (into the candidates, sorted) of the evaluation set E.
 
     ``positions`` given explicitly wins; else ``eval_size="all"`` (or ``None``, or any size
@@ -67,7 +69,7 @@ def eval_positions_for(num_candidates: int, eval_size: EvalSize = DEFAULT_EVAL_S
     return np.sort(rng.choice(m, size=int(eval_size), replace=False))
 
 
-def contiguous_span(positions: torch.Tensor) -> Optional[slice]:
+def contiguous_span(positions: torch.Tensor) -> slice | None:
     """``slice(a, b)`` when ``positions`` are exactly ``a, a+1, ..., b-1``, else None."""
     b = int(positions.shape[0])
     if b == 0:
@@ -123,17 +125,17 @@ class LookaheadBlock:
     positions: torch.Tensor
     cov: torch.Tensor
     pivot_evals: torch.Tensor
-    pivot_evecs: Optional[torch.Tensor]
+    pivot_evecs: torch.Tensor | None
     f_bar_eval: torch.Tensor
     f_bar_cand: torch.Tensor
     f0_eval: torch.Tensor
     f0_cand: torch.Tensor
-    step_a: Optional[torch.Tensor] = None
-    step_b: Optional[torch.Tensor] = None
-    lev: Optional[torch.Tensor] = None
+    step_a: torch.Tensor | None = None
+    step_b: torch.Tensor | None = None
+    lev: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.step_a is None:           # the classic step: Σ_jj⁻¹ r
+        if self.step_a is None:  # the classic step: Σ_jj⁻¹ r
             if self.pivot_evecs is None:
                 self.step_a = 1.0 / self.pivot_evals
             else:
@@ -152,8 +154,9 @@ class LookaheadBlock:
     @property
     def block(self) -> bool:
         """Deprecated name of :attr:`full_kernel`."""
-        warnings.warn("LookaheadBlock.block is deprecated; use full_kernel", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "LookaheadBlock.block is deprecated; use full_kernel", DeprecationWarning, stacklevel=2
+        )
         return self.full_kernel
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
@@ -178,7 +181,7 @@ class LookaheadBlock:
         return (step_a @ r.unsqueeze(2)).squeeze(2)
 
     def _step_a(self) -> torch.Tensor:
-        assert self.step_a is not None          # __post_init__ sets the classic step
+        assert self.step_a is not None  # __post_init__ sets the classic step
         return self.step_a
 
     def _step_b(self) -> torch.Tensor:
@@ -199,7 +202,7 @@ class LookaheadBlock:
     def delta(self, targets: torch.Tensor) -> torch.Tensor:
         """Change of f̄ on E, ``(b, e, k)``, after retraining with ``(x_j, targets_j)`` added;
         ``targets`` ``(b, k)`` (one-hot rows for class labels)."""
-        coef = self.coefficients(targets)                                      # (b, k)
+        coef = self.coefficients(targets)  # (b, k)
         if self.pivot_evecs is None:
             return self.direction.unsqueeze(2) * coef.unsqueeze(1)
         out = (self.cov @ coef[:, None, :, None]).squeeze(3)
@@ -211,5 +214,3 @@ class LookaheadBlock:
     def retrained(self, targets: torch.Tensor) -> torch.Tensor:
         """f^{(j,y)}(E) ``(b, e, k)``: f̄ on E plus :meth:`delta`."""
         return self.f_bar_eval.unsqueeze(0) + self.delta(targets)
-
-

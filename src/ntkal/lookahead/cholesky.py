@@ -11,17 +11,17 @@ ordinary normal equation ``M β = V_L R`` with the design Gram ``M = V_L V_Lᵀ`
 When every labelled row is independent this is the plain Cholesky factor (``B = L``,
 ``M = RᵀR``, ``β = R⁻¹ R``), with the same results as before.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
 __all__ = ["LabelledFactor"]
 
 
-def _skipping_cholesky(k_mat: torch.Tensor, eps: float, diag: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def _skipping_cholesky(
+    k_mat: torch.Tensor, eps: float, diag: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ``k_mat`` kept in order while their Schur residual is ``> eps · diag``, and the
     lower-triangular factor of ``k_mat`` on them. Left-looking: a kept row costs one
     ``(N, r)`` matrix-vector product, a skipped one nothing, so ``O(N r²)`` in all (``r`` the
@@ -36,13 +36,13 @@ def _skipping_cholesky(k_mat: torch.Tensor, eps: float, diag: torch.Tensor
             continue
         r = len(basis)
         col = k_mat[:, i] - low[:, :r] @ low[i, :r]
-        col = col / piv ** 0.5
+        col = col / piv**0.5
         col[:i] = 0.0
         low[:, r] = col
         resid -= col * col
         basis.append(i)
     idx = torch.tensor(basis, dtype=torch.long, device=k_mat.device)
-    return idx, low.index_select(0, idx)[:, :len(basis)]
+    return idx, low.index_select(0, idx)[:, : len(basis)]
 
 
 class LabelledFactor:
@@ -81,7 +81,7 @@ class LabelledFactor:
         else:
             self.basis, self.chol = _skipping_cholesky(k_mat, eps, diag)
         self.rank = int(self.chol.shape[0])
-        self._gram: Optional[torch.Tensor] = None
+        self._gram: torch.Tensor | None = None
 
     def rows(self, kernel_rows: torch.Tensor) -> torch.Tensor:
         """The basis rows of ``Θ(L, X)`` ``(N, c)``."""

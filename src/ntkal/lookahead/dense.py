@@ -4,17 +4,26 @@ The fastest route while ``(n + m)²`` kernel entries fit in memory and the evalu
 candidate (see :func:`ntkal.lookahead.choose_engine`); :class:`ntkal.lookahead.StreamingLookahead`
 covers the rest with the same interface, :class:`ntkal.lookahead.Lookahead`.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, as_f64, contiguous_span,
-                                   eval_positions_for, flatten_blocks)
+from ntkal.lookahead.block import (
+    _DTYPE,
+    LabelLike,
+    LookaheadBlock,
+    as_f64,
+    contiguous_span,
+    eval_positions_for,
+    flatten_blocks,
+)
 from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
 from ntkal.lookahead.settings import LookaheadSettings
@@ -69,28 +78,52 @@ class DenseLookahead(Lookahead):
 
     engine_name = "dense"
 
-    def __init__(self, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
-                 y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                 block_size: Optional[int] = None, kernel: Optional[str] = None,
-                 eval_positions=None, _owned: bool = False) -> None:
+    def __init__(
+        self,
+        theta_ll,
+        theta_sl,
+        theta_ss,
+        f0_labelled,
+        f0_candidates,
+        y_labelled_onehot,
+        *,
+        ridge: float = 0.0,
+        eps: float = 1e-6,
+        block_size: int | None = None,
+        kernel: str | None = None,
+        eval_positions=None,
+        _owned: bool = False,
+    ) -> None:
         theta_ll = torch.as_tensor(theta_ll)
         device = theta_ll.device
-        tensors = {name: as_f64(t, name, device) for name, t in (
-            ("theta_ll", theta_ll), ("theta_sl", theta_sl), ("theta_ss", theta_ss),
-            ("f0_labelled", f0_labelled), ("f0_candidates", f0_candidates),
-            ("y_labelled_onehot", y_labelled_onehot))}
+        tensors = {
+            name: as_f64(t, name, device)
+            for name, t in (
+                ("theta_ll", theta_ll),
+                ("theta_sl", theta_sl),
+                ("theta_ss", theta_ss),
+                ("f0_labelled", f0_labelled),
+                ("f0_candidates", f0_candidates),
+                ("y_labelled_onehot", y_labelled_onehot),
+            )
+        }
         f0_l, f0_s, y_l, block = self._check_shapes(tensors, ridge, eps)
-        m, k = f0_s.shape
+        m, _k = f0_s.shape
         n = int(f0_l.shape[0])
-        self._init_state(f0_s, None if eval_positions is None
-                         else eval_positions_for(m, positions=eval_positions),
-                         block, eps, block_size, device)
+        self._init_state(
+            f0_s,
+            None if eval_positions is None else eval_positions_for(m, positions=eval_positions),
+            block,
+            eps,
+            block_size,
+            device,
+        )
         self.kernel = kernel if kernel is not None else ("full" if block else "scalar")
         self.num_labelled = n
         self.ridge = float(ridge)
         self.f0_labelled = f0_l
         self._sigma = self._own_flat(tensors["theta_ss"], _owned)
-        self._prior = self._diagonal_blocks()                     # Θ_jj, before conditioning
+        self._prior = self._diagonal_blocks()  # Θ_jj, before conditioning
         self.jitter = 0.0
         if n == 0:
             self._f_bar = f0_s.clone()
@@ -114,15 +147,16 @@ class DenseLookahead(Lookahead):
         if f0_l.shape != (n, k) or y_l.shape != (n, k):
             raise ValueError(
                 f"f0_labelled {tuple(f0_l.shape)} and y_labelled_onehot {tuple(y_l.shape)} must "
-                f"both be (n, k) with k = {k} (the width of f0_candidates)")
+                f"both be (n, k) with k = {k} (the width of f0_candidates)"
+            )
         ndim = t["theta_ss"].ndim
         if ndim not in (2, 4):
-            raise ValueError(f"theta_ss must be (m, m) or (m, m, k, k), got "
-                             f"{tuple(t['theta_ss'].shape)}")
+            raise ValueError(
+                f"theta_ss must be (m, m) or (m, m, k, k), got {tuple(t['theta_ss'].shape)}"
+            )
         block = ndim == 4
         tail = (k, k) if block else ()
-        expect = {"theta_ll": (n, n, *tail), "theta_sl": (m, n, *tail),
-                  "theta_ss": (m, m, *tail)}
+        expect = {"theta_ll": (n, n, *tail), "theta_sl": (m, n, *tail), "theta_ss": (m, m, *tail)}
         for name, want in expect.items():
             if name == "theta_ll" and n == 0 and t[name].numel() == 0:
                 continue
@@ -148,41 +182,65 @@ class DenseLookahead(Lookahead):
         tll = tll.clone() if _shares_memory(tll, theta_ll) else tll
         tsl = flatten_blocks(theta_sl) if self.full_kernel else theta_sl
         factor = LabelledFactor(tll, self.ridge, self.eps)
-        resid = y_l - f0_l                                            # (n, k)
-        resid = resid.reshape(n * k, 1) if self.full_kernel else resid       # (n p, k / p)
-        v = factor.coordinates(tsl.T)                                 # V_S = R_B⁻¹ Θ(B, S)
-        w = factor.coefficients(resid)                                # least-squares β
+        resid = y_l - f0_l  # (n, k)
+        resid = resid.reshape(n * k, 1) if self.full_kernel else resid  # (n p, k / p)
+        v = factor.coordinates(tsl.T)  # V_S = R_B⁻¹ Θ(B, S)
+        w = factor.coefficients(resid)  # least-squares β
         self._f_bar = self.f0_candidates + (v.T @ w).reshape(m, k)
         self._v_buf = _RowBuffer(int(v.shape[0]), int(v.shape[1]), v.device)
         self._v_buf.rows.copy_(v)
-        self._gram = factor                        # M formed when first needed
+        self._gram = factor  # M formed when first needed
         rows = self._sigma.shape[0]
-        for r in range(0, rows, 1024):   # row blocks: Σ may be a strided view of the kernel
-            self._sigma[r:r + 1024].addmm_(v[:, r:r + 1024].T, v, alpha=-1.0)
+        for r in range(0, rows, 1024):  # row blocks: Σ may be a strided view of the kernel
+            self._sigma[r : r + 1024].addmm_(v[:, r : r + 1024].T, v, alpha=-1.0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
-                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
-                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
-                   ) -> "DenseLookahead":
+    def from_model(
+        cls,
+        model: nn.Module,
+        x_labelled: torch.Tensor,
+        y_labelled,
+        x_candidates: torch.Tensor,
+        settings: LookaheadSettings,
+        *,
+        eval_positions: np.ndarray,
+        max_memory: int,
+        progress: bool = False,
+    ) -> DenseLookahead:
         """One symmetric kernel call on ``[L; C]`` (see :meth:`Lookahead.fit`)."""
         from ntkal.kernels import empirical_ntk
 
         dev = model_device(model)
         n, m = int(x_labelled.shape[0]), int(x_candidates.shape[0])
         x = torch.cat([x_labelled.to(dev), x_candidates.to(dev, dtype=x_labelled.dtype)], dim=0)
-        kw: dict[str, Any] = dict(kind=settings.kernel, implementation=settings.implementation, dtype=_DTYPE,
-                  return_outputs=True, max_memory=max_memory)
+        kw: dict[str, Any] = dict(
+            kind=settings.kernel,
+            implementation=settings.implementation,
+            dtype=_DTYPE,
+            return_outputs=True,
+            max_memory=max_memory,
+        )
         if progress:
             kw["progress"] = True
         theta, f, _ = empirical_ntk(model, x, **kw)
         f = f.detach().to(_DTYPE)
         y = onehot_targets(y_labelled, int(f.shape[1]), f.device)
         pos = None if len(eval_positions) == m else eval_positions
-        return cls(theta[:n, :n], theta[n:, :n], theta[n:, n:], f[:n], f[n:], y,
-                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
-                   kernel=settings.kernel, eval_positions=pos, _owned=True)
+        return cls(
+            theta[:n, :n],
+            theta[n:, :n],
+            theta[n:, n:],
+            f[:n],
+            f[n:],
+            y,
+            ridge=settings.ridge,
+            eps=settings.eps,
+            block_size=settings.block_size,
+            kernel=settings.kernel,
+            eval_positions=pos,
+            _owned=True,
+        )
 
     # ------------------------------------------------------------------ pivots (Σ_jj)
     def _diagonal_blocks(self) -> torch.Tensor:
@@ -223,14 +281,16 @@ class DenseLookahead(Lookahead):
         """Diagonal of Σ on candidate ``positions`` (default: all): ``(b,)`` for scalar kernels,
         the ``(b, k, k)`` blocks for full ones."""
         m, p = self.num_candidates, self._p
-        idx = torch.arange(m, device=self.device) if positions is None \
-            else self._positions(positions)
+        idx = (
+            torch.arange(m, device=self.device) if positions is None else self._positions(positions)
+        )
         if not self.full_kernel:
             return self._sigma.diagonal()[idx].clone()
         return self._sigma.view(m, p, m, p)[idx, :, idx, :].clone()
 
-    def iter_blocks(self, positions=None, block_size: Optional[int] = None
-                    ) -> Iterator[LookaheadBlock]:
+    def iter_blocks(
+        self, positions=None, block_size: int | None = None
+    ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
         ``block_size`` at a time (default :meth:`default_block_size`), with Σ[E, J] read from the
         held Σ (symmetric, so the block's rows are gathered)."""
@@ -239,16 +299,17 @@ class DenseLookahead(Lookahead):
         m, p = self.num_candidates, self._p
         f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
-            jb = js[start:start + step]
+            jb = js[start : start + step]
             span = contiguous_span(jb)
             if not self.full_kernel:
                 rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
                 cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
             else:
-                rows = self._sigma.view(m, p, m, p).index_select(0, jb)         # (b, d, m, c)
-                cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)   # (b, e, c, d)
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
-                                   lambda jb=jb: self._v.index_select(1, self._cols(jb)))
+                rows = self._sigma.view(m, p, m, p).index_select(0, jb)  # (b, d, m, c)
+                cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)  # (b, e, c, d)
+            yield self._make_block(
+                jb, cov, f_bar_eval, f0_eval, lambda jb=jb: self._v.index_select(1, self._cols(jb))
+            )
 
     # ------------------------------------------------------------------ sequential update
     def condition(self, j: int, y: LabelLike) -> None:
@@ -265,31 +326,35 @@ class DenseLookahead(Lookahead):
             raise ValueError(f"candidate {jj} has already been conditioned on")
         m, p, k = self.num_candidates, self._p, self.num_classes
         jcols = self._cols(torch.tensor([jj], device=self.device))
-        v_j = self._v.index_select(1, jcols)                                # (r, p)
+        v_j = self._v.index_select(1, jcols)  # (r, p)
         step = self._step(jj, target, v_j)
-        cols = self._sigma[:, jj * p:(jj + 1) * p].clone()                 # (m p, p)
+        cols = self._sigma[:, jj * p : (jj + 1) * p].clone()  # (m p, p)
         self._f_bar.add_((cols @ step.alpha).reshape(m, k))
         if step.beta is not None:
-            g_cols = torch.linalg.solve_triangular(self._span_factor(), self._v,
-                                                   upper=False).T @ step.w_j  # G[:, j]
+            g_cols = (
+                torch.linalg.solve_triangular(self._span_factor(), self._v, upper=False).T
+                @ step.w_j
+            )  # G[:, j]
             self._f_bar.add_((g_cols @ step.beta).reshape(m, k))
-        t = step.new_rows(cols.T)                                           # (k_i, m p)
+        t = step.new_rows(cols.T)  # (k_i, m p)
         if t.shape[0]:
             self._sigma.addmm_(t.T, t, alpha=-1.0)
             if self.full_kernel:
                 _symmetrise_(self._sigma)
         self._grow_span(v_j, step)
         self._v_buf.append(t)
-        self._sigma[jj * p:(jj + 1) * p, :] = 0.0
-        self._sigma[:, jj * p:(jj + 1) * p] = 0.0
+        self._sigma[jj * p : (jj + 1) * p, :] = 0.0
+        self._sigma[:, jj * p : (jj + 1) * p] = 0.0
         self._conditioned_mask[jj] = True
         self.conditioned.append(jj)
         self._refresh_pivots()
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (f"DenseLookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
-                f"k={self.num_classes}, ridge={self.ridge}, jitter={self.jitter:.3g}, "
-                f"conditioned={len(self.conditioned)}, clamped={self.num_clamped})")
+        return (
+            f"DenseLookahead(kernel={self.kernel!r}, n={self.num_labelled}, m={self.num_candidates}, "
+            f"k={self.num_classes}, ridge={self.ridge}, jitter={self.jitter:.3g}, "
+            f"conditioned={len(self.conditioned)}, clamped={self.num_clamped})"
+        )
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -7,24 +7,32 @@ only uses this interface, so it does not depend on how Σ is stored or streamed.
 register themselves here by name when their module is imported (``ntkal.lookahead`` imports both),
 so this module imports neither of them.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterator, Optional, cast
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ntkal.data.labels import as_class_labels
-from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, eval_positions_for)
+from ntkal.lookahead.block import _DTYPE, LabelLike, LookaheadBlock, eval_positions_for
 from ntkal.lookahead.settings import DEFAULT_BLOCK_MEMORY, ENGINES, LookaheadSettings
 from ntkal.lookahead.span import LabelledSpan
 from ntkal.models.devices import model_device, model_dtype
 from ntkal.models.modes import evaluating
 
-__all__ = ["Lookahead", "ENGINES", "DENSE_ADVANTAGE", "choose_engine", "dense_bytes",
-           "fit_lookahead"]
+__all__ = [
+    "Lookahead",
+    "ENGINES",
+    "DENSE_ADVANTAGE",
+    "choose_engine",
+    "dense_bytes",
+    "fit_lookahead",
+]
 
 
 def dense_bytes(n: int, m: int, p: int) -> int:
@@ -66,22 +74,26 @@ def onehot_targets(y_labelled, k: int, device) -> torch.Tensor:
         return torch.nn.functional.one_hot(classes, k).to(_DTYPE)
     y = y.to(device)
     if y.shape != (y.shape[0], k):
-        raise ValueError(f"y_labelled must be class indices (n,) or targets (n, {k}), got "
-                         f"shape {tuple(y.shape)}")
+        raise ValueError(
+            f"y_labelled must be class indices (n,) or targets (n, {k}), got shape {tuple(y.shape)}"
+        )
     return y.to(_DTYPE)
 
 
-def _output_width(model: nn.Module, x_s: torch.Tensor, num_classes: Optional[int]) -> int:
+def _output_width(model: nn.Module, x_s: torch.Tensor, num_classes: int | None) -> int:
     """Width ``k`` of the model's logits on one candidate (checked against ``num_classes``)."""
     dev = model_device(model)
-    probe = x_s[:1].to(dev, dtype=model_dtype(model)) if x_s.is_floating_point() \
-        else x_s[:1].to(dev)
+    probe = (
+        x_s[:1].to(dev, dtype=model_dtype(model)) if x_s.is_floating_point() else x_s[:1].to(dev)
+    )
     with torch.no_grad(), evaluating(model):
         try:
             out = model(probe)
         except Exception as err:  # the model rejected the input: say so in terms the caller knows
-            raise ValueError(f"model cannot be applied to x_candidates of per-example shape "
-                             f"{tuple(x_s.shape[1:])}: {err}") from err
+            raise ValueError(
+                f"model cannot be applied to x_candidates of per-example shape "
+                f"{tuple(x_s.shape[1:])}: {err}"
+            ) from err
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ValueError("model must return 2-D logits (n, k)")
     k_out = int(out.shape[1])
@@ -129,7 +141,7 @@ class Lookahead(LabelledSpan, ABC):
     """
 
     #: Registered engines by name (filled by subclasses that set ``engine_name``).
-    _engines: ClassVar[dict[str, type["Lookahead"]]] = {}
+    _engines: ClassVar[dict[str, type[Lookahead]]] = {}
     engine_name: ClassVar[str] = ""
 
     full_kernel: bool
@@ -141,7 +153,7 @@ class Lookahead(LabelledSpan, ABC):
     eps: float
     ridge: float
     jitter: float
-    block_size: Optional[int]
+    block_size: int | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,10 +162,20 @@ class Lookahead(LabelledSpan, ABC):
 
     # ------------------------------------------------------------------ the one factory
     @classmethod
-    def fit(cls, model: nn.Module, x_labelled, y_labelled, x_candidates, *,
-            settings: Optional[LookaheadSettings] = None, num_classes: Optional[int] = None,
-            progress: bool = False, eval_seed: int = 0, eval_positions=None,
-            **settings_params: Any) -> "Lookahead":
+    def fit(
+        cls,
+        model: nn.Module,
+        x_labelled,
+        y_labelled,
+        x_candidates,
+        *,
+        settings: LookaheadSettings | None = None,
+        num_classes: int | None = None,
+        progress: bool = False,
+        eval_seed: int = 0,
+        eval_positions=None,
+        **settings_params: Any,
+    ) -> Lookahead:
         """Linearise ``model`` at its current weights on ``L ∪ C`` and prepare look-ahead.
 
         Parameters
@@ -186,42 +208,83 @@ class Lookahead(LabelledSpan, ABC):
 
         settings = LookaheadSettings.build(settings, **settings_params)
         x_l, x_s = torch.as_tensor(x_labelled), torch.as_tensor(x_candidates)
-        budget = settings.max_memory if settings.max_memory is not None \
+        budget = (
+            settings.max_memory
+            if settings.max_memory is not None
             else default_max_memory(model_device(model))
+        )
         n, m = int(x_l.shape[0]), int(x_s.shape[0])
         if m == 0:
             raise ValueError("x_candidates is empty: nothing to look ahead on")
         pos = eval_positions_for(m, settings.eval_size, eval_seed, eval_positions)
         k = _output_width(model, x_s, num_classes)
-        choice = choose_engine(n, m, len(pos), k if settings.full_kernel else 1, budget,
-                               settings.engine)
-        return Lookahead._engines[choice].from_model(model, x_l, y_labelled, x_s, settings,
-                                                     eval_positions=pos, max_memory=budget,
-                                                     progress=progress)
+        choice = choose_engine(
+            n, m, len(pos), k if settings.full_kernel else 1, budget, settings.engine
+        )
+        return Lookahead._engines[choice].from_model(
+            model,
+            x_l,
+            y_labelled,
+            x_s,
+            settings,
+            eval_positions=pos,
+            max_memory=budget,
+            progress=progress,
+        )
 
     @classmethod
-    def from_kernels(cls, theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates,
-                     y_labelled_onehot, *, ridge: float = 0.0, eps: float = 1e-6,
-                     block_size: Optional[int] = None, eval_positions=None) -> "Lookahead":
+    def from_kernels(
+        cls,
+        theta_ll,
+        theta_sl,
+        theta_ss,
+        f0_labelled,
+        f0_candidates,
+        y_labelled_onehot,
+        *,
+        ridge: float = 0.0,
+        eps: float = 1e-6,
+        block_size: int | None = None,
+        eval_positions=None,
+    ) -> Lookahead:
         """The dense engine from precomputed kernel blocks (shapes as in
         :class:`ntkal.lookahead.DenseLookahead`)."""
         # registered subclasses take their own constructor arguments (the base's are abstract)
         dense = cast(Callable[..., "Lookahead"], Lookahead._engines["dense"])
-        return dense(theta_ll, theta_sl, theta_ss, f0_labelled, f0_candidates, y_labelled_onehot,
-                     ridge=ridge, eps=eps, block_size=block_size, eval_positions=eval_positions)
+        return dense(
+            theta_ll,
+            theta_sl,
+            theta_ss,
+            f0_labelled,
+            f0_candidates,
+            y_labelled_onehot,
+            ridge=ridge,
+            eps=eps,
+            block_size=block_size,
+            eval_positions=eval_positions,
+        )
 
     @classmethod
     @abstractmethod
-    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
-                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
-                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
-                   ) -> "Lookahead":
+    def from_model(
+        cls,
+        model: nn.Module,
+        x_labelled: torch.Tensor,
+        y_labelled,
+        x_candidates: torch.Tensor,
+        settings: LookaheadSettings,
+        *,
+        eval_positions: np.ndarray,
+        max_memory: int,
+        progress: bool = False,
+    ) -> Lookahead:
         """This engine for ``model`` (called by :meth:`fit` once the engine is chosen)."""
 
     # ------------------------------------------------------------------ what engines provide
     @abstractmethod
-    def iter_blocks(self, positions=None, block_size: Optional[int] = None
-                    ) -> Iterator[LookaheadBlock]:
+    def iter_blocks(
+        self, positions=None, block_size: int | None = None
+    ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
         ``block_size`` at a time (default :meth:`default_block_size`)."""
 
@@ -259,8 +322,15 @@ class Lookahead(LabelledSpan, ABC):
         return self.default_block_size(memory_budget)
 
     # ------------------------------------------------------------------ shared state
-    def _init_state(self, f0_candidates: torch.Tensor, eval_positions, block: bool, eps: float,
-                    block_size: Optional[int], device) -> None:
+    def _init_state(
+        self,
+        f0_candidates: torch.Tensor,
+        eval_positions,
+        block: bool,
+        eps: float,
+        block_size: int | None,
+        device,
+    ) -> None:
         m, k = f0_candidates.shape
         self.full_kernel = block
         self.num_candidates = int(m)
@@ -276,8 +346,8 @@ class Lookahead(LabelledSpan, ABC):
         self.conditioned: list[int] = []
         self._conditioned_mask = torch.zeros(m, dtype=torch.bool, device=device)
         self._clamp_warned = False
-        self._gram_chol: Optional[torch.Tensor] = None
-        self._w_eval: Optional[torch.Tensor] = None
+        self._gram_chol: torch.Tensor | None = None
+        self._w_eval: torch.Tensor | None = None
 
     # -- evaluation set
     @property
@@ -288,7 +358,7 @@ class Lookahead(LabelledSpan, ABC):
         """Rows on E of a per-candidate tensor ``(m, ...)`` (no copy when E is every candidate)."""
         return values if self._eval_all else values.index_select(0, self.eval_positions)
 
-    _on_eval = on_eval   # old name, for callers outside the package
+    _on_eval = on_eval  # old name, for callers outside the package
 
     @property
     def f0_eval(self) -> torch.Tensor:
@@ -313,14 +383,17 @@ class Lookahead(LabelledSpan, ABC):
         if y.shape == (k,) and b == 1:
             y = y.unsqueeze(0)
         if y.shape != (b, k):
-            raise ValueError(f"targets must be class indices or vectors of length {k}, "
-                             f"got shape {tuple(y.shape)}")
+            raise ValueError(
+                f"targets must be class indices or vectors of length {k}, "
+                f"got shape {tuple(y.shape)}"
+            )
         return y
 
     def _positions(self, js) -> torch.Tensor:
         j = torch.as_tensor(js, device=self.device).reshape(-1)
-        if j.numel() and (torch.is_floating_point(j) or int(j.min()) < 0
-                          or int(j.max()) >= self.num_candidates):
+        if j.numel() and (
+            torch.is_floating_point(j) or int(j.min()) < 0 or int(j.max()) >= self.num_candidates
+        ):
             raise IndexError(f"candidate positions must be integers in [0, {self.num_candidates})")
         return j.long()
 
@@ -341,8 +414,9 @@ class Lookahead(LabelledSpan, ABC):
         jj, target = self._single_target(j, y)
         return self.retrained_predictions_batch([jj], target)[0]
 
-    def iter_retrained(self, js, ys, block_size: Optional[int] = None
-                       ) -> Iterator[tuple[slice, torch.Tensor]]:
+    def iter_retrained(
+        self, js, ys, block_size: int | None = None
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(slice into js, f^{(j,y)}(E) for that block, shape (c, e, k))`` block by
         block; ``ys`` are class indices ``(b,)`` or target vectors ``(b, k)``."""
         js = self._positions(js)
@@ -353,20 +427,20 @@ class Lookahead(LabelledSpan, ABC):
             yield sl, block.retrained(y[sl])
             start = sl.stop
 
-    def retrained_predictions_batch(self, js, ys, block_size: Optional[int] = None
-                                    ) -> torch.Tensor:
+    def retrained_predictions_batch(self, js, ys, block_size: int | None = None) -> torch.Tensor:
         """Batched :meth:`retrained_predictions`: ``(b, e, k)`` for candidates ``js`` (b,) with
         targets ``ys`` (class indices (b,) or vectors (b, k))."""
         js = self._positions(js)
-        out = torch.empty(js.shape[0], self.num_eval, self.num_classes, dtype=_DTYPE,
-                          device=self.device)
+        out = torch.empty(
+            js.shape[0], self.num_eval, self.num_classes, dtype=_DTYPE, device=self.device
+        )
         for sl, preds in self.iter_retrained(js, ys, block_size):
             out[sl] = preds
         return out
 
 
-def fit_lookahead(model: nn.Module, x_labelled, y_labelled, x_candidates, **kwargs: Any
-                  ) -> Lookahead:
+def fit_lookahead(
+    model: nn.Module, x_labelled, y_labelled, x_candidates, **kwargs: Any
+) -> Lookahead:
     """Old name of :meth:`Lookahead.fit`."""
     return Lookahead.fit(model, x_labelled, y_labelled, x_candidates, **kwargs)
-

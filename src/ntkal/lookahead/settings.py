@@ -6,17 +6,24 @@ regularised, where output change is measured, how much memory the engine may hol
 when it is built, so a bad value fails where it is written (a constructor call or a config file)
 and not at the first query, after a round of training.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from ntkal.arguments import as_choice, as_float, as_int, as_optional_int
 
-__all__ = ["LookaheadSettings", "ENGINES", "DEFAULT_EVAL_SIZE", "DEFAULT_BLOCK_MEMORY",
-           "DEPRECATED_NAMES"]
+__all__ = [
+    "LookaheadSettings",
+    "ENGINES",
+    "DEFAULT_EVAL_SIZE",
+    "DEFAULT_BLOCK_MEMORY",
+    "DEPRECATED_NAMES",
+]
 
 #: Look-ahead engines: ``"auto"`` lets :func:`ntkal.lookahead.choose_engine` decide.
 ENGINES = ("auto", "dense", "streaming")
@@ -27,7 +34,7 @@ DEFAULT_BLOCK_MEMORY = 256 * 2**20
 #: Old parameter names, still accepted with a :class:`DeprecationWarning`.
 DEPRECATED_NAMES = {"chunk_size": "block_size", "memory_budget": "block_memory"}
 
-EvalSize = Union[int, str]
+EvalSize = int | str
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,8 @@ class LookaheadSettings:
     eps: float = 1e-6
     implementation: str = "auto"
     eval_size: EvalSize = DEFAULT_EVAL_SIZE
-    max_memory: Optional[int] = None
-    block_size: Optional[int] = None
+    max_memory: int | None = None
+    block_size: int | None = None
     block_memory: int = DEFAULT_BLOCK_MEMORY
     engine: str = "auto"
 
@@ -80,18 +87,28 @@ class LookaheadSettings:
         put(self, "kernel", as_choice(self.kernel, "kernel", available_kinds()))
         put(self, "ridge", as_float(self.ridge, "ridge", minimum=0.0))
         put(self, "eps", as_float(self.eps, "eps", minimum=0.0, strict_minimum=True))
-        put(self, "implementation",
-            as_choice(self.implementation, "implementation", available_implementations()))
+        put(
+            self,
+            "implementation",
+            as_choice(self.implementation, "implementation", available_implementations()),
+        )
         if not (isinstance(self.eval_size, str) and self.eval_size == "all"):
             if isinstance(self.eval_size, str):
-                raise ValueError(f"eval_size must be a positive integer or 'all', "
-                                 f"got {self.eval_size!r}")
+                raise ValueError(
+                    f"eval_size must be a positive integer or 'all', got {self.eval_size!r}"
+                )
             put(self, "eval_size", as_int(self.eval_size, "eval_size", minimum=1))
-        put(self, "max_memory", as_optional_int(self.max_memory, "max_memory", minimum=1,
-                                                integral_floats=True))
+        put(
+            self,
+            "max_memory",
+            as_optional_int(self.max_memory, "max_memory", minimum=1, integral_floats=True),
+        )
         put(self, "block_size", as_optional_int(self.block_size, "block_size", minimum=1))
-        put(self, "block_memory", as_int(self.block_memory, "block_memory", minimum=1,
-                                         integral_floats=True))
+        put(
+            self,
+            "block_memory",
+            as_int(self.block_memory, "block_memory", minimum=1, integral_floats=True),
+        )
         put(self, "engine", as_choice(self.engine, "engine", ENGINES))
 
     @classmethod
@@ -107,8 +124,9 @@ class LookaheadSettings:
         for key, value in params.items():
             if key in DEPRECATED_NAMES:
                 new = DEPRECATED_NAMES[key]
-                warnings.warn(f"{key!r} is deprecated; use {new!r}", DeprecationWarning,
-                              stacklevel=4)
+                warnings.warn(
+                    f"{key!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=4
+                )
                 if new in params:
                     raise TypeError(f"give {new!r} or its old name {key!r}, not both")
                 key = new
@@ -116,20 +134,20 @@ class LookaheadSettings:
         return mine, rest
 
     @classmethod
-    def build(cls, settings: Optional["LookaheadSettings"] = None, **params: Any
-              ) -> "LookaheadSettings":
+    def build(cls, settings: LookaheadSettings | None = None, **params: Any) -> LookaheadSettings:
         """``settings`` with flat ``params`` applied (the one place flat keyword arguments, as
         configs pass them, become settings). Unknown keys are a :class:`TypeError` listing the
         valid ones."""
         mine, rest = cls.split(params)
         if rest:
-            raise TypeError(f"unknown look-ahead parameter(s) {', '.join(sorted(rest))}; valid: "
-                            f"{', '.join(cls.names())} (or settings=LookaheadSettings(...))")
+            raise TypeError(
+                f"unknown look-ahead parameter(s) {', '.join(sorted(rest))}; valid: "
+                f"{', '.join(cls.names())} (or settings=LookaheadSettings(...))"
+            )
         if settings is None:
             return cls(**mine)
         if not isinstance(settings, cls):
-            raise TypeError(f"settings must be a LookaheadSettings, got "
-                            f"{type(settings).__name__}")
+            raise TypeError(f"settings must be a LookaheadSettings, got {type(settings).__name__}")
         return dataclasses.replace(settings, **mine) if mine else settings
 
     @property

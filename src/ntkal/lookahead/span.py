@@ -14,11 +14,12 @@ directions ``i``, eigenvalues ``Λ``; dependent ``d``) and ``H = Vᵀ (I + G_jj)
 ridge regression as the ridge goes to 0 gives ``β = V_d H_dd⁻¹ V_dᵀ r`` and
 ``α = V_i Λ⁻¹ (V_iᵀ − H_id H_dd⁻¹ V_dᵀ) r``. Both maps are returned as matrices, ``A`` and ``B``.
 """
+
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,7 +42,7 @@ class StepMaps:
     b: torch.Tensor
     dependent: torch.Tensor
     evals: torch.Tensor
-    evecs: Optional[torch.Tensor]
+    evecs: torch.Tensor | None
     independent: torch.Tensor
 
 
@@ -60,8 +61,9 @@ def dependent_mask(raw: torch.Tensor, prior: torch.Tensor, eps: float) -> torch.
     return (evals <= _floors(prior, eps, True)[:, None]).any(dim=1)
 
 
-def step_maps(raw: torch.Tensor, prior: torch.Tensor, eps: float,
-              leverage: Optional[torch.Tensor]) -> StepMaps:
+def step_maps(
+    raw: torch.Tensor, prior: torch.Tensor, eps: float, leverage: torch.Tensor | None
+) -> StepMaps:
     """Step maps from raw ``Σ_jj`` and prior ``Θ_jj`` (``(b,)`` or ``(b, k, k)``) and the
     leverage ``G_jj`` (same shape; only read where a direction is dependent, may be ``None``
     when none is)."""
@@ -74,7 +76,7 @@ def step_maps(raw: torch.Tensor, prior: torch.Tensor, eps: float,
         b = torch.where(dep, 1.0 / (1.0 + lev), torch.zeros_like(raw))
         return StepMaps(a, b, dep, raw.unsqueeze(1), None, ~dep.unsqueeze(1))
     evals, vecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
-    ind = evals > floor[:, None]                                      # (b, k)
+    ind = evals > floor[:, None]  # (b, k)
     dep = ~ind
     k = raw.shape[1]
     eye = torch.eye(k, dtype=raw.dtype, device=raw.device)
@@ -84,13 +86,13 @@ def step_maps(raw: torch.Tensor, prior: torch.Tensor, eps: float,
         a = (vi * lam_inv[:, None, :]) @ vecs.transpose(1, 2)
         return StepMaps(a, torch.zeros_like(a), dep.any(dim=1), evals, vecs, ind)
     g = torch.zeros_like(raw) if leverage is None else leverage
-    h = vecs.transpose(1, 2) @ (eye + g) @ vecs                         # (b, k, k)
+    h = vecs.transpose(1, 2) @ (eye + g) @ vecs  # (b, k, k)
     mask_dd = dep[:, :, None] & dep[:, None, :]
     h_dd = torch.where(mask_dd, h, torch.diag_embed(ind.to(raw.dtype)))  # identity off d
     h_dd_inv = torch.linalg.inv(h_dd)
     h_id = torch.where(ind[:, :, None] & dep[:, None, :], h, torch.zeros_like(h))
     b = vd @ h_dd_inv @ vd.transpose(1, 2)
-    inner = vi.transpose(1, 2) - h_id @ h_dd_inv @ vd.transpose(1, 2)   # rows i only
+    inner = vi.transpose(1, 2) - h_id @ h_dd_inv @ vd.transpose(1, 2)  # rows i only
     a = (vecs * lam_inv[:, None, :]) @ inner
     return StepMaps(a, b, dep.any(dim=1), evals, vecs, ind)
 
@@ -111,16 +113,17 @@ class LabelledSpan:
     _raw: torch.Tensor
     _prior: torch.Tensor
     _pivot: torch.Tensor
-    _pivot_evecs: Optional[torch.Tensor]
+    _pivot_evecs: torch.Tensor | None
     _clamped: torch.Tensor
     _clamp_warned: bool
     _conditioned_mask: torch.Tensor
-    _gram: Union[torch.Tensor, LabelledFactor]
-    _gram_chol: Optional[torch.Tensor]
-    _w_eval: Optional[torch.Tensor]
+    _gram: torch.Tensor | LabelledFactor
+    _gram_chol: torch.Tensor | None
+    _w_eval: torch.Tensor | None
     _f_bar: torch.Tensor
 
     if TYPE_CHECKING:
+
         @property
         def num_eval(self) -> int: ...
 
@@ -161,7 +164,10 @@ class LabelledSpan:
                 f"{count} candidate(s) lie in the span of the labelled features (Σ_jj <= "
                 f"{self.eps:g} × Θ_jj): their look-ahead is least-squares retraining, not "
                 "interpolation, and their Σ_jj is clamped to that floor for variance-based "
-                "scores", RuntimeWarning, stacklevel=4)
+                "scores",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     @property
     def num_clamped(self) -> int:
@@ -196,21 +202,27 @@ class LabelledSpan:
         if self._w_eval is None:
             self._w_eval = torch.linalg.solve_triangular(lm, self._coords_eval(), upper=False)
         w_j = torch.linalg.solve_triangular(lm, v_j, upper=False)
-        flat = self._w_eval.T @ w_j                                        # (e p, b p)
+        flat = self._w_eval.T @ w_j  # (e p, b p)
         p = self._p
         b = v_j.shape[1] // p
         if not self.full_kernel:
             return flat.T, (w_j * w_j).sum(0)
-        wb = w_j.reshape(w_j.shape[0], b, p).permute(1, 2, 0)              # (b, p, r)
+        wb = w_j.reshape(w_j.shape[0], b, p).permute(1, 2, 0)  # (b, p, r)
         return flat.view(self.num_eval, p, b, p).permute(2, 0, 1, 3), wb @ wb.transpose(1, 2)
 
-    def _make_block(self, jb: torch.Tensor, cov: torch.Tensor, f_bar_eval: torch.Tensor,
-                    f0_eval: torch.Tensor, v_j=None) -> LookaheadBlock:
+    def _make_block(
+        self,
+        jb: torch.Tensor,
+        cov: torch.Tensor,
+        f_bar_eval: torch.Tensor,
+        f0_eval: torch.Tensor,
+        v_j=None,
+    ) -> LookaheadBlock:
         """The block for candidates ``jb``; ``v_j``: their coordinates ``(r, b p)`` or a callable
         giving them (needed only when a candidate lies in the span)."""
         evecs = None
         if self.full_kernel:
-            assert self._pivot_evecs is not None       # set by _set_pivots for full kernels
+            assert self._pivot_evecs is not None  # set by _set_pivots for full kernels
             evecs = self._pivot_evecs[jb]
         step_a = step_b = lev = None
         if bool(self._clamped[jb].any()):
@@ -218,22 +230,30 @@ class LabelledSpan:
             lev, g = self._leverage(coords)
             maps = step_maps(self._raw[jb], self._prior[jb], self.eps, g)
             step_a, step_b = maps.a, maps.b
-        return LookaheadBlock(positions=jb, cov=cov, pivot_evals=self._pivot[jb],
-                              pivot_evecs=evecs, f_bar_eval=f_bar_eval,
-                              f_bar_cand=self._f_bar[jb], f0_eval=f0_eval,
-                              f0_cand=self.f0_candidates[jb], step_a=step_a, step_b=step_b,
-                              lev=lev)
+        return LookaheadBlock(
+            positions=jb,
+            cov=cov,
+            pivot_evals=self._pivot[jb],
+            pivot_evecs=evecs,
+            f_bar_eval=f_bar_eval,
+            f_bar_cand=self._f_bar[jb],
+            f0_eval=f0_eval,
+            f0_cand=self.f0_candidates[jb],
+            step_a=step_a,
+            step_b=step_b,
+            lev=lev,
+        )
 
-    def _step(self, jj: int, target: torch.Tensor, v_j: torch.Tensor) -> "_Step":
+    def _step(self, jj: int, target: torch.Tensor, v_j: torch.Tensor) -> _Step:
         """Everything :meth:`condition` needs about candidate ``jj`` with ``target`` ``(1, k)``
         and coordinates ``v_j`` ``(r, p)``."""
-        raw, prior = self._raw[jj:jj + 1], self._prior[jj:jj + 1]
+        raw, prior = self._raw[jj : jj + 1], self._prior[jj : jj + 1]
         g = w_j = None
         if bool(self._clamped[jj]):
             w_j = torch.linalg.solve_triangular(self._span_factor(), v_j, upper=False)
             g = (w_j * w_j).sum(0) if not self.full_kernel else (w_j.T @ w_j).unsqueeze(0)
         maps = step_maps(raw, prior, self.eps, g)
-        resid = (target - self._f_bar[jj:jj + 1])[0]                      # (k,)
+        resid = (target - self._f_bar[jj : jj + 1])[0]  # (k,)
         k = self.num_classes
         if not self.full_kernel:
             alpha = (maps.a[0] * resid).reshape(1, k)
@@ -245,19 +265,19 @@ class LabelledSpan:
             alpha = (maps.a[0] @ resid).reshape(k, 1)
             beta = (maps.b[0] @ resid).reshape(k, 1)
             keep = maps.independent[0]
-            assert maps.evecs is not None               # step_maps of (k, k) blocks has them
-            vind = maps.evecs[0][:, keep]                                  # (p, k_i)
+            assert maps.evecs is not None  # step_maps of (k, k) blocks has them
+            vind = maps.evecs[0][:, keep]  # (p, k_i)
             root = maps.evals[0][keep].sqrt()
         dep = bool(maps.dependent[0])
         return _Step(alpha, beta if dep else None, vind, root, w_j)
 
-    def _grow_span(self, v_j: torch.Tensor, step: "_Step") -> torch.Tensor:
+    def _grow_span(self, v_j: torch.Tensor, step: _Step) -> torch.Tensor:
         """``M ← blockdiag(M, 0) + φ̃ φ̃ᵀ`` with ``φ̃ = [v_j; diag(root) vindᵀ]`` (the conditioned
         point's coordinates after its independent directions join the span); returns φ̃'s new
         rows ``(k_i, p)``."""
         old = self._design_gram()
         r, ki = int(old.shape[0]), int(step.root.shape[0])
-        new_rows = step.root[:, None] * step.vind.T                        # (k_i, p)
+        new_rows = step.root[:, None] * step.vind.T  # (k_i, p)
         phi = torch.cat([v_j, new_rows], 0)
         gram = torch.zeros(r + ki, r + ki, dtype=_DTYPE, device=self.device)
         gram[:r, :r] = old
@@ -268,7 +288,6 @@ class LabelledSpan:
         return new_rows
 
 
-
 @dataclass
 class _Step:
     """One conditioning step: ``alpha`` / ``beta`` ``(p, k / p)`` (the step along Σ[:, j] and
@@ -276,10 +295,10 @@ class _Step:
     ``vind`` ``(p, k_i)`` with ``root = sqrt(λ)`` ``(k_i,)``, and ``w_j = L_M⁻¹ v_j`` (or None)."""
 
     alpha: torch.Tensor
-    beta: Optional[torch.Tensor]
+    beta: torch.Tensor | None
     vind: torch.Tensor
     root: torch.Tensor
-    w_j: Optional[torch.Tensor]
+    w_j: torch.Tensor | None
 
     def new_rows(self, sigma_rows: torch.Tensor) -> torch.Tensor:
         """Coordinates along the new span directions, ``Λ^{-1/2} V_indᵀ Σ[j, X]`` ``(k_i, c)``,

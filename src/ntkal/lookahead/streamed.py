@@ -1,9 +1,10 @@
 """What the streaming look-ahead engine needs from its model, apart from the look-ahead itself:
 kernel blocks from per-example factors (:class:`ntkal.kernels.Featuriser`) of the labelled set,
 the evaluation set and candidate blocks, and the memory accounting that sizes its blocks."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +31,7 @@ class _RowBuffer:
 
     @property
     def rows(self) -> torch.Tensor:
-        return self._buf[:self._used]
+        return self._buf[: self._used]
 
     @property
     def capacity_numel(self) -> int:
@@ -39,11 +40,15 @@ class _RowBuffer:
     def append(self, new: torch.Tensor) -> None:
         need = self._used + new.shape[0]
         if need > self._buf.shape[0]:
-            grown = torch.empty(max(need, self._buf.shape[0] * 3 // 2), self._buf.shape[1],
-                                dtype=_DTYPE, device=self._buf.device)
-            grown[:self._used] = self._buf[:self._used]
+            grown = torch.empty(
+                max(need, self._buf.shape[0] * 3 // 2),
+                self._buf.shape[1],
+                dtype=_DTYPE,
+                device=self._buf.device,
+            )
+            grown[: self._used] = self._buf[: self._used]
             self._buf = grown
-        self._buf[self._used:need] = new
+        self._buf[self._used : need] = new
         self._used = need
 
 
@@ -57,23 +62,24 @@ class StreamedKernels:
     num_candidates: int
     num_classes: int
     num_labelled: int
-    block_size: Optional[int]
+    block_size: int | None
     eval_positions: torch.Tensor
     conditioned: list[int]
     _p: int
     _x_c: torch.Tensor
     _feature_rows: int
     _lab_feats: FeaturePieces
-    _eval_feats: Optional[FeaturePieces]
-    _cand_feats: Optional[FeaturePieces]
+    _eval_feats: FeaturePieces | None
+    _cand_feats: FeaturePieces | None
     _cond_feats: FeaturePieces
     _cond_proj: torch.Tensor
-    _basis: Optional[torch.Tensor]
+    _basis: torch.Tensor | None
     _chol: torch.Tensor
-    _v_cand_buf: Optional[_RowBuffer]
-    _cov_cache: Optional[torch.Tensor]
+    _v_cand_buf: _RowBuffer | None
+    _cov_cache: torch.Tensor | None
 
     if TYPE_CHECKING:
+
         @property
         def num_eval(self) -> int: ...
 
@@ -102,11 +108,11 @@ class StreamedKernels:
         fz = self.featuriser
         out = torch.empty((a, b, *fz.block_shape), dtype=_DTYPE, device=fz.device)
         ra = 0
-        for sa, xa, _ in fa:           # pieces are laid out in list order (their own slices
-            na, rb = sa.stop - sa.start, 0   # index the input they came from)
+        for sa, xa, _ in fa:  # pieces are laid out in list order (their own slices
+            na, rb = sa.stop - sa.start, 0  # index the input they came from)
             for sb, xb, _ in fb:
                 nb = sb.stop - sb.start
-                out[ra:ra + na, rb:rb + nb] = fz.kernel(xa, xb)
+                out[ra : ra + na, rb : rb + nb] = fz.kernel(xa, xb)
                 rb += nb
             ra += na
         return flatten_blocks(out) if self.full_kernel else out
@@ -120,7 +126,7 @@ class StreamedKernels:
             return self._kernel(self._eval_feats, fj)
         parts = []
         for s in range(0, self.num_eval, self._feature_rows):
-            pos = self.eval_positions[s:s + self._feature_rows].cpu()
+            pos = self.eval_positions[s : s + self._feature_rows].cpu()
             parts.append(self._kernel(self._features(self._x_c[pos]), fj))
         return torch.cat(parts, 0)
 

@@ -12,17 +12,17 @@ GEMM. Conditioning on ``(x_j, y)`` appends one row block to ``R`` (a rank-one Ch
 new row ``[V_jᵀ, D]`` with ``D Dᵀ`` the clamped Σ_jj), to ``w`` and to ``V_E``, and updates f̄ and
 Σ_cc of every candidate from ``Σ[j, C]``; the result equals the dense engine's rank-one update of Σ.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-
 from torch import nn
 
-from ntkal.lookahead.block import (_DTYPE, LabelLike, LookaheadBlock, contiguous_span)
+from ntkal.lookahead.block import _DTYPE, LabelLike, LookaheadBlock, contiguous_span
 from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
 from ntkal.lookahead.settings import LookaheadSettings
@@ -64,7 +64,8 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         As in :class:`ntkal.lookahead.LookaheadSettings`.
     max_memory : int, optional
         Bytes this engine may hold (default: half the free memory of the featuriser's device,
-        as :class:`ntkal.lookahead.LookaheadSettings` documents): what is resident (features of L and E, ``V_E``, f̄ and Σ_jj
+        as :class:`ntkal.lookahead.LookaheadSettings` documents): what is resident (features of L
+        and E, ``V_E``, f̄ and Σ_jj
         of every candidate, and the optional caches ``V_C`` / Σ[E, C]) plus one block's working
         set. Caches are kept only within their share of it (``EVAL_FEATURE_SHARE``,
         ``V_CACHE_SHARE``, ``COV_CACHE_SHARE``, ``CAND_FEATURE_SHARE``); otherwise their content
@@ -79,10 +80,20 @@ class StreamingLookahead(StreamedKernels, Lookahead):
 
     engine_name = "streaming"
 
-    def __init__(self, featuriser, x_labelled: torch.Tensor, y_labelled_onehot: torch.Tensor,
-                 x_candidates: torch.Tensor, *, eval_positions, ridge: float = 0.0,
-                 eps: float = 1e-6, block_size: Optional[int] = None,
-                 max_memory: Optional[int] = None, kernel: str = "pseudo") -> None:
+    def __init__(
+        self,
+        featuriser,
+        x_labelled: torch.Tensor,
+        y_labelled_onehot: torch.Tensor,
+        x_candidates: torch.Tensor,
+        *,
+        eval_positions,
+        ridge: float = 0.0,
+        eps: float = 1e-6,
+        block_size: int | None = None,
+        max_memory: int | None = None,
+        kernel: str = "pseudo",
+    ) -> None:
         if max_memory is None:
             from ntkal.kernels.blocking import default_max_memory
 
@@ -104,8 +115,12 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         self.full_kernel = block
         self.num_classes = k
         self.num_candidates = int(x_candidates.shape[0])
-        self.cached = {"eval_features": False, "v_candidates": False, "cov": False,
-                       "candidate_features": False}
+        self.cached = {
+            "eval_features": False,
+            "v_candidates": False,
+            "cov": False,
+            "candidate_features": False,
+        }
         self._cand_feats = None
         self._feature_rows = self._featurise_rows()
         self.eps = float(eps)
@@ -117,20 +132,43 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         self._set_pivots(raw_pivots)
 
     @classmethod
-    def from_model(cls, model: nn.Module, x_labelled: torch.Tensor, y_labelled,
-                   x_candidates: torch.Tensor, settings: LookaheadSettings, *,
-                   eval_positions: np.ndarray, max_memory: int, progress: bool = False
-                   ) -> "StreamingLookahead":
+    def from_model(
+        cls,
+        model: nn.Module,
+        x_labelled: torch.Tensor,
+        y_labelled,
+        x_candidates: torch.Tensor,
+        settings: LookaheadSettings,
+        *,
+        eval_positions: np.ndarray,
+        max_memory: int,
+        progress: bool = False,
+    ) -> StreamingLookahead:
         """Per-example kernel factors of the model (see :meth:`Lookahead.fit`)."""
         from ntkal.kernels import make_featuriser
 
-        fz = make_featuriser(model, x_candidates[:1], kind=settings.kernel,
-                             implementation=settings.implementation, dtype=_DTYPE,
-                             n1=len(eval_positions), n2=int(x_candidates.shape[0]))
+        fz = make_featuriser(
+            model,
+            x_candidates[:1],
+            kind=settings.kernel,
+            implementation=settings.implementation,
+            dtype=_DTYPE,
+            n1=len(eval_positions),
+            n2=int(x_candidates.shape[0]),
+        )
         y = onehot_targets(y_labelled, fz.num_classes, fz.device)
-        return cls(fz, x_labelled, y, x_candidates, eval_positions=eval_positions,
-                   ridge=settings.ridge, eps=settings.eps, block_size=settings.block_size,
-                   max_memory=max_memory, kernel=settings.kernel)
+        return cls(
+            fz,
+            x_labelled,
+            y,
+            x_candidates,
+            eval_positions=eval_positions,
+            ridge=settings.ridge,
+            eps=settings.eps,
+            block_size=settings.block_size,
+            max_memory=max_memory,
+            kernel=settings.kernel,
+        )
 
     # ------------------------------------------------------------------ construction
     def _fit_labelled(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
@@ -150,8 +188,9 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             return
         f0_l = torch.cat([lg for _, _, lg in self._lab_feats], 0)
         self.f0_labelled = f0_l
-        factor = LabelledFactor(self._kernel(self._lab_feats, self._lab_feats), self.ridge,
-                                self.eps)
+        factor = LabelledFactor(
+            self._kernel(self._lab_feats, self._lab_feats), self.ridge, self.eps
+        )
         self._chol, self._basis, self._gram = factor.chol, factor.basis, factor
         resid = y_l - f0_l
         resid = resid.reshape(n * k, 1) if self.full_kernel else resid
@@ -177,17 +216,25 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             f0[sl] = torch.cat([lg for _, _, lg in fj], 0)
             dj = self._diagonal(fj)
             prior[sl] = dj
-            diag_sum += float(dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum())
+            diag_sum += float(
+                dj.sum() if not self.full_kernel else dj.diagonal(dim1=1, dim2=2).sum()
+            )
             v = self._solve(self._labelled_kernel(fj)) if n_rows else None
             self._update_from_v(sl, v, f0[sl], dj, raw)
-            if v_buf is not None and v is not None:      # v is None exactly when n_rows == 0
-                v_buf.rows[:, s * p:sl.stop * p] = v
+            if v_buf is not None and v is not None:  # v is None exactly when n_rows == 0
+                v_buf.rows[:, s * p : sl.stop * p] = v
         self._kss_mean_diag = diag_sum / max(1, m * p)
         self._prior = prior
         return f0, raw
 
-    def _update_from_v(self, sl: slice, v: Optional[torch.Tensor], f0: torch.Tensor,
-                       dj: torch.Tensor, raw: torch.Tensor) -> None:
+    def _update_from_v(
+        self,
+        sl: slice,
+        v: torch.Tensor | None,
+        f0: torch.Tensor,
+        dj: torch.Tensor,
+        raw: torch.Tensor,
+    ) -> None:
         b, k, p = sl.stop - sl.start, self.num_classes, self._p
         if v is None:
             self._f_bar[sl] = f0
@@ -197,7 +244,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         if not self.full_kernel:
             raw[sl] = dj - (v * v).sum(0)
         else:
-            vb = v.reshape(v.shape[0], b, p).transpose(0, 1)               # (b, N, p)
+            vb = v.reshape(v.shape[0], b, p).transpose(0, 1)  # (b, N, p)
             raw[sl] = dj - vb.transpose(1, 2) @ vb
 
     def _fit_eval(self) -> None:
@@ -215,11 +262,11 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         elif n_rows:
             at = 0
             for s in range(0, self.num_eval, self._feature_rows):
-                fe = self._features(self._x_c[pos[s:s + self._feature_rows]])
+                fe = self._features(self._x_c[pos[s : s + self._feature_rows]])
                 v = self._solve(self._labelled_kernel(fe))
-                self._v_eval[:, at:at + v.shape[1]] = v
+                self._v_eval[:, at : at + v.shape[1]] = v
                 at += v.shape[1]
-        self._cov_cache: Optional[torch.Tensor] = None
+        self._cov_cache: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ blocks
     def _cov_block(self, jb: torch.Tensor) -> torch.Tensor:
@@ -227,27 +274,31 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         p = self._p
         if self._cov_cache is not None:
             span = contiguous_span(jb)
-            if span is not None:                   # a view: no copy of the held Σ[E, C]
-                return self._cov_cache[:, span.start * p:span.stop * p]
+            if span is not None:  # a view: no copy of the held Σ[E, C]
+                return self._cov_cache[:, span.start * p : span.stop * p]
         cols = (jb[:, None] * p + torch.arange(p, device=jb.device)).reshape(-1)
         if self._cov_cache is not None:
             return self._cov_cache.index_select(1, cols)
         fj = self._features(self._x_c[jb.cpu()])
         cov = self._kernel_eval(fj)
         if self._chol.shape[0]:
-            v = self._v_cand.index_select(1, cols) if self._v_cand is not None \
+            v = (
+                self._v_cand.index_select(1, cols)
+                if self._v_cand is not None
                 else self._solve(self._labelled_kernel(fj))
+            )
             cov.addmm_(self._v_eval.T, v, alpha=-1.0)
         return cov
 
     def _as_block_cov(self, cov: torch.Tensor, b: int) -> torch.Tensor:
         if not self.full_kernel:
-            return cov.T                                                   # (b, e)
+            return cov.T  # (b, e)
         e, p = self.num_eval, self._p
-        return cov.view(e, p, b, p).permute(2, 0, 1, 3)                    # (b, e, c, d)
+        return cov.view(e, p, b, p).permute(2, 0, 1, 3)  # (b, e, c, d)
 
-    def iter_blocks(self, positions=None, block_size: Optional[int] = None
-                    ) -> Iterator[LookaheadBlock]:
+    def iter_blocks(
+        self, positions=None, block_size: int | None = None
+    ) -> Iterator[LookaheadBlock]:
         """Yield :class:`LookaheadBlock` s over candidate ``positions`` (default: all),
         ``block_size`` at a time (default :meth:`default_block_size`); each block's Σ[E, J] is
         computed when it is reached and dropped after."""
@@ -255,10 +306,9 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         step = max(1, int(block_size)) if block_size else self.default_block_size()
         f_bar_eval, f0_eval = self.on_eval(self._f_bar), self.f0_eval
         for start in range(0, int(js.shape[0]), step):
-            jb = js[start:start + step]
+            jb = js[start : start + step]
             cov = self._as_block_cov(self._cov_block(jb), int(jb.shape[0]))
-            yield self._make_block(jb, cov, f_bar_eval, f0_eval,
-                                   lambda jb=jb: self._coords(jb))
+            yield self._make_block(jb, cov, f_bar_eval, f0_eval, lambda jb=jb: self._coords(jb))
 
     def _coords(self, jb: torch.Tensor) -> torch.Tensor:
         """Span coordinates ``V_J`` ``(r, b p)`` (from the cache, or recomputed)."""
@@ -287,7 +337,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         step = self.default_block_size()
         for s in range(0, m, step):
             jb = torch.arange(s, min(m, s + step), device=self.device)
-            cache[:, s * p:(s + jb.shape[0]) * p] = self._cov_block(jb)
+            cache[:, s * p : (s + jb.shape[0]) * p] = self._cov_block(jb)
         self._cov_cache = cache
         self.cached["cov"] = True
         # Each condition() needs Θ(x_j, C): keep the candidates' features too if they fit.
@@ -311,50 +361,62 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         if bool(self._conditioned_mask[jj]):
             raise ValueError(f"candidate {jj} has already been conditioned on")
         p, m = self._p, self.num_candidates
-        fj = self._features(self._x_c[jj:jj + 1])
+        fj = self._features(self._x_c[jj : jj + 1])
         n_rows = int(self._chol.shape[0])
-        l_col = self._solve(self._labelled_kernel(fj)) if n_rows else \
-            torch.zeros(0, p, dtype=_DTYPE, device=self.device)              # V_j (N, p)
+        l_col = (
+            self._solve(self._labelled_kernel(fj))
+            if n_rows
+            else torch.zeros(0, p, dtype=_DTYPE, device=self.device)
+        )  # V_j (N, p)
         step = self._step(jj, target, l_col)
         use_lev = step.beta is not None and n_rows > 0
         lm = self._span_factor() if use_lev else None
         # Σ[j, E] → new rows of V_E; Σ[j, C] → f̄, Σ_cc (and the caches) of every candidate.
-        sig_je = self._kernel(fj, self._eval_feats) if self._eval_feats is not None else \
-            self._kernel_eval(fj).T
+        sig_je = (
+            self._kernel(fj, self._eval_feats)
+            if self._eval_feats is not None
+            else self._kernel_eval(fj).T
+        )
         if n_rows:
             sig_je = sig_je - l_col.T @ self._v_eval
-        r_e = step.new_rows(sig_je)                                         # (k_i, e p)
+        r_e = step.new_rows(sig_je)  # (k_i, e p)
         r_c = torch.empty(r_e.shape[0], m * p, dtype=_DTYPE, device=self.device)
         raw = self._raw
         feature_step = max(1, self._feature_rows)
         for s in range(0, m, feature_step):
             sl = slice(s, min(m, s + feature_step))
-            fb = [self._cand_feats[s // feature_step]] if self._cand_feats is not None else \
-                self._features(self._x_c[sl])
-            sig = self._kernel(fj, fb)                                      # (p, b p)
+            fb = (
+                [self._cand_feats[s // feature_step]]
+                if self._cand_feats is not None
+                else self._features(self._x_c[sl])
+            )
+            sig = self._kernel(fj, fb)  # (p, b p)
             b = sl.stop - sl.start
             if n_rows:
-                v = self._v_cand[:, s * p:sl.stop * p] if self._v_cand is not None \
+                v = (
+                    self._v_cand[:, s * p : sl.stop * p]
+                    if self._v_cand is not None
                     else self._solve(self._labelled_kernel(fb))
+                )
                 sig.addmm_(l_col.T, v, alpha=-1.0)
-                if use_lev:                                                 # G[C, j] β
+                if use_lev:  # G[C, j] β
                     g = torch.linalg.solve_triangular(lm, v, upper=False).T @ step.w_j
                     self._f_bar[sl] += (g @ step.beta).reshape(b, self.num_classes)
             self._f_bar[sl] += (sig.T @ step.alpha).reshape(b, self.num_classes)
-            r = step.new_rows(sig)                                          # (k_i, b p)
-            r_c[:, s * p:sl.stop * p] = r
+            r = step.new_rows(sig)  # (k_i, b p)
+            r_c[:, s * p : sl.stop * p] = r
             if not self.full_kernel:
                 raw[sl] -= (r * r).sum(0)
             else:
-                rb = r.reshape(r.shape[0], b, p).transpose(0, 1)            # (b, k_i, p)
+                rb = r.reshape(r.shape[0], b, p).transpose(0, 1)  # (b, k_i, p)
                 raw[sl] -= rb.transpose(1, 2) @ rb
         if self._cov_cache is not None:
             self._cov_cache.addmm_(r_e.T, r_c, alpha=-1.0)
-            self._cov_cache[:, jj * p:(jj + 1) * p] = 0.0
+            self._cov_cache[:, jj * p : (jj + 1) * p] = 0.0
             hit = (self.eval_positions == jj).nonzero()
             if hit.numel():
                 i = int(hit[0, 0])
-                self._cov_cache[i * p:(i + 1) * p, :] = 0.0
+                self._cov_cache[i * p : (i + 1) * p, :] = 0.0
         self._extend_factor(l_col, step, r_e, r_c, fj)
         self._conditioned_mask[jj] = True
         self.conditioned.append(jj)
@@ -396,10 +458,12 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         return self._v_eval_buf.rows
 
     @property
-    def _v_cand(self) -> Optional[torch.Tensor]:
+    def _v_cand(self) -> torch.Tensor | None:
         return None if self._v_cand_buf is None else self._v_cand_buf.rows
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return (f"StreamingLookahead(kernel={self.kernel!r}, n={self.num_labelled}, "
-                f"m={self.num_candidates}, e={self.num_eval}, k={self.num_classes}, "
-                f"conditioned={len(self.conditioned)}, cached={self.cached})")
+        return (
+            f"StreamingLookahead(kernel={self.kernel!r}, n={self.num_labelled}, "
+            f"m={self.num_candidates}, e={self.num_eval}, k={self.num_classes}, "
+            f"conditioned={len(self.conditioned)}, cached={self.cached})"
+        )

@@ -22,12 +22,14 @@ imports it and calls ``function(in_shape=..., num_classes=..., **kwargs)`` (``in
 ``num_classes`` only when its signature takes them). It must return an ``nn.Module`` whose output
 on a batch is logits ``(n, num_classes)``; that is checked on a zero batch of the input shape.
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +41,18 @@ from ntkal.models.mlp import MLP
 from ntkal.models.resnet import ResNet18
 from ntkal.models.wideresnet import WideResNet
 
-__all__ = ["build_model", "build_from_factory", "load_factory", "ModelFactoryError",
-           "available_models", "ClassifierNet", "MLP", "SmallCNN", "ResNet18",
-           "WideResNet"]
+__all__ = [
+    "build_model",
+    "build_from_factory",
+    "load_factory",
+    "ModelFactoryError",
+    "available_models",
+    "ClassifierNet",
+    "MLP",
+    "SmallCNN",
+    "ResNet18",
+    "WideResNet",
+]
 
 _MODELS: dict[str, Callable[..., ClassifierNet]] = {
     "mlp": MLP,
@@ -61,8 +72,15 @@ def _extra_params(cls: Callable[..., ClassifierNet]) -> list[str]:
     return [p for p in params if p not in ("in_shape", "num_classes", "width", "dropout")]
 
 
-def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: int | None = None,
-                dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str,
+    in_shape: Sequence[int],
+    num_classes: int,
+    *,
+    width: int | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a classification network by name.
 
     Parameters
@@ -101,8 +119,10 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, *, width: 
     extra = _extra_params(cls)
     unknown = sorted(set(kwargs) - set(extra))
     if unknown:
-        raise ValueError(f"model {key!r} does not take {', '.join(unknown)}; its options are: "
-                         f"width, dropout{''.join(', ' + p for p in extra)}")
+        raise ValueError(
+            f"model {key!r} does not take {', '.join(unknown)}; its options are: "
+            f"width, dropout{''.join(', ' + p for p in extra)}"
+        )
     if width is not None:
         kwargs["width"] = as_int(width, "width", minimum=1)
     return cls(in_shape, int(num_classes), dropout=float(dropout), **kwargs)
@@ -125,36 +145,45 @@ def _path_hint(module_name: str, err: Exception) -> str:
     here = Path.cwd()
     found = [p for p in (here / f"{top}.py", here / top / "__init__.py", here / top) if p.exists()]
     if found:
-        return (f"; {found[0]} is in the working directory {here}, which is not on the Python "
-                f"path: run with PYTHONPATH={here} (e.g. `PYTHONPATH=. ntkal run ...`) or install "
-                "your package (pip install -e .)")
-    return ("; the module must be importable from the Python path: put its folder on PYTHONPATH "
-            "(e.g. `PYTHONPATH=path/to/folder ntkal run ...`) or install it")
+        return (
+            f"; {found[0]} is in the working directory {here}, which is not on the Python "
+            f"path: run with PYTHONPATH={here} (e.g. `PYTHONPATH=. ntkal run ...`) or install "
+            "your package (pip install -e .)"
+        )
+    return (
+        "; the module must be importable from the Python path: put its folder on PYTHONPATH "
+        "(e.g. `PYTHONPATH=path/to/folder ntkal run ...`) or install it"
+    )
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
     """Import ``"package.module:function"`` (dots after the colon walk attributes)."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ModelFactoryError(f"model factory must look like 'package.module:function', got {spec!r}")
+        raise ModelFactoryError(
+            f"model factory must look like 'package.module:function', got {spec!r}"
+        )
     module_name, attr = spec.split(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any failure inside the user's module
-        raise ModelFactoryError(f"model factory {spec!r}: cannot import module {module_name!r} "
-                                f"({type(err).__name__}: {err}){_path_hint(module_name, err)}"
-                                ) from err
+    except Exception as err:
+        raise ModelFactoryError(
+            f"model factory {spec!r}: cannot import module {module_name!r} "
+            f"({type(err).__name__}: {err}){_path_hint(module_name, err)}"
+        ) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelFactoryError(f"model factory {spec!r}: {module_name!r} has no attribute "
-                                    f"{attr!r}")
+            raise ModelFactoryError(
+                f"model factory {spec!r}: {module_name!r} has no attribute {attr!r}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelFactoryError(f"model factory {spec!r} is not callable ({type(obj).__name__})")
     return obj
 
 
-def build_from_factory(spec: str, in_shape: Sequence[int], num_classes: int,
-                       kwargs: dict | None = None) -> nn.Module:
+def build_from_factory(
+    spec: str, in_shape: Sequence[int], num_classes: int, kwargs: dict | None = None
+) -> nn.Module:
     """Build a user's network from a factory and check that it returns logits.
 
     Parameters
@@ -183,33 +212,43 @@ def build_from_factory(spec: str, in_shape: Sequence[int], num_classes: int,
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
         params, var_kw = {}, True
-    for key, value in (("in_shape", tuple(int(s) for s in in_shape)),
-                       ("num_classes", int(num_classes))):
+    for key, value in (
+        ("in_shape", tuple(int(s) for s in in_shape)),
+        ("num_classes", int(num_classes)),
+    ):
         if key in kwargs:
-            raise ModelFactoryError(f"model factory {spec!r}: {key} comes from the dataset; "
-                                    "remove it from kwargs")
+            raise ModelFactoryError(
+                f"model factory {spec!r}: {key} comes from the dataset; remove it from kwargs"
+            )
         if key in params or var_kw:
             kwargs[key] = value
     try:
         model = factory(**kwargs)
-    except Exception as err:  # noqa: BLE001
-        raise ModelFactoryError(f"model factory {spec!r} failed: {type(err).__name__}: {err}") from err
+    except Exception as err:
+        raise ModelFactoryError(
+            f"model factory {spec!r} failed: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(model, nn.Module):
-        raise ModelFactoryError(f"model factory {spec!r} returned {type(model).__name__}, not a "
-                                "torch.nn.Module")
+        raise ModelFactoryError(
+            f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
     probe = torch.zeros((2, *tuple(int(s) for s in in_shape)))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(probe)
-    except Exception as err:  # noqa: BLE001
-        raise ModelFactoryError(f"the model from {spec!r} fails on a batch of shape "
-                                f"{tuple(probe.shape)}: {type(err).__name__}: {err}") from err
+    except Exception as err:
+        raise ModelFactoryError(
+            f"the model from {spec!r} fails on a batch of shape "
+            f"{tuple(probe.shape)}: {type(err).__name__}: {err}"
+        ) from err
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, int(num_classes)):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelFactoryError(f"the model from {spec!r} must return logits of shape "
-                                f"(n, num_classes) = (2, {num_classes}) for a batch of 2; got {got}")
+        raise ModelFactoryError(
+            f"the model from {spec!r} must return logits of shape "
+            f"(n, num_classes) = (2, {num_classes}) for a batch of 2; got {got}"
+        )
     return model

@@ -5,11 +5,12 @@ Strategies look inside the network in two places: BADGE and Coreset read the pen
 sits between them. Fixing this layout in one base class keeps ``model(x)`` and
 ``model.classifier(model.embed(x))`` the same function (in eval mode, or with ``dropout=0``).
 """
+
 from __future__ import annotations
 
 import operator
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -66,15 +67,19 @@ def as_shape(name: str, in_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(operator.index(s) for s in in_shape)
     except TypeError:
-        raise ValueError(f"{name}: in_shape must be a sequence of positive integers, "
-                         f"got {in_shape!r}") from None
+        raise ValueError(
+            f"{name}: in_shape must be a sequence of positive integers, got {in_shape!r}"
+        ) from None
     if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"{name}: in_shape must be a non-empty sequence of positive integers, "
-                         f"got {in_shape!r}")
+        raise ValueError(
+            f"{name}: in_shape must be a non-empty sequence of positive integers, got {in_shape!r}"
+        )
     return shape
 
 
-def check_image_shape(name: str, in_shape: Sequence[int], min_size: int = 1) -> tuple[int, int, int]:
+def check_image_shape(
+    name: str, in_shape: Sequence[int], min_size: int = 1
+) -> tuple[int, int, int]:
     """Validate a ``(C, H, W)`` input shape for a convolutional model and return it.
 
     Raises
@@ -86,6 +91,8 @@ def check_image_shape(name: str, in_shape: Sequence[int], min_size: int = 1) -> 
     if len(shape) != 3:
         raise ValueError(f"{name} needs in_shape = (channels, height, width), got {in_shape!r}")
     if shape[1] < min_size or shape[2] < min_size:
-        raise ValueError(f"{name} needs images of at least {min_size}x{min_size} pixels, "
-                         f"got {shape[1]}x{shape[2]}")
+        raise ValueError(
+            f"{name} needs images of at least {min_size}x{min_size} pixels, "
+            f"got {shape[1]}x{shape[2]}"
+        )
     return shape

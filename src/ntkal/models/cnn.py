@@ -1,7 +1,8 @@
 """Small convolutional network for MNIST-sized (and smaller) images."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -32,8 +33,15 @@ class SmallCNN(ClassifierNet):
         Dropout before the classifier.
     """
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int = 16,
-                 batchnorm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width: int = 16,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         c, h, w = check_image_shape("cnn", in_shape, min_size=4)
         super().__init__((c, h, w), num_classes)
         if width < 1:

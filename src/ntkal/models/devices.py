@@ -4,10 +4,12 @@ The one place that turns ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` into 
 :class:`torch.device`, so every entry point (the API, the trainer, the CLI) refuses an unusable
 device in the same words instead of failing deep inside torch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,22 +31,29 @@ def resolve_device(device: Any = "auto", *, name: str = "device") -> torch.devic
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{name} must be a string such as 'cpu', 'cuda', 'cuda:0' or 'auto', or a "
-                        f"torch.device; got {type(device).__name__}")
+        raise TypeError(
+            f"{name} must be a string such as 'cpu', 'cuda', 'cuda:0' or 'auto', or a "
+            f"torch.device; got {type(device).__name__}"
+        )
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError) as err:
-        raise ValueError(f"{name}={device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or "
-                         "'auto'") from err
+        raise ValueError(
+            f"{name}={device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        ) from err
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}={str(device)!r} was asked for but CUDA is not available "
-                             "(no GPU is visible, or this torch was built without CUDA); use "
-                             "device='cpu' or 'auto'")
+            raise ValueError(
+                f"{name}={str(device)!r} was asked for but CUDA is not available "
+                "(no GPU is visible, or this torch was built without CUDA); use "
+                "device='cpu' or 'auto'"
+            )
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"{name}={str(device)!r} does not exist: this machine has {count} CUDA "
-                             f"device(s), cuda:0 to cuda:{count - 1}")
+            raise ValueError(
+                f"{name}={str(device)!r} does not exist: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}"
+            )
     return resolved
 
 
@@ -69,7 +78,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 @contextmanager
-def on_device(model: nn.Module, device: Optional[Any]) -> Iterator[nn.Module]:
+def on_device(model: nn.Module, device: Any | None) -> Iterator[nn.Module]:
     """Run the body with ``model`` on ``device`` (``None``: where it is), moving it back after."""
     if device is None:
         yield model

@@ -4,9 +4,10 @@ Every caller that needs a network's outputs on a set of inputs (the trainer's ev
 learner's predictions, the uncertainty strategies, the kernel engines' ``f(x)``) uses
 :func:`predict_logits`, so batching, eval mode and mode/device restoration live in one place.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +35,15 @@ def as_input_batch(x: Any, *, floating: bool = False) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024, device: Any = None,
-                   out_dtype: Optional[torch.dtype] = torch.float32,
-                   out_device: Any = "cpu") -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    x: Any,
+    *,
+    batch_size: int = 1024,
+    device: Any = None,
+    out_dtype: torch.dtype | None = torch.float32,
+    out_device: Any = "cpu",
+) -> torch.Tensor:
     """Outputs of ``model`` on ``x``: eval mode, no gradients, ``batch_size`` inputs at a time.
 
     Parameters
@@ -67,7 +74,7 @@ def predict_logits(model: nn.Module, x: Any, *, batch_size: int = 1024, device: 
     outs = []
     with evaluating(model, device):
         for start in range(0, int(x.shape[0]), int(batch_size)):
-            xb = x[start:start + batch_size].to(device=device, dtype=dtype)
+            xb = x[start : start + batch_size].to(device=device, dtype=dtype)
             outs.append(model(xb).detach().to(out_device, out_dtype or dtype))
     if not outs:
         return torch.empty((0, 0), dtype=out_dtype or dtype, device=out_device)

@@ -1,8 +1,9 @@
 """Fully connected network: flatten, ``depth`` hidden ReLU layers of ``width`` units."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -31,8 +32,15 @@ class MLP(ClassifierNet):
         Dropout before the classifier.
     """
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int = 512,
-                 depth: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width: int = 512,
+        depth: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(as_shape("mlp", in_shape), num_classes)
         if depth < 0:
             raise ValueError(f"mlp depth must be >= 0, got {depth}")

@@ -5,10 +5,11 @@ a layer the user deliberately kept in eval mode (a frozen BatchNorm, say) comes 
 Everything in ntkal that changes a model's mode goes through :func:`modes_restored` or
 :func:`evaluating`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -30,8 +31,7 @@ def modes_restored(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def evaluating(model: nn.Module, device: Optional[Union[str, torch.device]] = None
-               ) -> Iterator[nn.Module]:
+def evaluating(model: nn.Module, device: str | torch.device | None = None) -> Iterator[nn.Module]:
     """Eval mode (BatchNorm uses running statistics, dropout off) for the body; every submodule's
     flag is restored afterwards. With ``device``, the model also runs there and is moved back."""
     with modes_restored(model), on_device(model, device):

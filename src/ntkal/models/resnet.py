@@ -1,7 +1,8 @@
 """ResNet-18, CIFAR variant (He et al. 2016): the network of the method's reference experiments."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -58,19 +60,24 @@ class ResNet18(ClassifierNet):
     layer3: nn.Sequential
     layer4: nn.Sequential
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int = 64,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_shape: Sequence[int], num_classes: int, *, width: int = 64, dropout: float = 0.0
+    ) -> None:
         c, h, w = check_image_shape("resnet18", in_shape)
         super().__init__((c, h, w), num_classes)
         if width < 1:
             raise ValueError(f"resnet18 width must be >= 1, got {width}")
-        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, stride=1, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(c, width, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
         cin = width
         for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
             cout = mult * width
-            self.add_module(f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride),
-                                                       BasicBlock(cout, cout, 1)))
+            self.add_module(
+                f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
+            )
             cin = cout
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self._finish(cin, dropout)

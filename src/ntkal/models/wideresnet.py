@@ -1,7 +1,8 @@
 """Wide residual network WRN-depth-k with pre-activation blocks (Zagoruyko & Komodakis 2016)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,19 +65,30 @@ class WideResNet(ClassifierNet):
     group2: nn.Sequential
     group3: nn.Sequential
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, *, width: int | None = None,
-                 depth: int = 28, widen_factor: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width: int | None = None,
+        depth: int = 28,
+        widen_factor: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
         c, h, w = check_image_shape("wideresnet", in_shape)
         super().__init__((c, h, w), num_classes)
         if width is not None and widen_factor is not None and width != widen_factor:
-            raise ValueError(f"wideresnet: width ({width}) and widen_factor ({widen_factor}) both "
-                             "name the widen factor; give one of them")
+            raise ValueError(
+                f"wideresnet: width ({width}) and widen_factor ({widen_factor}) both "
+                "name the widen factor; give one of them"
+            )
         k = width if width is not None else (widen_factor if widen_factor is not None else 2)
         if k < 1:
             raise ValueError(f"wideresnet widen factor must be >= 1, got {k}")
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"wideresnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), "
-                             f"got {depth}")
+            raise ValueError(
+                f"wideresnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}"
+            )
         self.depth = int(depth)
         self.widen_factor = int(k)
         n = (depth - 4) // 6
@@ -84,12 +96,15 @@ class WideResNet(ClassifierNet):
         cin = 16
         for i, (mult, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
             cout = mult * k
-            blocks = [PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(n)]
+            blocks = [
+                PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                for j in range(n)
+            ]
             self.add_module(f"group{i}", nn.Sequential(*blocks))
             cin = cout
-        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self._finish(cin, dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,19 @@ Look them up by name with :func:`get_strategy`; :func:`available_strategies` lis
 The look-ahead strategies (``MLMOC``, ``SGDLookahead``) live in :mod:`ntkal.strategies.lookahead`
 and are imported on first use.
 """
+
 from __future__ import annotations
 
 from ntkal.strategies.badge import BADGE
 from ntkal.strategies.bald import BALD, BatchBALD
-from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
-                                   check_budget, top_k)
+from ntkal.strategies.base import (
+    QueryContext,
+    QueryResult,
+    SequentialSession,
+    Strategy,
+    check_budget,
+    top_k,
+)
 from ntkal.strategies.coreset import Coreset
 from ntkal.strategies.epig import EPIG
 from ntkal.strategies.herding import MaxHerding, UncertaintyHerding
@@ -19,11 +26,31 @@ from ntkal.strategies.registry import available_strategies, get_strategy, regist
 from ntkal.strategies.uncertainty import Entropy, LeastConfidence, Margin
 
 __all__ = [
-    "Strategy", "QueryContext", "QueryResult", "SequentialSession", "check_budget", "top_k",
-    "register_strategy", "get_strategy", "available_strategies",
-    "RandomSampling", "Entropy", "Margin", "LeastConfidence", "BALD", "BatchBALD", "BADGE",
-    "Coreset", "LearningLoss", "MLMOC", "SGDLookahead", "EPIG", "MaxHerding",
-    "UncertaintyHerding", "NTKEPIG", "NTKBALD",
+    "Strategy",
+    "QueryContext",
+    "QueryResult",
+    "SequentialSession",
+    "check_budget",
+    "top_k",
+    "register_strategy",
+    "get_strategy",
+    "available_strategies",
+    "RandomSampling",
+    "Entropy",
+    "Margin",
+    "LeastConfidence",
+    "BALD",
+    "BatchBALD",
+    "BADGE",
+    "Coreset",
+    "LearningLoss",
+    "MLMOC",
+    "SGDLookahead",
+    "EPIG",
+    "MaxHerding",
+    "UncertaintyHerding",
+    "NTKEPIG",
+    "NTKBALD",
 ]
 
 _LOOKAHEAD_NAMES = ("MLMOC", "SGDLookahead")

@@ -31,6 +31,7 @@ References
 MacKay, Neural Computation 1992; Settles & Craven, EMNLP 2008; Mohamadi, Bae & Sutherland,
 NeurIPS 2022; Bae, Noh & Sutherland, "Uncertainty Herding", 2024.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,13 @@ __all__ = ["Auto", "loo_reliability", "uncertainty_weights"]
 _F64 = torch.float64
 
 
-def loo_reliability(theta_ll: torch.Tensor, f0_labelled: torch.Tensor, y_labelled: torch.Tensor,
-                    num_classes: int, ridge: float = 1e-6) -> tuple[float, float]:
+def loo_reliability(
+    theta_ll: torch.Tensor,
+    f0_labelled: torch.Tensor,
+    y_labelled: torch.Tensor,
+    num_classes: int,
+    ridge: float = 1e-6,
+) -> tuple[float, float]:
     """(β, LOO accuracy) of kernel regression on the labelled residuals, in closed form.
 
     ``theta_ll`` is the scalar kernel Θ(L, L) ``(n, n)``, ``f0_labelled`` the network's outputs on L
@@ -104,21 +110,22 @@ class Auto(LookaheadStrategy):
         la = super().lookahead(context)
         kind = self.kernel if self.kernel in ("pseudo", "trace", "last_layer") else "pseudo"
         with evaluating(context.model, context.device) as model:
-            theta, f_l, _ = empirical_ntk(model, context.x_labelled, kind=kind,
-                                          return_outputs=True)
+            theta, f_l, _ = empirical_ntk(model, context.x_labelled, kind=kind, return_outputs=True)
         self.reliability, self.loo_accuracy = loo_reliability(
-            theta, f_l, context.y_labelled, context.num_classes)
+            theta, f_l, context.y_labelled, context.num_classes
+        )
         return la
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         w = uncertainty_weights(ref_eval, self.reliability).to(block.cov.device)
         cov = block.cov.to(_F64)
         if block.pivot_evecs is None:
-            score = (cov ** 2 * w[None, :]).sum(dim=1) / block.pivot_evals.to(_F64)
+            score = (cov**2 * w[None, :]).sum(dim=1) / block.pivot_evals.to(_F64)
         else:
-            proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)                # (b, e, k, k)
-            per_point = (proj ** 2).sum(dim=2) / block.pivot_evals.to(_F64)[:, None, :]
+            proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)  # (b, e, k, k)
+            per_point = (proj**2).sum(dim=2) / block.pivot_evals.to(_F64)[:, None, :]
             score = (per_point.sum(dim=2) * w[None, :]).sum(dim=1)
         return score.cpu().numpy(), own_variance(block).cpu().numpy()
 

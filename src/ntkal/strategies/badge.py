@@ -1,4 +1,5 @@
 """BADGE: diverse, uncertain batches from k-means++ seeding on last-layer gradient embeddings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,13 @@ class BADGE(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """k-means++ seeds of the gradient embeddings of the candidates."""
         budget = check_budget(budget, context.num_candidates)
-        emb, logits = eval_embeddings(context.model, context.x_candidates, device=context.device,
-                                    batch_size=context.batch_size, with_logits=True)
+        emb, logits = eval_embeddings(
+            context.model,
+            context.x_candidates,
+            device=context.device,
+            batch_size=context.batch_size,
+            with_logits=True,
+        )
         probs = torch.softmax(logits, dim=1)
         grad = probs.clone()
         grad[torch.arange(grad.shape[0]), probs.argmax(dim=1)] -= 1.0  # dCE/dlogits at ŷ

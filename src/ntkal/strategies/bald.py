@@ -1,4 +1,5 @@
 """Bayesian active learning by disagreement with MC dropout: BALD and its batch-aware BatchBALD."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,29 +56,36 @@ class BALD(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Top-``budget`` candidates by their individual mutual information."""
         budget = check_budget(budget, context.num_candidates)
-        probs = mc_dropout_probabilities(context.model, context.x_candidates,
-                                         num_samples=self.num_samples, seed=context.seed,
-                                         device=context.device, batch_size=context.batch_size)
+        probs = mc_dropout_probabilities(
+            context.model,
+            context.x_candidates,
+            num_samples=self.num_samples,
+            seed=context.seed,
+            device=context.device,
+            batch_size=context.batch_size,
+        )
         scores = mutual_information(probs)
         indices = top_k(scores, budget, rng=np.random.default_rng(context.seed))
         return QueryResult(indices=indices.astype(np.int64), scores=scores)
 
 
-def _conditional_entropy(ratio: np.ndarray, weight: np.ndarray, probs: np.ndarray,
-                         max_elements: int = 2**22) -> np.ndarray:
+def _conditional_entropy(
+    ratio: np.ndarray, weight: np.ndarray, probs: np.ndarray, max_elements: int = 2**22
+) -> np.ndarray:
     """``Σ_k weight[k] H(y_i | y_A = k)`` for every candidate ``i``, in candidate chunks."""
     t_count, n, k = probs.shape
     chunk = max(1, max_elements // (ratio.shape[1] * k))
     out = np.empty(n)
     for start in range(0, n, chunk):
-        p = probs[:, start:start + chunk, :]
+        p = probs[:, start : start + chunk, :]
         q = np.einsum("tk,tic->ikc", ratio, p, optimize=True) / t_count  # (chunk, K, k)
-        out[start:start + chunk] = predictive_entropy(q) @ weight
+        out[start : start + chunk] = predictive_entropy(q) @ weight
     return out
 
 
-def _sampled_configurations(probs: np.ndarray, chosen: list[int], num_configurations: int,
-                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sampled_configurations(
+    probs: np.ndarray, chosen: list[int], num_configurations: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Configurations of ``y_A`` drawn from the MC-dropout mixture, the same number per mask.
 
     For every mask ``t`` the labels of the batch ``A`` are independent given the weights, so
@@ -108,9 +116,14 @@ def _sampled_configurations(probs: np.ndarray, chosen: list[int], num_configurat
     return log_p, np.exp(log_pt - log_p)
 
 
-def batchbald_batch(probs: np.ndarray, budget: int, *, max_configurations: int = 1024,
-                    num_sampled_configurations: int = 1024,
-                    rng: np.random.Generator | None = None) -> tuple[list[int], list[float], int]:
+def batchbald_batch(
+    probs: np.ndarray,
+    budget: int,
+    *,
+    max_configurations: int = 1024,
+    num_sampled_configurations: int = 1024,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[int], list[float], int]:
     """Greedy BatchBALD batch from MC-dropout probabilities ``probs`` ``(T, n, k)``.
 
     Returns
@@ -207,25 +220,44 @@ class BatchBALD(Strategy):
     name = "batchbald"
     needs_dropout = True
 
-    def __init__(self, num_samples: int = 20, max_configurations: int = 1024,
-                 num_sampled_configurations: int = 1024) -> None:
+    def __init__(
+        self,
+        num_samples: int = 20,
+        max_configurations: int = 1024,
+        num_sampled_configurations: int = 1024,
+    ) -> None:
         self.num_samples = _check_samples(num_samples)
         self.max_configurations = _positive_int("max_configurations", max_configurations)
-        self.num_sampled_configurations = _positive_int("num_sampled_configurations",
-                                                        num_sampled_configurations)
+        self.num_sampled_configurations = _positive_int(
+            "num_sampled_configurations", num_sampled_configurations
+        )
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Greedy batch of ``budget`` candidates by joint mutual information."""
         budget = check_budget(budget, context.num_candidates)
-        probs = mc_dropout_probabilities(context.model, context.x_candidates,
-                                         num_samples=self.num_samples, seed=context.seed,
-                                         device=context.device, batch_size=context.batch_size)
+        probs = mc_dropout_probabilities(
+            context.model,
+            context.x_candidates,
+            num_samples=self.num_samples,
+            seed=context.seed,
+            device=context.device,
+            batch_size=context.batch_size,
+        )
         chosen, estimates, exact_steps = batchbald_batch(
-            probs, budget, max_configurations=self.max_configurations,
+            probs,
+            budget,
+            max_configurations=self.max_configurations,
             num_sampled_configurations=self.num_sampled_configurations,
-            rng=np.random.default_rng(context.seed))
+            rng=np.random.default_rng(context.seed),
+        )
         exact = exact_steps == len(chosen)
-        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=mutual_information(probs),
-                           info={"mutual_information_estimates": estimates,
-                                 "exact_steps": exact_steps, "exact_joint_entropy": exact,
-                                 "batch_mutual_information": estimates[-1] if exact else None})
+        return QueryResult(
+            indices=np.asarray(chosen, dtype=np.int64),
+            scores=mutual_information(probs),
+            info={
+                "mutual_information_estimates": estimates,
+                "exact_steps": exact_steps,
+                "exact_joint_entropy": exact,
+                "batch_mutual_information": estimates[-1] if exact else None,
+            },
+        )

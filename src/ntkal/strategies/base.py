@@ -6,11 +6,12 @@ and the labelled set) and a budget, and returns a :class:`QueryResult` with posi
 candidate tensor* and, where it has them, one score per candidate (higher = more wanted).
 The caller (``ntkal.ActiveLearner`` or the experiment runner) maps positions back to pool indices.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class QueryResult:
     """Positions into ``QueryContext.x_candidates`` (in choice order) and optional scores."""
 
     indices: np.ndarray
-    scores: Optional[np.ndarray] = None
+    scores: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,8 +82,13 @@ def check_budget(budget: int, num_candidates: int) -> int:
     return budget
 
 
-def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None, *,
-          secondary: np.ndarray | None = None) -> np.ndarray:
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    rng: np.random.Generator | None = None,
+    *,
+    secondary: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices of the ``k`` largest scores, highest first. Ties go to the larger ``secondary``
     score if given, then at random if ``rng`` is given, else to the lowest index (stable).
     NaN scores are an error, never silently ranked."""
@@ -114,14 +120,22 @@ class Strategy(ABC):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Choose ``budget`` distinct candidates."""
 
-    def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Any,
-              num_classes: int, *, progress: bool = False) -> Any:
+    def train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: Any,
+        num_classes: int,
+        *,
+        progress: bool = False,
+    ) -> Any:
         """Train ``model`` on the labelled set (warm start). Default: plain SGD training."""
         from ntkal.training import train
 
         return train(model, x, y, config, num_classes=num_classes, progress=progress)
 
-    def begin_sequential(self, context: QueryContext) -> "SequentialSession":
+    def begin_sequential(self, context: QueryContext) -> SequentialSession:
         """Start a sequential session (one query at a time, closed-form update per label)."""
         raise NotImplementedError(
             f"strategy {self.name!r} has no sequential mode; use mode='batch' or a look-ahead strategy"

@@ -14,6 +14,7 @@ Mohamadi, Bae & Sutherland (NeurIPS 2022) retrains the network by SGD. Here the 
 come from the network linearised at its trained weights, in closed form for every candidate and
 label.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -69,18 +70,18 @@ class EER(LookaheadStrategy):
 
     name = "eer"
 
-    def __init__(self, error: str = "entropy", temperature: float = 1.0, **lookahead: Any
-                 ) -> None:
+    def __init__(self, error: str = "entropy", temperature: float = 1.0, **lookahead: Any) -> None:
         super().__init__(**lookahead)
         if error not in ERRORS:
             raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
         self.error = error
         self.temperature = _check_temperature(temperature)
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         t = self.temperature
-        probs = label_probabilities(ref_cand, t)                               # (b, k)
+        probs = label_probabilities(ref_cand, t)  # (b, k)
         k = probs.shape[1]
         current = estimated_error(block.f_bar_eval, self.error, t).mean()
         expected = torch.zeros(block.size, dtype=_F64, device=probs.device)
@@ -88,7 +89,7 @@ class EER(LookaheadStrategy):
         for c in range(k):
             targets = torch.zeros(block.size, k, dtype=_F64, device=probs.device)
             targets[:, c] = 1.0
-            delta = block.delta(targets)                                       # (b, e, k)
+            delta = block.delta(targets)  # (b, e, k)
             after = estimated_error(block.f_bar_eval.unsqueeze(0) + delta, self.error, t)
             expected += probs[:, c] * after.mean(dim=-1)
             change += probs[:, c] * delta.norm(dim=-1).mean(dim=-1)

@@ -6,9 +6,11 @@ every submodule, device, parameters, BatchNorm running statistics). The helpers 
 so each strategy file only holds its acquisition rule. :func:`evaluating` is
 :func:`ntkal.models.modes.evaluating`, re-exported here for the strategies.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Literal, overload
+from collections.abc import Iterator
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -17,8 +19,13 @@ from torch import nn
 from ntkal.models.forward import predict_logits
 from ntkal.models.modes import evaluating
 
-__all__ = ["evaluating", "eval_probabilities", "eval_embeddings",
-           "dropout_modules", "mc_dropout_probabilities"]
+__all__ = [
+    "evaluating",
+    "eval_probabilities",
+    "eval_embeddings",
+    "dropout_modules",
+    "mc_dropout_probabilities",
+]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
@@ -27,11 +34,12 @@ def _batches(x: torch.Tensor, batch_size: int) -> Iterator[tuple[int, torch.Tens
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, int(x.shape[0]), batch_size):
-        yield start, x[start:start + batch_size]
+        yield start, x[start : start + batch_size]
 
 
-def eval_probabilities(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
-                       batch_size: int = 512) -> np.ndarray:
+def eval_probabilities(
+    model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 512
+) -> np.ndarray:
     """Softmax of the eval-mode outputs, ``(n, k)`` float64.
 
     The softmax is applied whatever loss trained the network: for MSE-trained models (the
@@ -46,24 +54,42 @@ def eval_probabilities(model: nn.Module, x: torch.Tensor, *, device: torch.devic
 
 @torch.no_grad()
 @overload
-def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = ...,
-                    batch_size: int = ..., with_logits: Literal[False] = ...) -> torch.Tensor: ...
+def eval_embeddings(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device | str = ...,
+    batch_size: int = ...,
+    with_logits: Literal[False] = ...,
+) -> torch.Tensor: ...
 
 
 @overload
-def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = ...,
-                    batch_size: int = ..., with_logits: Literal[True]
-                    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+def eval_embeddings(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device | str = ...,
+    batch_size: int = ...,
+    with_logits: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def eval_embeddings(model: nn.Module, x: torch.Tensor, *, device: torch.device | str = "cpu",
-                    batch_size: int = 512, with_logits: bool = False
-                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def eval_embeddings(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    with_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features ``model.embed(x)`` (float64, CPU), and optionally the logits
     ``model.classifier(embed)`` from the same pass (dropout is the identity in eval mode)."""
     if not hasattr(model, "embed"):
-        raise TypeError(f"{type(model).__name__} has no embed(x) method; embedding-based strategies "
-                        "need a model built by ntkal.models.build_model or one exposing embed/classifier")
+        raise TypeError(
+            f"{type(model).__name__} has no embed(x) method; embedding-based strategies "
+            "need a model built by ntkal.models.build_model or one exposing embed/classifier"
+        )
     if with_logits and not isinstance(getattr(model, "classifier", None), nn.Module):
         raise TypeError(f"{type(model).__name__} has no `classifier` module")
     device = torch.device(device)
@@ -90,9 +116,15 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def mc_dropout_probabilities(model: nn.Module, x: torch.Tensor, *, num_samples: int, seed: int,
-                             device: torch.device | str = "cpu", batch_size: int = 512
-                             ) -> np.ndarray:
+def mc_dropout_probabilities(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    num_samples: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> np.ndarray:
     """Softmax outputs under ``num_samples`` MC-dropout masks, ``(T, n, k)`` float64.
 
     MC dropout (Gal & Ghahramani 2016) reads each dropout mask as one sample of the weights. The
@@ -111,7 +143,8 @@ def mc_dropout_probabilities(model: nn.Module, x: torch.Tensor, *, num_samples: 
     if not drops:
         raise ValueError(
             f"{type(model).__name__} has no dropout layer with p > 0, so MC dropout has nothing to "
-            "sample: build the model with dropout > 0, e.g. build_model(..., dropout=0.2)")
+            "sample: build the model with dropout > 0, e.g. build_model(..., dropout=0.2)"
+        )
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = torch.device(device)
@@ -127,7 +160,9 @@ def mc_dropout_probabilities(model: nn.Module, x: torch.Tensor, *, num_samples: 
             else:  # Dropout1d/2d/3d drop whole channels
                 shape = (inp.shape[1],) + (1,) * (inp.dim() - 2)
             keep = 1.0 - float(module.p)  # type: ignore[arg-type]  # dropout's p, typed by __getattr__
-            mask = torch.bernoulli(torch.full(shape, keep, dtype=torch.float64), generator=generator)
+            mask = torch.bernoulli(
+                torch.full(shape, keep, dtype=torch.float64), generator=generator
+            )
             mask = mask / keep if keep > 0 else mask
             mask = mask.to(device=inp.device, dtype=inp.dtype)
             masks[module] = mask
@@ -144,7 +179,7 @@ def mc_dropout_probabilities(model: nn.Module, x: torch.Tensor, *, num_samples: 
                     p = torch.softmax(model(xb.to(device)).to(torch.float64), dim=1).cpu().numpy()
                     if out is None:
                         out = np.empty((num_samples, n, p.shape[1]))
-                    out[t, start:start + p.shape[0]] = p
+                    out[t, start : start + p.shape[0]] = p
         finally:
             for handle in handles:
                 handle.remove()

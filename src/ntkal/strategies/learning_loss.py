@@ -1,9 +1,11 @@
 """Learning loss for active learning (LL4AL): query the points whose loss a side module predicts highest."""
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +48,9 @@ def _pool(f: torch.Tensor) -> torch.Tensor:
     return f.flatten(2).mean(dim=2) if f.dim() > 2 else f.reshape(f.shape[0], -1)
 
 
-def margin_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def margin_ranking_loss(
+    pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
     """Yoo & Kweon (2019, Eq. 2): split the batch into pairs and penalise a predicted loss order
     that disagrees with the true one by less than ``margin``.
 
@@ -57,8 +61,8 @@ def margin_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float 
     if n < 2:
         return pred.sum() * 0.0
     pred, target = pred[:n], target[:n].detach()
-    p_i, p_j = pred[: n // 2], pred[n // 2:].flip(0)
-    t_i, t_j = target[: n // 2], target[n // 2:].flip(0)
+    p_i, p_j = pred[: n // 2], pred[n // 2 :].flip(0)
+    t_i, t_j = target[: n // 2], target[n // 2 :].flip(0)
     sign = torch.sign(t_i - t_j)
     return torch.clamp(margin - sign * (p_i - p_j), min=0.0).mean()
 
@@ -70,8 +74,10 @@ class _FeatureTap:
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         classifier = getattr(model, "classifier", None)
         if not isinstance(classifier, nn.Module):
-            raise TypeError(f"{type(model).__name__} has no `classifier` module; LL4AL reads the "
-                            "penultimate embedding at the classifier's input")
+            raise TypeError(
+                f"{type(model).__name__} has no `classifier` module; LL4AL reads the "
+                "penultimate embedding at the classifier's input"
+            )
         self.features: dict[str, torch.Tensor] = {}
         self.order = list(layers) + ["__embedding__"]
         self._handles = []
@@ -79,25 +85,30 @@ class _FeatureTap:
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                raise ValueError(f"feature_layers: {name!r} is not a submodule of "
-                                 f"{type(model).__name__}") from None
+                raise ValueError(
+                    f"feature_layers: {name!r} is not a submodule of {type(model).__name__}"
+                ) from None
             self._handles.append(module.register_forward_hook(self._out_hook(name)))
         self._handles.append(classifier.register_forward_pre_hook(self._in_hook("__embedding__")))
 
     def _out_hook(self, name: str):
         def hook(module, inputs, output):
             self.features[name] = output
+
         return hook
 
     def _in_hook(self, name: str):
         def hook(module, inputs):
             self.features[name] = inputs[0]
+
         return hook
 
     def collect(self) -> list[torch.Tensor]:
         missing = [n for n in self.order if n not in self.features]
         if missing:
-            raise RuntimeError(f"no features captured from {missing}; did the forward pass use them?")
+            raise RuntimeError(
+                f"no features captured from {missing}; did the forward pass use them?"
+            )
         out = [self.features[n] for n in self.order]
         self.features.clear()
         return out
@@ -149,48 +160,63 @@ class LearningLoss(Strategy):
     margin: float
     detach_after: float
 
-    def __init__(self, feature_layers: Optional[Sequence[str]] = None, hidden: int = 128,
-                 weight: float = 1.0, margin: float = 1.0, detach_after: float = 0.6) -> None:
+    def __init__(
+        self,
+        feature_layers: Sequence[str] | None = None,
+        hidden: int = 128,
+        weight: float = 1.0,
+        margin: float = 1.0,
+        detach_after: float = 0.6,
+    ) -> None:
         for key, value in (("weight", weight), ("margin", margin), ("detach_after", detach_after)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+            ):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
         if not 0.0 <= detach_after <= 1.0:
             raise ValueError(f"detach_after must lie in [0, 1], got {detach_after}")
         if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
         if isinstance(feature_layers, str):
-            raise ValueError(f"feature_layers must be a list of module names, got the string "
-                             f"{feature_layers!r}")
+            raise ValueError(
+                f"feature_layers must be a list of module names, got the string {feature_layers!r}"
+            )
         self.feature_layers = tuple(feature_layers or ())
         self.hidden = int(hidden)
         self.weight = float(weight)
         self.margin = float(margin)
         self.detach_after = float(detach_after)
-        self._loss_module: Optional[LossPredictionModule] = None
+        self._loss_module: LossPredictionModule | None = None
 
     @property
-    def loss_module(self) -> Optional[LossPredictionModule]:
+    def loss_module(self) -> LossPredictionModule | None:
         """The trained loss-prediction module (``None`` before the first :meth:`train`)."""
         return self._loss_module
 
-    def state_dict(self) -> Optional[dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         """The loss module's dimensions and weights (``None`` before the first :meth:`train`),
         so that a saved :class:`~ntkal.ActiveLearner` resumes with the same loss predictor."""
         if self._loss_module is None:
             return None
         weights = {k: v.detach().cpu().clone() for k, v in self._loss_module.state_dict().items()}
-        return {"in_dims": list(self._loss_module.in_dims), "hidden": self.hidden,
-                "weights": weights}
+        return {
+            "in_dims": list(self._loss_module.in_dims),
+            "hidden": self.hidden,
+            "weights": weights,
+        }
 
-    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore what :meth:`state_dict` returned."""
         if state is None:
             self._loss_module = None
             return
         if int(state["hidden"]) != self.hidden:
-            raise ValueError(f"saved loss module has hidden={state['hidden']}, this strategy "
-                             f"has hidden={self.hidden}")
+            raise ValueError(
+                f"saved loss module has hidden={state['hidden']}, this strategy "
+                f"has hidden={self.hidden}"
+            )
         module = LossPredictionModule(state["in_dims"], self.hidden)
         module.load_state_dict(state["weights"])
         self._loss_module = module
@@ -202,8 +228,16 @@ class LearningLoss(Strategy):
                 self._loss_module = LossPredictionModule(dims, self.hidden)
         return self._loss_module
 
-    def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Any,
-              num_classes: int, *, progress: bool = False) -> Any:
+    def train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: Any,
+        num_classes: int,
+        *,
+        progress: bool = False,
+    ) -> Any:
         """Train ``model`` (warm start, in place) and the loss module jointly on ``(x, y)``.
 
         Objective per batch: ``mean target loss + λ · margin ranking loss`` (Yoo & Kweon 2019,
@@ -227,15 +261,17 @@ class LearningLoss(Strategy):
 
             def ranking_term(step) -> torch.Tensor:
                 feats = tap.collect()
-                if step.epoch >= int(round(self.detach_after * step.epochs)):
+                if step.epoch >= round(self.detach_after * step.epochs):
                     feats = [f.detach() for f in feats]
                 rank = margin_ranking_loss(loss_module(feats), step.per_example_loss, self.margin)
                 return self.weight * rank
 
-            extra = ExtraObjective(loss=ranking_term, parameters=list(loss_module.parameters()),
-                                   modules=[loss_module])
-            return train(model, x, y, config, num_classes=num_classes, progress=progress,
-                         extra=extra)
+            extra = ExtraObjective(
+                loss=ranking_term, parameters=list(loss_module.parameters()), modules=[loss_module]
+            )
+            return train(
+                model, x, y, config, num_classes=num_classes, progress=progress, extra=extra
+            )
         finally:
             tap.remove()
 
@@ -254,19 +290,27 @@ class LearningLoss(Strategy):
             return [_pool(f).shape[1] for f in tap.collect()]
 
     @torch.no_grad()
-    def predicted_losses(self, model: nn.Module, x: torch.Tensor, *,
-                         device: torch.device | str = "cpu", batch_size: int = 512) -> np.ndarray:
+    def predicted_losses(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = 512,
+    ) -> np.ndarray:
         """Loss-module predictions for ``x`` in eval mode, ``(n,)`` float64."""
         if self._loss_module is None:
-            raise RuntimeError("the LL4AL loss module is untrained: train the model with "
-                               "LearningLoss.train (e.g. ActiveLearner(strategy='ll4al')) first")
+            raise RuntimeError(
+                "the LL4AL loss module is untrained: train the model with "
+                "LearningLoss.train (e.g. ActiveLearner(strategy='ll4al')) first"
+            )
         device = torch.device(device)
         tap = _FeatureTap(model, self.feature_layers)
         out = []
         try:
             with evaluating(model, device), evaluating(self._loss_module, device) as module:
                 for start in range(0, int(x.shape[0]), batch_size):
-                    model(x[start:start + batch_size].to(device))
+                    model(x[start : start + batch_size].to(device))
                     out.append(module(tap.collect()).to("cpu", torch.float64))
         finally:
             tap.remove()
@@ -275,7 +319,11 @@ class LearningLoss(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Top-``budget`` candidates by predicted loss."""
         budget = check_budget(budget, context.num_candidates)
-        scores = self.predicted_losses(context.model, context.x_candidates, device=context.device,
-                                       batch_size=context.batch_size)
+        scores = self.predicted_losses(
+            context.model,
+            context.x_candidates,
+            device=context.device,
+            batch_size=context.batch_size,
+        )
         indices = top_k(scores, budget, rng=np.random.default_rng(context.seed))
         return QueryResult(indices=indices.astype(np.int64), scores=scores)

@@ -5,7 +5,8 @@ Tangent Kernels", NeurIPS 2022 (arXiv:2206.12569).
 
 MLMOC ("most likely model output change") asks, for every candidate ``x_j``: if the network were
 retrained with ``x_j`` labelled by its most likely class ``ŷ_j``, how much would its predictions on
-the evaluation set ``E`` (a seeded sample of the candidates, or all of them) change? :class:`MLMOC` answers in closed form with the linearised network
+the evaluation set ``E`` (a seeded sample of the candidates, or all of them) change? :class:`MLMOC`
+answers in closed form with the linearised network
 (:class:`ntkal.lookahead.Lookahead`); :class:`SGDLookahead` (:mod:`ntkal.strategies.sgd_lookahead`)
 answers by actually fine-tuning a copy of the network per candidate, which is what the closed form
 approximates (and is far slower).
@@ -34,29 +35,58 @@ Ties in the primary score are broken by the secondary score (``norm`` for ``flip
 ``flip`` for ``norm``), which depends on the candidate's content only, so the choice does not depend
 on the order of the candidates; exact ties left after that are broken at random under the seed.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from ntkal.arguments import as_choice
 from ntkal.lookahead import Lookahead, LookaheadBlock, LookaheadSettings
-from ntkal.strategies.base import (QueryContext, QueryResult, SequentialSession, Strategy,
-                                   check_budget, top_k)
+from ntkal.strategies.base import (
+    QueryContext,
+    QueryResult,
+    SequentialSession,
+    Strategy,
+    check_budget,
+    top_k,
+)
 from ntkal.strategies.forward_passes import evaluating
-from ntkal.strategies.lookahead_scores import (REFERENCES, SCORES, EvalMargins,
-                                               check_score_reference, flip_fraction,
-                                               flips_and_norms, onehot, output_change)
-from ntkal.strategies.selection import (GREEDY_TARGETS, SELECTIONS, pseudo_target,
-                                        select_greedy, select_topk)
+from ntkal.strategies.lookahead_scores import (
+    REFERENCES,
+    SCORES,
+    EvalMargins,
+    check_score_reference,
+    flip_fraction,
+    flips_and_norms,
+    onehot,
+    output_change,
+)
+from ntkal.strategies.selection import (
+    GREEDY_TARGETS,
+    SELECTIONS,
+    pseudo_target,
+    select_greedy,
+    select_topk,
+)
 from ntkal.strategies.sgd_lookahead import SGDLookahead, default_finetune_config
 
-__all__ = ["LookaheadStrategy", "LookaheadSession", "MLMOC", "SGDLookahead", "flip_fraction",
-           "output_change", "default_finetune_config", "SCORES", "REFERENCES", "SELECTIONS",
-           "GREEDY_TARGETS"]
+__all__ = [
+    "LookaheadStrategy",
+    "LookaheadSession",
+    "MLMOC",
+    "SGDLookahead",
+    "flip_fraction",
+    "output_change",
+    "default_finetune_config",
+    "SCORES",
+    "REFERENCES",
+    "SELECTIONS",
+    "GREEDY_TARGETS",
+]
 
 _F64 = torch.float64
 
@@ -89,8 +119,14 @@ class LookaheadStrategy(Strategy):
         reference predictions, or the softmax of the reference outputs (the expected target).
     """
 
-    def __init__(self, *, settings: Optional[LookaheadSettings] = None, selection: str = "topk",
-                 greedy_target: str = "most_likely", **settings_params: Any) -> None:
+    def __init__(
+        self,
+        *,
+        settings: LookaheadSettings | None = None,
+        selection: str = "topk",
+        greedy_target: str = "most_likely",
+        **settings_params: Any,
+    ) -> None:
         self.settings = LookaheadSettings.build(settings, **settings_params)
         self.selection = as_choice(selection, "selection", SELECTIONS)
         self.greedy_target = as_choice(greedy_target, "greedy_target", GREEDY_TARGETS)
@@ -105,15 +141,17 @@ class LookaheadStrategy(Strategy):
     engine = property(lambda self: self.settings.engine)
 
     # -- what a subclass provides
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(primary, secondary) scores ``(b,)`` of the candidates of ``block`` (higher = more
         wanted; the secondary score breaks ties). ``ref_eval`` ``(e, k)`` and ``ref_cand``
         ``(b, k)`` are the reference predictions on the evaluation set and on the block."""
         raise NotImplementedError
 
-    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def references(
+        self, la: Lookahead, f_bar0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference predictions ``(on E, on the candidates)``: the trained network's outputs
         ``f0``; within a greedy batch (``f_bar0``: f̄ when the batch started) moved by what the
         batch's pseudo-labels taught the linearised network, ``f0 + (f̄_t − f̄_0)``. A sequential
@@ -134,13 +172,23 @@ class LookaheadStrategy(Strategy):
         """The linearised network of ``context.model`` on ``L ∪ S`` (the model's modes, device and
         weights are left as they were)."""
         with evaluating(context.model, context.device) as model:
-            return Lookahead.fit(model, context.x_labelled, context.y_labelled,
-                                 context.x_candidates, settings=self.settings,
-                                 num_classes=context.num_classes, progress=context.progress,
-                                 eval_seed=context.seed)
+            return Lookahead.fit(
+                model,
+                context.x_labelled,
+                context.y_labelled,
+                context.x_candidates,
+                settings=self.settings,
+                num_classes=context.num_classes,
+                progress=context.progress,
+                eval_seed=context.seed,
+            )
 
-    def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
-                         f_bar0: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_candidates(
+        self,
+        la: Lookahead,
+        positions: np.ndarray | None = None,
+        f_bar0: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(primary, secondary) scores of ``positions`` (default: all candidates), in that order."""
         if positions is None:
             positions = np.arange(la.num_candidates)
@@ -172,19 +220,24 @@ class LookaheadStrategy(Strategy):
             chosen, primary, secondary = select_topk(self, la, budget, rng)
         t2 = time.perf_counter()
         info: dict[str, Any] = {
-            "kernel": self.kernel, "kernel_seconds": t1 - t0, "score_seconds": t2 - t1,
-            "jitter": la.jitter, "rank": la.rank, "num_clamped": la.num_clamped,
+            "kernel": self.kernel,
+            "kernel_seconds": t1 - t0,
+            "score_seconds": t2 - t1,
+            "jitter": la.jitter,
+            "rank": la.rank,
+            "num_clamped": la.num_clamped,
             "secondary_scores": secondary,
             "selection": self.selection,
         }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
 
-    def pseudo_target(self, la: Lookahead, position: int,
-                      f_bar0: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def pseudo_target(
+        self, la: Lookahead, position: int, f_bar0: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Target ``(k,)`` a greedy pick is conditioned on (:func:`selection.pseudo_target`)."""
         return pseudo_target(self, la, position, self.greedy_target, f_bar0)
 
-    def begin_sequential(self, context: QueryContext) -> "LookaheadSession":
+    def begin_sequential(self, context: QueryContext) -> LookaheadSession:
         """Sequential look-ahead: propose the best unlabelled candidate, observe its true label,
         update the linearised network in closed form (no SGD), repeat."""
         if context.num_candidates == 0:
@@ -216,8 +269,9 @@ class LookaheadSession(SequentialSession):
         if positions.size == 0:
             raise ValueError("every candidate has been labelled: nothing left to propose")
         primary, secondary = self.strategy.score_candidates(self.lookahead, positions)
-        best = top_k(primary, 1, np.random.default_rng(self.context.seed + self._step),
-                     secondary=secondary)[0]
+        best = top_k(
+            primary, 1, np.random.default_rng(self.context.seed + self._step), secondary=secondary
+        )[0]
         return int(positions[best]), float(primary[best])
 
     def observe(self, position: int, label: int) -> None:
@@ -272,25 +326,32 @@ class MLMOC(LookaheadStrategy):
         self.score, self.reference = check_score_reference(score, reference)
         super().__init__(**lookahead)
 
-    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def references(
+        self, la: Lookahead, f_bar0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference == "base":
             ref = la.base_predictions()
             return la.on_eval(ref), ref
         return super().references(la, f_bar0)
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         k = ref_eval.shape[1]
         ref_cls = ref_eval.argmax(dim=1)
         margins = None if block.full_kernel else EvalMargins(block.f_bar_eval, ref_cls)
-        labels: list[tuple[torch.Tensor, Optional[torch.Tensor]]]
+        labels: list[tuple[torch.Tensor, torch.Tensor | None]]
         if self.score in ("flip", "norm"):
             labels = [(ref_cand.argmax(dim=1), None)]
         else:
-            probs = torch.softmax(ref_cand, dim=1)                              # (b, k)
-            labels = [(torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device),
-                       probs[:, c]) for c in range(k)]
+            probs = torch.softmax(ref_cand, dim=1)  # (b, k)
+            labels = [
+                (
+                    torch.full((block.size,), c, dtype=torch.long, device=ref_cand.device),
+                    probs[:, c],
+                )
+                for c in range(k)
+            ]
         flips = torch.zeros(block.size, dtype=_F64, device=ref_cand.device)
         norms = torch.zeros_like(flips)
         for cls, weight in labels:
@@ -304,5 +365,3 @@ class MLMOC(LookaheadStrategy):
         result = super().query(context, budget)
         result.info.update(score=self.score, reference=self.reference)
         return result
-
-

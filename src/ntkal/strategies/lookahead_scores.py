@@ -8,17 +8,24 @@ reference class and the runner-up under ``f̄`` exceeds the largest change the c
 it (``|Σ_ij| · range(coef_j)``) cannot flip, one below minus that bound has flipped; only the rest
 get the exact ``k``-way argmax, so the counts equal the argmax over ``f̄ + delta`` exactly.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
 from ntkal.arguments import as_choice
 from ntkal.lookahead import LookaheadBlock
 
-__all__ = ["SCORES", "REFERENCES", "flip_fraction", "output_change", "EvalMargins",
-           "flips_and_norms", "check_score_reference", "onehot"]
+__all__ = [
+    "SCORES",
+    "REFERENCES",
+    "flip_fraction",
+    "output_change",
+    "EvalMargins",
+    "flips_and_norms",
+    "check_score_reference",
+    "onehot",
+]
 
 SCORES = ("flip", "norm", "expected")
 REFERENCES = ("f0", "base")
@@ -44,8 +51,11 @@ class EvalMargins:
     def __init__(self, f_bar_eval: torch.Tensor, ref_cls: torch.Tensor) -> None:
         at_ref = f_bar_eval.gather(1, ref_cls[:, None])[:, 0]
         others = f_bar_eval.scatter(1, ref_cls[:, None], float("-inf"))
-        self.gap = at_ref - others.max(dim=1).values if f_bar_eval.shape[1] > 1 else \
-            torch.full_like(at_ref, float("inf"))
+        self.gap = (
+            at_ref - others.max(dim=1).values
+            if f_bar_eval.shape[1] > 1
+            else torch.full_like(at_ref, float("inf"))
+        )
         self.scale = f_bar_eval.abs().max(dim=1).values
         self.f_bar = f_bar_eval
         self.ref_cls = ref_cls
@@ -56,8 +66,12 @@ class EvalMargins:
 _SCREEN_SLACK = 1e-12
 
 
-def flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch.Tensor,
-                     margins: Optional[EvalMargins]) -> tuple[torch.Tensor, torch.Tensor]:
+def flips_and_norms(
+    block: LookaheadBlock,
+    targets: torch.Tensor,
+    ref_cls: torch.Tensor,
+    margins: EvalMargins | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip fraction on E against ``ref_cls`` and ``Σ_i ‖f'(x_i) − f̄(x_i)‖`` per candidate.
 
     Scalar kernels: f'(x_i) = f̄(x_i) + Σ_ij · coef_j with one ``coef_j`` per candidate, so the
@@ -71,8 +85,8 @@ def flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch
     if margins is None:
         preds = block.retrained(targets)
         return flip_fraction(preds, ref_cls), output_change(preds, block.f_bar_eval)
-    coef = block.coefficients(targets)                                          # (b, k)
-    cov = block.direction                               # (b, e): Σ[E, j], or G[E, j] in span
+    coef = block.coefficients(targets)  # (b, k)
+    cov = block.direction  # (b, e): Σ[E, j], or G[E, j] in span
     e = cov.shape[1]
     # Work in the layout Σ[E, J] arrived in ((b, e) rows, or a transposed (e, b) view of a held
     # Σ): reductions then run along memory. ``ax`` is the E axis; ``per_t`` / ``per_i`` shape
@@ -81,16 +95,16 @@ def flips_and_norms(block: LookaheadBlock, targets: torch.Tensor, ref_cls: torch
     per_t = (lambda v: v[:, None]) if ax == 1 else (lambda v: v[None, :])
     per_i = (lambda v: v[None, :]) if ax == 1 else (lambda v: v[:, None])
     spread = (coef.max(dim=1).values - coef.min(dim=1).values) * (1 + _SCREEN_SLACK)
-    bound = mat.abs()                                                           # |Σ_ij|
+    bound = mat.abs()  # |Σ_ij|
     norms = bound.sum(dim=ax) * coef.norm(dim=1)
-    bound.mul_(per_t(spread)).add_(per_i(_SCREEN_SLACK * margins.scale))        # + rounding room
+    bound.mul_(per_t(spread)).add_(per_i(_SCREEN_SLACK * margins.scale))  # + rounding room
     undecided = bound >= per_i(margins.gap.abs())
     del bound
     pairs = undecided.nonzero(as_tuple=True)
     t, i = pairs if ax == 1 else (pairs[1], pairs[0])
-    neg = margins.gap < 0                               # f̄ already off the reference class
+    neg = margins.gap < 0  # f̄ already off the reference class
     undecided &= per_i(neg)
-    counts = (int(neg.sum()) - undecided.sum(dim=ax)).to(_F64)                   # sure flips
+    counts = (int(neg.sum()) - undecided.sum(dim=ax)).to(_F64)  # sure flips
     if t.numel():
         preds = margins.f_bar[i] + cov[t, i][:, None] * coef[t]
         changed = (preds.argmax(dim=1) != margins.ref_cls[i]).to(_F64)

@@ -11,6 +11,7 @@ outputs ``f^{(j,y)}`` come from the network linearised at its trained weights (M
 Sutherland, NeurIPS 2022), so the same closed form applies to a deep network. MLMOC with
 ``score="norm"`` is the special case that puts all the weight on the most likely label.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,15 +40,16 @@ def label_probabilities(ref_cand: torch.Tensor, temperature: float) -> torch.Ten
     return torch.softmax(ref_cand.to(_F64) / temperature, dim=1)
 
 
-def expected_output_change(block: LookaheadBlock, probs: torch.Tensor, order: float = 1.0
-                           ) -> torch.Tensor:
+def expected_output_change(
+    block: LookaheadBlock, probs: torch.Tensor, order: float = 1.0
+) -> torch.Tensor:
     """``Σ_y probs[:, y] · mean_{i∈E} ‖f^{(j,y)}(x_i) − f̄(x_i)‖_order`` for the block, ``(b,)``."""
     k = probs.shape[1]
     out = torch.zeros(block.size, dtype=_F64, device=probs.device)
     for c in range(k):
         targets = torch.zeros(block.size, k, dtype=_F64, device=probs.device)
         targets[:, c] = 1.0
-        change = block.delta(targets)                                   # (b, e, k)
+        change = block.delta(targets)  # (b, e, k)
         out += probs[:, c] * torch.linalg.vector_norm(change, ord=order, dim=-1).mean(dim=-1)
     return out
 
@@ -85,8 +87,9 @@ class EMOC(LookaheadStrategy):
         self.order = as_float(order, "order", minimum=1.0)
         self.temperature = _check_temperature(temperature)
 
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         probs = label_probabilities(ref_cand, self.temperature)
         primary = expected_output_change(block, probs, self.order)
         return primary.cpu().numpy(), own_variance(block).cpu().numpy()

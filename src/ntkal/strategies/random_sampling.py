@@ -1,4 +1,5 @@
 """Uniform random sampling: the baseline every acquisition function has to beat."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Name -> strategy class registry, so configs and the CLI can ask for strategies by name."""
+
 from __future__ import annotations
 
 import importlib
@@ -45,14 +46,18 @@ def register_strategy(cls: S) -> S:
         raise TypeError(f"only Strategy subclasses can be registered, got {cls!r}")
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name` to be registered")
+        raise ValueError(
+            f"{cls.__name__} needs a non-empty class attribute `name` to be registered"
+        )
     existing = _REGISTRY.get(name)
     if existing is not None and existing is not cls:
         if existing.__module__ == cls.__module__ and existing.__qualname__ == cls.__qualname__:
             _REGISTRY[name] = cls  # the same class re-created (module reloaded)
             return cls
-        raise ValueError(f"strategy name {name!r} is already taken by "
-                         f"{existing.__module__}.{existing.__qualname__}")
+        raise ValueError(
+            f"strategy name {name!r} is already taken by "
+            f"{existing.__module__}.{existing.__qualname__}"
+        )
     _REGISTRY[name] = cls
     return cls
 
@@ -60,9 +65,14 @@ def register_strategy(cls: S) -> S:
 def _register_module_strategies(module: Any) -> None:
     # Concrete Strategy subclasses defined in the module, registered even without the decorator.
     for obj in vars(module).values():
-        if (isinstance(obj, type) and issubclass(obj, Strategy) and obj.__module__ == module.__name__
-                and getattr(obj, "name", "") and not inspect.isabstract(obj)
-                and obj.name not in _REGISTRY):
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Strategy)
+            and obj.__module__ == module.__name__
+            and getattr(obj, "name", "")
+            and not inspect.isabstract(obj)
+            and obj.name not in _REGISTRY
+        ):
             register_strategy(obj)
 
 
@@ -101,8 +111,10 @@ def get_strategy(name: str, **params: Any) -> Strategy:
     valid, takes_any = _init_parameters(cls)
     unknown = sorted(set(params) - set(valid))
     if unknown and not takes_any:
-        raise TypeError(f"strategy {name!r} got unknown parameter(s) {', '.join(unknown)}; "
-                        f"valid parameters: {', '.join(valid) if valid else '(none)'}")
+        raise TypeError(
+            f"strategy {name!r} got unknown parameter(s) {', '.join(unknown)}; "
+            f"valid parameters: {', '.join(valid) if valid else '(none)'}"
+        )
     return cls(**params)
 
 

@@ -5,9 +5,10 @@ acquisition functions: a criterion says how good each candidate is (``score_cand
 selection rule turns that into a batch. Any :class:`ntkal.strategies.lookahead.LookaheadStrategy`
 works with either rule.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,15 +23,26 @@ class LookaheadScorer(Protocol):
     :class:`~ntkal.strategies.lookahead.LookaheadStrategy` is one): scores of candidates, and the
     reference predictions pseudo-targets are taken from."""
 
-    def score_candidates(self, la: Lookahead, positions: Optional[np.ndarray] = None,
-                         f_bar0: Optional[torch.Tensor] = None
-                         ) -> tuple[np.ndarray, np.ndarray]: ...
+    def score_candidates(
+        self,
+        la: Lookahead,
+        positions: np.ndarray | None = None,
+        f_bar0: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def references(self, la: Lookahead, f_bar0: Optional[torch.Tensor] = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def references(
+        self, la: Lookahead, f_bar0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-__all__ = ["LookaheadScorer", "SELECTIONS", "GREEDY_TARGETS", "select_topk", "select_greedy",
-           "pseudo_target"]
+
+__all__ = [
+    "LookaheadScorer",
+    "SELECTIONS",
+    "GREEDY_TARGETS",
+    "select_topk",
+    "select_greedy",
+    "pseudo_target",
+]
 
 #: ``"topk"``: the best ``budget`` candidates scored independently against L (the reference's
 #: batch mode); ``"greedy"``: one at a time, conditioning on each pick's pseudo-target.
@@ -39,16 +51,22 @@ SELECTIONS = ("topk", "greedy")
 GREEDY_TARGETS = ("most_likely", "expected")
 
 
-def select_topk(strategy: LookaheadScorer, la: Lookahead, budget: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_topk(
+    strategy: LookaheadScorer, la: Lookahead, budget: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate scored once against L; the ``budget`` best (ties: secondary score, then
     ``rng``). Returns the picks and the (primary, secondary) scores of every candidate."""
     primary, secondary = strategy.score_candidates(la)
     return top_k(primary, budget, rng, secondary=secondary), primary, secondary
 
 
-def pseudo_target(strategy: LookaheadScorer, la: Lookahead, position: int, target: str,
-                  f_bar0: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pseudo_target(
+    strategy: LookaheadScorer,
+    la: Lookahead,
+    position: int,
+    target: str,
+    f_bar0: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Target ``(k,)`` a greedy pick at ``position`` is conditioned on: the one-hot argmax, or the
     softmax, of the strategy's reference prediction there, which (``f_bar0`` given) includes what
     the earlier picks of the batch taught the linearised network (``f̄_t − f̄_0``)."""
@@ -59,9 +77,13 @@ def pseudo_target(strategy: LookaheadScorer, la: Lookahead, position: int, targe
     return onehot(ref.argmax(), ref.shape[0])
 
 
-def select_greedy(strategy: LookaheadScorer, la: Lookahead, budget: int,
-                  rng: np.random.Generator, target: str = "most_likely"
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_greedy(
+    strategy: LookaheadScorer,
+    la: Lookahead,
+    budget: int,
+    rng: np.random.Generator,
+    target: str = "most_likely",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy batch: pick the best candidate, condition ``la`` on its pseudo-target (in place,
     :func:`pseudo_target`), rescore the rest, repeat ``budget`` times: the batch analogue of the
     sequential mode, which stops a batch from spending its budget on near-copies of one point.

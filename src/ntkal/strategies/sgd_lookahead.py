@@ -4,11 +4,13 @@ Mohamadi, Bae & Sutherland, NeurIPS 2022: their EER/MLMOC baseline fine-tunes th
 candidate (and label); it is far slower than the closed form and is kept to measure how well the
 linearised network ranks candidates.
 """
+
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +32,16 @@ def default_finetune_config():
     rate, constant schedule, no weight decay (closest to the gradient flow the eNTK models)."""
     from ntkal.training import TrainConfig
 
-    return TrainConfig(epochs=10, batch_size=64, lr=None, momentum=0.9, weight_decay=0.0,
-                       schedule="constant", loss="mse", seed=0)
+    return TrainConfig(
+        epochs=10,
+        batch_size=64,
+        lr=None,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        loss="mse",
+        seed=0,
+    )
 
 
 class SGDLookahead(Strategy):
@@ -62,8 +72,13 @@ class SGDLookahead(Strategy):
 
     name = "sgd_lookahead"
 
-    def __init__(self, finetune: Any = None, score: str = "flip", reference: str = "f0",
-                 max_candidates: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        finetune: Any = None,
+        score: str = "flip",
+        reference: str = "f0",
+        max_candidates: int | None = None,
+    ) -> None:
         self.score, self.reference = check_score_reference(score, reference)
         self.finetune = finetune
         self.max_candidates = as_optional_int(max_candidates, "max_candidates", minimum=1)
@@ -71,8 +86,15 @@ class SGDLookahead(Strategy):
     def _config(self):
         return self.finetune if self.finetune is not None else default_finetune_config()
 
-    def _finetuned_outputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                           x_eval: torch.Tensor, num_classes: int, batch_size: int) -> torch.Tensor:
+    def _finetuned_outputs(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_eval: torch.Tensor,
+        num_classes: int,
+        batch_size: int,
+    ) -> torch.Tensor:
         from ntkal.training import predict_logits, train
 
         config = self._config()
@@ -87,17 +109,23 @@ class SGDLookahead(Strategy):
 
     def sgd_predictions(self, context: QueryContext, position: int, label: int) -> torch.Tensor:
         """Outputs on S ``(m, k)`` of a copy fine-tuned on ``L ∪ {(x_position, label)}``."""
-        x = torch.cat([context.x_labelled, context.x_candidates[position:position + 1]])
+        x = torch.cat([context.x_labelled, context.x_candidates[position : position + 1]])
         y_l = context.y_labelled.long()
         y = torch.cat([y_l, torch.tensor([int(label)], dtype=torch.long, device=y_l.device)])
-        return self._finetuned_outputs(context.model, x, y, context.x_candidates,
-                                       context.num_classes, context.batch_size)
+        return self._finetuned_outputs(
+            context.model, x, y, context.x_candidates, context.num_classes, context.batch_size
+        )
 
     def control_predictions(self, context: QueryContext) -> torch.Tensor:
         """Outputs on S of a copy fine-tuned on ``L`` alone (the SGD analogue of f̄)."""
-        return self._finetuned_outputs(context.model, context.x_labelled,
-                                       context.y_labelled.long(), context.x_candidates,
-                                       context.num_classes, context.batch_size)
+        return self._finetuned_outputs(
+            context.model,
+            context.x_labelled,
+            context.y_labelled.long(),
+            context.x_candidates,
+            context.num_classes,
+            context.batch_size,
+        )
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         from ntkal.training import predict_logits
@@ -111,8 +139,12 @@ class SGDLookahead(Strategy):
             positions = np.arange(m)
         t0 = time.perf_counter()
         with evaluating(context.model, context.device) as model:
-            f0 = predict_logits(model, context.x_candidates,
-                                batch_size=context.batch_size).detach().to(_F64).cpu()
+            f0 = (
+                predict_logits(model, context.x_candidates, batch_size=context.batch_size)
+                .detach()
+                .to(_F64)
+                .cpu()
+            )
         control = self.control_predictions(context)
         ref = f0 if self.reference == "f0" else control
         ref_cls = ref.argmax(dim=1)
@@ -139,6 +171,11 @@ class SGDLookahead(Strategy):
             primary[j], secondary[j] = (norm, flip) if self.score == "norm" else (flip, norm)
         seconds = time.perf_counter() - t0
         chosen = top_k(primary, budget, np.random.default_rng(context.seed), secondary=secondary)
-        info = {"score": self.score, "reference": self.reference, "seconds": seconds,
-                "scored_positions": positions, "secondary_scores": secondary}
+        info = {
+            "score": self.score,
+            "reference": self.reference,
+            "seconds": seconds,
+            "scored_positions": positions,
+            "secondary_scores": secondary,
+        }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)

@@ -5,6 +5,7 @@ on one-hot targets (the look-ahead method's default) the outputs are not log-pro
 softmax is a convention rather than a calibrated posterior; it is the one the comparisons in
 Mohamadi et al. (2022) use, and it keeps these baselines identical across losses.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -34,8 +35,12 @@ class _SoftmaxUncertainty(Strategy):
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         """Score all candidates in one batched eval pass; ties broken at random under the seed."""
         budget = check_budget(budget, context.num_candidates)
-        probs = eval_probabilities(context.model, context.x_candidates, device=context.device,
-                                   batch_size=context.batch_size)
+        probs = eval_probabilities(
+            context.model,
+            context.x_candidates,
+            device=context.device,
+            batch_size=context.batch_size,
+        )
         scores = self.score(probs)
         indices = top_k(scores, budget, rng=np.random.default_rng(context.seed))
         return QueryResult(indices=indices.astype(np.int64), scores=scores)

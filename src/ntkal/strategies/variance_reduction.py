@@ -12,8 +12,8 @@ density-aware: a candidate correlated with many uncertain points of E reduces mu
 (large Σ_jj, small Σ[i, j]) little. This is the integrated-variance criterion of MacKay (1992) and
 Cohn, Ghahramani & Jordan (1996) on the network's tangent-kernel model.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -31,11 +31,11 @@ def variance_reduction(block: LookaheadBlock) -> torch.Tensor:
     """Total reduction of the posterior variance on E from adding each candidate, ``(b,)``."""
     cov = block.cov.to(_F64)
     if block.pivot_evecs is None:
-        return (cov ** 2).sum(dim=1) / block.pivot_evals.to(_F64)
+        return (cov**2).sum(dim=1) / block.pivot_evals.to(_F64)
     # cov[t, i] = Σ[x_i, x_j] (k × k); Σ_jj⁻¹ = V diag(1/λ) Vᵀ, so the trace is
     # Σ_c ‖Σ[x_i, x_j] v_c‖² / λ_c summed over i.
-    proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)                       # (b, e, k, k)
-    return ((proj ** 2).sum(dim=(1, 2)) / block.pivot_evals.to(_F64)).sum(dim=1)
+    proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)  # (b, e, k, k)
+    return ((proj**2).sum(dim=(1, 2)) / block.pivot_evals.to(_F64)).sum(dim=1)
 
 
 class VarianceReduction(LookaheadStrategy):
@@ -65,7 +65,7 @@ class VarianceReduction(LookaheadStrategy):
 
     name = "vr"
 
-
-    def score_block(self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_block(
+        self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         return variance_reduction(block).cpu().numpy(), own_variance(block).cpu().numpy()
