@@ -233,8 +233,8 @@ def label(
         help="Acquisition strategy "
         "(`ntkal strategies`); look-ahead ones update "
         "per label in closed form, others are "
-        "re-queried. Default: ntkal.labelling."
-        "DEFAULT_STRATEGY.",
+        "re-queried. Default: auto "
+        "(ntkal.labelling.DEFAULT_STRATEGY).",
     ),
 ) -> None:
     """Serve a labelling page for DATA on http://HOST:PORT (127.0.0.1 by default)."""
@@ -390,7 +390,7 @@ def serve_backend(
         help="The address Label Studio reaches this backend at (default http://HOST:PORT).",
     ),
     strategy: str | None = typer.Option(
-        None, "--strategy", help="Look-ahead strategy (default vr)."
+        None, "--strategy", help="Look-ahead strategy (default auto)."
     ),
     model: str = typer.Option("mlp", "--model", help="Built-in model name."),
     width: int | None = typer.Option(None, "--width", help="Built-in model width."),

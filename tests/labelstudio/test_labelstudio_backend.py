@@ -19,6 +19,7 @@ from ntkal.labelstudio.protocol import AnnotationEvent, ProtocolError, parse_lab
 
 def _backend(fake, store, **kw):
     kw.setdefault("warmup", 1000)  # no retrain unless a test asks for one
+    kw.setdefault("strategy", "vr")  # the loop is checked against a direct variance-reduction solve
     backend = Backend.from_project(fake, fake.project_id, str(store), epochs=2, **kw)
     assert backend.wait_scored(60)
     return backend

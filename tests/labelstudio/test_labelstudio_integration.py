@@ -220,6 +220,8 @@ class Backend:
             "-m",
             "ntkal.cli",
             "serve-backend",
+            "--strategy",
+            "vr",  # its picks are compared with a fresh variance-reduction session
             "--project",
             str(project),
             "--ls-url",

@@ -23,7 +23,12 @@ from ntkal.labelstudio.server import MAX_BODY_BYTES, create_app
 @pytest.fixture
 def backend(tmp_path, fake_ls):
     b = Backend.from_project(
-        fake_ls, fake_ls.project_id, str(tmp_path / "s.sqlite"), warmup=1000, epochs=2
+        fake_ls,
+        fake_ls.project_id,
+        str(tmp_path / "s.sqlite"),
+        warmup=1000,
+        epochs=2,
+        strategy="vr",
     )
     assert b.wait_scored(60)
     yield b

@@ -144,3 +144,25 @@ def test_auto_is_registered_greedy_and_reports_its_reliability():
     result = strategy.query(ctx, 3)
     assert 0.0 <= result.info["reliability"] <= 1.0
     assert result.info["loo_accuracy"] == pytest.approx(strategy.loo_accuracy)
+
+
+@pytest.mark.parametrize("n_labelled", [0, 1])
+def test_auto_with_fewer_than_two_labels_is_plain_greedy_variance_reduction(n_labelled):
+    from torch import nn
+
+    from ntkal.strategies import QueryContext
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(3)
+    ctx = QueryContext(
+        model=model,
+        x_candidates=torch.randn(15, 4, generator=g),
+        x_labelled=torch.randn(n_labelled, 4, generator=g),
+        y_labelled=torch.arange(n_labelled) % 3,
+        num_classes=3,
+    )
+    result = get_strategy("auto").query(ctx, 3)
+    assert result.info["reliability"] == 0.0
+    vr = get_strategy("vr", selection="greedy").query(ctx, 3)
+    np.testing.assert_array_equal(result.indices, vr.indices)

@@ -531,6 +531,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_images(path: Path, classes, image_size, normalise, test_fraction, seed) -> FileSource:
+    """An image folder as a source: class subfolders (or a flat unlabelled pool), each file read,
+    resized and checked in one pass so that every error names the image it comes from."""
     from PIL import Image, UnidentifiedImageError
 
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -116,6 +116,7 @@ class LabellingSession:
         source: Any = None,
         speculate: bool = True,
     ) -> None:
+        """Check every argument here (each error names it), so a bad call fails before any work."""
         from ntkal.arguments import as_float, as_int
 
         subset = as_int(subset, "subset", minimum=1)

@@ -92,6 +92,7 @@ class ActiveLearner:
         device: str | torch.device = "cpu",
         progress: bool = False,
     ) -> None:
+        """Check every argument here (each error names it), so a bad call fails before any work."""
         self.num_classes = as_int(num_classes, "num_classes", minimum=2)
         self.mode = as_choice(mode, "mode", MODES)
         self.subset = as_optional_int(subset, "subset", minimum=1)

@@ -108,6 +108,9 @@ class Auto(LookaheadStrategy):
         from ntkal.strategies.forward_passes import evaluating
 
         la = super().lookahead(context)
+        if int(context.x_labelled.shape[0]) < 2:  # no leave-one-out without two labels
+            self.reliability, self.loo_accuracy = 0.0, 0.0
+            return la
         kind = self.kernel if self.kernel in ("pseudo", "trace", "last_layer") else "pseudo"
         with evaluating(context.model, context.device) as model:
             theta, f_l, _ = empirical_ntk(model, context.x_labelled, kind=kind, return_outputs=True)
