@@ -127,7 +127,7 @@ def run_case(pool: int, warm: int, steps: int, width: int, seed: int, folder: Pa
     finally:
         server.should_exit = True
         thread.join(30)
-    session.store.close()
+    session.close()
 
     def med(key, which=None):
         values = [r[key] for r in rows if which is None or r.get("speculated") == which]

@@ -102,3 +102,15 @@ def test_a_reset_voids_the_twin(digits, tmp_path):
             "index"
         ]
     )
+
+
+def test_close_waits_for_the_speculation_then_closes_the_store(digits, tmp_path):
+    s = _trained_session(digits, tmp_path, "c", True, "vr")
+    item = s.next_item("a")
+    s.add_label(item["index"], item["prediction"]["label"], "a")  # starts a speculation
+    spec = s.picks.speculator
+    assert spec is not None
+    assert s.close(timeout=120) is True
+    assert not spec.busy  # no torch work left in a thread when the process exits
+    with pytest.raises(Exception, match="closed"):
+        len(s.store)

@@ -403,6 +403,16 @@ class LabellingSession:
         """Block until a running retrain has finished; True if none is running now."""
         return self._retrainer.wait(timeout)
 
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Let the background work (speculation, retrain) finish, then close the store; True if
+        nothing was still running. A server calls it on shutdown, so the process never exits
+        with torch work in a thread (which aborts it)."""
+        spec = self.picks.speculator
+        idle = spec.wait(timeout) if spec is not None else True
+        idle = self.wait_for_retrain(timeout) and idle
+        self.store.close()
+        return idle
+
     def _adopt(
         self, model: nn.Module, idx: np.ndarray, lab: np.ndarray, status: RetrainStatus
     ) -> None:

@@ -311,10 +311,13 @@ def serve(
     import uvicorn
 
     check_bind(host, allow_remote, token)
-    uvicorn.run(
-        create_app(session, token=token, host=host, allow_remote=allow_remote),
-        host=host,
-        port=int(port),
-        log_level=log_level,
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            create_app(session, token=token, host=host, allow_remote=allow_remote),
+            host=host,
+            port=int(port),
+            log_level=log_level,
+            access_log=False,
+        )
+    finally:
+        session.close()

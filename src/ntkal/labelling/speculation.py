@@ -59,6 +59,14 @@ class Speculator:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the running speculation (if any) ends; True if none runs now. Called
+        before the process exits: torch work in a thread cut off at shutdown aborts it."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.busy
+
     # ------------------------------------------------------------------ the learner's side
     def queried(self, learner: Any, same_lineage: bool = False) -> None:
         """After the learner's ``query``: note when its sequential session (re)started
