@@ -74,6 +74,7 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     assert spec.hits + spec.misses <= len(got)
     assert fast.stats()["speculation"] == {
         "hits": spec.hits,
+        "relabelled": spec.relabelled,
         "misses": spec.misses,
         "disabled": None,
     }
@@ -81,6 +82,40 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
     lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
     assert lab_plain == lab_fast  # the learner taking over holds every label
+
+
+@pytest.mark.parametrize("strategy", ["vr", "auto"])
+def test_a_wrong_guess_is_relabelled_when_picks_ignore_labels(digits, tmp_path, strategy):
+    """Every label differs from the prediction the twin was taught: for variance-type strategies
+    the twin is relabelled in closed form and takes over anyway (each next pick ready), and the
+    picks and stored labels equal those of a session without speculation."""
+
+    def wrong(step, item):
+        return (item["prediction"]["label"] + 1 + step % 3) % 10
+
+    plain = _trained_session(digits, tmp_path, "plain", False, strategy, 300)
+    fast = _trained_session(digits, tmp_path, "fast", True, strategy, 300)
+    expected, _ = _run(plain, wrong, steps=8)
+    got, on = _run(fast, wrong, steps=8)
+    assert got == expected
+    spec = fast.picks.speculator
+    assert spec.misses == 0 and spec.hits == spec.relabelled == sum(on) >= 6
+    lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
+    lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
+    assert lab_plain == lab_fast
+    torch.testing.assert_close(
+        fast.learner.session.lookahead.base_predictions(),
+        plain.learner.session.lookahead.base_predictions(),
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_a_wrong_guess_drops_the_twin_when_picks_read_labels(digits, tmp_path):
+    s = _trained_session(digits, tmp_path, "m", True, "mlmoc", 300)
+    _run(s, lambda step, item: (item["prediction"]["label"] + 1) % 10, steps=4)
+    spec = s.picks.speculator
+    assert spec.relabelled == 0 and spec.hits == 0 and spec.misses >= 3
 
 
 def test_a_reset_voids_the_twin(digits, tmp_path):

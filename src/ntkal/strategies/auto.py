@@ -97,6 +97,8 @@ class Auto(LookaheadStrategy):
     """
 
     name = "auto"
+    #: Σ and the trained network's outputs only: proposals do not depend on the labels.
+    proposals_use_labels = False
 
     def __init__(self, selection: str = "greedy", **settings: Any) -> None:
         super().__init__(selection=selection, **settings)

@@ -139,6 +139,12 @@ class LookaheadStrategy(Strategy):
         reference predictions, or the softmax of the reference outputs (the expected target).
     """
 
+    #: Whether a criterion's scores read the labels (through f̄ or pseudo-labels); variance-type
+    #: criteria whose scores depend on Σ and the trained network alone set it False, so a
+    #: sequential proposal does not depend on the labels observed (see
+    #: :attr:`ntkal.strategies.base.SequentialSession.proposals_use_labels`).
+    proposals_use_labels: bool = True
+
     def __init__(
         self,
         *,
@@ -309,6 +315,18 @@ class LookaheadSession(SequentialSession):
         self.lookahead.condition(position, label)
         self._chosen[position] = True
         self._step += 1
+
+    @property
+    def proposals_use_labels(self) -> bool:  # type: ignore[override]
+        return self.strategy.proposals_use_labels
+
+    def relabel_last(self, position: int, label: int) -> None:
+        """The last observed candidate gets ``label`` instead (closed form, ``O(m k)``:
+        :meth:`ntkal.lookahead.Lookahead.relabel_last`)."""
+        label = int(label)
+        if not 0 <= label < self.lookahead.num_classes:
+            raise ValueError(f"label must lie in [0, {self.lookahead.num_classes}), got {label}")
+        self.lookahead.relabel_last(int(position), label)
 
 
 # ----------------------------------------------------------------------------- MLMOC by the eNTK

@@ -64,6 +64,8 @@ class VarianceReduction(LookaheadStrategy):
     """
 
     name = "vr"
+    #: Σ and the trained network's outputs only: proposals do not depend on the labels.
+    proposals_use_labels = False
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
