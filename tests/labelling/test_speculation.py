@@ -42,9 +42,14 @@ def _trained_session(digits, tmp_path, name, speculate, strategy, subset=1000):
 
 
 def _run(session, labels_for, steps=10):
+    """``steps`` labels from an annotator who looks long enough for the speculation to end (its
+    result is then deterministic; a label that comes earlier is tested on its own)."""
     picks, flags = [], []
     item = session.next_item("a")
+    spec = session.picks.speculator
     for step in range(steps):
+        if spec is not None:
+            assert spec.wait(120)
         picks.append(item["index"])
         res = session.add_label(item["index"], labels_for(step, item), "a")
         flags.append(res["latency"]["speculated"])
@@ -149,3 +154,39 @@ def test_close_waits_for_the_speculation_then_closes_the_store(digits, tmp_path)
     assert not spec.busy  # no torch work left in a thread when the process exits
     with pytest.raises(Exception, match="closed"):
         len(s.store)
+
+
+def test_a_label_does_not_wait_for_a_twin_still_being_built(digits, tmp_path):
+    """The first twin after a retrain is built from scratch (seconds on a large pool): a label
+    arriving meanwhile is conditioned the ordinary way at once, the build goes on, and the
+    twin it gives catches up and speculates from then on, with the picks of a plain session."""
+    import threading
+
+    truth = digits.y_train.numpy()
+    fast = _trained_session(digits, tmp_path, "slow", True, "vr", 300)
+    plain = _trained_session(digits, tmp_path, "plain", False, "vr", 300)
+    release = threading.Event()
+    build = fast.picks.speculator._build
+
+    def slow_build(*args):
+        release.wait(60)
+        return build(*args)
+
+    fast.picks.speculator._build = slow_build
+    item, ref = fast.next_item("a"), plain.next_item("a")
+    assert item["index"] == ref["index"]
+    res = fast.add_label(item["index"], int(truth[item["index"]]), "a")
+    ref = plain.add_label(ref["index"], int(truth[ref["index"]]), "a")
+    assert not release.is_set(), "the label waited for the build"
+    assert res["latency"]["speculated"] is False and res["next"]["index"] == ref["next"]["index"]
+    release.set()
+    spec = fast.picks.speculator
+    assert spec.wait(120)
+    assert spec._twin is not None  # kept, one label behind
+
+    def labels(step, item):
+        return int(truth[item["index"]])
+
+    picks_fast, on = _run(fast, labels, steps=5)
+    picks_plain, _ = _run(plain, labels, steps=5)
+    assert picks_fast == picks_plain and sum(on) >= 3

@@ -50,10 +50,16 @@ class Speculator:
         self.disabled: str | None = None  # why speculation stopped for good, if it did
         self._generation = 0
         self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()  # the twin's hand-over between the thread and the caller
+        self._building = False  # the thread is building a twin from scratch
         self.reset()
 
     def reset(self) -> None:
         """A new learner (retrain, undo, relabel, import): the twin and its work are void."""
+        with self._mutex:
+            self._reset()
+
+    def _reset(self) -> None:
         self._generation += 1
         self._base: tuple | None = None  # (session, idx, lab, num_queries) at session start
         self._twin: Any = None
@@ -125,8 +131,12 @@ class Speculator:
         try:
             if twin is None:
                 _, idx, lab, num_queries = base
-                twin = self._build(idx, lab, num_queries)
-                twin.query(1)  # the session starts as the learner's did
+                self._building = True
+                try:
+                    twin = self._build(idx, lab, num_queries)
+                    twin.query(1)  # the session starts as the learner's did
+                finally:
+                    self._building = False
                 twin_count = 0
                 engines = [
                     type(getattr(x, "lookahead", None)).__name__ for x in (base[0], twin.session)
@@ -137,6 +147,12 @@ class Speculator:
                         f"{engines[0]}: picks could differ, so no speculation"
                     )
                     return
+                with self._mutex:  # built: keep it even if this speculation was given up
+                    if generation != self._generation:
+                        return
+                    self._twin, self._twin_count = twin, 0
+                    if self._current is not current:
+                        return
             for i, y in log[twin_count:count]:
                 twin.teach([i], [y])
             session = twin.session
@@ -149,8 +165,11 @@ class Speculator:
                 and twin.session is session
                 and not getattr(session, "proposals_use_labels", True)
             )
-            if generation == self._generation:
-                self._twin, self._result = twin, (count, index, label, pick, label_free)
+            with self._mutex:
+                if generation == self._generation and self._current is current:
+                    self._twin, self._result = twin, (count, index, label, pick, label_free)
+                elif generation == self._generation:
+                    self._twin = None  # taught a label that did not happen
         except Exception:  # noqa: BLE001 - speculation is an optimisation: fall back, say why
             traceback.print_exc()
             if generation == self._generation:
@@ -167,6 +186,11 @@ class Speculator:
         if self._current[:2] != wanted[:2]:  # another item, or the log moved on
             self._void()
             return None
+        with self._mutex:
+            if self._building:  # a twin built from scratch takes seconds: do not wait for it,
+                self._current = None  # but keep it for the next rounds (it catches up)
+                self.misses += 1
+                return None
         self._thread.join()  # it is ahead of us: wait for the rest
         result = self._result
         if result is None or result[:2] != wanted[:2]:
@@ -190,6 +214,7 @@ class Speculator:
         return twin, pick
 
     def _void(self) -> None:
-        self.misses += 1
-        self._generation += 1  # a running thread's result is dropped
-        self._twin, self._result, self._current = None, None, None
+        with self._mutex:
+            self.misses += 1
+            self._generation += 1  # a running thread's result is dropped
+            self._twin, self._result, self._current = None, None, None
