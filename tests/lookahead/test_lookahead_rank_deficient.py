@@ -214,7 +214,5 @@ def test_relabel_last_in_the_span_is_least_squares(engine):
     la.cache_covariance()
     la.condition(3, 1)
     la.relabel_last(3, 2)
-    want = _least_squares(
-        model, torch.cat([xl, xc[3:4]]), torch.cat([_onehot(yl), _onehot(2)]), xc
-    )
+    want = _least_squares(model, torch.cat([xl, xc[3:4]]), torch.cat([_onehot(yl), _onehot(2)]), xc)
     torch.testing.assert_close(la.base_predictions(), want, rtol=1e-7, atol=1e-9)

@@ -121,11 +121,17 @@ class LabelledSpan:
     _gram_chol: torch.Tensor | None
     _w_eval: torch.Tensor | None
     _f_bar: torch.Tensor
+    conditioned: list[int]
 
     if TYPE_CHECKING:
 
         @property
         def num_eval(self) -> int: ...
+
+        @property
+        def num_candidates(self) -> int: ...
+
+        def _single_target(self, j: int, y) -> tuple[int, torch.Tensor]: ...
 
         def _coords_eval(self) -> torch.Tensor: ...
 
@@ -269,9 +275,15 @@ class LabelledSpan:
             vind = maps.evecs[0][:, keep]  # (p, k_i)
             root = maps.evals[0][keep].sqrt()
         dep = bool(maps.dependent[0])
-        return _Step(alpha, beta if dep else None, vind, root, w_j, maps.a[0:1] if
-                     not self.full_kernel else maps.a[0], maps.b[0:1] if not self.full_kernel
-                     else maps.b[0])
+        return _Step(
+            alpha,
+            beta if dep else None,
+            vind,
+            root,
+            w_j,
+            maps.a[0:1] if not self.full_kernel else maps.a[0],
+            maps.b[0:1] if not self.full_kernel else maps.b[0],
+        )
 
     def _remember_condition(
         self,
