@@ -428,11 +428,11 @@ def serve_backend(
 
         from ntkal.arguments import as_choice, as_int
         from ntkal.labelling.server import check_bind
-        from ntkal.labelstudio.backend import DEFAULT_STRATEGY, LOOKAHEAD_STRATEGIES, Backend
+        from ntkal.labelstudio.backend import DEFAULT_STRATEGY, Backend, lookahead_strategies
         from ntkal.labelstudio.client import LabelStudioClient
 
         check_bind(host, allow_remote, token)
-        strategy = as_choice(strategy or DEFAULT_STRATEGY, "--strategy", LOOKAHEAD_STRATEGIES)
+        strategy = as_choice(strategy or DEFAULT_STRATEGY, "--strategy", lookahead_strategies())
         try:
             import fastapi  # noqa: F401
             import uvicorn  # noqa: F401

@@ -282,3 +282,109 @@ def test_photos_at_their_own_resolution_and_filenames_exported(tmp_path, label_s
         raise
     finally:
         driver.quit()
+
+
+def _lookahead_pick(data, weights, labelled, labels, strategy):
+    """The first pick of a new sequential session on ``labelled`` / ``labels``, computed here
+    from the server's saved weights (the whole pool scored and E = every candidate, so the
+    server's seeds do not enter)."""
+    import numpy as np
+    import torch
+
+    from ntkal.labelling import default_train_config
+    from ntkal.learner import ActiveLearner
+    from ntkal.models import build_model
+    from ntkal.strategies import get_strategy
+
+    model = build_model("mlp", data.in_shape, data.num_classes, width=16)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["model_state"])
+    learner = ActiveLearner(
+        model,
+        get_strategy(strategy),
+        data.x_train,
+        labelled=np.asarray(labelled),
+        labels=np.asarray(labels),
+        num_classes=data.num_classes,
+        train_config=default_train_config(1),
+        mode="sequential",
+        subset=data.num_train,
+        seed=0,
+    )
+    return int(learner.query(1)[0])
+
+
+def test_relabel_from_the_history_changes_the_next_pick(tmp_path, label_server):
+    """After the first retrain, changing an earlier label in the history panel stores it and the
+    page shows the look-ahead pick of the corrected labels (computed here independently from the
+    saved weights), which differs from the pick of the labels as they were."""
+    from pathlib import Path
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    store = tmp_path / "labels.sqlite"
+    data = load_dataset("digits", train_size=150, seed=0)
+    truth = data.y_train.numpy()
+    server = label_server(
+        [
+            "digits",
+            "--store",
+            str(store),
+            "--train-size",
+            "150",
+            "--width",
+            "16",
+            "--subset",
+            "1000",
+            "--warmup",
+            "8",
+            "--epochs",
+            "1",
+            "--strategy",
+            "mlmoc",
+        ]
+    )
+    driver = _driver(tempfile.mkdtemp(prefix="ntkal-chromium-", dir=tmp_path))
+    try:
+        wait, body = _ready(driver, server)
+        for _ in range(8):
+            index = int(wait.until(lambda d: body.get_attribute("data-index")))
+            body.send_keys(str(int(truth[index])))
+            wait.until(
+                lambda d, index=index: body.get_attribute("data-index") not in ("", str(index))
+            )
+        WebDriverWait(driver, 120).until(
+            lambda d: server.get("/api/stats")["retrain"]["state"] == "done"
+        )
+        weights = Path(str(store) + ".weights.pt")
+        assert weights.is_file()
+        with LabelStore(store) as s:
+            idx, lab = s.labelled()
+        before = _lookahead_pick(data, weights, idx, lab, "mlmoc")
+        change = None
+        for pos in range(len(idx)):  # a correction that moves the pick (most do)
+            for new in ((lab[pos] + 1) % 10, (lab[pos] + 5) % 10):
+                lab2 = lab.copy()
+                lab2[pos] = new
+                after = _lookahead_pick(data, weights, idx, lab2, "mlmoc")
+                if after != before:
+                    change = (int(idx[pos]), int(new), after)
+                    break
+            if change is not None:
+                break
+        assert change is not None, "no single correction moves the pick"
+        target, new, after = change
+        _idle(wait)
+        select = wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, f'#history select[data-index="{target}"]')
+        )[0]
+        Select(select).select_by_value(str(new))
+        wait.until(lambda d: LabelStore(store).label_of(target) == new)
+        wait.until(lambda d: body.get_attribute("data-index") == str(after))
+        assert "look-ahead" in driver.find_element(By.ID, "item-source").text
+    except Exception:
+        driver.save_screenshot(str(tmp_path / "failure.png"))
+        print("server log:", server.log.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        driver.quit()

@@ -42,9 +42,14 @@ def _trained_session(digits, tmp_path, name, speculate, strategy, subset=1000):
 
 
 def _run(session, labels_for, steps=10):
+    """``steps`` labels from an annotator who looks long enough for the speculation to end (its
+    result is then deterministic; a label that comes earlier is tested on its own)."""
     picks, flags = [], []
     item = session.next_item("a")
+    spec = session.picks.speculator
     for step in range(steps):
+        if spec is not None:
+            assert spec.wait(120)
         picks.append(item["index"])
         res = session.add_label(item["index"], labels_for(step, item), "a")
         flags.append(res["latency"]["speculated"])
@@ -74,6 +79,7 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     assert spec.hits + spec.misses <= len(got)
     assert fast.stats()["speculation"] == {
         "hits": spec.hits,
+        "relabelled": spec.relabelled,
         "misses": spec.misses,
         "disabled": None,
     }
@@ -81,6 +87,40 @@ def test_picks_with_speculation_equal_picks_without(digits, tmp_path, strategy, 
     lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
     lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
     assert lab_plain == lab_fast  # the learner taking over holds every label
+
+
+@pytest.mark.parametrize("strategy", ["vr", "auto"])
+def test_a_wrong_guess_is_relabelled_when_picks_ignore_labels(digits, tmp_path, strategy):
+    """Every label differs from the prediction the twin was taught: for variance-type strategies
+    the twin is relabelled in closed form and takes over anyway (each next pick ready), and the
+    picks and stored labels equal those of a session without speculation."""
+
+    def wrong(step, item):
+        return (item["prediction"]["label"] + 1 + step % 3) % 10
+
+    plain = _trained_session(digits, tmp_path, "plain", False, strategy, 300)
+    fast = _trained_session(digits, tmp_path, "fast", True, strategy, 300)
+    expected, _ = _run(plain, wrong, steps=8)
+    got, on = _run(fast, wrong, steps=8)
+    assert got == expected
+    spec = fast.picks.speculator
+    assert spec.misses == 0 and spec.hits == spec.relabelled == sum(on) >= 6
+    lab_plain = dict(zip(plain.learner.labelled_indices.tolist(), plain.learner.labels.tolist()))
+    lab_fast = dict(zip(fast.learner.labelled_indices.tolist(), fast.learner.labels.tolist()))
+    assert lab_plain == lab_fast
+    torch.testing.assert_close(
+        fast.learner.session.lookahead.base_predictions(),
+        plain.learner.session.lookahead.base_predictions(),
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_a_wrong_guess_drops_the_twin_when_picks_read_labels(digits, tmp_path):
+    s = _trained_session(digits, tmp_path, "m", True, "mlmoc", 300)
+    _run(s, lambda step, item: (item["prediction"]["label"] + 1) % 10, steps=4)
+    spec = s.picks.speculator
+    assert spec.relabelled == 0 and spec.hits == 0 and spec.misses >= 3
 
 
 def test_a_reset_voids_the_twin(digits, tmp_path):
@@ -114,3 +154,39 @@ def test_close_waits_for_the_speculation_then_closes_the_store(digits, tmp_path)
     assert not spec.busy  # no torch work left in a thread when the process exits
     with pytest.raises(Exception, match="closed"):
         len(s.store)
+
+
+def test_a_label_does_not_wait_for_a_twin_still_being_built(digits, tmp_path):
+    """The first twin after a retrain is built from scratch (seconds on a large pool): a label
+    arriving meanwhile is conditioned the ordinary way at once, the build goes on, and the
+    twin it gives catches up and speculates from then on, with the picks of a plain session."""
+    import threading
+
+    truth = digits.y_train.numpy()
+    fast = _trained_session(digits, tmp_path, "slow", True, "vr", 300)
+    plain = _trained_session(digits, tmp_path, "plain", False, "vr", 300)
+    release = threading.Event()
+    build = fast.picks.speculator._build
+
+    def slow_build(*args):
+        release.wait(60)
+        return build(*args)
+
+    fast.picks.speculator._build = slow_build
+    item, ref = fast.next_item("a"), plain.next_item("a")
+    assert item["index"] == ref["index"]
+    res = fast.add_label(item["index"], int(truth[item["index"]]), "a")
+    ref = plain.add_label(ref["index"], int(truth[ref["index"]]), "a")
+    assert not release.is_set(), "the label waited for the build"
+    assert res["latency"]["speculated"] is False and res["next"]["index"] == ref["next"]["index"]
+    release.set()
+    spec = fast.picks.speculator
+    assert spec.wait(120)
+    assert spec._twin is not None  # kept, one label behind
+
+    def labels(step, item):
+        return int(truth[item["index"]])
+
+    picks_fast, on = _run(fast, labels, steps=5)
+    picks_plain, _ = _run(plain, labels, steps=5)
+    assert picks_fast == picks_plain and sum(on) >= 3

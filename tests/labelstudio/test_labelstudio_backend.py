@@ -241,6 +241,16 @@ def test_make_session_refuses_strategies_without_a_lookahead(fake_ls):
 
 
 # ----------------------------------------------------------------------------- the pool
+def test_lookahead_strategies_are_read_from_the_registry():
+    """Every registered look-ahead criterion, and nothing else (a strategy registered later
+    joins without a list to keep by hand)."""
+    from ntkal.labelstudio.backend import lookahead_strategies
+
+    names = lookahead_strategies()
+    assert {"auto", "vr", "mlmoc", "emoc", "eer", "ntk_epig", "ntk_bald"} <= set(names)
+    assert not {"random", "margin", "coreset", "badge"} & set(names)
+
+
 def test_image_pool_in_task_id_order(fake_ls):
     cfg = parse_label_config(fake_ls.config)
     shuffled = list(reversed(fake_ls.tasks))

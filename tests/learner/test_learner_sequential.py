@@ -178,3 +178,20 @@ def test_a_rebuilt_session_proposes_what_the_continuing_one_does():
             nxt.append(int(learner.query(1)[0]))
         agree += int(nxt[0] == nxt[1])
     assert agree == 4
+
+
+def test_relabel_last_corrects_the_label_and_ends_a_session_that_cannot():
+    """relabel_last changes the stored label of the point taught last; a session without a
+    closed-form relabel (the test double) ends, and the next query starts one on the new label."""
+    strategy = Sequential()
+    learner = make_learner(strategy, mode="sequential", subset=5, labelled=np.arange(70))
+    _, y = blobs()
+    idx = learner.query(1)
+    learner.teach(idx, y[idx])
+    other = (int(y[idx[0]]) + 1) % learner.num_classes
+    with pytest.raises(ValueError, match="taught last"):
+        learner.relabel_last(0, other)
+    learner.relabel_last(int(idx[0]), other)
+    assert int(learner.labels[-1]) == other and learner.session is None
+    learner.query(1)
+    assert len(strategy.sessions) == 2

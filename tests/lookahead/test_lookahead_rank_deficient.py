@@ -200,3 +200,19 @@ def test_candidate_with_zero_prior_variance_scores_finite(name):
     torch.testing.assert_close(la.retrained_predictions(2, 1), la.base_predictions())
     primary, secondary = get_strategy(name).score_candidates(la)
     assert np.isfinite(primary).all() and np.isfinite(secondary).all()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_relabel_last_in_the_span_is_least_squares(engine):
+    """A candidate in L's span (the leverage step G β): relabelling it after conditioning gives
+    the least-squares fit with the new label."""
+    model = _net(4)
+    xl, yl, xc = _data(12, 15)
+    la = Lookahead.fit(
+        model, xl, yl, xc, kernel="last_layer", engine=engine, eval_size="all", max_memory=10**8
+    )
+    la.cache_covariance()
+    la.condition(3, 1)
+    la.relabel_last(3, 2)
+    want = _least_squares(model, torch.cat([xl, xc[3:4]]), torch.cat([_onehot(yl), _onehot(2)]), xc)
+    torch.testing.assert_close(la.base_predictions(), want, rtol=1e-7, atol=1e-9)

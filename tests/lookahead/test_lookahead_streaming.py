@@ -331,3 +331,32 @@ def test_one_interface_one_row_convention(kernel):
         @ block.pivot_evecs.transpose(1, 2)
     )
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["pseudo", "full"])
+@pytest.mark.parametrize("max_memory", [16_000, 10**8], ids=["nothing-cached", "all-cached"])
+@pytest.mark.parametrize("engine", ["dense", "streaming"])
+def test_relabel_last_equals_conditioning_on_the_new_label(kernel, max_memory, engine):
+    """Conditioning on (j, a) then relabelling j to b equals conditioning on (j, b): f̄ and every
+    block (Σ does not depend on labels), and a later step continues from the same state."""
+    model, xl, yl, xs = _setup()
+    kw = dict(kernel=kernel, eval_size=20, eval_seed=3, engine=engine, max_memory=max_memory)
+    direct, relabelled = (Lookahead.fit(model, xl, yl, xs, **kw) for _ in range(2))
+    for la in (direct, relabelled):
+        la.cache_covariance()
+        la.condition(5, 1)
+    direct.condition(30, 2)
+    relabelled.condition(30, 0)
+    relabelled.relabel_last(30, 2)
+    torch.testing.assert_close(
+        relabelled.base_predictions(), direct.base_predictions(), rtol=0, atol=1e-10
+    )
+    live = np.setdiff1d(np.arange(48), direct.conditioned)
+    _assert_blocks_equal(direct, relabelled, positions=live, block_size=11)
+    for la in (direct, relabelled):
+        la.condition(11, 0)
+    torch.testing.assert_close(
+        relabelled.base_predictions(), direct.base_predictions(), rtol=0, atol=1e-10
+    )
+    with pytest.raises(ValueError, match="conditioned on last"):
+        relabelled.relabel_last(30, 1)  # not the last one any more

@@ -436,7 +436,7 @@ def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: 
         if lay.use_w:
             gram = a1 @ a2.T
             if lay.use_b:
-                gram = gram + 1.0
+                gram.add_(1.0)  # in place: a fresh (b1, b2) temporary costs its page faults
         else:  # pragma: no cover - bias-only layers go to the gradient group
             gram = torch.ones(b1, b2, dtype=a1.dtype, device=a1.device)
         if kind == "full":

@@ -159,5 +159,10 @@ def dashboard(session: Any) -> dict:
         "skipped": len(session.leases.skipped),
         "speculation": None
         if spec is None
-        else {"hits": spec.hits, "misses": spec.misses, "disabled": spec.disabled},
+        else {
+            "hits": spec.hits,
+            "relabelled": spec.relabelled,
+            "misses": spec.misses,
+            "disabled": spec.disabled,
+        },
     }

@@ -46,16 +46,29 @@ from ntkal.labelstudio.protocol import (
 __all__ = [
     "Backend",
     "DEFAULT_STRATEGY",
-    "LOOKAHEAD_STRATEGIES",
+    "lookahead_strategies",
     "make_session",
     "lookahead_scores",
     "annotator_tag",
     "annotation_of",
 ]
 
-#: Strategies with a sequential look-ahead session whose per-candidate scores can be written (the
-#: default is the labelling page's :data:`~ntkal.labelling.picks.DEFAULT_STRATEGY`, ``auto``).
-LOOKAHEAD_STRATEGIES = ("auto", "vr", "mlmoc", "emoc", "eer", "ntk_epig", "ntk_bald")
+
+def lookahead_strategies() -> tuple[str, ...]:
+    """Registered strategies of the look-ahead family
+    (:class:`~ntkal.strategies.lookahead.LookaheadStrategy`: a sequential session and
+    per-candidate scores the backend can write), read from the registry; the default is the
+    labelling page's :data:`~ntkal.labelling.picks.DEFAULT_STRATEGY`, ``auto``."""
+    from ntkal.strategies import available_strategies
+    from ntkal.strategies.lookahead import LookaheadStrategy
+    from ntkal.strategies.registry import strategy_class
+
+    return tuple(
+        name
+        for name in available_strategies()
+        if issubclass(strategy_class(name), LookaheadStrategy)
+    )
+
 
 _TAG = "labelstudio"
 
@@ -76,13 +89,13 @@ def annotation_of(annotator: str | None) -> int | None:
 
 def make_session(dataset, store, model, *, strategy: str = DEFAULT_STRATEGY, **kwargs):
     """A :class:`~ntkal.labelling.LabellingSession` whose sequential learner uses ``strategy``
-    (one of :data:`LOOKAHEAD_STRATEGIES`: the backend writes its per-candidate scores)."""
+    (one of :func:`lookahead_strategies`: the backend writes its per-candidate scores)."""
     from ntkal.labelling.engine import LabellingSession
 
-    if strategy not in LOOKAHEAD_STRATEGIES:
+    names = lookahead_strategies()
+    if strategy not in names:
         raise ValueError(
-            f"--strategy must be a look-ahead strategy ({', '.join(LOOKAHEAD_STRATEGIES)})"
-            f", got {strategy!r}"
+            f"--strategy must be a look-ahead strategy ({', '.join(names)}), got {strategy!r}"
         )
     return LabellingSession(dataset, store, model, strategy=strategy, **kwargs)
 

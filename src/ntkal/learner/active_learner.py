@@ -281,6 +281,26 @@ class ActiveLearner:
         self._record(idx, lab)
         self._sequential.taught(idx, lab)
 
+    def relabel_last(self, index: Any, label: Any) -> None:
+        """Change the label of the point taught last (e.g. a guessed label turned out wrong).
+
+        A sequential session that can do so updates its linearised network in closed form
+        (:meth:`ntkal.strategies.base.SequentialSession.relabel_last`); otherwise it ends and the
+        next query starts a new one over the corrected labels.
+
+        Raises
+        ------
+        ValueError
+            If ``index`` is not the point taught last, or ``label`` is out of range.
+        """
+        idx = _as_index_array([index])
+        lab = self._as_labels([label], 1)
+        order = self.labelled_indices
+        if order.size == 0 or int(order[-1]) != int(idx[0]):
+            raise ValueError(f"pool index {int(idx[0])} is not the point taught last")
+        self._labels[idx] = lab
+        self._sequential.relabelled(int(idx[0]), int(lab[0]))
+
     # ------------------------------------------------------------------ train / predict
     def _fit_config(self) -> Any:
         cfg = self.train_config

@@ -161,3 +161,17 @@ class SequentialQueries:
                 self.end()
                 return
             self.session.observe(position, label)
+
+    def relabelled(self, index: int, label: int) -> None:
+        """The point taught last, pool ``index``, has ``label`` instead: the session relabels it
+        in closed form if it can, else it ends."""
+        if self.session is None:
+            return
+        position = self.position(index)
+        if position is None:
+            self.end()
+            return
+        try:
+            self.session.relabel_last(position, label)
+        except (NotImplementedError, ValueError):
+            self.end()

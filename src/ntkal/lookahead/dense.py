@@ -302,8 +302,15 @@ class DenseLookahead(Lookahead):
             jb = js[start : start + step]
             span = contiguous_span(jb)
             if not self.full_kernel:
-                rows = self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
-                cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
+                if span is not None and not self._eval_all:
+                    # Σ[E, J] as whole-row segments Σ[i, J] (memcpy speed; a column gather
+                    # Σ[J, :][:, E] would touch each row e times), read as (b, e).
+                    cov = self._sigma[:, span].index_select(0, self.eval_positions).T
+                else:
+                    rows = (
+                        self._sigma[span] if span is not None else self._sigma.index_select(0, jb)
+                    )
+                    cov = rows if self._eval_all else rows.index_select(1, self.eval_positions)
             else:
                 rows = self._sigma.view(m, p, m, p).index_select(0, jb)  # (b, d, m, c)
                 cov = self.on_eval(rows.permute(2, 0, 3, 1)).transpose(0, 1)  # (b, e, c, d)
@@ -330,12 +337,14 @@ class DenseLookahead(Lookahead):
         step = self._step(jj, target, v_j)
         cols = self._sigma[:, jj * p : (jj + 1) * p].clone()  # (m p, p)
         self._f_bar.add_((cols @ step.alpha).reshape(m, k))
+        g_cols = None
         if step.beta is not None:
             g_cols = (
                 torch.linalg.solve_triangular(self._span_factor(), self._v, upper=False).T
                 @ step.w_j
             )  # G[:, j]
             self._f_bar.add_((g_cols @ step.beta).reshape(m, k))
+        self._remember_condition(jj, target, step, cols, g_cols)
         t = step.new_rows(cols.T)  # (k_i, m p)
         if t.shape[0]:
             self._sigma.addmm_(t.T, t, alpha=-1.0)

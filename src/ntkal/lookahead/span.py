@@ -121,11 +121,17 @@ class LabelledSpan:
     _gram_chol: torch.Tensor | None
     _w_eval: torch.Tensor | None
     _f_bar: torch.Tensor
+    conditioned: list[int]
 
     if TYPE_CHECKING:
 
         @property
         def num_eval(self) -> int: ...
+
+        @property
+        def num_candidates(self) -> int: ...
+
+        def _single_target(self, j: int, y) -> tuple[int, torch.Tensor]: ...
 
         def _coords_eval(self) -> torch.Tensor: ...
 
@@ -269,7 +275,55 @@ class LabelledSpan:
             vind = maps.evecs[0][:, keep]  # (p, k_i)
             root = maps.evals[0][keep].sqrt()
         dep = bool(maps.dependent[0])
-        return _Step(alpha, beta if dep else None, vind, root, w_j)
+        return _Step(
+            alpha,
+            beta if dep else None,
+            vind,
+            root,
+            w_j,
+            maps.a[0:1] if not self.full_kernel else maps.a[0],
+            maps.b[0:1] if not self.full_kernel else maps.b[0],
+        )
+
+    def _remember_condition(
+        self,
+        jj: int,
+        target: torch.Tensor,
+        step: _Step,
+        cols: torch.Tensor,
+        g_cols: torch.Tensor | None,
+    ) -> None:
+        """Keep what :meth:`relabel_last` needs: the step's maps and Σ[C, j], G[C, j] as they
+        were before the update (``(m p, p)`` each: two columns, not a matrix)."""
+        self._last_condition = _LastCondition(jj, target, step, cols, g_cols)
+
+    def relabel_last(self, j: int, y) -> None:
+        """Change the label of the candidate conditioned on last, in closed form.
+
+        The look-ahead step is linear in the target: ``f̄ ← f̄ + Σ[C, j] A Δ + G[C, j] B Δ`` with
+        ``Δ = y_new − y_old`` and Σ, G as they were when ``j`` was conditioned on. Σ itself does
+        not depend on labels, so afterwards the engine equals one conditioned on ``(j, y_new)``
+        directly (f̄ up to rounding), at ``O(m k)`` cost instead of a conditioning pass.
+
+        Raises
+        ------
+        ValueError
+            If ``j`` is not the candidate conditioned on last.
+        """
+        jj, target = self._single_target(j, y)
+        last: _LastCondition | None = getattr(self, "_last_condition", None)
+        if last is None or not self.conditioned or self.conditioned[-1] != jj or last.jj != jj:
+            raise ValueError(
+                f"candidate {jj} is not the one conditioned on last: only that one can be "
+                "relabelled in closed form"
+            )
+        delta = (target - last.target)[0]
+        d_alpha, d_beta = last.step.steps_for(delta)
+        m, k = self.num_candidates, self.num_classes
+        self._f_bar.add_((last.cols @ d_alpha).reshape(m, k))
+        if d_beta is not None and last.g_cols is not None:
+            self._f_bar.add_((last.g_cols @ d_beta).reshape(m, k))
+        last.target = target
 
     def _grow_span(self, v_j: torch.Tensor, step: _Step) -> torch.Tensor:
         """``M ← blockdiag(M, 0) + φ̃ φ̃ᵀ`` with ``φ̃ = [v_j; diag(root) vindᵀ]`` (the conditioned
@@ -289,6 +343,17 @@ class LabelledSpan:
 
 
 @dataclass
+class _LastCondition:
+    """The last conditioning step, for :meth:`LabelledSpan.relabel_last`."""
+
+    jj: int
+    target: torch.Tensor
+    step: _Step
+    cols: torch.Tensor
+    g_cols: torch.Tensor | None
+
+
+@dataclass
 class _Step:
     """One conditioning step: ``alpha`` / ``beta`` ``(p, k / p)`` (the step along Σ[:, j] and
     G[:, j]; ``beta`` None when no direction is in the span), the independent directions of Σ_jj
@@ -299,6 +364,21 @@ class _Step:
     vind: torch.Tensor
     root: torch.Tensor
     w_j: torch.Tensor | None
+
+    #: The maps ``A``, ``B`` of this candidate (``(1,)`` factors or ``(k, k)`` matrices), so a
+    #: changed target changes the step linearly (:meth:`LabelledSpan.relabel_last`).
+    a: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+
+    def steps_for(self, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(α, β)`` for residual ``resid`` ``(k,)`` under this step's maps."""
+        assert self.a is not None and self.b is not None
+        if self.a.ndim == 1:  # scalar kernels: (1,) factors, steps (1, k)
+            alpha, beta = (self.a * resid)[None, :], (self.b * resid)[None, :]
+        else:
+            alpha = (self.a @ resid).reshape(-1, 1)
+            beta = (self.b @ resid).reshape(-1, 1)
+        return alpha, (beta if self.beta is not None else None)
 
     def new_rows(self, sigma_rows: torch.Tensor) -> torch.Tensor:
         """Coordinates along the new span directions, ``Λ^{-1/2} V_indᵀ Σ[j, X]`` ``(k_i, c)``,

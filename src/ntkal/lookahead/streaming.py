@@ -381,6 +381,8 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             sig_je = sig_je - l_col.T @ self._v_eval
         r_e = step.new_rows(sig_je)  # (k_i, e p)
         r_c = torch.empty(r_e.shape[0], m * p, dtype=_DTYPE, device=self.device)
+        cols = torch.empty(m * p, p, dtype=_DTYPE, device=self.device)  # Σ[C, j], for relabel
+        g_cols = torch.zeros(m * p, p, dtype=_DTYPE, device=self.device) if use_lev else None
         raw = self._raw
         feature_step = max(1, self._feature_rows)
         for s in range(0, m, feature_step):
@@ -402,6 +404,9 @@ class StreamingLookahead(StreamedKernels, Lookahead):
                 if use_lev:  # G[C, j] β
                     g = torch.linalg.solve_triangular(lm, v, upper=False).T @ step.w_j
                     self._f_bar[sl] += (g @ step.beta).reshape(b, self.num_classes)
+                    assert g_cols is not None
+                    g_cols[s * p : sl.stop * p] = g
+            cols[s * p : sl.stop * p] = sig.T
             self._f_bar[sl] += (sig.T @ step.alpha).reshape(b, self.num_classes)
             r = step.new_rows(sig)  # (k_i, b p)
             r_c[:, s * p : sl.stop * p] = r
@@ -418,6 +423,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
                 i = int(hit[0, 0])
                 self._cov_cache[i * p : (i + 1) * p, :] = 0.0
         self._extend_factor(l_col, step, r_e, r_c, fj)
+        self._remember_condition(jj, target, step, cols, g_cols)
         self._conditioned_mask[jj] = True
         self.conditioned.append(jj)
         raw[jj] = 0.0

@@ -97,6 +97,8 @@ class Auto(LookaheadStrategy):
     """
 
     name = "auto"
+    #: Σ and the trained network's outputs only: proposals do not depend on the labels.
+    proposals_use_labels = False
 
     def __init__(self, selection: str = "greedy", **settings: Any) -> None:
         super().__init__(selection=selection, **settings)
@@ -119,13 +121,25 @@ class Auto(LookaheadStrategy):
         )
         return la
 
+    def _weights(self, ref_eval: torch.Tensor) -> torch.Tensor:
+        """:func:`uncertainty_weights` of ``ref_eval``, computed once per scoring pass (every
+        block of a pass gets the same ``ref_eval``; a top-2 over E per block costs as much as
+        the block's own arithmetic in a sequential step)."""
+        key = (ref_eval, ref_eval._version, self.reliability)
+        cached = getattr(self, "_weights_cache", None)
+        if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
+            return cached[1]
+        w = uncertainty_weights(ref_eval, self.reliability)
+        self._weights_cache = (key, w)
+        return w
+
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        w = uncertainty_weights(ref_eval, self.reliability).to(block.cov.device)
+        w = self._weights(ref_eval).to(block.cov.device)
         cov = block.cov.to(_F64)
         if block.pivot_evecs is None:
-            score = (cov**2 * w[None, :]).sum(dim=1) / block.pivot_evals.to(_F64)
+            score = (cov.square() @ w) / block.pivot_evals.to(_F64)
         else:
             proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)  # (b, e, k, k)
             per_point = (proj**2).sum(dim=2) / block.pivot_evals.to(_F64)[:, None, :]

@@ -157,3 +157,14 @@ class SequentialSession(ABC):
     @abstractmethod
     def observe(self, position: int, label: int) -> None:
         """Condition on the true ``label`` of candidate ``position``."""
+
+    #: Whether proposals depend on the labels observed (False: only on which points were
+    #: observed, as for variance reduction; a proposal made under a guessed label then holds for
+    #: the true one, which lets the labelling page compute it before the label comes).
+    proposals_use_labels: bool = True
+
+    def relabel_last(self, position: int, label: int) -> None:
+        """Change the label of the candidate observed last, as if it had been observed with
+        ``label``. Sessions that cannot do so in closed form raise ``NotImplementedError`` (the
+        learner then starts a new session)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot relabel in closed form")

@@ -91,6 +91,26 @@ __all__ = [
 _F64 = torch.float64
 
 
+#: A candidate subset is scored through the contiguous range that covers it when the range holds
+#: at most this many times as many candidates: contiguous blocks of a held Σ are views, while a
+#: scattered subset (the unlabelled ones of a sequential session) costs a gathered copy per block.
+CONTIGUOUS_COVER_SLACK = 1.25
+
+
+def contiguous_cover(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scan, keep)``: the positions to score and where ``positions`` lie in them (``None``: the
+    same). For sorted distinct ``positions`` whose range ``[lo, hi]`` is at most
+    :data:`CONTIGUOUS_COVER_SLACK` times their number, ``scan`` is that whole range."""
+    n = int(positions.size)
+    if n < 2:
+        return positions, None
+    lo, hi = int(positions[0]), int(positions[-1])
+    span = hi - lo + 1
+    if span == n or span > CONTIGUOUS_COVER_SLACK * n or not bool((np.diff(positions) > 0).all()):
+        return positions, None
+    return np.arange(lo, hi + 1, dtype=np.int64), positions - lo
+
+
 # ----------------------------------------------------------------------------- the family's base
 class LookaheadStrategy(Strategy):
     """Base of the look-ahead family: criteria scored on the linearised network.
@@ -118,6 +138,12 @@ class LookaheadStrategy(Strategy):
         The pseudo-target a greedy pick is conditioned on: the one-hot most likely class under the
         reference predictions, or the softmax of the reference outputs (the expected target).
     """
+
+    #: Whether a criterion's scores read the labels (through f̄ or pseudo-labels); variance-type
+    #: criteria whose scores depend on Σ and the trained network alone set it False, so a
+    #: sequential proposal does not depend on the labels observed (see
+    #: :attr:`ntkal.strategies.base.SequentialSession.proposals_use_labels`).
+    proposals_use_labels: bool = True
 
     def __init__(
         self,
@@ -193,17 +219,20 @@ class LookaheadStrategy(Strategy):
         if positions is None:
             positions = np.arange(la.num_candidates)
         positions = np.asarray(positions, dtype=np.int64)
+        scan, keep = contiguous_cover(positions)
         ref_eval, ref_cand = self.references(la, f_bar0)
         ref_eval = ref_eval.to(device=la.device, dtype=_F64)
         ref_cand = ref_cand.to(device=la.device, dtype=_F64)
-        primary = np.zeros(positions.size)
-        secondary = np.zeros(positions.size)
+        primary = np.zeros(scan.size)
+        secondary = np.zeros(scan.size)
         start = 0
-        for block in la.iter_blocks(positions, self._block_size(la)):
+        for block in la.iter_blocks(scan, self._block_size(la)):
             stop = start + block.size
             p, s = self.score_block(block, ref_eval, ref_cand[block.positions])
             primary[start:stop], secondary[start:stop] = p, s
             start = stop
+        if keep is not None:
+            primary, secondary = primary[keep], secondary[keep]
         if not (np.isfinite(primary).all() and np.isfinite(secondary).all()):
             raise FloatingPointError(f"{self.name}: look-ahead scores are not finite")
         return primary, secondary
@@ -286,6 +315,18 @@ class LookaheadSession(SequentialSession):
         self.lookahead.condition(position, label)
         self._chosen[position] = True
         self._step += 1
+
+    @property
+    def proposals_use_labels(self) -> bool:  # type: ignore[override]
+        return self.strategy.proposals_use_labels
+
+    def relabel_last(self, position: int, label: int) -> None:
+        """The last observed candidate gets ``label`` instead (closed form, ``O(m k)``:
+        :meth:`ntkal.lookahead.Lookahead.relabel_last`)."""
+        label = int(label)
+        if not 0 <= label < self.lookahead.num_classes:
+            raise ValueError(f"label must lie in [0, {self.lookahead.num_classes}), got {label}")
+        self.lookahead.relabel_last(int(position), label)
 
 
 # ----------------------------------------------------------------------------- MLMOC by the eNTK

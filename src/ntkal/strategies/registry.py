@@ -8,7 +8,13 @@ from typing import Any, TypeVar
 
 from ntkal.strategies.base import Strategy
 
-__all__ = ["register_strategy", "get_strategy", "available_strategies", "strategy_parameters"]
+__all__ = [
+    "register_strategy",
+    "get_strategy",
+    "available_strategies",
+    "strategy_parameters",
+    "strategy_class",
+]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -136,3 +142,13 @@ def strategy_parameters(name: str) -> tuple[str, ...]:
     if cls is None:
         raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return tuple(_init_parameters(cls)[0])
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered under ``name`` (to ask what kind of strategy it is without building
+    one). Unknown ``name``: ValueError listing the available names."""
+    _ensure_loaded()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return cls

@@ -31,7 +31,7 @@ def variance_reduction(block: LookaheadBlock) -> torch.Tensor:
     """Total reduction of the posterior variance on E from adding each candidate, ``(b,)``."""
     cov = block.cov.to(_F64)
     if block.pivot_evecs is None:
-        return (cov**2).sum(dim=1) / block.pivot_evals.to(_F64)
+        return cov.square().sum(dim=1) / block.pivot_evals.to(_F64)
     # cov[t, i] = Σ[x_i, x_j] (k × k); Σ_jj⁻¹ = V diag(1/λ) Vᵀ, so the trace is
     # Σ_c ‖Σ[x_i, x_j] v_c‖² / λ_c summed over i.
     proj = cov @ block.pivot_evecs.to(_F64).unsqueeze(1)  # (b, e, k, k)
@@ -64,6 +64,8 @@ class VarianceReduction(LookaheadStrategy):
     """
 
     name = "vr"
+    #: Σ and the trained network's outputs only: proposals do not depend on the labels.
+    proposals_use_labels = False
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
