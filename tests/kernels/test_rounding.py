@@ -47,7 +47,9 @@ def test_fp32_kernel_error_within_bound(kind, implementation):
     f1, _ = fz.featurise(x[:40])
     f2, _ = fz.featurise(x[40:])
     k64 = fz.kernel(f1, f2)
-    k32 = fz.kernel(cast_features(f1, torch.float32), cast_features(f2, torch.float32), torch.float32)
+    k32 = fz.kernel(
+        cast_features(f1, torch.float32), cast_features(f2, torch.float32), torch.float32
+    )
     assert k32.dtype == torch.float32
     kappa = kernel_error_constant(fz, torch.float32)
     assert kappa is not None and 0 < kappa < 1e-3

@@ -17,7 +17,9 @@ U32, U64 = 2.0**-24, 2.0**-53
 
 def _setup(seed=0, n=15, m=90, d=12, k=4):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, k))
+    model = nn.Sequential(
+        nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, k)
+    )
     x = torch.randn(n + m, d) * 2.0
     return model, x[:n], torch.randint(0, k, (n,)), x[n:]
 
@@ -25,8 +27,17 @@ def _setup(seed=0, n=15, m=90, d=12, k=4):
 def _engine(kernel="pseudo", max_memory=10**8, eval_size=40, **kw):
     model, xl, yl, xs = _setup()
     la = Lookahead.fit(
-        model, xl, yl, xs, engine="streaming", kernel=kernel, eval_size=eval_size,
-        score_precision="fp32", max_memory=max_memory, eval_seed=1, **kw,
+        model,
+        xl,
+        yl,
+        xs,
+        engine="streaming",
+        kernel=kernel,
+        eval_size=eval_size,
+        score_precision="fp32",
+        max_memory=max_memory,
+        eval_seed=1,
+        **kw,
     )
     assert isinstance(la, StreamingLookahead)
     return la
@@ -88,7 +99,7 @@ def test_out_of_range_blocks_fall_back_to_float64(monkeypatch):
     la = _engine()
     fp = la.fp32_blocks()
     monkeypatch.setattr(fb_mod, "features_in_range", lambda feats: False)
-    (blk, err), = list(fp.iter_blocks(range(10), 10))
+    ((blk, err),) = list(fp.iter_blocks(range(10), 10))
     (ref,) = list(la.iter_blocks(range(10), 10))
     assert err is None and blk.cov.dtype == torch.float64
     assert torch.equal(blk.cov, ref.cov)

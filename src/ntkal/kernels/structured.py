@@ -34,7 +34,14 @@ from torch import nn
 from ntkal.kernels._common import add_contracted_rows, num_outputs, output_weights
 from ntkal.kernels.jacobian import per_example_gradients
 
-__all__ = ["LayerPlan", "ModelPlan", "plan_layers", "jacobian_cost", "make_structured", "gram_terms"]
+__all__ = [
+    "LayerPlan",
+    "ModelPlan",
+    "plan_layers",
+    "jacobian_cost",
+    "make_structured",
+    "gram_terms",
+]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

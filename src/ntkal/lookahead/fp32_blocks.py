@@ -183,7 +183,7 @@ class Fp32Blocks:
         with _matmul_precision("fp32", self.engine.device):
             cov = self._theta_eval32(fj32)
             if n_rows:
-                v_e32, n_eval, v_ok = self._eval_coords()
+                v_e32, _n_eval, v_ok = self._eval_coords()
                 v32 = v.to(_F32)
                 if not (v_ok and features_in_range(v32)):
                     raise _OutOfRange

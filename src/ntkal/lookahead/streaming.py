@@ -106,7 +106,9 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if score_precision not in ("float64", "fp32"):
-            raise ValueError(f"score_precision must be 'float64' or 'fp32', got {score_precision!r}")
+            raise ValueError(
+                f"score_precision must be 'float64' or 'fp32', got {score_precision!r}"
+            )
         self.featuriser = featuriser
         self.kernel = kernel
         self.score_precision = score_precision

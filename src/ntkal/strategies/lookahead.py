@@ -52,7 +52,6 @@ from ntkal.strategies.base import (
     SequentialSession,
     Strategy,
     check_budget,
-    top_k,
 )
 from ntkal.strategies.certified import CertifiedStats
 from ntkal.strategies.forward_passes import evaluating
@@ -142,9 +141,11 @@ class LookaheadStrategy(Strategy):
     max_memory = property(lambda self: self.settings.max_memory)
     engine = property(lambda self: self.settings.engine)
 
-    #: Whether :meth:`score_block` is one :mod:`ntkal.strategies.certified` can bound (then
-    #: ``score_precision="fp32"`` applies; otherwise scoring is float64).
-    certifies_fp32 = False
+    @property
+    def certifies_fp32(self) -> bool:
+        """Whether :meth:`score_block` is one :mod:`ntkal.strategies.certified` can bound (then
+        ``score_precision="fp32"`` applies; otherwise scoring is float64)."""
+        return False
 
     # -- what a subclass provides
     def score_block(
@@ -345,7 +346,7 @@ class MLMOC(LookaheadStrategy):
             return la.on_eval(ref), ref
         return super().references(la, f_bar0)
 
-    @property  # type: ignore[override]
+    @property
     def certifies_fp32(self) -> bool:
         """The flip and norm scores on scalar kernels have certified float32 bounds."""
         return self.score in ("flip", "norm") and self.settings.kernel != "full"
