@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +49,8 @@ from ntkal.kernels.rounding import (
 )
 from ntkal.lookahead.block import _DTYPE, LookaheadBlock
 
-if TYPE_CHECKING:
-    from ntkal.lookahead.streaming import StreamingLookahead
+#: The engine (:class:`ntkal.lookahead.StreamingLookahead`, which imports this module).
+StreamingLookahead = Any
 
 __all__ = ["CovError", "Fp32Blocks", "fp32_unavailable_reason"]
 
