@@ -26,8 +26,11 @@ of ``T`` terms ``Θ(x, x') = Σ_t τ_t(x, x')``, each of one of two shapes:
 * a factored dense layer (:mod:`ntkal.kernels.structured`), ``τ = (a·a' + b)(δ·δ')`` with the
   layer input ``a``, the output sensitivities ``δ`` (``k'`` rows, flattened) and ``b ∈ {0, 1}``
   (a trainable bias); computed as two Grams of lengths ``n_a``, ``n_δ``, one addition and one
-  product, so ``|fl(τ) − τ| ≤ γ_{n_a + n_δ + 6} (‖a‖‖a'‖ + b) ‖δ‖‖δ'‖`` (error of each Gram times
-  ``(1 + θ)`` for the ``+ b`` and the product, expanded; see the derivation in the tests).
+  product, so ``|fl(τ) − τ| ≤ γ_{n_a + n_δ + 6} (‖a‖‖a'‖ + b) ‖δ‖‖δ'‖``: with ``A = ‖a‖‖a'‖``,
+  ``D = ‖δ‖‖δ'‖``, the first Gram plus ``b`` is within ``γ_{n_a+3} (A + b)`` of ``a·a' + b``
+  (``γ_{n_a+2} A`` from the Gram, ``u (A + b)(1 + γ)`` from the addition), the second within
+  ``γ_{n_δ+2} D``, and the rounded product of the two is within
+  ``[(1 + γ_{n_a+3})(1 + γ_{n_δ+2})(1 + u) − 1] (A + b) D ≤ γ_{n_a+n_δ+6} (A + b) D``.
 
 Summing ``T`` rounded terms adds ``γ_T``, so with ``N = max_t n_t`` (``n_a + n_δ`` for a layer)
 

@@ -30,6 +30,9 @@ float64 run; the reported scores of the others are their float32 estimates, with
 intervals (``info["fp32"]`` reports how many candidates were recomputed and the fraction of
 uncertain pairs).
 
+In a greedy batch each step is such a top-1 (exact picks); the scores a greedy query reports are
+the first step's, exact for the first pick and for the candidates that could have been it.
+
 "Exactly the float64 run" means the values the float64 path computes for those candidates; the
 float64 path itself is deterministic only up to how its BLAS rounds a block of a given shape.
 """
