@@ -26,6 +26,13 @@ Fits the growth exponent of time in ``m`` per model and engine; prints a table a
     python benchmarks/pool_scale.py                       # MLP and CNN, m in 2k..60k
     python benchmarks/pool_scale.py --models mlp --sizes 2000 5000 --tag small
     python benchmarks/pool_scale.py --quick               # digits, m = 300, in this process
+    python benchmarks/pool_scale.py --models mlp --sizes 60000 --score-precision both
+
+``--score-precision fp32`` runs the streaming batch cases with ``score_precision="fp32"``
+(Θ(E, C) and V_Eᵀ V_C in float32, picks certified equal to float64; their floor counts those two
+GEMMs at the float32 rate measured in the run and the rest, with the float64 recomputation of
+the candidates that could be picked, at the float64 rate); ``both`` runs float64 and fp32 side by
+side and writes whether the picks and picked scores agree (``fp32_vs_float64`` in the JSON).
 """
 from __future__ import annotations
 
@@ -78,8 +85,10 @@ def train_models(args, path: Path) -> dict:
     return info
 
 
-def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Path) -> dict:
-    """Child process: one query (or sequential steps); prints one JSON line."""
+def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Path,
+             precision: str = "float64") -> dict:
+    """Child process: one query (or sequential steps) with ``score_precision=precision``;
+    prints one JSON line."""
     from ntkal.models import build_model
     from ntkal.strategies.base import QueryContext
     from ntkal.strategies.lookahead import MLMOC
@@ -94,14 +103,18 @@ def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Pat
     ctx = QueryContext(model=model, x_candidates=xs, x_labelled=xl, y_labelled=yl,
                        num_classes=k, seed=args.seed)
     strat = MLMOC(kernel="pseudo", score="flip", eval_size=args.eval_size, engine=engine,
-                  max_memory=int(args.max_memory))
-    row: dict = {"model": model_name, "m": m, "engine": engine, "mode": mode}
+                  max_memory=int(args.max_memory), score_precision=precision)
+    row: dict = {"model": model_name, "m": m, "engine": engine, "mode": mode,
+                 "score_precision": precision}
     t0 = time.perf_counter()
     if mode == "batch":
         res = strat.query(ctx, args.budget)
         row.update(seconds=time.perf_counter() - t0, kernel_seconds=res.info["kernel_seconds"],
                    score_seconds=res.info["score_seconds"],
-                   chosen=res.indices[:10].tolist(),
+                   chosen=res.indices[:10].tolist(), picks=res.indices.tolist(),
+                   picked_scores=res.scores[res.indices].tolist(),
+                   score_precision_used=res.info.get("score_precision"),
+                   fp32=res.info.get("fp32"),
                    score_max=float(np.max(res.scores)), score_mean=float(np.mean(res.scores)))
     else:
         session = strat.begin_sequential(ctx)
@@ -122,13 +135,13 @@ def run_case(args, model_name: str, m: int, engine: str, mode: str, weights: Pat
     return row
 
 
-def spawn(args, model_name, m, engine, mode, weights) -> dict:
+def spawn(args, model_name, m, engine, mode, weights, precision="float64") -> dict:
     """One case in its own process (clean peak RSS), or in this one with ``--quick``; with its
     load before and after."""
     load = _common.loadavg()
     t0 = time.perf_counter()
     if args.quick:
-        row = run_case(args, model_name, m, engine, mode, weights)
+        row = run_case(args, model_name, m, engine, mode, weights, precision)
         row["peak_rss_bytes"] = None  # this process's high-water mark is not the case's
         row.update(_common.case_load(load, args.threads), wall_seconds=time.perf_counter() - t0)
         return row
@@ -136,13 +149,14 @@ def spawn(args, model_name, m, engine, mode, weights) -> dict:
            "--weights", str(weights), "--seed", str(args.seed), "--threads", str(args.threads),
            "--eval-size", str(args.eval_size), "--max-memory", str(int(args.max_memory)),
            "--n-labelled", str(args.n_labelled), "--budget", str(args.budget),
-           "--seq-steps", str(args.seq_steps), "--dataset", args.dataset]
+           "--seq-steps", str(args.seq_steps), "--dataset", args.dataset,
+           "--case-precision", precision]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"model": model_name, "m": m, "engine": engine, "mode": mode,
-                "failed": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+                "score_precision": precision, "failed": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
                 "wall_seconds": wall, **_common.case_load(load, args.threads)}
     row = json.loads(lines[-1])
     row.update(wall_seconds=wall, **_common.case_load(load, args.threads))
@@ -157,8 +171,20 @@ def case_floor(args, layers: list, k: int, row: dict, rates: dict) -> dict:
     e = m if args.eval_size == "all" else min(int(args.eval_size), m)
     rate = _common.gemm_rate(rates, "float64", args.threads)
     query = _common.mlmoc_query_flops(layers, args.n_labelled, e, m, k)
-    out = {"eval_points": e, "query_flops": query, "query_floor_seconds":
-           _common.floor_seconds(query["total"], rate), "floor_gflops": rate}
+    floor = _common.floor_seconds(query["total"], rate)
+    out = {"eval_points": e, "query_flops": query, "query_floor_seconds": floor,
+           "floor_gflops": rate}
+    if row.get("score_precision_used") == "fp32":
+        # Θ(E, C) and V_Eᵀ V_C at the float32 rate, the rest (and the float64 recomputation of
+        # the candidates that could be picked) at the float64 rate
+        rate32 = _common.gemm_rate(rates, "float32", args.threads)
+        part32 = query["theta_EC"] + query["VtV_EC"]
+        redo = (row.get("fp32") or {}).get("recomputed_float64", 0)
+        per = _common.gram_flops(layers, 1, 1, "pseudo", k)["best"]
+        part64 = query["total"] - part32 + redo * e * (per + 2.0 * args.n_labelled)
+        out.update(query_floor_seconds=_common.floor_seconds(part32, rate32)
+                   + _common.floor_seconds(part64, rate), floor_gflops_fp32=rate32,
+                   fp32_flops=part32, float64_flops=part64)
     if row.get("mode") == "batch":
         out["times_floor"] = _common.times_floor(row.get("seconds"), out["query_floor_seconds"])
     else:
@@ -175,7 +201,8 @@ def case_floor(args, layers: list, k: int, row: dict, rates: dict) -> dict:
 
 def growth_exponent(rows, model, engine) -> float | None:
     pts = [(r["m"], r["seconds"]) for r in rows if r.get("model") == model
-           and r.get("engine") == engine and r.get("mode") == "batch" and "seconds" in r]
+           and r.get("engine") == engine and r.get("mode") == "batch" and "seconds" in r
+           and r.get("score_precision", "float64") == "float64"]
     if len(pts) < 2:
         return None
     ms, ts = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
@@ -196,7 +223,8 @@ def table(rows) -> str:
             body.append([r["model"], r["m"], r["engine"], "failed", "", "", "", "", "",
                          _common.load_mark(r)])
             continue
-        body.append([r["model"], r["m"], r["engine"], f"{r['seconds']:.1f}",
+        engine = r["engine"] + (" fp32" if r.get("score_precision_used") == "fp32" else "")
+        body.append([r["model"], r["m"], engine, f"{r['seconds']:.1f}",
                      _common.fmt(tf and tf / 1e12, ".3f"),
                      _common.fmt(r.get("query_floor_seconds"), ".3g"),
                      _common.fmt(r.get("times_floor"), ".2f"), f"{r['kernel_seconds']:.1f}",
@@ -241,7 +269,11 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--case-timeout", type=float, default=3600)
     ap.add_argument("--tag", default=None, help="results file tag (default full / quick)")
+    ap.add_argument("--score-precision", choices=("float64", "fp32", "both"), default="float64",
+                    help="score_precision of the streaming batch cases; both: each case twice, "
+                         "picks compared (default float64)")
     ap.add_argument("--case", nargs=4, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--case-precision", default="float64", help=argparse.SUPPRESS)
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--merge", nargs="+", default=None,
                     help="only rebuild the JSON and table from the printed rows of these logs")
@@ -262,7 +294,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.case is not None:
         model_name, m, engine, mode = args.case
-        print(json.dumps(run_case(args, model_name, int(m), engine, mode, Path(args.weights))))
+        print(json.dumps(run_case(args, model_name, int(m), engine, mode, Path(args.weights),
+                                  args.case_precision)))
         return {}
     if args.merge:
         return merge(args)
@@ -272,6 +305,8 @@ def main(argv=None) -> dict:
     print("GEMM GFLOP/s (best size):", {d: {t: round(v["best"], 1) for t, v in per.items()}
                                         for d, per in rates["gemm_gflops"].items()},
           "stream GB/s:", {t: round(v, 1) for t, v in rates["stream_gbps"].items()}, flush=True)
+    precisions = (["float64", "fp32"] if args.score_precision == "both"
+                  else [args.score_precision])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp)
@@ -279,8 +314,8 @@ def main(argv=None) -> dict:
         print(f"trained on |L| = {args.n_labelled}: {trained}", flush=True)
         shapes = model_shapes(args)
 
-        def case(name, m, engine, mode):
-            row = spawn(args, name, m, engine, mode, weights)
+        def case(name, m, engine, mode, precision="float64"):
+            row = spawn(args, name, m, engine, mode, weights, precision)
             layers, k = shapes[name]
             row.update(case_floor(args, layers, k, row, rates))
             rows.append(row)
@@ -289,8 +324,10 @@ def main(argv=None) -> dict:
 
         for name in args.models:
             for m in args.sizes:
-                for engine in ["streaming"] + (["dense"] if m <= args.dense_max else []):
-                    case(name, m, engine, "batch")
+                for precision in precisions:
+                    case(name, m, "streaming", "batch", precision)
+                if m <= args.dense_max:
+                    case(name, m, "dense", "batch")
         for name in args.seq_models:
             case(name, args.seq_m, "streaming", "sequential")
     return write(args, rows, trained, rates, final=True)
@@ -317,21 +354,44 @@ def write(args, rows, trained, rates=None, final: bool = False) -> dict:
     for r in rows:
         twin = [d for d in rows if d.get("engine") == "dense" and d.get("model") == r.get("model")
                 and d.get("m") == r.get("m") and d.get("mode") == "batch" and "score_max" in d]
-        if r.get("engine") == "streaming" and twin and "score_max" in r:
+        if (r.get("engine") == "streaming" and twin and "score_max" in r
+                and r.get("score_precision", "float64") == "float64"):
             d = twin[0]
             agree.append({"model": r["model"], "m": r["m"],
                           "same_top10": r["chosen"] == d["chosen"] if "chosen" in r and
                           "chosen" in d else None,
                           "score_max_diff": abs(r["score_max"] - d["score_max"]),
                           "score_mean_diff": abs(r["score_mean"] - d["score_mean"])})
+    fp32_check = []
+    for r in rows:
+        if r.get("score_precision") != "fp32" or "picks" not in r:
+            continue
+        ref = [d for d in rows if d.get("score_precision") == "float64" and "picks" in d
+               and d.get("engine") == "streaming" and d.get("model") == r.get("model")
+               and d.get("m") == r.get("m")]
+        if ref:
+            d = ref[0]
+            fp32_check.append({"model": r["model"], "m": r["m"],
+                               "same_picks": r["picks"] == d["picks"],
+                               "same_picked_scores": r["picked_scores"] == d["picked_scores"],
+                               "picked_scores_max_rel_diff": max(
+                                   (abs(a - b) / max(abs(b), 1e-300)
+                                    for a, b in zip(r["picked_scores"], d["picked_scores"])),
+                                   default=0.0),
+                               "seconds_float64": d.get("seconds"),
+                               "seconds_fp32": r.get("seconds"), "fp32": r.get("fp32")})
     text = table(rows)
     if final:
         print(text)
         print("growth exponents (time ~ m^a):", exponents)
+        if fp32_check:
+            print("fp32 vs float64:", [{k: c[k] for k in ("model", "m", "same_picks",
+                                         "picked_scores_max_rel_diff")} for c in fp32_check])
     result = {"benchmark": "pool_scale", "args": {k: v for k, v in vars(args).items()
                                                   if k not in ("case", "weights")},
               "machine": _common.machine_info(), "rates": rates, "trained": trained,
               "rows": rows, "growth_exponents": exponents, "streaming_vs_dense": agree,
+              "fp32_vs_float64": fp32_check,
               "table": text, "complete": final,
               "note": f"L = {args.n_labelled} test-split images, pool = the {args.dataset} "
                       "training split; pseudo-NTK, flip score, E = eval_size seeded candidates; "

@@ -28,7 +28,7 @@ QUICK = {
     "fidelity.py": [],
     "kernels.py": [],
     "lookahead_speed.py": [],
-    "pool_scale.py": [],
+    "pool_scale.py": ["--score-precision", "both"],
     "precision.py": [],
     "ray_sweep.py": ["--modes", "local"],
     "strategies_speed.py": [],

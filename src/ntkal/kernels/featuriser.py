@@ -61,6 +61,9 @@ class Featuriser:
         intermediates per pair (what the block planner of :func:`empirical_ntk` uses).
     implementation : str
         ``"jacobian"``, ``"structured"`` or ``"last_layer"``: the one that runs.
+    gram_terms : tuple of int or None
+        Inner lengths of the products a scalar kernel entry is a sum of, for the rounding bound
+        of :mod:`ntkal.kernels.rounding`; ``None`` where that bound does not apply.
     """
 
     kind: str
@@ -76,6 +79,7 @@ class Featuriser:
     _featurise: Callable
     _contract: Callable
     implementation: str = ""
+    gram_terms: tuple[int, ...] | None = None
 
     def featurise(self, x: torch.Tensor):
         """``(features, logits)`` of a block of inputs (moved to the model's device/dtype)."""
@@ -87,10 +91,13 @@ class Featuriser:
             feats, logits = self._featurise(x)
         return feats, logits.detach().to(self.dtype)
 
-    def kernel(self, f1, f2) -> torch.Tensor:
-        """Θ between two featurised blocks: ``(b1, b2)`` or ``(b1, b2, k, k)`` in ``dtype``."""
+    def kernel(self, f1, f2, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Θ between two featurised blocks: ``(b1, b2)`` or ``(b1, b2, k, k)`` in ``dtype``
+        (default: the featuriser's; float32 features give a float32 kernel with ``float32``)."""
         b1, b2 = _feature_rows(f1), _feature_rows(f2)
-        out = torch.zeros((b1, b2, *self.block_shape), dtype=self.dtype, device=self.device)
+        out = torch.zeros(
+            (b1, b2, *self.block_shape), dtype=dtype or self.dtype, device=self.device
+        )
         if b1 and b2:
             self._contract(f1, f2, out)
         return out
@@ -187,6 +194,7 @@ def build_featuriser(
             _featurise=featurise,
             _contract=contract,
             implementation="last_layer",
+            gram_terms=(width, 0),  # a(x)·a(x'), and the +1 of a bias
             **common,
         )
     chosen = choose_implementation(implementation, model, params, calls, kind, k, n1, n2)
@@ -202,6 +210,7 @@ def build_featuriser(
             _featurise=make_jacobian_featuriser(model, params, constants, kind, k),
             _contract=lambda a, b, dest: add_contracted_rows(dest, a, b, kind),
             implementation=chosen,
+            gram_terms=None if kind == "full" else (kk * p + len(params),),
             **common,
         )
     plan = structured.plan_layers(model, params, calls, kind, k, n1, n2)
@@ -217,6 +226,7 @@ def build_featuriser(
         _featurise=featurise,
         _contract=contract,
         implementation=chosen,
+        gram_terms=None if kind == "full" else structured.gram_terms(plan, kk),
         **common,
     )
 

@@ -34,7 +34,14 @@ from torch import nn
 from ntkal.kernels._common import add_contracted_rows, num_outputs, output_weights
 from ntkal.kernels.jacobian import per_example_gradients
 
-__all__ = ["LayerPlan", "ModelPlan", "plan_layers", "jacobian_cost", "make_structured"]
+__all__ = [
+    "LayerPlan",
+    "ModelPlan",
+    "plan_layers",
+    "jacobian_cost",
+    "make_structured",
+    "gram_terms",
+]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -95,6 +102,29 @@ def layer_costs(
     factor = pairs * (2 * l2 * din + 2 * l2 * c * dout + l2 * c)
     grad = (n1 + n2) * 2.0 * kk * positions * din * dout + pairs * 2.0 * c * din * dout
     return {"factor": factor, "grad": grad}
+
+
+def gram_terms(plan: ModelPlan, kk: int) -> tuple[int, ...] | None:
+    """Inner lengths of the terms a scalar kernel entry is a sum of (for the rounding bound of
+    :mod:`ntkal.kernels.rounding`): ``din + k'·dout`` per factored dense layer, and one term for
+    every explicit gradient row (``k'`` times their count, plus the pieces they are accumulated
+    from); ``None`` with a positional factor layer, whose terms the diagonal does not bound."""
+    terms: list[int] = []
+    grad_rows, pieces = plan.generic_params, int(bool(plan.generic))
+    for lay in plan.layers:
+        if lay.mode == "factor":
+            if lay.positions > 1:
+                return None
+            terms.append(lay.din + kk * lay.dout)
+            continue
+        if lay.op == "bn":
+            grad_rows += lay.dout * (int(lay.use_w) + int(lay.use_b))
+        else:
+            grad_rows += (lay.din * lay.dout if lay.use_w else 0) + (lay.dout if lay.use_b else 0)
+        pieces += int(lay.use_w) + int(lay.use_b)
+    if grad_rows:
+        terms.append(kk * grad_rows + pieces)
+    return tuple(terms)
 
 
 def jacobian_cost(

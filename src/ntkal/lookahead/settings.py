@@ -23,10 +23,14 @@ __all__ = [
     "DEFAULT_EVAL_SIZE",
     "DEFAULT_BLOCK_MEMORY",
     "DEPRECATED_NAMES",
+    "SCORE_PRECISIONS",
 ]
 
 #: Look-ahead engines: ``"auto"`` lets :func:`ntkal.lookahead.choose_engine` decide.
 ENGINES = ("auto", "dense", "streaming")
+#: Arithmetic of the streaming engine's scoring blocks: ``"float64"``, or ``"fp32"`` with every
+#: pick certified equal to float64 (:mod:`ntkal.strategies.certified`).
+SCORE_PRECISIONS = ("float64", "fp32")
 #: Default size of the evaluation set E (a seeded random sample of the candidates).
 DEFAULT_EVAL_SIZE = 5000
 #: Default bytes of one block of look-ahead predictions and their intermediates.
@@ -68,6 +72,15 @@ class LookaheadSettings:
         ``block_size`` is not given.
     engine : {"auto", "dense", "streaming"}
         Force an engine; ``"auto"``: :func:`ntkal.lookahead.choose_engine`.
+    score_precision : {"float64", "fp32"}
+        Arithmetic of the streaming engine's big scoring blocks Θ(E, J) and ``V_Eᵀ V_J``.
+        ``"fp32"`` computes them from float32 copies of the float64 features and span
+        coordinates, with a rigorous bound on the difference to float64
+        (:mod:`ntkal.lookahead.fp32_blocks`); MLMOC's top-k (``score`` ``"flip"`` / ``"norm"``,
+        scalar kernels) then recomputes in float64 every candidate that could reach the top
+        ``budget`` and returns exactly the float64 picks and picked scores
+        (:mod:`ntkal.strategies.certified`). Everything else (the dense engine, full kernels,
+        other criteria, a held Σ[E, C], kernels whose rounding is not bounded) uses float64.
     """
 
     kernel: str = "pseudo"
@@ -79,6 +92,7 @@ class LookaheadSettings:
     block_size: int | None = None
     block_memory: int = DEFAULT_BLOCK_MEMORY
     engine: str = "auto"
+    score_precision: str = "float64"
 
     def __post_init__(self) -> None:
         from ntkal.kernels import available_implementations, available_kinds
@@ -110,6 +124,11 @@ class LookaheadSettings:
             as_int(self.block_memory, "block_memory", minimum=1, integral_floats=True),
         )
         put(self, "engine", as_choice(self.engine, "engine", ENGINES))
+        put(
+            self,
+            "score_precision",
+            as_choice(self.score_precision, "score_precision", SCORE_PRECISIONS),
+        )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

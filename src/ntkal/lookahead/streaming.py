@@ -25,6 +25,7 @@ from torch import nn
 from ntkal.lookahead.block import _DTYPE, LabelLike, LookaheadBlock, contiguous_span
 from ntkal.lookahead.cholesky import LabelledFactor
 from ntkal.lookahead.engine import Lookahead, onehot_targets
+from ntkal.lookahead.fp32_blocks import Fp32Blocks, fp32_unavailable_reason
 from ntkal.lookahead.settings import LookaheadSettings
 from ntkal.lookahead.streamed import StreamedKernels, _RowBuffer
 
@@ -60,8 +61,9 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         Candidates ``(m, ...)`` (kept as given; moved to the model's device one block at a time).
     eval_positions : array of int
         Positions of E in the candidates.
-    ridge, eps, block_size
-        As in :class:`ntkal.lookahead.LookaheadSettings`.
+    ridge, eps, block_size, score_precision
+        As in :class:`ntkal.lookahead.LookaheadSettings` (``score_precision="fp32"``: see
+        :meth:`fp32_blocks`).
     max_memory : int, optional
         Bytes this engine may hold (default: half the free memory of the featuriser's device,
         as :class:`ntkal.lookahead.LookaheadSettings` documents): what is resident (features of L
@@ -93,6 +95,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         block_size: int | None = None,
         max_memory: int | None = None,
         kernel: str = "pseudo",
+        score_precision: str = "float64",
     ) -> None:
         if max_memory is None:
             from ntkal.kernels.blocking import default_max_memory
@@ -102,8 +105,14 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             raise ValueError(f"ridge must be finite and >= 0, got {ridge}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
+        if score_precision not in ("float64", "fp32"):
+            raise ValueError(
+                f"score_precision must be 'float64' or 'fp32', got {score_precision!r}"
+            )
         self.featuriser = featuriser
         self.kernel = kernel
+        self.score_precision = score_precision
+        self._fp32: Fp32Blocks | None = None
         self.ridge = float(ridge)
         self.max_memory = int(max_memory)
         self.jitter = 0.0
@@ -168,6 +177,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             block_size=settings.block_size,
             max_memory=max_memory,
             kernel=settings.kernel,
+            score_precision=settings.score_precision,
         )
 
     # ------------------------------------------------------------------ construction
@@ -280,15 +290,36 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         if self._cov_cache is not None:
             return self._cov_cache.index_select(1, cols)
         fj = self._features(self._x_c[jb.cpu()])
+        return self._cov_from_features(jb, fj, self._coords_of(jb, fj))
+
+    def _coords_of(self, jb: torch.Tensor, fj) -> torch.Tensor | None:
+        """``V_J`` ``(r, b p)`` of candidates ``jb`` with features ``fj`` (``None`` when the span
+        is empty): from the cache, or solved from Θ(L⁺, J)."""
+        if not self._chol.shape[0]:
+            return None
+        if self._v_cand is not None:
+            p = self._p
+            cols = (jb[:, None] * p + torch.arange(p, device=jb.device)).reshape(-1)
+            return self._v_cand.index_select(1, cols)
+        return self._solve(self._labelled_kernel(fj))
+
+    def _cov_from_features(self, jb: torch.Tensor, fj, v: torch.Tensor | None) -> torch.Tensor:
+        """Σ[E, J] ``(e p, b p)`` in float64 from the block's features and coordinates."""
         cov = self._kernel_eval(fj)
-        if self._chol.shape[0]:
-            v = (
-                self._v_cand.index_select(1, cols)
-                if self._v_cand is not None
-                else self._solve(self._labelled_kernel(fj))
-            )
+        if v is not None:
             cov.addmm_(self._v_eval.T, v, alpha=-1.0)
         return cov
+
+    def fp32_blocks(self) -> Fp32Blocks | None:
+        """The float32 scoring blocks with their error bound
+        (:class:`ntkal.lookahead.fp32_blocks.Fp32Blocks`) when ``score_precision="fp32"`` and
+        they can be certified here (scalar kernel with a bounded implementation, Σ[E, C] not
+        held); else ``None`` (score in float64)."""
+        if self.score_precision != "fp32" or fp32_unavailable_reason(self) is not None:
+            return None
+        if self._fp32 is None:
+            self._fp32 = Fp32Blocks(self)
+        return self._fp32
 
     def _as_block_cov(self, cov: torch.Tensor, b: int) -> torch.Tensor:
         if not self.full_kernel:

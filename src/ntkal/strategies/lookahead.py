@@ -52,8 +52,8 @@ from ntkal.strategies.base import (
     SequentialSession,
     Strategy,
     check_budget,
-    top_k,
 )
+from ntkal.strategies.certified import CertifiedStats
 from ntkal.strategies.forward_passes import evaluating
 from ntkal.strategies.lookahead_scores import (
     REFERENCES,
@@ -68,6 +68,7 @@ from ntkal.strategies.lookahead_scores import (
 from ntkal.strategies.selection import (
     GREEDY_TARGETS,
     SELECTIONS,
+    pick_best,
     pseudo_target,
     select_greedy,
     select_topk,
@@ -166,6 +167,12 @@ class LookaheadStrategy(Strategy):
     max_memory = property(lambda self: self.settings.max_memory)
     engine = property(lambda self: self.settings.engine)
 
+    @property
+    def certifies_fp32(self) -> bool:
+        """Whether :meth:`score_block` is one :mod:`ntkal.strategies.certified` can bound (then
+        ``score_precision="fp32"`` applies; otherwise scoring is float64)."""
+        return False
+
     # -- what a subclass provides
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
@@ -243,10 +250,13 @@ class LookaheadStrategy(Strategy):
         la = self.lookahead(context)
         t1 = time.perf_counter()
         rng = np.random.default_rng(context.seed)
+        stats = CertifiedStats()
         if self.selection == "greedy":
-            chosen, primary, secondary = select_greedy(self, la, budget, rng, self.greedy_target)
+            chosen, primary, secondary = select_greedy(
+                self, la, budget, rng, self.greedy_target, stats=stats
+            )
         else:
-            chosen, primary, secondary = select_topk(self, la, budget, rng)
+            chosen, primary, secondary = select_topk(self, la, budget, rng, stats=stats)
         t2 = time.perf_counter()
         info: dict[str, Any] = {
             "kernel": self.kernel,
@@ -257,7 +267,10 @@ class LookaheadStrategy(Strategy):
             "num_clamped": la.num_clamped,
             "secondary_scores": secondary,
             "selection": self.selection,
+            "score_precision": "fp32" if stats.rounds else "float64",
         }
+        if stats.rounds:
+            info["fp32"] = stats.as_info()
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
 
     def pseudo_target(
@@ -297,10 +310,9 @@ class LookaheadSession(SequentialSession):
         positions = np.flatnonzero(~self._chosen)
         if positions.size == 0:
             raise ValueError("every candidate has been labelled: nothing left to propose")
-        primary, secondary = self.strategy.score_candidates(self.lookahead, positions)
-        best = top_k(
-            primary, 1, np.random.default_rng(self.context.seed + self._step), secondary=secondary
-        )[0]
+        rng = np.random.default_rng(self.context.seed + self._step)
+        pick, primary, _ = pick_best(self.strategy, self.lookahead, 1, rng, positions)
+        best = int(pick[0])
         return int(positions[best]), float(primary[best])
 
     def observe(self, position: int, label: int) -> None:
@@ -374,6 +386,11 @@ class MLMOC(LookaheadStrategy):
             ref = la.base_predictions()
             return la.on_eval(ref), ref
         return super().references(la, f_bar0)
+
+    @property
+    def certifies_fp32(self) -> bool:
+        """The flip and norm scores on scalar kernels have certified float32 bounds."""
+        return self.score in ("flip", "norm") and self.settings.kernel != "full"
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor

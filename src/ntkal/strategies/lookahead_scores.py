@@ -25,6 +25,7 @@ __all__ = [
     "flips_and_norms",
     "check_score_reference",
     "onehot",
+    "SCREEN_SLACK",
 ]
 
 SCORES = ("flip", "norm", "expected")
@@ -64,6 +65,7 @@ class EvalMargins:
 #: Relative slack of the margin screen: a decision is taken only when it holds with this much
 #: room beyond float64 rounding of f̄ + Σ_ij·coef (a few ulps of the magnitudes involved).
 _SCREEN_SLACK = 1e-12
+SCREEN_SLACK = _SCREEN_SLACK
 
 
 def flips_and_norms(

@@ -15,6 +15,7 @@ import torch
 
 from ntkal.lookahead import Lookahead
 from ntkal.strategies.base import top_k
+from ntkal.strategies.certified import CertifiedStats, certified_blocks_for, select_certified
 from ntkal.strategies.lookahead_scores import onehot
 
 
@@ -42,6 +43,7 @@ __all__ = [
     "select_topk",
     "select_greedy",
     "pseudo_target",
+    "pick_best",
 ]
 
 #: ``"topk"``: the best ``budget`` candidates scored independently against L (the reference's
@@ -51,13 +53,38 @@ SELECTIONS = ("topk", "greedy")
 GREEDY_TARGETS = ("most_likely", "expected")
 
 
+def pick_best(
+    strategy: LookaheadScorer,
+    la: Lookahead,
+    budget: int,
+    rng: np.random.Generator,
+    positions: np.ndarray | None = None,
+    f_bar0: torch.Tensor | None = None,
+    stats: CertifiedStats | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``budget`` best of ``positions`` (default: all candidates; indices into them) and
+    the (primary, secondary) scores. In float64, or from certified float32 blocks where the
+    engine and the criterion allow (:mod:`ntkal.strategies.certified`; same picks and picked
+    scores; ``stats`` is filled then)."""
+    fp32 = certified_blocks_for(strategy, la)
+    if fp32 is not None:
+        return select_certified(strategy, la, fp32, budget, rng, positions, f_bar0, stats)  # type: ignore[arg-type]
+    primary, secondary = strategy.score_candidates(la, positions, f_bar0)
+    return top_k(primary, budget, rng, secondary=secondary), primary, secondary
+
+
 def select_topk(
-    strategy: LookaheadScorer, la: Lookahead, budget: int, rng: np.random.Generator
+    strategy: LookaheadScorer,
+    la: Lookahead,
+    budget: int,
+    rng: np.random.Generator,
+    stats: CertifiedStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate scored once against L; the ``budget`` best (ties: secondary score, then
-    ``rng``). Returns the picks and the (primary, secondary) scores of every candidate."""
-    primary, secondary = strategy.score_candidates(la)
-    return top_k(primary, budget, rng, secondary=secondary), primary, secondary
+    ``rng``). Returns the picks and the (primary, secondary) scores of every candidate (with
+    ``score_precision="fp32"``: exact for every candidate that could be picked, see
+    :func:`pick_best`)."""
+    return pick_best(strategy, la, budget, rng, stats=stats)
 
 
 def pseudo_target(
@@ -83,6 +110,7 @@ def select_greedy(
     budget: int,
     rng: np.random.Generator,
     target: str = "most_likely",
+    stats: CertifiedStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy batch: pick the best candidate, condition ``la`` on its pseudo-target (in place,
     :func:`pseudo_target`), rescore the rest, repeat ``budget`` times: the batch analogue of the
@@ -94,10 +122,10 @@ def select_greedy(
     primary = secondary = np.zeros(0)
     for step in range(budget):
         positions = np.flatnonzero(remaining)
-        p, s = strategy.score_candidates(la, positions, f_bar0)
+        pick, p, s = pick_best(strategy, la, 1, rng, positions, f_bar0, stats)
         if step == 0:
             primary, secondary = p, s
-        best = int(positions[top_k(p, 1, rng, secondary=s)[0]])
+        best = int(positions[pick[0]])
         chosen.append(best)
         remaining[best] = False
         if step + 1 < budget:
