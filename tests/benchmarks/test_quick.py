@@ -28,6 +28,7 @@ QUICK = {
     "fidelity.py": [],
     "kernels.py": [],
     "lookahead_speed.py": [],
+    "lookahead_ray.py": [],
     "pool_scale.py": ["--score-precision", "both"],
     "precision.py": [],
     "ray_sweep.py": ["--modes", "local"],
@@ -40,7 +41,7 @@ NO_QUICK = {"al_suite.py"}
 
 #: The two subprocesses' shares, about equal in CPU time.
 GROUPS = (
-    ["label_latency.py", "fidelity.py", "precision.py", "strategies_speed.py"],
+    ["label_latency.py", "fidelity.py", "precision.py", "strategies_speed.py", "lookahead_ray.py"],
     ["pool_scale.py", "lookahead_speed.py", "kernels.py", "ray_sweep.py"],
 )
 

@@ -28,7 +28,16 @@ from ntkal.lookahead.block import _DTYPE, LookaheadBlock
 if TYPE_CHECKING:
     from ntkal.lookahead.cholesky import LabelledFactor
 
-__all__ = ["StepMaps", "step_maps", "dependent_mask", "LabelledSpan"]
+__all__ = [
+    "StepMaps",
+    "BlockRows",
+    "step_maps",
+    "dependent_mask",
+    "clamp_pivots",
+    "mean_prior",
+    "warn_clamped",
+    "LabelledSpan",
+]
 
 
 @dataclass
@@ -44,6 +53,20 @@ class StepMaps:
     evals: torch.Tensor
     evecs: torch.Tensor | None
     independent: torch.Tensor
+
+
+@dataclass
+class BlockRows:
+    """Per-candidate values of a block: raw and prior Σ_jj, clamped pivots (eigenvectors for
+    blocks), whether clamped, f̄ and f0 ``(b, k)``."""
+
+    raw: torch.Tensor
+    prior: torch.Tensor
+    pivot: torch.Tensor
+    evecs: torch.Tensor | None
+    clamped: torch.Tensor
+    f_bar: torch.Tensor
+    f0: torch.Tensor
 
 
 def _floors(prior: torch.Tensor, eps: float, full: bool) -> torch.Tensor:
@@ -97,6 +120,46 @@ def step_maps(
     return StepMaps(a, b, dep.any(dim=1), evals, vecs, ind)
 
 
+def mean_prior(prior: torch.Tensor) -> float:
+    """Mean prior variance of candidates: of ``Θ_jj`` ``(b,)``, or of the diagonals of the
+    ``(b, k, k)`` blocks; 0 for none. The fallback of :func:`clamp_pivots`."""
+    if not prior.numel():
+        return 0.0
+    return float(prior.mean() if prior.ndim == 1 else prior.diagonal(dim1=1, dim2=2).mean())
+
+
+def clamp_pivots(
+    raw: torch.Tensor, prior: torch.Tensor, eps: float, fallback: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Σ_jj clamped from below at ``eps · Θ_jj`` for variance-based criteria: ``(pivots, evecs,
+    clamped)`` (scalar kernels: values ``(b,)`` and ``None``; blocks: eigenvalues ``(b, k)`` and
+    eigenvectors, the floor ``eps`` times the block's mean prior variance). A candidate with zero
+    prior variance (e.g. all features 0) gets ``eps · fallback`` (``fallback``: the mean prior of
+    every candidate, :func:`mean_prior`; ``eps`` if that is 0), so that a score divides by
+    something positive; ``fallback`` is the one value that depends on the whole candidate set."""
+    full = raw.ndim == 3
+    per = prior if not full else prior.diagonal(dim1=1, dim2=2).mean(dim=1)
+    floor = eps * per
+    floor = torch.where(floor > 0, floor, eps * (fallback if fallback > 0 else 1.0))
+    if not full:
+        return torch.maximum(raw, floor), None, raw <= floor
+    evals, evecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
+    clamped = (evals <= floor[:, None]).any(dim=1)
+    return torch.maximum(evals, floor[:, None]), evecs, clamped
+
+
+def warn_clamped(count: int, eps: float, stacklevel: int = 2) -> None:
+    """The warning that ``count`` candidates lie in the labelled features' span."""
+    warnings.warn(
+        f"{count} candidate(s) lie in the span of the labelled features (Σ_jj <= "
+        f"{eps:g} × Θ_jj): their look-ahead is least-squares retraining, not "
+        "interpolation, and their Σ_jj is clamped to that floor for variance-based "
+        "scores",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+
+
 class LabelledSpan:
     """The engines' shared state about the span of the labelled (and conditioned) features: raw
     and clamped Σ_jj, which candidates lie in the span, the design Gram ``M`` and its factor, the
@@ -122,6 +185,7 @@ class LabelledSpan:
     _w_eval: torch.Tensor | None
     _f_bar: torch.Tensor
     conditioned: list[int]
+    _last_condition: _LastCondition | None
 
     if TYPE_CHECKING:
 
@@ -142,38 +206,19 @@ class LabelledSpan:
 
     def _set_pivots(self, raw: torch.Tensor) -> None:
         """Keep raw Σ_jj, mark candidates in the labelled span (Σ_jj ≤ eps · Θ_jj, per direction
-        for blocks) and clamp Σ_jj from below at ``eps · Θ_jj`` for variance-based criteria; warn
+        for blocks) and clamp Σ_jj from below at ``eps · Θ_jj`` for variance-based criteria
+        (:func:`clamp_pivots`, with the mean prior over every candidate as its fallback); warn
         once per object when a candidate lies in the span."""
         self._raw = raw
         live = ~self._conditioned_mask
-        full = self.full_kernel
-        prior = self._prior if not full else self._prior.diagonal(dim1=1, dim2=2).mean(dim=1)
-        floor = self.eps * prior
-        # a candidate with zero prior variance (e.g. all features 0) still gets a positive floor,
-        # so variance-based scores divide by something: eps times the mean prior, or eps
-        fallback = float(prior.mean()) if prior.numel() else 0.0
-        floor = torch.where(floor > 0, floor, self.eps * (fallback if fallback > 0 else 1.0))
-        if not full:
-            clamped = raw <= floor
-            self._pivot = torch.maximum(raw, floor)
-            self._pivot_evecs = None
-        else:
-            evals, evecs = torch.linalg.eigh(0.5 * (raw + raw.transpose(1, 2)))
-            clamped = (evals <= floor[:, None]).any(dim=1)
-            self._pivot = torch.maximum(evals, floor[:, None])
-            self._pivot_evecs = evecs
+        self._pivot, self._pivot_evecs, clamped = clamp_pivots(
+            raw, self._prior, self.eps, mean_prior(self._prior)
+        )
         self._clamped = clamped & live
         count = int(self._clamped.sum())
         if count and not self._clamp_warned:
             self._clamp_warned = True
-            warnings.warn(
-                f"{count} candidate(s) lie in the span of the labelled features (Σ_jj <= "
-                f"{self.eps:g} × Θ_jj): their look-ahead is least-squares retraining, not "
-                "interpolation, and their Σ_jj is clamped to that floor for variance-based "
-                "scores",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            warn_clamped(count, self.eps, stacklevel=5)
 
     @property
     def num_clamped(self) -> int:
@@ -230,21 +275,43 @@ class LabelledSpan:
         if self.full_kernel:
             assert self._pivot_evecs is not None  # set by _set_pivots for full kernels
             evecs = self._pivot_evecs[jb]
+        rows = BlockRows(
+            raw=self._raw[jb],
+            prior=self._prior[jb],
+            pivot=self._pivot[jb],
+            evecs=evecs,
+            clamped=self._clamped[jb],
+            f_bar=self._f_bar[jb],
+            f0=self.f0_candidates[jb],
+        )
+        return self._block_from_rows(jb, cov, rows, f_bar_eval, f0_eval, v_j)
+
+    def _block_from_rows(
+        self,
+        positions: torch.Tensor,
+        cov: torch.Tensor,
+        rows: BlockRows,
+        f_bar_eval: torch.Tensor,
+        f0_eval: torch.Tensor,
+        v_j=None,
+    ) -> LookaheadBlock:
+        """The block of inputs whose per-candidate values are ``rows`` (candidates of this
+        engine, or inputs it scores from outside, :mod:`ntkal.lookahead.sharded`)."""
         step_a = step_b = lev = None
-        if bool(self._clamped[jb].any()):
+        if bool(rows.clamped.any()):
             coords = v_j() if callable(v_j) else v_j
             lev, g = self._leverage(coords)
-            maps = step_maps(self._raw[jb], self._prior[jb], self.eps, g)
+            maps = step_maps(rows.raw, rows.prior, self.eps, g)
             step_a, step_b = maps.a, maps.b
         return LookaheadBlock(
-            positions=jb,
+            positions=positions,
             cov=cov,
-            pivot_evals=self._pivot[jb],
-            pivot_evecs=evecs,
+            pivot_evals=rows.pivot,
+            pivot_evecs=rows.evecs,
             f_bar_eval=f_bar_eval,
-            f_bar_cand=self._f_bar[jb],
+            f_bar_cand=rows.f_bar,
             f0_eval=f0_eval,
-            f0_cand=self.f0_candidates[jb],
+            f0_cand=rows.f0,
             step_a=step_a,
             step_b=step_b,
             lev=lev,
@@ -253,13 +320,32 @@ class LabelledSpan:
     def _step(self, jj: int, target: torch.Tensor, v_j: torch.Tensor) -> _Step:
         """Everything :meth:`condition` needs about candidate ``jj`` with ``target`` ``(1, k)``
         and coordinates ``v_j`` ``(r, p)``."""
-        raw, prior = self._raw[jj : jj + 1], self._prior[jj : jj + 1]
+        return self._step_from(
+            self._raw[jj : jj + 1],
+            self._prior[jj : jj + 1],
+            bool(self._clamped[jj]),
+            self._f_bar[jj : jj + 1],
+            target,
+            v_j,
+        )
+
+    def _step_from(
+        self,
+        raw: torch.Tensor,
+        prior: torch.Tensor,
+        clamped: bool,
+        f_bar: torch.Tensor,
+        target: torch.Tensor,
+        v_j: torch.Tensor,
+    ) -> _Step:
+        """:meth:`_step` from one point's raw and prior Σ_jj ``(1,)`` / ``(1, k, k)``, whether
+        it is clamped, and its f̄ ``(1, k)`` (a candidate's, or an outside input's)."""
         g = w_j = None
-        if bool(self._clamped[jj]):
+        if clamped:
             w_j = torch.linalg.solve_triangular(self._span_factor(), v_j, upper=False)
             g = (w_j * w_j).sum(0) if not self.full_kernel else (w_j.T @ w_j).unsqueeze(0)
         maps = step_maps(raw, prior, self.eps, g)
-        resid = (target - self._f_bar[jj : jj + 1])[0]  # (k,)
+        resid = (target - f_bar)[0]  # (k,)
         k = self.num_classes
         if not self.full_kernel:
             alpha = (maps.a[0] * resid).reshape(1, k)
@@ -292,10 +378,12 @@ class LabelledSpan:
         step: _Step,
         cols: torch.Tensor,
         g_cols: torch.Tensor | None,
+        w_maps: tuple | None = None,
     ) -> None:
         """Keep what :meth:`relabel_last` needs: the step's maps and Σ[C, j], G[C, j] as they
-        were before the update (``(m p, p)`` each: two columns, not a matrix)."""
-        self._last_condition = _LastCondition(jj, target, step, cols, g_cols)
+        were before the update (``(m p, p)`` each: two columns, not a matrix), and for engines
+        that keep coefficients ``w`` how the step moved them."""
+        self._last_condition = _LastCondition(jj, target, step, cols, g_cols, w_maps)
 
     def relabel_last(self, j: int, y) -> None:
         """Change the label of the candidate conditioned on last, in closed form.
@@ -323,6 +411,13 @@ class LabelledSpan:
         self._f_bar.add_((last.cols @ d_alpha).reshape(m, k))
         if d_beta is not None and last.g_cols is not None:
             self._f_bar.add_((last.g_cols @ d_beta).reshape(m, k))
+        if last.w_maps is not None:  # the coefficients the step extended, likewise
+            u_map, c_map, rows = last.w_maps
+            w = self._w  # type: ignore[attr-defined]
+            if u_map is not None and d_beta is not None:
+                w[:rows] += u_map @ d_beta
+            if c_map.shape[0]:
+                w[rows : rows + c_map.shape[0]] += c_map @ d_alpha
         last.target = target
 
     def _grow_span(self, v_j: torch.Tensor, step: _Step) -> torch.Tensor:
@@ -351,6 +446,7 @@ class _LastCondition:
     step: _Step
     cols: torch.Tensor
     g_cols: torch.Tensor | None
+    w_maps: tuple | None = None
 
 
 @dataclass

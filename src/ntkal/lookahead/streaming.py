@@ -391,15 +391,23 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         jj, target = self._single_target(j, y)
         if bool(self._conditioned_mask[jj]):
             raise ValueError(f"candidate {jj} has already been conditioned on")
-        p, m = self._p, self.num_candidates
         fj = self._features(self._x_c[jj : jj + 1])
         n_rows = int(self._chol.shape[0])
         l_col = (
             self._solve(self._labelled_kernel(fj))
             if n_rows
-            else torch.zeros(0, p, dtype=_DTYPE, device=self.device)
+            else torch.zeros(0, self._p, dtype=_DTYPE, device=self.device)
         )  # V_j (N, p)
-        step = self._step(jj, target, l_col)
+        self._condition_on(fj, l_col, self._step(jj, target, l_col), jj, target=target)
+
+    def _condition_on(
+        self, fj, l_col: torch.Tensor, step, jj: int | None, target: torch.Tensor | None = None
+    ) -> None:
+        """The update of :meth:`condition` for a point with features ``fj``, coordinates
+        ``l_col`` = V_j and step maps ``step``: candidate ``jj``, or (``None``) an input that is
+        not a candidate (:func:`ntkal.lookahead.sharded.condition_on_input`)."""
+        p, m = self._p, self.num_candidates
+        n_rows = int(self._chol.shape[0])
         use_lev = step.beta is not None and n_rows > 0
         lm = self._span_factor() if use_lev else None
         # Σ[j, E] → new rows of V_E; Σ[j, C] → f̄, Σ_cc (and the caches) of every candidate.
@@ -448,17 +456,44 @@ class StreamingLookahead(StreamedKernels, Lookahead):
                 raw[sl] -= rb.transpose(1, 2) @ rb
         if self._cov_cache is not None:
             self._cov_cache.addmm_(r_e.T, r_c, alpha=-1.0)
-            self._cov_cache[:, jj * p : (jj + 1) * p] = 0.0
-            hit = (self.eval_positions == jj).nonzero()
-            if hit.numel():
-                i = int(hit[0, 0])
-                self._cov_cache[i * p : (i + 1) * p, :] = 0.0
+            if jj is not None:
+                self._cov_cache[:, jj * p : (jj + 1) * p] = 0.0
+                hit = (self.eval_positions == jj).nonzero()
+                if hit.numel():
+                    i = int(hit[0, 0])
+                    self._cov_cache[i * p : (i + 1) * p, :] = 0.0
+        w_maps = self._coefficient_maps(step, lm)
+        self._w = self._coefficients_after(step, lm)
         self._extend_factor(l_col, step, r_e, r_c, fj)
-        self._remember_condition(jj, target, step, cols, g_cols)
-        self._conditioned_mask[jj] = True
-        self.conditioned.append(jj)
-        raw[jj] = 0.0
+        if jj is not None:
+            if target is not None:
+                self._remember_condition(jj, target, step, cols, g_cols, w_maps)
+            self._conditioned_mask[jj] = True
+            self.conditioned.append(jj)
+            raw[jj] = 0.0
+        else:
+            self._last_condition = None
         self._set_pivots(raw)
+
+    def _coefficient_maps(self, step, lm: torch.Tensor | None) -> tuple:
+        """How :meth:`_coefficients_after` moves ``w`` per unit of β (old rows) and of α (new
+        rows), for :meth:`relabel_last`: ``(u_map or None, c_map, old row count)``."""
+        u_map = None
+        if step.beta is not None and lm is not None and step.w_j is not None:
+            u_map = torch.linalg.solve_triangular(lm.T, step.w_j, upper=True)
+        return u_map, step.root[:, None] * step.vind.T, int(self._w.shape[0])
+
+    def _coefficients_after(self, step, lm: torch.Tensor | None) -> torch.Tensor:
+        """The coefficients ``w`` with ``f̄(X) = f0(X) + V_Xᵀ w`` after this step, in the span
+        coordinates it extends: the candidates' f̄ is updated in place by ``Σ[X, j] α + G[X, j] β``
+        and ``Σ[X, j] α = n_Xᵀ (√λ ⊙ V_indᵀ α)`` (``n_X`` the new coordinate rows),
+        ``G[X, j] β = V_Xᵀ L_M⁻ᵀ w_j β``; read only for inputs that are not candidates."""
+        w = self._w
+        if step.beta is not None and lm is not None and step.w_j is not None:
+            u = torch.linalg.solve_triangular(lm.T, step.w_j @ step.beta, upper=True)
+            w = w + u
+        c = step.root[:, None] * (step.vind.T @ step.alpha)  # (k_i, k / p)
+        return torch.cat([w, c], 0) if c.shape[0] else w
 
     def posterior_variance(self, positions=None) -> torch.Tensor:
         """Σ_jj (unclamped) of candidate ``positions`` (default: all), kept for every candidate:

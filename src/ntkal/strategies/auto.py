@@ -105,21 +105,21 @@ class Auto(LookaheadStrategy):
         self.reliability = 0.0
         self.loo_accuracy = 0.0
 
-    def lookahead(self, context: QueryContext):
+    def prepare(self, context: QueryContext) -> None:
+        """β from the closed-form leave-one-out accuracy on L (:func:`loo_reliability`), once per
+        query or session."""
         from ntkal.kernels import empirical_ntk
         from ntkal.strategies.forward_passes import evaluating
 
-        la = super().lookahead(context)
         if int(context.x_labelled.shape[0]) < 2:  # no leave-one-out without two labels
             self.reliability, self.loo_accuracy = 0.0, 0.0
-            return la
+            return
         kind = self.kernel if self.kernel in ("pseudo", "trace", "last_layer") else "pseudo"
         with evaluating(context.model, context.device) as model:
             theta, f_l, _ = empirical_ntk(model, context.x_labelled, kind=kind, return_outputs=True)
         self.reliability, self.loo_accuracy = loo_reliability(
             theta, f_l, context.y_labelled, context.num_classes
         )
-        return la
 
     def _weights(self, ref_eval: torch.Tensor) -> torch.Tensor:
         """:func:`uncertainty_weights` of ``ref_eval``, computed once per scoring pass (every

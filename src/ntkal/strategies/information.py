@@ -121,6 +121,9 @@ def epig_scores(block: LookaheadBlock, eval_var: torch.Tensor, noise: float) -> 
 class _Information(LookaheadStrategy):
     """Shared σ² rule and Σ_ii bookkeeping of the closed-form information criteria."""
 
+    #: σ² and Σ_ii on E are read from the whole engine per scoring pass, not from a block.
+    supports_executor = False
+
     def __init__(self, noise: float | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self.noise = (

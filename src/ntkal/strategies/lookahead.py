@@ -38,6 +38,7 @@ on the order of the candidates; exact ties left after that are broken at random 
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ import torch
 
 from ntkal.arguments import as_choice
 from ntkal.lookahead import Lookahead, LookaheadBlock, LookaheadSettings
+from ntkal.lookahead.sharded import ShardedPool
 from ntkal.strategies.base import (
     QueryContext,
     QueryResult,
@@ -71,6 +73,7 @@ from ntkal.strategies.selection import (
     pick_best,
     pseudo_target,
     select_greedy,
+    select_on_pool,
     select_topk,
 )
 from ntkal.strategies.sgd_lookahead import SGDLookahead, default_finetune_config
@@ -138,6 +141,12 @@ class LookaheadStrategy(Strategy):
     greedy_target : {"most_likely", "expected"}
         The pseudo-target a greedy pick is conditioned on: the one-hot most likely class under the
         reference predictions, or the softmax of the reference outputs (the expected target).
+    executor : BlockExecutor, optional
+        Score the pool's candidate blocks on these workers
+        (:class:`ntkal.kernels.distributed.RayBlockExecutor`, or ``SerialBlockExecutor``) instead
+        of in this process: each worker builds the linearised network on L and E and scores its
+        share of the candidates (:class:`ntkal.lookahead.sharded.ShardedPool`), with the same
+        scores and picks. Batch queries only; a sequential session runs in this process.
     """
 
     #: Whether a criterion's scores read the labels (through f̄ or pseudo-labels); variance-type
@@ -145,6 +154,10 @@ class LookaheadStrategy(Strategy):
     #: sequential proposal does not depend on the labels observed (see
     #: :attr:`ntkal.strategies.base.SequentialSession.proposals_use_labels`).
     proposals_use_labels: bool = True
+    #: Whether :meth:`query` can run on an executor: the criterion is a function of one block,
+    #: the references and what :meth:`prepare` computed (criteria that keep per-pass state in
+    #: ``score_candidates`` say False).
+    supports_executor = True
 
     def __init__(
         self,
@@ -152,11 +165,22 @@ class LookaheadStrategy(Strategy):
         settings: LookaheadSettings | None = None,
         selection: str = "topk",
         greedy_target: str = "most_likely",
+        executor: Any = None,
         **settings_params: Any,
     ) -> None:
         self.settings = LookaheadSettings.build(settings, **settings_params)
         self.selection = as_choice(selection, "selection", SELECTIONS)
         self.greedy_target = as_choice(greedy_target, "greedy_target", GREEDY_TARGETS)
+        if executor is not None:
+            if not callable(getattr(executor, "map", None)):
+                raise TypeError(
+                    "executor must be a block executor with map(job, parts) (SerialBlockExecutor "
+                    f"or RayBlockExecutor from ntkal.kernels.distributed), got "
+                    f"{type(executor).__name__}"
+                )
+            if not self.supports_executor:
+                raise ValueError(f"{type(self).__name__} cannot score on an executor")
+        self.executor = executor
 
     # The settings' fields read as attributes (``strategy.kernel``), as before the split.
     kernel = property(lambda self: self.settings.kernel)
@@ -190,10 +214,20 @@ class LookaheadStrategy(Strategy):
         batch's pseudo-labels taught the linearised network, ``f0 + (f̄_t − f̄_0)``. A sequential
         session passes no ``f_bar0``: its reference is a function of the weights alone, so a
         session rebuilt with the observed points in L proposes what the continuing one does."""
-        ref = la.f0_candidates
-        if f_bar0 is not None:
-            ref = ref + (la.base_predictions() - f_bar0)
+        ref = self.reference_rows(la.f0_candidates, la.base_predictions(), f_bar0)
         return la.on_eval(ref), ref
+
+    def reference_rows(
+        self, f0: torch.Tensor, f_bar: torch.Tensor, f_bar0: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`references` on any rows (candidates, E, or inputs scored on a worker) from the
+        trained network's outputs ``f0``, the current f̄ and f̄ when the greedy batch began."""
+        return f0 if f_bar0 is None else f0 + (f_bar - f_bar0)
+
+    def prepare(self, context: QueryContext) -> None:
+        """Criterion state computed from the labelled set before scoring (none here; ``auto``
+        computes its reliability): called by :meth:`lookahead`, and before a query on an
+        executor, whose workers receive the prepared strategy."""
 
     # -- shared machinery
     def _block_size(self, la: Lookahead) -> int:
@@ -205,7 +239,7 @@ class LookaheadStrategy(Strategy):
         """The linearised network of ``context.model`` on ``L ∪ S`` (the model's modes, device and
         weights are left as they were)."""
         with evaluating(context.model, context.device) as model:
-            return Lookahead.fit(
+            la = Lookahead.fit(
                 model,
                 context.x_labelled,
                 context.y_labelled,
@@ -215,6 +249,8 @@ class LookaheadStrategy(Strategy):
                 progress=context.progress,
                 eval_seed=context.seed,
             )
+        self.prepare(context)
+        return la
 
     def score_candidates(
         self,
@@ -246,6 +282,8 @@ class LookaheadStrategy(Strategy):
 
     def query(self, context: QueryContext, budget: int) -> QueryResult:
         budget = check_budget(budget, context.num_candidates)
+        if self.executor is not None:
+            return self._query_on_executor(context, budget)
         t0 = time.perf_counter()
         la = self.lookahead(context)
         t1 = time.perf_counter()
@@ -271,6 +309,45 @@ class LookaheadStrategy(Strategy):
         }
         if stats.rounds:
             info["fp32"] = stats.as_info()
+        return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
+
+    def _query_on_executor(self, context: QueryContext, budget: int) -> QueryResult:
+        """:meth:`query` with the candidate blocks scored on :attr:`executor`."""
+        t0 = time.perf_counter()
+        self.prepare(context)
+        shipped = copy.copy(self)  # what the workers receive: prepared, without the executor
+        shipped.executor = None
+        with evaluating(context.model, context.device) as model:
+            pool = ShardedPool(
+                model,
+                context.x_labelled,
+                context.y_labelled,
+                context.x_candidates,
+                self.settings,
+                self.executor,
+                num_classes=context.num_classes,
+                eval_seed=context.seed,
+            )
+        t1 = time.perf_counter()
+        rng = np.random.default_rng(context.seed)
+        try:
+            chosen, primary, secondary = select_on_pool(
+                shipped, pool, budget, rng, self.selection, self.greedy_target
+            )
+        finally:
+            pool.close()
+        t2 = time.perf_counter()
+        info: dict[str, Any] = {
+            "kernel": self.kernel,
+            "kernel_seconds": t1 - t0,
+            "score_seconds": t2 - t1,
+            "jitter": 0.0,
+            "rank": pool.rank,
+            "num_clamped": pool.num_clamped,
+            "secondary_scores": secondary,
+            "selection": self.selection,
+            "workers": pool.workers,
+        }
         return QueryResult(indices=np.asarray(chosen, dtype=np.int64), scores=primary, info=info)
 
     def pseudo_target(
@@ -379,13 +456,12 @@ class MLMOC(LookaheadStrategy):
         self.score, self.reference = check_score_reference(score, reference)
         super().__init__(**lookahead)
 
-    def references(
-        self, la: Lookahead, f_bar0: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference_rows(
+        self, f0: torch.Tensor, f_bar: torch.Tensor, f_bar0: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.reference == "base":
-            ref = la.base_predictions()
-            return la.on_eval(ref), ref
-        return super().references(la, f_bar0)
+            return f_bar
+        return super().reference_rows(f0, f_bar, f_bar0)
 
     @property
     def certifies_fp32(self) -> bool:

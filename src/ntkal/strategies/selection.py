@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ntkal.lookahead import Lookahead
+from ntkal.lookahead.sharded import BlockScorer, ShardedPool
 from ntkal.strategies.base import top_k
 from ntkal.strategies.certified import CertifiedStats, certified_blocks_for, select_certified
 from ntkal.strategies.lookahead_scores import onehot
@@ -42,8 +43,10 @@ __all__ = [
     "GREEDY_TARGETS",
     "select_topk",
     "select_greedy",
+    "select_on_pool",
     "pseudo_target",
     "pick_best",
+    "target_of",
 ]
 
 #: ``"topk"``: the best ``budget`` candidates scored independently against L (the reference's
@@ -98,7 +101,13 @@ def pseudo_target(
     softmax, of the strategy's reference prediction there, which (``f_bar0`` given) includes what
     the earlier picks of the batch taught the linearised network (``f̄_t − f̄_0``)."""
     _, ref_cand = strategy.references(la, f_bar0)
-    ref = ref_cand[int(position)].to(torch.float64)
+    return target_of(ref_cand[int(position)], target)
+
+
+def target_of(ref: torch.Tensor, target: str) -> torch.Tensor:
+    """The pseudo-target ``(k,)`` for reference prediction ``ref`` ``(k,)``: one-hot argmax
+    (``"most_likely"``) or softmax (``"expected"``)."""
+    ref = ref.to(torch.float64)
     if target == "expected":
         return torch.softmax(ref, dim=0)
     return onehot(ref.argmax(), ref.shape[0])
@@ -130,4 +139,35 @@ def select_greedy(
         remaining[best] = False
         if step + 1 < budget:
             la.condition(best, pseudo_target(strategy, la, best, target, f_bar0))
+    return np.asarray(chosen, dtype=np.int64), primary, secondary
+
+
+def select_on_pool(
+    strategy: BlockScorer,
+    pool: ShardedPool,
+    budget: int,
+    rng: np.random.Generator,
+    selection: str = "topk",
+    target: str = "most_likely",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`select_topk` or :func:`select_greedy` with the scores computed on a pool's
+    executor (:class:`ntkal.lookahead.sharded.ShardedPool`): the same rules and random draws, so
+    the same picks. A greedy pick's pseudo-target is taken on the coordinator and every worker
+    is conditioned on it before the next pass."""
+    if selection == "topk":
+        primary, secondary = pool.score(strategy)
+        return top_k(primary, budget, rng, secondary=secondary), primary, secondary
+    remaining = np.ones(pool.num_candidates, dtype=bool)
+    chosen: list[int] = []
+    primary = secondary = np.zeros(0)
+    for step in range(budget):
+        positions = np.flatnonzero(remaining)
+        p, s = pool.score(strategy, positions, greedy=True)
+        if step == 0:
+            primary, secondary = p, s
+        best = int(positions[top_k(p, 1, rng, secondary=s)[0]])
+        chosen.append(best)
+        remaining[best] = False
+        if step + 1 < budget:
+            pool.condition(best, target_of(pool.reference_at(strategy, best), target))
     return np.asarray(chosen, dtype=np.int64), primary, secondary
