@@ -52,3 +52,58 @@ def test_dtype_rule_copies_only_when_the_dtype_changes():
     assert net is not high and dtype == torch.float32  # reduced-precision Grams: float32 network
     with pytest.raises(ValueError, match=r"precision='tf32' needs a CUDA device"):
         network_for(high, torch.float64, torch.float64, "tf32", cpu)
+
+
+class _Meet(torch.nn.Module):
+    """Holds two forward passes at one point (a barrier), so that both threads' hooks are on
+    the network while the other one runs through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.barrier = None
+
+    def forward(self, x):
+        if self.barrier is not None:
+            self.barrier.wait(timeout=30)
+        return x
+
+
+@pytest.mark.parametrize("kind", ["pseudo", "last_layer"])
+def test_two_threads_featurise_one_network_without_mixing(kind):
+    """The labelling page featurises in a background thread while requests run the same
+    network: each thread gets the features of its own inputs."""
+    import threading
+
+    torch.manual_seed(0)
+    meets = [_Meet(), _Meet()]
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8),
+        torch.nn.Tanh(),
+        meets[0],
+        torch.nn.Linear(8, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3),
+        meets[1],
+    )
+    net = net.double()  # float64 already: the featuriser runs this very network, no copy
+    xa, xb = torch.randn(5, 4, dtype=torch.float64), 3 * torch.randn(5, 4, dtype=torch.float64)
+    feat = make_featuriser(net, xa, kind=kind, implementation="structured")
+    want = {name: feat.kernel(*[feat.featurise(x)[0]] * 2) for name, x in (("a", xa), ("b", xb))}
+    meets = [m for m in feat.model.modules() if isinstance(m, _Meet)]  # the network it runs
+    assert len(meets) == 2
+    for meet in meets:
+        meet.barrier = threading.Barrier(2)
+    got = {}
+
+    def run(name, x):
+        got[name] = feat.kernel(*[feat.featurise(x)[0]] * 2)
+
+    threads = [threading.Thread(target=run, args=a) for a in (("a", xa), ("b", xb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for meet in meets:
+        meet.barrier = None
+    for name in ("a", "b"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12)

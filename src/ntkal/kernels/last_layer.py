@@ -3,6 +3,8 @@ with a trainable bias), the same for every class (read as Θ ⊗ I_k)."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -32,19 +34,25 @@ def last_layer_pair(model: nn.Module):
     head = classifier_of(model)
     use_w = head.weight.requires_grad
     use_b = head.bias is not None and head.bias.requires_grad
-    store = {}
+    store: dict[int, torch.Tensor | None] = {}  # per thread: the network may run in several
 
     def hook(module, inp, out):
-        store["a"] = inp[0].detach()
+        tid = threading.get_ident()
+        if tid in store:  # only a thread inside featurise() records
+            store[tid] = inp[0].detach()
 
     def featurise(x):
+        tid = threading.get_ident()
+        store[tid] = None
         handle = head.register_forward_hook(hook)
         try:
             with torch.no_grad():
                 logits = model(x)
         finally:
             handle.remove()
-        return store.pop("a").reshape(x.shape[0], -1), logits
+            a = store.pop(tid)
+        assert a is not None
+        return a.reshape(x.shape[0], -1), logits
 
     def contract(a1, a2, dest):
         if use_w:

@@ -25,6 +25,7 @@ eval mode (true for standard layers; BatchNorm uses running statistics).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -297,8 +298,14 @@ class _Capture:
         self.layers = layers
         self.inputs: dict[nn.Module, torch.Tensor] = {}
         self.zeros: dict[nn.Module, torch.Tensor] = {}
+        # Hooks live on the module, which other threads may run meanwhile (the labelling page
+        # featurises in a background thread while requests run the same network): only this
+        # thread's forward passes are captured.
+        self.thread = threading.get_ident()
 
     def hook(self, module, inp, out):
+        if threading.get_ident() != self.thread:
+            return None  # another thread's forward pass: leave it alone
         self.inputs[module] = inp[0].detach()
         z = torch.zeros_like(out, requires_grad=True)
         self.zeros[module] = z
