@@ -190,3 +190,27 @@ def test_a_label_does_not_wait_for_a_twin_still_being_built(digits, tmp_path):
     picks_fast, on = _run(fast, labels, steps=5)
     picks_plain, _ = _run(plain, labels, steps=5)
     assert picks_fast == picks_plain and sum(on) >= 3
+
+
+def test_after_a_retrain_the_twin_is_a_copy_ready_at_once(digits, tmp_path):
+    """The retrain thread copies the new learner for speculation, so the first labels after a
+    retrain are speculated without building a twin, with the picks of a plain session."""
+    truth = digits.y_train.numpy()
+    fast = _trained_session(digits, tmp_path, "fast", True, "vr", 300)
+    plain = _trained_session(digits, tmp_path, "plain", False, "vr", 300)
+    for s in (fast, plain):
+        assert s.start_retrain() and s.wait_for_retrain(300)
+    spec = fast.picks.speculator
+
+    def no_build(*args):
+        raise AssertionError("the twin was built, not copied")
+
+    spec._build = no_build
+    assert spec._twin is not None
+
+    def labels(step, item):
+        return int(truth[item["index"]])
+
+    picks_fast, on = _run(fast, labels, steps=5)
+    picks_plain, _ = _run(plain, labels, steps=5)
+    assert picks_fast == picks_plain and all(on)

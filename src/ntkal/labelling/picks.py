@@ -14,6 +14,7 @@ margin between the network's top two classes stands in (cheap, and still informa
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,14 +115,29 @@ class PickPolicy:
         twin.num_queries = num_queries
         return twin
 
-    def install(self, learner: Any, model_changed: bool) -> None:
-        """Use ``learner`` from now on (cached picks and speculation are dropped)."""
+    def twin_of(self, learner: Any) -> Any:
+        """A copy of ``learner`` for the :class:`Speculator` (``None`` without speculation, or if
+        it cannot be copied): copying its state costs a memory copy, where building a twin
+        repeats the session's kernel work (seconds on a large pool). Call it before ``learner``
+        is shared, e.g. in the retrain thread."""
+        if self.speculator is None:
+            return None
+        try:
+            return copy.deepcopy(learner, {id(self.x_pool): self.x_pool})
+        except Exception:  # noqa: BLE001 - an optimisation: the Speculator builds one instead
+            return None
+
+    def install(self, learner: Any, model_changed: bool, twin: Any = None) -> None:
+        """Use ``learner`` from now on (cached picks and speculation are dropped); ``twin``, a
+        copy of it in the same state (:meth:`twin_of`), lets speculation start at once."""
         self.learner = learner
         self._proposal = None
         if model_changed:
             self._margin_order = None
         if self.speculator is not None:
             self.speculator.reset()
+            if twin is not None:
+                self.speculator.adopt(learner, twin)
 
     def teach(self, index: int, label: int) -> bool:
         """Teach the learner ``(index, label)``; True if the speculated twin had it already (and

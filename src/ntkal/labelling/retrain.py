@@ -162,15 +162,20 @@ def adopt(
             session.weights_path,
         )
     learner = session.picks.build(model, idx, lab)
+    twin = None
     if learner.unlabelled_indices.size:
         learner.query(1)
+        twin = session.picks.twin_of(learner)  # the speculation's copy, made here, not later
     with session._lock:
         now_idx, now_lab = session.store.labelled()
         stored = dict(zip(now_idx.tolist(), now_lab.tolist()))
         if all(stored.get(i) == y for i, y in zip(idx.tolist(), lab.tolist())):
             session.store.sync(learner)  # labels given meanwhile, conditioned in closed form
+            if twin is not None:
+                session.store.sync(twin)  # the same labels in the same order
         else:  # a label was undone or changed meanwhile: rebuild from the store
             learner = session.picks.build(model, now_idx, now_lab)
+            twin = None
         session.model = model
-        session.picks.install(learner, model_changed=True)
+        session.picks.install(learner, model_changed=True, twin=twin)
         session.trained = True

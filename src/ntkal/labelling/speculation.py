@@ -96,6 +96,21 @@ class Speculator:
             int(learner.num_queries) - 1,
         )
 
+    def adopt(self, learner: Any, twin: Any) -> None:
+        """``twin`` is a copy of ``learner`` in its current state (session started): it needs no
+        building and speculation can start with the next item."""
+        if learner.session is None:
+            return
+        with self._mutex:
+            self._reset()
+            self._base = (
+                learner.session,
+                learner.labelled_indices.copy(),
+                learner.labels.copy(),
+                int(learner.num_queries) - 1,
+            )
+            self._twin, self._twin_count = twin, 0
+
     def taught(self, index: int, label: int) -> None:
         """The learner was taught ``(index, label)`` the ordinary way."""
         self._log.append((int(index), int(label)))
