@@ -308,14 +308,22 @@ class Lookahead(LabelledSpan, ABC):
         (the dense engine always holds Σ)."""
         return True
 
-    def default_block_size(self, block_memory: int = DEFAULT_BLOCK_MEMORY) -> int:
+    def default_block_size(
+        self, block_memory: int = DEFAULT_BLOCK_MEMORY, score_bytes_per_pair: float | None = None
+    ) -> int:
         """Candidates per block: :attr:`block_size` if set, else as many as fit ``block_memory``
-        bytes of one block's look-ahead predictions on E and their intermediates
-        (``8 · e · k · (p + 2)`` bytes per candidate, ``p = k`` for full blocks, else 1)."""
+        bytes of one block's scoring intermediates on E: ``score_bytes_per_pair`` per (candidate,
+        point of E) as the criterion states it, by default its look-ahead predictions and their
+        intermediates (``8 · k · (p + 2)``, ``p = k`` for full blocks, else 1)."""
         if self.block_size is not None:
             return max(1, int(self.block_size))
-        per = 8 * max(1, self.num_eval) * self.num_classes * (self._p + 2)
-        return max(1, int(block_memory) // per)
+        pair = (
+            8 * self.num_classes * (self._p + 2)
+            if score_bytes_per_pair is None
+            else score_bytes_per_pair
+        )
+        per = max(1, self.num_eval) * pair
+        return max(1, int(int(block_memory) // per))
 
     def default_chunk_size(self, memory_budget: int = DEFAULT_BLOCK_MEMORY) -> int:
         """Old name of :meth:`default_block_size`."""

@@ -160,22 +160,27 @@ class StreamedKernels:
             total += fz.bytes_per_example * m
         return int(total)
 
-    def block_bytes_per_candidate(self) -> float:
+    def block_bytes_per_candidate(self, score_bytes_per_pair: float | None = None) -> float:
         """Working-set bytes per candidate of a block: its features, Θ(E, j) / Σ[E, j] and their
-        contraction intermediates, V_j, and one block of scoring intermediates on E."""
+        contraction intermediates, V_j, and one block of scoring intermediates on E
+        (``score_bytes_per_pair`` per point of E as the criterion states it; by default its
+        look-ahead predictions, ``8 k (p + 2)``)."""
         fz = self.featuriser
         e, p, k = self.num_eval, self._p, self.num_classes
         n_rows = int(self._chol.shape[0])
         per = fz.bytes_per_example + fz.transient_per_example
         per += e * (2 * 8 * p * p + fz.bytes_per_pair) + 8 * n_rows * p
-        per += 8 * e * k * (p + 2)
+        per += e * (8 * k * (p + 2) if score_bytes_per_pair is None else score_bytes_per_pair)
         return float(per)
 
-    def default_block_size(self, block_memory: int = DEFAULT_BLOCK_MEMORY) -> int:
+    def default_block_size(
+        self, block_memory: int = DEFAULT_BLOCK_MEMORY, score_bytes_per_pair: float | None = None
+    ) -> int:
         """Candidates per block: ``block_size`` if set, else the most whose working set
         (:meth:`block_bytes_per_candidate`) fits both ``block_memory`` and what ``max_memory``
         leaves after the resident state (:meth:`resident_bytes`)."""
         if self.block_size is not None:
             return max(1, int(self.block_size))
         room = min(float(block_memory), self.max_memory - self.resident_bytes())
-        return int(max(1, min(self.num_candidates, room // self.block_bytes_per_candidate())))
+        per = self.block_bytes_per_candidate(score_bytes_per_pair)
+        return int(max(1, min(self.num_candidates, room // per)))

@@ -121,6 +121,10 @@ class Auto(LookaheadStrategy):
             theta, f_l, context.y_labelled, context.num_classes
         )
 
+    def score_bytes_per_pair(self, la) -> float | None:
+        """Scalar kernels: Σ[E, J]² and one product, two float64 values per pair."""
+        return None if la.full_kernel else 16.0
+
     def _weights(self, ref_eval: torch.Tensor) -> torch.Tensor:
         """:func:`uncertainty_weights` of ``ref_eval``, computed once per scoring pass (every
         block of a pass gets the same ``ref_eval``; a top-2 over E per block costs as much as

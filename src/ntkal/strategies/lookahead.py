@@ -230,10 +230,17 @@ class LookaheadStrategy(Strategy):
         executor, whose workers receive the prepared strategy."""
 
     # -- shared machinery
+    def score_bytes_per_pair(self, la: Lookahead) -> float | None:
+        """Bytes of :meth:`score_block` intermediates per (candidate, point of E), which sizes
+        the blocks (``None``: the engine's default, a block of k-wide retrained predictions and
+        their intermediates). Criteria that need less say so: larger blocks run their GEMMs
+        nearer the machine's rate."""
+        return None
+
     def _block_size(self, la: Lookahead) -> int:
         if self.settings.block_size is not None:
             return self.settings.block_size
-        return la.default_block_size(self.settings.block_memory)
+        return la.default_block_size(self.settings.block_memory, self.score_bytes_per_pair(la))
 
     def lookahead(self, context: QueryContext) -> Lookahead:
         """The linearised network of ``context.model`` on ``L ∪ S`` (the model's modes, device and
@@ -467,6 +474,13 @@ class MLMOC(LookaheadStrategy):
     def certifies_fp32(self) -> bool:
         """The flip and norm scores on scalar kernels have certified float32 bounds."""
         return self.score in ("flip", "norm") and self.settings.kernel != "full"
+
+    def score_bytes_per_pair(self, la: Lookahead) -> float | None:
+        """Scalar kernels with the flip or norm score need no k-wide predictions: the margin
+        screen's bound, masks and (fp32 scoring) intervals, a few float64 values per pair."""
+        if la.full_kernel or self.score == "expected":
+            return None
+        return 48.0
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
