@@ -346,30 +346,18 @@ class LabelledSpan:
             g = (w_j * w_j).sum(0) if not self.full_kernel else (w_j.T @ w_j).unsqueeze(0)
         maps = step_maps(raw, prior, self.eps, g)
         resid = (target - f_bar)[0]  # (k,)
-        k = self.num_classes
+        keep = maps.independent[0]
         if not self.full_kernel:
-            alpha = (maps.a[0] * resid).reshape(1, k)
-            beta = (maps.b[0] * resid).reshape(1, k)
-            keep = maps.independent[0]
+            a, b = maps.a[0:1], maps.b[0:1]
             vind = torch.ones(1, 1, dtype=_DTYPE, device=self.device)[:, keep]
             root = raw[0].clamp_min(0).sqrt().reshape(1)[keep]
         else:
-            alpha = (maps.a[0] @ resid).reshape(k, 1)
-            beta = (maps.b[0] @ resid).reshape(k, 1)
-            keep = maps.independent[0]
+            a, b = maps.a[0], maps.b[0]
             assert maps.evecs is not None  # step_maps of (k, k) blocks has them
             vind = maps.evecs[0][:, keep]  # (p, k_i)
             root = maps.evals[0][keep].sqrt()
-        dep = bool(maps.dependent[0])
-        return _Step(
-            alpha,
-            beta if dep else None,
-            vind,
-            root,
-            w_j,
-            maps.a[0:1] if not self.full_kernel else maps.a[0],
-            maps.b[0:1] if not self.full_kernel else maps.b[0],
-        )
+        alpha, beta = _apply_maps(a, b, resid)
+        return _Step(alpha, beta if bool(maps.dependent[0]) else None, vind, root, w_j, a, b)
 
     def _remember_condition(
         self,
@@ -437,6 +425,16 @@ class LabelledSpan:
         return new_rows
 
 
+def _apply_maps(
+    a: torch.Tensor, b: torch.Tensor, resid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(α, β) = (A r, B r)`` for one point: scalar kernels (``(1,)`` factors) give ``(1, k)``
+    steps, full ``(k, k)`` maps give ``(k, 1)``."""
+    if a.ndim == 1:
+        return (a * resid)[None, :], (b * resid)[None, :]
+    return (a @ resid).reshape(-1, 1), (b @ resid).reshape(-1, 1)
+
+
 @dataclass
 class _LastCondition:
     """The last conditioning step, for :meth:`LabelledSpan.relabel_last`."""
@@ -469,11 +467,7 @@ class _Step:
     def steps_for(self, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(α, β)`` for residual ``resid`` ``(k,)`` under this step's maps."""
         assert self.a is not None and self.b is not None
-        if self.a.ndim == 1:  # scalar kernels: (1,) factors, steps (1, k)
-            alpha, beta = (self.a * resid)[None, :], (self.b * resid)[None, :]
-        else:
-            alpha = (self.a @ resid).reshape(-1, 1)
-            beta = (self.b @ resid).reshape(-1, 1)
+        alpha, beta = _apply_maps(self.a, self.b, resid)
         return alpha, (beta if self.beta is not None else None)
 
     def new_rows(self, sigma_rows: torch.Tensor) -> torch.Tensor:

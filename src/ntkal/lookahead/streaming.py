@@ -463,7 +463,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
                     i = int(hit[0, 0])
                     self._cov_cache[i * p : (i + 1) * p, :] = 0.0
         w_maps = self._coefficient_maps(step, lm)
-        self._w = self._coefficients_after(step, lm)
+        self._w = self._coefficients_after(step, w_maps)
         self._extend_factor(l_col, step, r_e, r_c, fj)
         if jj is not None:
             if target is not None:
@@ -476,23 +476,22 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         self._set_pivots(raw)
 
     def _coefficient_maps(self, step, lm: torch.Tensor | None) -> tuple:
-        """How :meth:`_coefficients_after` moves ``w`` per unit of β (old rows) and of α (new
-        rows), for :meth:`relabel_last`: ``(u_map or None, c_map, old row count)``."""
+        """How this step moves the coefficients ``w`` (``f̄(X) = f0(X) + V_Xᵀ w``, read only for
+        inputs that are not candidates), per unit of β and of α: ``(u_map or None, c_map, old row
+        count)``. The candidates' f̄ moves by ``Σ[X, j] α + G[X, j] β`` with
+        ``Σ[X, j] α = n_Xᵀ (√λ ⊙ V_indᵀ α)`` (``n_X`` the new coordinate rows: ``c_map α``) and
+        ``G[X, j] β = V_Xᵀ L_M⁻ᵀ w_j β`` (``u_map β`` on the old rows); :meth:`relabel_last`
+        reuses the maps."""
         u_map = None
         if step.beta is not None and lm is not None and step.w_j is not None:
             u_map = torch.linalg.solve_triangular(lm.T, step.w_j, upper=True)
         return u_map, step.root[:, None] * step.vind.T, int(self._w.shape[0])
 
-    def _coefficients_after(self, step, lm: torch.Tensor | None) -> torch.Tensor:
-        """The coefficients ``w`` with ``f̄(X) = f0(X) + V_Xᵀ w`` after this step, in the span
-        coordinates it extends: the candidates' f̄ is updated in place by ``Σ[X, j] α + G[X, j] β``
-        and ``Σ[X, j] α = n_Xᵀ (√λ ⊙ V_indᵀ α)`` (``n_X`` the new coordinate rows),
-        ``G[X, j] β = V_Xᵀ L_M⁻ᵀ w_j β``; read only for inputs that are not candidates."""
-        w = self._w
-        if step.beta is not None and lm is not None and step.w_j is not None:
-            u = torch.linalg.solve_triangular(lm.T, step.w_j @ step.beta, upper=True)
-            w = w + u
-        c = step.root[:, None] * (step.vind.T @ step.alpha)  # (k_i, k / p)
+    def _coefficients_after(self, step, maps: tuple) -> torch.Tensor:
+        """``w`` after this step, in the span coordinates it extends (:meth:`_coefficient_maps`)."""
+        u_map, c_map, _ = maps
+        w = self._w if u_map is None else self._w + u_map @ step.beta
+        c = c_map @ step.alpha  # (k_i, k / p)
         return torch.cat([w, c], 0) if c.shape[0] else w
 
     def posterior_variance(self, positions=None) -> torch.Tensor:

@@ -99,11 +99,14 @@ class Auto(LookaheadStrategy):
     name = "auto"
     #: Σ and the trained network's outputs only: proposals do not depend on the labels.
     proposals_use_labels = False
+    #: Scalar kernels: Σ[E, J]² and one product, two float64 values per pair.
+    scalar_score_bytes_per_pair = 16.0
 
     def __init__(self, selection: str = "greedy", **settings: Any) -> None:
         super().__init__(selection=selection, **settings)
         self.reliability = 0.0
         self.loo_accuracy = 0.0
+        self._weights_cache: tuple | None = None  # ((ref_eval, version, β), weights)
 
     def prepare(self, context: QueryContext) -> None:
         """β from the closed-form leave-one-out accuracy on L (:func:`loo_reliability`), once per
@@ -121,16 +124,12 @@ class Auto(LookaheadStrategy):
             theta, f_l, context.y_labelled, context.num_classes
         )
 
-    def score_bytes_per_pair(self, la) -> float | None:
-        """Scalar kernels: Σ[E, J]² and one product, two float64 values per pair."""
-        return None if la.full_kernel else 16.0
-
     def _weights(self, ref_eval: torch.Tensor) -> torch.Tensor:
         """:func:`uncertainty_weights` of ``ref_eval``, computed once per scoring pass (every
         block of a pass gets the same ``ref_eval``; a top-2 over E per block costs as much as
         the block's own arithmetic in a sequential step)."""
         key = (ref_eval, ref_eval._version, self.reliability)
-        cached = getattr(self, "_weights_cache", None)
+        cached = self._weights_cache
         if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
             return cached[1]
         w = uncertainty_weights(ref_eval, self.reliability)

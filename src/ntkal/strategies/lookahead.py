@@ -230,12 +230,16 @@ class LookaheadStrategy(Strategy):
         executor, whose workers receive the prepared strategy."""
 
     # -- shared machinery
+    #: Bytes of :meth:`score_block` intermediates per (candidate, point of E) with scalar
+    #: kernels, for criteria that need no k-wide predictions (``None``: they do).
+    scalar_score_bytes_per_pair: float | None = None
+
     def score_bytes_per_pair(self, la: Lookahead) -> float | None:
         """Bytes of :meth:`score_block` intermediates per (candidate, point of E), which sizes
         the blocks (``None``: the engine's default, a block of k-wide retrained predictions and
-        their intermediates). Criteria that need less say so: larger blocks run their GEMMs
-        nearer the machine's rate."""
-        return None
+        their intermediates): :attr:`scalar_score_bytes_per_pair` with scalar kernels. Criteria
+        that need less say so: larger blocks run their GEMMs nearer the machine's rate."""
+        return None if la.full_kernel else self.scalar_score_bytes_per_pair
 
     def _block_size(self, la: Lookahead) -> int:
         if self.settings.block_size is not None:
@@ -475,12 +479,12 @@ class MLMOC(LookaheadStrategy):
         """The flip and norm scores on scalar kernels have certified float32 bounds."""
         return self.score in ("flip", "norm") and self.settings.kernel != "full"
 
+    #: The flip and norm scores: the margin screen's bound, masks and (fp32 scoring) intervals.
+    scalar_score_bytes_per_pair = 48.0
+
     def score_bytes_per_pair(self, la: Lookahead) -> float | None:
-        """Scalar kernels with the flip or norm score need no k-wide predictions: the margin
-        screen's bound, masks and (fp32 scoring) intervals, a few float64 values per pair."""
-        if la.full_kernel or self.score == "expected":
-            return None
-        return 48.0
+        """The ``expected`` score forms k-wide predictions: the engine's default then."""
+        return None if self.score == "expected" else super().score_bytes_per_pair(la)
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor

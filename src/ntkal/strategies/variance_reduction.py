@@ -66,10 +66,8 @@ class VarianceReduction(LookaheadStrategy):
     name = "vr"
     #: Σ and the trained network's outputs only: proposals do not depend on the labels.
     proposals_use_labels = False
-
-    def score_bytes_per_pair(self, la) -> float | None:
-        """Scalar kernels: Σ[E, J]² and one product, two float64 values per pair."""
-        return None if la.full_kernel else 16.0
+    #: Scalar kernels: Σ[E, J]² and one product, two float64 values per pair.
+    scalar_score_bytes_per_pair = 16.0
 
     def score_block(
         self, block: LookaheadBlock, ref_eval: torch.Tensor, ref_cand: torch.Tensor
