@@ -136,6 +136,27 @@ def test_registry():
     assert set(available_implementations()) == {"auto", "jacobian", "structured"}
 
 
+@pytest.mark.parametrize("kind", ["pseudo", "trace"])
+def test_shared_sensitivities_replace_their_gram(monkeypatch, kind):
+    """The last layer's δ is the same row for every input (pseudo: ``1/√k``; trace: unit rows),
+    so its δ-Gram is one number; hidden layers' δ differ per input and keep their Gram. Either
+    way the kernel equals the explicit-Jacobian one."""
+    found = []
+    real = structured._shared_sensitivity_product
+
+    def spy(d1, d2):
+        found.append(real(d1, d2))
+        return found[-1]
+
+    monkeypatch.setattr(structured, "_shared_sensitivity_product", spy)
+    model, x1, x2 = NETS["mlp"]
+    got = empirical_ntk(model, x1, x2, kind=kind, implementation="structured")
+    assert_close(got, reference(model, x1, x2, kind))
+    want = 1.0 if kind == "pseudo" else 3.0  # Σ_c (1/√k)² over k = 3 outputs; Σ_c e_c·e_c
+    assert [v for v in found if v is not None] == [pytest.approx(want)]
+    assert found.count(None) == 2  # the two hidden layers
+
+
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
 @pytest.mark.parametrize("kind", ["full", "trace", "pseudo"])
 @pytest.mark.parametrize("impl", IMPLS)

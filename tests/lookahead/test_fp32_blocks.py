@@ -50,8 +50,9 @@ def _check_blocks(la, block_size=16):
     for (b32, err), b64 in zip(fp.iter_blocks(None, block_size), la.iter_blocks(None, block_size)):
         assert b32.cov.dtype == torch.float32 and err is not None
         assert torch.equal(b32.positions, b64.positions)
-        diff = (b32.cov.double() - b64.cov).abs().T  # (e, b)
+        diff = (b32.cov.double() - b64.cov).abs()  # (b, e)
         bound = err.matrix()
+        assert bound.shape == diff.shape
         assert bool((diff <= bound).all())
         worst = max(worst, float((diff / bound).max()))
     assert worst > 1e-3  # the bound is not absurdly loose
@@ -90,7 +91,7 @@ def test_bound_equals_its_formula():
     s = la._prior.sqrt()
     s_e, s_j = s[la.eval_positions], s[jb]
     n_e, n_j = la._v_eval.norm(dim=0), v.norm(dim=0)
-    want = coef_s * torch.outer(s_e, s_j) + (g32 + g64) * torch.outer(n_e, n_j)
+    want = coef_s * torch.outer(s_j, s_e) + (g32 + g64) * torch.outer(n_j, n_e)
     got = err.matrix()
     assert torch.allclose(got, want, rtol=1e-9, atol=0)
 

@@ -220,8 +220,8 @@ def test_streaming_never_builds_candidate_by_candidate_matrices(monkeypatch):
     shapes = []
     real = stream.featuriser.kernel
 
-    def spy(a, b):
-        out = real(a, b)
+    def spy(a, b, **kw):
+        out = real(a, b, **kw)
         shapes.append(tuple(out.shape))
         return out
 

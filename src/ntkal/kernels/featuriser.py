@@ -91,13 +91,23 @@ class Featuriser:
             feats, logits = self._featurise(x)
         return feats, logits.detach().to(self.dtype)
 
-    def kernel(self, f1, f2, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def kernel(
+        self, f1, f2, dtype: torch.dtype | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Θ between two featurised blocks: ``(b1, b2)`` or ``(b1, b2, k, k)`` in ``dtype``
-        (default: the featuriser's; float32 features give a float32 kernel with ``float32``)."""
+        (default: the featuriser's; float32 features give a float32 kernel with ``float32``).
+
+        ``out``: a tensor (or a strided view, such as a slice of a larger kernel) of that shape
+        to write into instead of a new one, so that a caller assembling a kernel from pieces
+        copies nothing."""
         b1, b2 = _feature_rows(f1), _feature_rows(f2)
-        out = torch.zeros(
-            (b1, b2, *self.block_shape), dtype=dtype or self.dtype, device=self.device
-        )
+        shape = (b1, b2, *self.block_shape)
+        if out is None:
+            out = torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
+        else:
+            if tuple(out.shape) != shape:
+                raise ValueError(f"out has shape {tuple(out.shape)}, the kernel block {shape}")
+            out.zero_()
         if b1 and b2:
             self._contract(f1, f2, out)
         return out

@@ -120,10 +120,10 @@ def features_in_range(feats: Any) -> bool:
         if not t.is_floating_point() or t.numel() == 0:
             continue
         mag = t.detach().abs()
-        if not bool(torch.isfinite(mag).all()) or float(mag.max()) > hi:
+        top = float(mag.max())  # NaN when any entry is NaN, inf when any is infinite
+        if not math.isfinite(top) or top > hi:
             return False
-        nz = mag[mag != 0]
-        if nz.numel() and float(nz.min()) < lo:
+        if bool(((mag < lo) & (mag != 0)).any()):
             return False
     return True
 

@@ -463,6 +463,24 @@ def make_structured(
     return featurise, contract
 
 
+#: Sensitivities at most this wide per example are checked for being the same for every example
+#: of a block (a pass over ``b × width`` values, against the ``b1 × b2`` Gram it can replace).
+SHARED_SENSITIVITY_WIDTH = 256
+
+
+def _shared_sensitivity_product(d1: torch.Tensor, d2: torch.Tensor) -> float | None:
+    """``δ·δ'`` when every example of each block has the same sensitivities (for the pseudo-NTK
+    the last layer's δ is the constant ``1/√k`` row, for ``trace`` the unit rows), else ``None``.
+    Then the layer's δ-Gram is one number, and the ``b1 × b2`` GEMM with its short inner
+    dimension (memory-bound: it writes a full matrix for ``2 k`` FLOPs an entry) is not needed."""
+    r1, r2 = d1.reshape(d1.shape[0], -1), d2.reshape(d2.shape[0], -1)
+    if r1.shape[1] > SHARED_SENSITIVITY_WIDTH or not r1.shape[0] or not r2.shape[0]:
+        return None
+    if not (bool((r1 == r1[:1]).all()) and bool((r2 == r2[:1]).all())):
+        return None
+    return float(r1[0] @ r2[0])
+
+
 def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: str) -> None:
     """Add one layer's kernel block, from activations and sensitivities (no per-example
     gradients), into ``dest``; the final product is fused into the accumulation (``addcmul_``)
@@ -479,6 +497,10 @@ def _add_factor_block(dest: torch.Tensor, lay: LayerPlan, a1, d1, a2, d2, kind: 
         if kind == "full":
             dg = (d1.reshape(b1 * kk, -1) @ d2.reshape(b2 * kk, -1).T).view(b1, kk, b2, kk)
             dest.addcmul_(dg.permute(0, 2, 1, 3), gram[:, :, None, None])
+            return
+        shared = _shared_sensitivity_product(d1, d2)
+        if shared is not None:
+            dest.add_(gram, alpha=shared)
         else:
             dest.addcmul_(d1.reshape(b1, -1) @ d2.reshape(b2, -1).T, gram)
         return

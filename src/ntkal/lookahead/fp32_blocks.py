@@ -30,6 +30,7 @@ On CUDA the float32 GEMMs run with TF32 off (TF32 rounds inputs to 10 bits, outs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ from ntkal.kernels.rounding import (
     kernel_error_constant,
 )
 from ntkal.lookahead.block import _DTYPE, LookaheadBlock
+from ntkal.lookahead.streamed import fill_kernel
 
 #: The engine (:class:`ntkal.lookahead.StreamingLookahead`, which imports this module).
 StreamingLookahead = Any
@@ -81,11 +83,12 @@ class CovError:
     n_cand: torch.Tensor
 
     def matrix(self) -> torch.Tensor:
-        """``δ`` as an ``(e, b)`` float64 matrix (two outer products; elementwise work only),
+        """``δ`` as a ``(b, e)`` float64 matrix, in the layout of
+        :attr:`ntkal.lookahead.LookaheadBlock.cov` (two outer products; elementwise work only),
         enlarged by a relative ``1e-12`` for its own float64 rounding."""
-        out = torch.outer(self.s_eval, self.s_cand).mul_(self.coef_s)
+        out = torch.outer(self.s_cand, self.s_eval).mul_(self.coef_s)
         if self.coef_n:
-            out.add_(torch.outer(self.n_eval, self.n_cand), alpha=self.coef_n)
+            out.add_(torch.outer(self.n_cand, self.n_eval), alpha=self.coef_n)
         return out.add_(self.floor).mul_(1.0 + 1e-12)
 
 
@@ -143,27 +146,30 @@ class Fp32Blocks:
         return self._v_eval32, self._n_eval, self._v_ok
 
     # -- one block
-    def _theta_eval32(self, fj32) -> torch.Tensor:
-        """Θ(E, J) ``(e, b)`` in float32 from float32 features (E re-featurised and cast when
-        its features are not cached)."""
+    def _theta_rows32(self, fj32) -> torch.Tensor:
+        """Θ(J, E) ``(b, e)`` in float32 from float32 features (E re-featurised and cast when
+        its features are not cached); the block as the rows, as
+        :meth:`ntkal.lookahead.StreamingLookahead._kernel_rows_eval` computes it."""
         eng = self.engine
         if self._eval32 is not None:
-            return _kernel32(eng, self._eval32, fj32)
-        parts = []
+            return _kernel32(eng, fj32, self._eval32)
+        b = sum(sl.stop - sl.start for sl, _, _ in fj32)
+        out = torch.empty(b, eng.num_eval, dtype=_F32, device=eng.device)
         for s in range(0, eng.num_eval, eng._feature_rows):
             pos = eng.eval_positions[s : s + eng._feature_rows].cpu()
             fe = [(sl, cast_features(f, _F32), lg) for sl, f, lg in eng._features(eng._x_c[pos])]
             if not all(features_in_range(f) for _, f, _ in fe):
                 raise _OutOfRange
-            parts.append(_kernel32(eng, fe, fj32))
-        return torch.cat(parts, 0)
+            fill_kernel(eng.featuriser, fj32, fe, out[:, s : s + int(pos.shape[0])])
+        return out
 
     def cov_block(
         self, jb: torch.Tensor
     ) -> tuple[torch.Tensor, CovError | None, torch.Tensor | None]:
-        """Σ[E, J] ``(e, b)`` for candidates ``jb``: float32 with its :class:`CovError`, or
-        float64 and ``None`` when the float32 inputs or result leave the certified range; and
-        the float64 ``V_J`` (``None`` for an empty span)."""
+        """Σ[E, J] ``(e, b)`` (a transposed view of the contiguous Σ[J, E]) for candidates
+        ``jb``: float32 with its :class:`CovError`, or float64 and ``None`` when the float32
+        inputs or result leave the certified range; and the float64 ``V_J`` (``None`` for an
+        empty span)."""
         eng = self.engine
         fj = eng._features(eng._x_c[jb.cpu()])
         n_rows = int(eng._chol.shape[0])
@@ -181,16 +187,18 @@ class Fp32Blocks:
         if not (self.eval_in_range and all(features_in_range(f) for _, f, _ in fj32)):
             raise _OutOfRange
         with _matmul_precision("fp32", self.engine.device):
-            cov = self._theta_eval32(fj32)
+            rows = self._theta_rows32(fj32)
             if n_rows:
                 v_e32, _n_eval, v_ok = self._eval_coords()
                 v32 = v.to(_F32)
                 if not (v_ok and features_in_range(v32)):
                     raise _OutOfRange
-                cov.addmm_(v_e32.T, v32, alpha=-1.0)
-        if not bool(torch.isfinite(cov).all()):
+                rows.addmm_(v32.T, v_e32, alpha=-1.0)
+        # The sum is finite only if every entry is (an overflowing sum of finite entries only
+        # sends the block to float64), and reads the block once without a mask.
+        if not math.isfinite(float(rows.sum())):
             raise _OutOfRange
-        return cov, self._error(jb, v, n_rows)
+        return rows.T, self._error(jb, v, n_rows)
 
     def _error(self, jb: torch.Tensor, v: torch.Tensor | None, n_rows: int) -> CovError:
         k32, k64 = self.kappa32, self.kappa64
@@ -246,14 +254,6 @@ def _kernel32(engine: StreamingLookahead, fa, fb) -> torch.Tensor:
     """Θ(A, B) ``(a, b)`` in float32 from lists of float32 featurised pieces."""
     a = sum(sl.stop - sl.start for sl, _, _ in fa)
     b = sum(sl.stop - sl.start for sl, _, _ in fb)
-    fz = engine.featuriser
-    out = torch.empty((a, b), dtype=_F32, device=fz.device)
-    ra = 0
-    for sa, xa, _ in fa:
-        na, rb = sa.stop - sa.start, 0
-        for sb, xb, _ in fb:
-            nb = sb.stop - sb.start
-            out[ra : ra + na, rb : rb + nb] = fz.kernel(xa, xb, dtype=_F32)
-            rb += nb
-        ra += na
+    out = torch.empty((a, b), dtype=_F32, device=engine.device)
+    fill_kernel(engine.featuriser, fa, fb, out)
     return out

@@ -303,8 +303,17 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             return self._v_cand.index_select(1, cols)
         return self._solve(self._labelled_kernel(fj))
 
-    def _cov_from_features(self, jb: torch.Tensor, fj, v: torch.Tensor | None) -> torch.Tensor:
-        """Σ[E, J] ``(e p, b p)`` in float64 from the block's features and coordinates."""
+    def _cov_from_features(
+        self, jb: torch.Tensor | None, fj, v: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Σ[E, J] ``(e p, b p)`` in float64 from the block's features and coordinates (for
+        scalar kernels a transposed view of the contiguous Σ[J, E]; see
+        :meth:`_kernel_rows_eval` for why)."""
+        if not self.full_kernel:
+            rows = self._kernel_rows_eval(fj)
+            if v is not None:
+                rows.addmm_(v.T, self._v_eval, alpha=-1.0)
+            return rows.T
         cov = self._kernel_eval(fj)
         if v is not None:
             cov.addmm_(self._v_eval.T, v, alpha=-1.0)

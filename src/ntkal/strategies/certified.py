@@ -137,8 +137,10 @@ def flip_norm_bounds(
     float64 for ``block`` (scalar kernels), from its float32 Σ and ``error`` (module docstring);
     ``error=None``: the block is float64 already and the intervals are points."""
     coef = block.coefficients(targets)  # (b, k), float64 as in the float64 path
-    direc = block.direction.T  # (e, b): Σ[E, j] (float32), or G[E, j] (float64) in span
-    e, b = int(direc.shape[0]), int(direc.shape[1])
+    # (b, e), the block's layout: Σ[j, E] (float32), or G[j, E] (float64) in span; reductions
+    # over E run along memory.
+    direc = block.direction
+    b, e = int(direc.shape[0]), int(direc.shape[1])
     absd = direc.abs().to(_F64)
     if error is None:
         delta = torch.zeros_like(absd)
@@ -146,37 +148,37 @@ def flip_norm_bounds(
         delta = error.matrix()
         if block.lev is not None:  # the leverage direction is float64: exact
             dep = block._step_b() != 0
-            delta[:, dep] = 0.0
+            delta[dep, :] = 0.0
     spread = (coef.max(dim=1).values - coef.min(dim=1).values) * (1 + SCREEN_SLACK)
     wide = absd + delta
-    sum_hi = wide.sum(dim=0)
-    wide.mul_(spread[None, :]).add_((SCREEN_SLACK * margins.scale)[:, None])
+    sum_hi = wide.sum(dim=1)
+    wide.mul_(spread[:, None]).add_((SCREEN_SLACK * margins.scale)[None, :])
     gap = margins.gap
-    sure = wide < gap.abs()[:, None]
+    sure = wide < gap.abs()[None, :]
     del wide
     unsure = ~sure
-    lo = (sure & (gap < 0)[:, None]).sum(dim=0).to(_F64)
-    n_unsure = unsure.sum(dim=0).to(_F64)
+    lo = (sure & (gap < 0)[None, :]).sum(dim=1).to(_F64)
+    n_unsure = unsure.sum(dim=1).to(_F64)
     est = lo.clone()
-    i, t = unsure.nonzero(as_tuple=True)
+    t, i = unsure.nonzero(as_tuple=True)
     if t.numel():
-        sig = direc[i, t].to(_F64)
+        sig = direc[t, i].to(_F64)
         preds = margins.f_bar[i] + sig[:, None] * coef[t]
         est.index_add_(0, t, (preds.argmax(dim=1) != margins.ref_cls[i]).to(_F64))
-        flip, keep = _interval_argmax(margins, coef, i, t, sig, delta[i, t])
+        flip, keep = _interval_argmax(margins, coef, i, t, sig, delta[t, i])
         lo.index_add_(0, t, flip.to(_F64))
         n_unsure.index_add_(0, t, -(flip | keep).to(_F64))
     denom = max(1, e)
     cn = coef.norm(dim=1)
     grow = 1.0 + 4.0 * gamma(e + 4, UNIT_ROUNDOFF[_F64])
-    sum_lo = (absd - delta).clamp_min_(0.0).sum(dim=0)
+    sum_lo = (absd - delta).clamp_min_(0.0).sum(dim=1)
     return BlockBounds(
         flips_lo=lo / denom,
         flips_hi=(lo + n_unsure) / denom,
         flips_est=est / denom,
         norms_lo=sum_lo * cn / grow,
         norms_hi=sum_hi * cn * grow,
-        norms_est=absd.sum(dim=0) * cn,
+        norms_est=absd.sum(dim=1) * cn,
         uncertain=int(n_unsure.sum()) if b else 0,
     )
 
