@@ -180,7 +180,7 @@ class Fp32Blocks:
             return cov, err, v
         except _OutOfRange:
             self.blocks_fp64 += 1
-            return eng._cov_from_features(jb, fj, v), None, v
+            return eng._cov_from_features(fj, v), None, v
 
     def _fp32_block(self, jb, fj, v, n_rows) -> tuple[torch.Tensor, CovError]:
         fj32 = [(sl, cast_features(f, _F32), lg) for sl, f, lg in fj]

@@ -126,7 +126,7 @@ def outside_blocks(
     for s in range(0, int(x.shape[0]), step):
         xb = x[s : s + step]
         fj, v, rows = _outside_rows(engine, xb, fallback)
-        cov = engine._cov_from_features(None, fj, v if engine._chol.shape[0] else None)
+        cov = engine._cov_from_features(fj, v if engine._chol.shape[0] else None)
         cov = engine._as_block_cov(cov, int(xb.shape[0]))
         jb = positions[s : s + step]
         yield engine._block_from_rows(jb, cov, rows, f_bar_eval, f0_eval, v), v, rows

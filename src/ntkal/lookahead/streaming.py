@@ -290,7 +290,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
         if self._cov_cache is not None:
             return self._cov_cache.index_select(1, cols)
         fj = self._features(self._x_c[jb.cpu()])
-        return self._cov_from_features(jb, fj, self._coords_of(jb, fj))
+        return self._cov_from_features(fj, self._coords_of(jb, fj))
 
     def _coords_of(self, jb: torch.Tensor, fj) -> torch.Tensor | None:
         """``V_J`` ``(r, b p)`` of candidates ``jb`` with features ``fj`` (``None`` when the span
@@ -303,9 +303,7 @@ class StreamingLookahead(StreamedKernels, Lookahead):
             return self._v_cand.index_select(1, cols)
         return self._solve(self._labelled_kernel(fj))
 
-    def _cov_from_features(
-        self, jb: torch.Tensor | None, fj, v: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _cov_from_features(self, fj, v: torch.Tensor | None) -> torch.Tensor:
         """Σ[E, J] ``(e p, b p)`` in float64 from the block's features and coordinates (for
         scalar kernels a transposed view of the contiguous Σ[J, E]; see
         :meth:`_kernel_rows_eval` for why)."""
